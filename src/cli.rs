@@ -1,0 +1,93 @@
+//! The command line (SPEC §2).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Declarative container networking for Linux: Docker's bridge networking
+/// (docker0, veth pairs, `-p`, `--link`, user-defined networks, embedded
+/// DNS) as a plan/apply reconciler driven by one TOML file.
+#[derive(Debug, Parser)]
+#[command(name = "netloom", version, about, long_about = None)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short, long, global = true, env = "NETLOOM_CONFIG", default_value = "netloom.toml")]
+    pub config: PathBuf,
+
+    /// Directory for IPAM and ownership records (overrides `settings.state_dir`).
+    #[arg(long, global = true, env = "NETLOOM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check the file; touches nothing.
+    ///
+    /// Exit status: 0 valid; 1 invalid, with each error as FILE:LINE:COL: message.
+    Validate,
+    /// Show what `apply` would change (same as `apply --dry-run`).
+    Plan {
+        /// Plan against an empty host without reading the kernel or the state
+        /// dir (no privileges needed: for pull-request checks).
+        #[arg(long)]
+        offline: bool,
+        /// Exit 2 when there are changes, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Make the host match the file, then read it back and verify.
+    ///
+    /// Exit status: 0 success, 1 error; with --detailed-exitcode 0 no
+    /// changes, 2 changes planned or made.
+    Apply {
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Exit 2 when there are changes, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// The agent: apply at start, on file changes, on kernel drift and every
+    /// resync period; serve the embedded DNS. SIGHUP reloads; SIGTERM stops
+    /// and leaves the network up.
+    Watch {
+        /// Full resync period in seconds (with jitter).
+        #[arg(long, default_value_t = 60)]
+        resync: u64,
+    },
+    /// What netloom owns, live, with drift and per-port packet/byte counters.
+    ///
+    /// Exit status: 0 in sync; 2 drift or pending changes; 1 error.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Like `docker network inspect`.
+    ///
+    /// Exit status: 0; 1 unknown network.
+    Inspect {
+        /// Network name.
+        network: String,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Remove everything netloom created: interfaces, the namespaces it
+    /// created, its nft table, the files it wrote, its state.
+    Down,
+    /// Print the JSON Schema of the file.
+    Schema,
+}

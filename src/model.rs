@@ -1,0 +1,525 @@
+//! The resolved state: what the kernel, the firewall and the files should
+//! hold, computed with no I/O.
+//!
+//! [`State`] is both the desired state (from [`resolve`]) and the observed
+//! state (from [`crate::observe`]), so that a plan is a diff of two values of
+//! one type. Everything in it is keyed by the plan address it belongs to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::firewall::{Firewall, FwNetwork, FwPort};
+use crate::ipam::{self, Allocations};
+use crate::spec::{ContainerSpec, NetnsSpec, NetworkSpec, Spec};
+
+/// Marks netloom's host-side interfaces (`ifalias`), so that observe and
+/// `down` recognise them, and nothing else, as netloom's.
+pub const ALIAS_PREFIX: &str = "netloom:";
+/// Where `ip netns exec` finds per-namespace files.
+pub const ETC_NETNS: &str = "/etc/netns";
+/// Everything below this line of a hosts file is the user's.
+pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
+
+/// The whole state of one host, desired or observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Host sysctls netloom needs, e.g. `net.ipv4.ip_forward = 1`.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// By network name.
+    #[serde(default)]
+    pub bridges: BTreeMap<String, Bridge>,
+    /// By container name: the namespaces netloom creates or attaches.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// By `container.ethN`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// netloom's nft table(s); `None` when absent.
+    #[serde(default)]
+    pub firewall: Option<FirewallState>,
+    /// Files netloom owns, by path.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bridge {
+    /// Linux interface name.
+    pub name: String,
+    /// `address/prefix`, IPv4 and IPv6.
+    pub addrs: BTreeSet<String>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// Where a namespace lives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NsRef {
+    /// `/run/netns/NAME`, created (and deleted) by netloom.
+    Named(String),
+    /// An existing namespace at a path; never deleted.
+    Path(PathBuf),
+}
+
+impl NsRef {
+    pub fn path(&self) -> PathBuf {
+        match self {
+            NsRef::Named(n) => crate::netns::named_path(n),
+            NsRef::Path(p) => p.clone(),
+        }
+    }
+    /// How to run `ip` in it, for plan output.
+    pub fn ip_cmd(&self) -> String {
+        match self {
+            NsRef::Named(n) => format!("ip -n {n}"),
+            NsRef::Path(p) => format!("nsenter --net={} ip", p.display()),
+        }
+    }
+}
+
+impl fmt::Display for NsRef {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            NsRef::Named(n) => write!(f, "netns {n}"),
+            NsRef::Path(p) => write!(f, "netns at {}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub netns: NsRef,
+    pub lo_up: bool,
+}
+
+/// One veth pair: host end on a bridge, the other end in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub container: String,
+    pub network: String,
+    pub netns: NsRef,
+    /// Name inside the namespace: `eth0`, `eth1`, ...
+    pub ifname: String,
+    /// Host-side veth name.
+    pub host_veth: String,
+    /// Bridge the host end is enslaved to (`None` observed: no master).
+    pub bridge: Option<String>,
+    /// `address/prefix` inside the namespace.
+    pub addrs: BTreeSet<String>,
+    pub mac: String,
+    pub mtu: u32,
+    /// Default route via this gateway (first network only).
+    pub gateway: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// Both ends administratively up.
+    pub up: bool,
+}
+
+/// The firewall as netloom sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallState {
+    pub fw: Firewall,
+    /// Chains, rules and sets exactly as netloom renders them (false after
+    /// someone flushed a chain, for instance).
+    pub skeleton_ok: bool,
+}
+
+/// The desired state plus what the file says that the kernel does not hold.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub state: State,
+    pub allocations: Allocations,
+    pub networks: BTreeMap<String, NetworkSpec>,
+    /// DNS zones of the DNS-enabled networks, for the agent.
+    pub zones: Vec<crate::dns::Zone>,
+    /// Hosts files of `netns_path` containers, for `status` to point at.
+    pub external_files: BTreeMap<String, String>,
+}
+
+/// Inputs of [`resolve`] that come from the host.
+#[derive(Clone, Debug, Default)]
+pub struct HostInfo {
+    /// Upstream DNS servers when the file names none.
+    pub upstream_dns: Vec<SocketAddr>,
+    pub state_dir: PathBuf,
+}
+
+/// The host-side veth name: `veth` + 7 hex digits, stable for a
+/// (container, network) pair so that plans can name it before it exists.
+pub fn veth_name(container: &str, network: &str) -> String {
+    let h = crate::hash::fnv64(format!("{container}\0{network}").as_bytes());
+    format!("veth{:07x}", h & 0x0fff_ffff)
+}
+
+/// Docker's MAC scheme: `02:42:` + the four IPv4 bytes.
+pub fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+pub fn mac_string(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The alias that marks a host-side veth as netloom's.
+pub fn veth_alias(container: &str, network: &str, ifname: &str) -> String {
+    format!("{ALIAS_PREFIX}endpoint {container}.{ifname} {network}")
+}
+
+/// The alias that marks a bridge as netloom's.
+pub fn bridge_alias(network: &str) -> String {
+    format!("{ALIAS_PREFIX}network {network}")
+}
+
+/// Parses an alias written by [`veth_alias`] or [`bridge_alias`].
+pub fn parse_alias(alias: &str) -> Option<AliasMark> {
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?;
+    let mut w = rest.split(' ');
+    match (w.next()?, w.next()?, w.next()) {
+        ("network", n, None) => Some(AliasMark::Network(n.to_string())),
+        ("endpoint", key, Some(net)) => {
+            let (c, ifname) = key.rsplit_once('.')?;
+            Some(AliasMark::Endpoint {
+                container: c.to_string(),
+                ifname: ifname.to_string(),
+                network: net.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AliasMark {
+    Network(String),
+    Endpoint {
+        container: String,
+        ifname: String,
+        network: String,
+    },
+}
+
+/// Path of a container's netloom-owned file (`hosts` or `resolv.conf`).
+pub fn file_path(host: &HostInfo, c: &ContainerSpec, file: &str) -> Option<String> {
+    match c.netns.as_ref()? {
+        NetnsSpec::Named(n) => Some(format!("{ETC_NETNS}/{n}/{file}")),
+        NetnsSpec::Path(_) => Some(
+            host.state_dir
+                .join("files")
+                .join(&c.name)
+                .join(file)
+                .display()
+                .to_string(),
+        ),
+    }
+}
+
+/// Computes the desired state. Fails only when IPAM runs out of addresses.
+pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desired, ipam::IpamError> {
+    let alloc = ipam::allocate(spec, prev)?;
+    let by_name: std::collections::HashMap<&str, &ContainerSpec> =
+        spec.containers.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut st = State::default();
+
+    // Bridges: only networks some container uses, like Docker's default
+    // network; a declared user-defined network exists even when empty.
+    let used: BTreeSet<&str> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.network.as_str()))
+        .collect();
+    for net in spec.networks.values() {
+        if net.name == crate::spec::DEFAULT_NETWORK && !used.contains(net.name.as_str()) {
+            continue;
+        }
+        let mut addrs = BTreeSet::from([format!("{}/{}", net.gateway, net.subnet.prefix())]);
+        if let (Some(g6), Some(s6)) = (net.gateway6, net.subnet6) {
+            addrs.insert(format!("{g6}/{}", s6.prefix()));
+        }
+        st.bridges.insert(
+            net.name.clone(),
+            Bridge {
+                name: net.bridge.clone(),
+                addrs,
+                mtu: net.mtu,
+                up: true,
+            },
+        );
+    }
+    let networks: BTreeMap<String, NetworkSpec> = spec
+        .networks
+        .iter()
+        .filter(|(n, _)| st.bridges.contains_key(*n))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    // Namespaces and endpoints.
+    for c in &spec.containers {
+        let Some(ns) = c.netns.as_ref().map(nsref) else {
+            continue;
+        };
+        st.namespaces.insert(
+            c.name.clone(),
+            Namespace {
+                netns: ns.clone(),
+                lo_up: true,
+            },
+        );
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let Some(net) = networks.get(&e.network) else {
+                continue;
+            };
+            let ifname = format!("eth{i}");
+            let ip = alloc.ipv4[&e.network][&c.name];
+            let mut addrs = BTreeSet::from([format!("{ip}/{}", net.subnet.prefix())]);
+            let ip6 = alloc.ipv6.get(&e.network).and_then(|m| m.get(&c.name)).copied();
+            if let (Some(ip6), Some(s6)) = (ip6, net.subnet6) {
+                addrs.insert(format!("{ip6}/{}", s6.prefix()));
+            }
+            let first = i == 0 && !net.internal;
+            st.endpoints.insert(
+                format!("{}.{ifname}", c.name),
+                Endpoint {
+                    container: c.name.clone(),
+                    network: e.network.clone(),
+                    netns: ns.clone(),
+                    ifname: ifname.clone(),
+                    host_veth: veth_name(&c.name, &e.network),
+                    bridge: Some(net.bridge.clone()),
+                    addrs,
+                    mac: mac_string(&e.mac.unwrap_or_else(|| docker_mac(ip))),
+                    mtu: net.mtu,
+                    gateway: first.then_some(net.gateway),
+                    gateway6: if first { net.gateway6.filter(|_| ip6.is_some()) } else { None },
+                    up: true,
+                },
+            );
+        }
+    }
+
+    // Firewall.
+    let mut fw = Firewall::default();
+    for net in networks.values() {
+        fw.networks.insert(
+            net.name.clone(),
+            FwNetwork {
+                bridge: net.bridge.clone(),
+                subnet: net.subnet,
+                masquerade: net.masquerade,
+                internal: net.internal,
+                icc: net.icc,
+            },
+        );
+    }
+    for c in &spec.containers {
+        let Some(ep) = c.endpoints.first() else { continue };
+        let Some(net) = networks.get(&ep.network) else { continue };
+        let cip = alloc.ipv4[&ep.network][&c.name];
+        for (raw, p) in &c.ports {
+            let host_port = match p.host {
+                Some(h) => h.start,
+                None => alloc.ports[&ipam::port_key(&c.name, raw)],
+            };
+            let count = p.container.len();
+            let range = if count == 1 {
+                host_port.to_string()
+            } else {
+                format!("{host_port}-{}", host_port + (count - 1))
+            };
+            let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+            fw.ports.insert(
+                format!("{}.{ip}{range}/{}", c.name, p.proto),
+                FwPort {
+                    container: c.name.clone(),
+                    network: ep.network.clone(),
+                    bridge: net.bridge.clone(),
+                    host_ip: p.host_ip,
+                    host_port,
+                    container_ip: cip,
+                    container_port: p.container.start,
+                    count,
+                    proto: p.proto,
+                },
+            );
+        }
+    }
+    if !networks.is_empty() {
+        st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        for (k, v) in crate::firewall::required_sysctls(&fw) {
+            st.sysctls.insert(k, v);
+        }
+        st.firewall = Some(FirewallState { fw, skeleton_ok: true });
+    }
+
+    // Names: hosts files, resolv.conf and DNS zones.
+    let addr_on = |c: &str, net: &str| alloc.ipv4.get(net).and_then(|m| m.get(c)).copied();
+    let upstream: Vec<SocketAddr> = spec.upstream_dns.clone().unwrap_or_else(|| host.upstream_dns.clone());
+    let mut external_files = BTreeMap::new();
+    for c in &spec.containers {
+        let (Some(hosts_path), Some(resolv_path)) = (file_path(host, c, "hosts"), file_path(host, c, "resolv.conf")) else {
+            continue;
+        };
+        let hosts = hosts_file(c, &by_name, &networks, &addr_on);
+        let resolv = resolv_file(c, &networks, &upstream);
+        if matches!(c.netns, Some(NetnsSpec::Path(_))) {
+            external_files.insert(c.name.clone(), hosts_path.clone());
+        }
+        st.files.insert(hosts_path, hosts);
+        st.files.insert(resolv_path, resolv);
+    }
+    let zones = networks
+        .values()
+        .filter(|n| n.dns)
+        .map(|n| crate::dns::Zone {
+            network: n.name.clone(),
+            gateway: n.gateway,
+            subnet: n.subnet,
+            members: spec
+                .containers
+                .iter()
+                .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
+                .filter(|(_, e)| e.network == n.name)
+                .filter_map(|(c, e)| {
+                    Some(crate::dns::Member {
+                        name: c.name.clone(),
+                        aliases: e.aliases.clone(),
+                        ipv4: addr_on(&c.name, &n.name)?,
+                        ipv6: alloc.ipv6.get(&n.name).and_then(|m| m.get(&c.name)).copied(),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Desired {
+        state: st,
+        allocations: alloc,
+        networks,
+        zones,
+        external_files,
+    })
+}
+
+fn nsref(n: &NetnsSpec) -> NsRef {
+    match n {
+        NetnsSpec::Named(s) => NsRef::Named(s.clone()),
+        NetnsSpec::Path(p) => NsRef::Path(p.clone()),
+    }
+}
+
+/// `/etc/hosts` of a container, as the seed's `cat /etc/hosts` shows it,
+/// with names that follow addresses (never stale).
+fn hosts_file(
+    c: &ContainerSpec,
+    by_name: &std::collections::HashMap<&str, &ContainerSpec>,
+    networks: &BTreeMap<String, NetworkSpec>,
+    addr_on: &dyn Fn(&str, &str) -> Option<Ipv4Addr>,
+) -> String {
+    let mut out = String::from(
+        "# Written by netloom; edits above the user marker are replaced.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n",
+    );
+    let mut own_names = vec![c.hostname.clone()];
+    if c.name != c.hostname {
+        own_names.push(c.name.clone());
+    }
+    for e in &c.endpoints {
+        if let Some(ip) = addr_on(&c.name, &e.network) {
+            out.push_str(&format!("{ip}\t{}\n", own_names.join(" ")));
+        }
+    }
+    // Links: one way, to the target's address on a network both share.
+    let mut lines: Vec<(IpAddr, Vec<String>)> = Vec::new();
+    for (target, alias) in &c.links {
+        let Some(t) = by_name.get(target.as_str()) else { continue };
+        let t = crate::spec::resolve_shared(t, by_name);
+        let shared = c.endpoints.iter().find(|e| t.endpoints.iter().any(|o| o.network == e.network));
+        let Some(e) = shared else { continue };
+        let Some(ip) = addr_on(&t.name, &e.network) else { continue };
+        let mut names = vec![target.clone()];
+        names.extend(alias.iter().cloned());
+        lines.push((IpAddr::V4(ip), names));
+    }
+    // User-defined networks: every other member, both ways.
+    for e in &c.endpoints {
+        if e.network == crate::spec::DEFAULT_NETWORK {
+            continue;
+        }
+        let Some(net) = networks.get(&e.network) else { continue };
+        for other in by_name.values() {
+            if other.name == c.name {
+                continue;
+            }
+            let Some(oe) = other.endpoints.iter().find(|x| x.network == net.name) else {
+                continue;
+            };
+            let Some(ip) = addr_on(&other.name, &net.name) else { continue };
+            let mut names = vec![other.name.clone(), format!("{}.{}", other.name, net.name)];
+            for a in &oe.aliases {
+                names.push(a.clone());
+            }
+            lines.push((IpAddr::V4(ip), names));
+        }
+    }
+    lines.sort();
+    lines.dedup();
+    for (ip, names) in lines {
+        out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+    }
+    out.push_str(USER_MARKER);
+    out.push('\n');
+    out
+}
+
+fn resolv_file(c: &ContainerSpec, networks: &BTreeMap<String, NetworkSpec>, upstream: &[SocketAddr]) -> String {
+    let mut out = String::from("# Written by netloom.\n");
+    if let Some(n) = c.endpoints.iter().filter_map(|e| networks.get(&e.network)).find(|n| n.dns) {
+        out.push_str(&format!("nameserver {}\n", n.gateway));
+    }
+    for u in upstream.iter().filter(|u| u.port() == 53) {
+        out.push_str(&format!("nameserver {}\n", u.ip()));
+    }
+    out.push_str("options ndots:0 timeout:1 attempts:2\n");
+    out
+}
+
+/// Nameservers of a resolv.conf usable from inside a namespace (loopback
+/// resolvers such as systemd-resolved's 127.0.0.53 are not reachable there).
+pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Joins the netloom part of a hosts file with the user's block of the
+/// file currently on disk.
+pub fn with_user_block(desired: &str, on_disk: Option<&str>) -> String {
+    match on_disk.and_then(|d| d.split_once(USER_MARKER)) {
+        Some((_, tail)) if desired.ends_with(&format!("{USER_MARKER}\n")) => {
+            let tail = tail.strip_prefix('\n').unwrap_or(tail);
+            format!("{desired}{tail}")
+        }
+        _ => desired.to_string(),
+    }
+}
+
+/// Whether `p` is a file netloom writes (used by `down`).
+pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
+    p.starts_with(ETC_NETNS) || p.starts_with(state_dir)
+}

@@ -1,0 +1,156 @@
+//! Docker's `-p` syntax: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp]`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::firewall::Proto;
+
+/// One parsed `-p` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub host_ip: Option<Ipv4Addr>,
+    /// `None`: pick from `port_range` (Docker's `-P`).
+    pub host: Option<PortRange>,
+    pub container: PortRange,
+    pub proto: Proto,
+}
+
+/// An inclusive range of ports; a single port is `start == end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> u16 {
+        self.end - self.start + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{s}` is not a port number"));
+    }
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("port {s} is out of range 1-65535")),
+    }
+}
+
+/// Parses `N` or `N-M` (`N <= M`).
+pub fn parse_range(s: &str) -> Result<PortRange, String> {
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (parse_port(a)?, parse_port(b)?),
+        None => {
+            let p = parse_port(s)?;
+            (p, p)
+        }
+    };
+    if a > b {
+        return Err(format!("port range {s} is reversed"));
+    }
+    Ok(PortRange { start: a, end: b })
+}
+
+/// Parses one `-p` value.
+pub fn parse(s: &str) -> Result<PortSpec, String> {
+    let (rest, proto) = match s.rsplit_once('/') {
+        Some((r, p)) => (
+            r,
+            p.parse::<Proto>()
+                .map_err(|_| format!("unknown protocol `{p}` (expected tcp, udp or sctp)"))?,
+        ),
+        None => (s, Proto::Tcp),
+    };
+    if rest.starts_with('[') {
+        return Err("IPv6 host addresses are not supported in port mappings yet".into());
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [c] => (None, None, *c),
+        [h, c] => (None, Some(*h), *c),
+        [ip, h, c] => (Some(*ip), if h.is_empty() { None } else { Some(*h) }, *c),
+        _ => {
+            return Err(format!(
+                "`{s}` is not [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]"
+            ));
+        }
+    };
+    let host_ip = match ip {
+        None => None,
+        Some(ip) => Some(
+            ip.parse::<Ipv4Addr>()
+                .map_err(|_| format!("`{ip}` is not an IPv4 host address"))?,
+        ),
+    };
+    let container = parse_range(container)?;
+    let host = match host {
+        None => None,
+        Some(h) => Some(parse_range(h)?),
+    };
+    if let Some(h) = host {
+        if h.len() != container.len() {
+            return Err(format!(
+                "host ports {h} and container ports {container} are ranges of different length"
+            ));
+        }
+    }
+    Ok(PortSpec {
+        host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
+        host,
+        container,
+        proto,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_forms() {
+        let p = parse("8080:80").unwrap();
+        assert_eq!(p.host, Some(PortRange { start: 8080, end: 8080 }));
+        assert_eq!(p.container.start, 80);
+        assert_eq!(p.proto, Proto::Tcp);
+        let p = parse("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.proto, Proto::Udp);
+        let p = parse("127.0.0.1::80").unwrap();
+        assert_eq!(p.host, None);
+        let p = parse("80").unwrap();
+        assert_eq!(p.host, None);
+        let p = parse("8000-8010:9000-9010/sctp").unwrap();
+        assert_eq!(p.container.len(), 11);
+        assert_eq!(parse("0.0.0.0:80:80").unwrap().host_ip, None);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse("0:80").is_err());
+        assert!(parse("65536:80").is_err());
+        assert!(parse("8000-8001:80").unwrap_err().contains("different length"));
+        assert!(parse("80/icmp").unwrap_err().contains("protocol"));
+        assert!(parse("a:b:c:d").is_err());
+        assert!(parse("300.0.0.1:80:80").is_err());
+        assert!(parse("90-80").unwrap_err().contains("reversed"));
+        assert!(parse("").is_err());
+    }
+}

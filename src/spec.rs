@@ -1,0 +1,731 @@
+//! The validated file: every value parsed into its type, defaults filled in.
+//!
+//! [`load`] turns the text of the file into a [`Spec`] or into the full list
+//! of errors (TOML syntax, unknown keys, wrong types and every semantic
+//! check), each at the position of the offending value.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use toml::Spanned;
+
+use crate::config::{self, ConfigFile, NetworkConfig};
+use crate::diag::{Diag, Diagnostics, hint_unknown_field, suggest};
+use crate::ports::{self, PortSpec};
+
+/// Name of Docker's default network.
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub state_dir: Option<PathBuf>,
+    pub port_range: (u16, u16),
+    pub upstream_dns: Option<Vec<SocketAddr>>,
+    pub networks: BTreeMap<String, NetworkSpec>,
+    /// In file order.
+    pub containers: Vec<ContainerSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub bridge: String,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub dns: bool,
+    pub masquerade: bool,
+    pub internal: bool,
+    pub icc: bool,
+    pub mtu: u32,
+    pub subnet6: Option<Ipv6Network>,
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Bridge,
+    None,
+    Host,
+    Container(String),
+}
+
+/// Where a container's network namespace comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsSpec {
+    /// `/run/netns/NAME`, created by netloom when missing.
+    Named(String),
+    /// An existing namespace netloom attaches to and never deletes.
+    Path(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub hostname: String,
+    pub mode: Mode,
+    /// `None` for `host` and `container:` modes.
+    pub netns: Option<NetnsSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub ports: Vec<(String, PortSpec)>,
+    /// (target container, alias)
+    pub links: Vec<(String, Option<String>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub network: String,
+    pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
+    pub aliases: Vec<String>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Whether a network or container name is acceptable (SPEC §1).
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+}
+
+fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                && !l.starts_with('-')
+        })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        mac[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// Stable bridge name for a user-defined network: `br-` + 12 hex digits,
+/// like Docker's `br-<network id>`.
+pub fn default_bridge_name(network: &str) -> String {
+    if network == DEFAULT_NETWORK {
+        return "docker0".into();
+    }
+    format!("br-{:012x}", crate::hash::fnv64(network.as_bytes()) >> 16)
+}
+
+/// Reads, parses and validates the file's text. `path` is only used in messages.
+pub fn load(path: &str, text: &str) -> Result<Spec, Diagnostics> {
+    let file: ConfigFile = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let msg = hint_unknown_field(e.message().trim());
+            return Err(Diagnostics::render(path, text, vec![Diag::new(span, msg)]));
+        }
+    };
+    let mut v = Validator::default();
+    let spec = v.check(&file);
+    if v.diags.is_empty() {
+        Ok(spec)
+    } else {
+        Err(Diagnostics::render(path, text, v.diags))
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    diags: Vec<Diag>,
+}
+
+fn sp<T>(s: &Spanned<T>) -> Range<usize> {
+    s.span()
+}
+
+impl Validator {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        self.diags.push(Diag::new(span, msg));
+    }
+
+    fn check(&mut self, f: &ConfigFile) -> Spec {
+        let settings = &f.settings;
+        let state_dir = settings.state_dir.as_ref().and_then(|s| {
+            let p = PathBuf::from(s.get_ref());
+            if p.is_absolute() {
+                Some(p)
+            } else {
+                self.err(sp(s), "state_dir must be an absolute path");
+                None
+            }
+        });
+        let port_range = match &settings.port_range {
+            None => config::DEFAULT_PORT_RANGE,
+            Some(r) => match ports::parse_range(r.get_ref()) {
+                Ok(pr) if pr.start < pr.end => (pr.start, pr.end),
+                Ok(_) => {
+                    self.err(sp(r), "port_range must hold more than one port, as FIRST-LAST");
+                    config::DEFAULT_PORT_RANGE
+                }
+                Err(e) => {
+                    self.err(sp(r), format!("invalid port_range: {e}"));
+                    config::DEFAULT_PORT_RANGE
+                }
+            },
+        };
+        let upstream_dns = settings.upstream_dns.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|s| match parse_upstream(s.get_ref()) {
+                    Some(a) => Some(a),
+                    None => {
+                        self.err(
+                            sp(s),
+                            format!("`{}` is not an IP address (or IP:PORT)", s.get_ref()),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+
+        let mut networks = BTreeMap::new();
+        for (key, net) in f.networks.0.iter() {
+            if let Some(n) = self.network(key, net) {
+                networks.insert(n.name.clone(), n);
+            }
+        }
+        self.check_networks(f, &networks);
+
+        // The implicit default network, when a container uses it.
+        let uses_default = f.containers.iter().any(|(_, c)| {
+            let c = c.get_ref();
+            let bridge_mode = c
+                .network_mode
+                .as_ref()
+                .is_none_or(|m| m.get_ref() == "bridge");
+            bridge_mode
+                && match &c.networks {
+                    None => true,
+                    Some(n) => n.get_ref().0.iter().any(|(k, _)| k.get_ref() == DEFAULT_NETWORK),
+                }
+        });
+        if uses_default && !networks.contains_key(DEFAULT_NETWORK) {
+            let implicit = implicit_default_network();
+            if let Some((_, other)) = networks
+                .iter()
+                .find(|(_, n)| n.subnet.overlaps(implicit.subnet) || n.bridge == implicit.bridge)
+            {
+                let span = f
+                    .networks
+                    .0
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == &other.name)
+                    .map(|(_, v)| sp(v))
+                    .unwrap_or(0..0);
+                self.err(
+                    span,
+                    format!(
+                        "network `{}` clashes with the implicit default network `bridge` (docker0, 172.17.0.0/16) that containers use; declare [networks.bridge] with other values",
+                        other.name
+                    ),
+                );
+            }
+            networks.insert(DEFAULT_NETWORK.to_string(), implicit);
+        }
+
+        let containers = self.containers(f, &networks);
+        Spec {
+            state_dir,
+            port_range,
+            upstream_dns,
+            networks,
+            containers,
+        }
+    }
+
+    fn network(&mut self, key: &Spanned<String>, net: &Spanned<NetworkConfig>) -> Option<NetworkSpec> {
+        let name = key.get_ref().clone();
+        let n = net.get_ref();
+        let mut ok = true;
+        if !valid_name(&name) {
+            self.err(sp(key), format!("invalid network name `{name}`: names match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"));
+            ok = false;
+        }
+        let is_default = name == DEFAULT_NETWORK;
+        let bridge = match &n.bridge {
+            Some(b) => {
+                if !valid_ifname(b.get_ref()) {
+                    self.err(sp(b), format!("invalid bridge name `{}`: at most 15 bytes, no `/`, `:` or spaces", b.get_ref()));
+                    ok = false;
+                }
+                b.get_ref().clone()
+            }
+            None => default_bridge_name(&name),
+        };
+        let subnet = match &n.subnet {
+            Some(s) => match s.get_ref().parse::<Ipv4Network>() {
+                Ok(net) if net.network() != net.ip() => {
+                    self.err(sp(s), format!("subnet {} has host bits set; did you mean {}/{}?", s.get_ref(), net.network(), net.prefix()));
+                    ok = false;
+                    net
+                }
+                Ok(net) if net.prefix() > 30 => {
+                    self.err(sp(s), format!("subnet {} is too small: a network needs at least a /30", s.get_ref()));
+                    ok = false;
+                    net
+                }
+                Ok(net) => net,
+                Err(_) => {
+                    self.err(sp(s), format!("`{}` is not an IPv4 subnet in CIDR notation (e.g. 192.168.0.0/16)", s.get_ref()));
+                    return None;
+                }
+            },
+            None if is_default => implicit_default_network().subnet,
+            None => {
+                self.err(sp(net), format!("network `{name}` needs a subnet, e.g. subnet = \"192.168.0.0/16\""));
+                return None;
+            }
+        };
+        let first_host = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        let gateway = match &n.gateway {
+            Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
+                Ok(ip) => {
+                    if !subnet.contains(ip) {
+                        self.err(sp(g), format!("gateway {ip} is not inside subnet {subnet}"));
+                        ok = false;
+                    } else if ip == subnet.network() || ip == subnet.broadcast() {
+                        self.err(sp(g), format!("gateway {ip} is the network or broadcast address of {subnet}"));
+                        ok = false;
+                    }
+                    ip
+                }
+                Err(_) => {
+                    self.err(sp(g), format!("`{}` is not an IPv4 address", g.get_ref()));
+                    return None;
+                }
+            },
+            None => first_host,
+        };
+        let mtu = match &n.mtu {
+            Some(m) => {
+                let v = *m.get_ref();
+                if !(68..=65535).contains(&v) {
+                    self.err(sp(m), format!("mtu {v} is out of range 68-65535"));
+                    ok = false;
+                }
+                v.clamp(68, 65535) as u32
+            }
+            None => 1500,
+        };
+        let (subnet6, gateway6) = match &n.subnet6 {
+            Some(s) => match s.get_ref().parse::<Ipv6Network>() {
+                Ok(net) if net.prefix() > 126 || net.network() != net.ip() => {
+                    self.err(sp(s), format!("subnet6 {} must be a network address with a prefix of at most /126", s.get_ref()));
+                    ok = false;
+                    (None, None)
+                }
+                Ok(net) => (Some(net), Some(Ipv6Addr::from(u128::from(net.network()) + 1))),
+                Err(_) => {
+                    self.err(sp(s), format!("`{}` is not an IPv6 subnet in CIDR notation", s.get_ref()));
+                    ok = false;
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        let internal = n.internal.unwrap_or(false);
+        ok.then(|| NetworkSpec {
+            name,
+            bridge,
+            subnet,
+            gateway,
+            dns: n.dns.unwrap_or(!is_default),
+            masquerade: n.masquerade.unwrap_or(true) && !internal,
+            internal,
+            icc: n.icc.unwrap_or(true),
+            mtu,
+            subnet6,
+            gateway6,
+        })
+    }
+
+    /// Checks across networks: unique bridges, no overlapping subnets.
+    fn check_networks(&mut self, f: &ConfigFile, nets: &BTreeMap<String, NetworkSpec>) {
+        let span_of = |name: &str| -> Range<usize> {
+            f.networks.get(name).map(sp).unwrap_or(0..0)
+        };
+        let list: Vec<&NetworkSpec> = nets.values().collect();
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                let (first, second) = order_by_span(a, b, &span_of);
+                if a.bridge == b.bridge {
+                    let s = f.networks.get(&second.name).and_then(|n| n.get_ref().bridge.as_ref().map(sp)).unwrap_or_else(|| span_of(&second.name));
+                    self.err(s, format!("bridge `{}` of network `{}` is already used by network `{}`", a.bridge, second.name, first.name));
+                }
+                if a.subnet.overlaps(b.subnet) {
+                    let s = f.networks.get(&second.name).and_then(|n| n.get_ref().subnet.as_ref().map(sp)).unwrap_or_else(|| span_of(&second.name));
+                    self.err(s, format!("subnet {} of network `{}` overlaps subnet {} of network `{}`", second.subnet, second.name, first.subnet, first.name));
+                }
+                if let (Some(x), Some(y)) = (a.subnet6, b.subnet6) {
+                    if x.overlaps(y) {
+                        self.err(span_of(&second.name), format!("subnet6 of network `{}` overlaps that of network `{}`", second.name, first.name));
+                    }
+                }
+            }
+        }
+    }
+
+    fn containers(&mut self, f: &ConfigFile, nets: &BTreeMap<String, NetworkSpec>) -> Vec<ContainerSpec> {
+        let declared: Vec<&str> = f.containers.iter().map(|(k, _)| k).collect();
+        let mut out = Vec::new();
+        let mut netns_names: HashMap<String, String> = HashMap::new();
+        // (network, ip) -> container, for duplicate fixed addresses.
+        let mut fixed: HashMap<(String, IpAddr), String> = HashMap::new();
+        // (host ip, proto) -> [(range, container, span)] for port claims.
+        let mut claims: Vec<(Option<Ipv4Addr>, crate::firewall::Proto, ports::PortRange, String)> = Vec::new();
+
+        for (key, c) in f.containers.0.iter() {
+            let name = key.get_ref().clone();
+            let cfg = c.get_ref();
+            if !valid_name(&name) {
+                self.err(sp(key), format!("invalid container name `{name}`: names match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"));
+            }
+            let mode = match &cfg.network_mode {
+                None => Mode::Bridge,
+                Some(m) => match m.get_ref().as_str() {
+                    "bridge" | "default" => Mode::Bridge,
+                    "none" => Mode::None,
+                    "host" => Mode::Host,
+                    other => match other.strip_prefix("container:") {
+                        Some(t) if declared.contains(&t) && t != name => Mode::Container(t.to_string()),
+                        Some(t) if t == name => {
+                            self.err(sp(m), "a container cannot share its own namespace");
+                            Mode::None
+                        }
+                        Some(t) => {
+                            let hint = suggest(t, declared.iter().copied()).map(|s| format!("; did you mean `container:{s}`?")).unwrap_or_default();
+                            self.err(sp(m), format!("network_mode refers to undeclared container `{t}`{hint}"));
+                            Mode::None
+                        }
+                        None => {
+                            self.err(sp(m), format!("unknown network_mode `{other}` (expected bridge, none, host or container:<name>)"));
+                            Mode::None
+                        }
+                    },
+                },
+            };
+            let shares = matches!(mode, Mode::Host | Mode::Container(_));
+            let mode_word = match &mode {
+                Mode::Host => "host",
+                Mode::Container(_) => "container:",
+                Mode::None => "none",
+                Mode::Bridge => "bridge",
+            };
+            if mode != Mode::Bridge {
+                if let Some(n) = &cfg.networks {
+                    self.err(sp(n), format!("network_mode `{mode_word}` takes no networks"));
+                }
+                if let Some(p) = cfg.ports.first() {
+                    self.err(sp(p), format!("network_mode `{mode_word}` cannot publish ports"));
+                }
+            }
+            if shares {
+                if let Some(n) = cfg.netns.as_ref().or(cfg.netns_path.as_ref()) {
+                    self.err(sp(n), format!("network_mode `{mode_word}` uses another namespace; netns and netns_path do not apply"));
+                }
+                if let Some(l) = cfg.links.first() {
+                    if mode == Mode::Host {
+                        self.err(sp(l), "network_mode `host` has no links: it has the host's names");
+                    }
+                }
+            }
+            let netns = if shares {
+                None
+            } else {
+                match (&cfg.netns, &cfg.netns_path) {
+                    (Some(a), Some(_)) => {
+                        self.err(sp(a), "netns and netns_path are mutually exclusive");
+                        None
+                    }
+                    (Some(n), None) => {
+                        if !valid_name(n.get_ref()) {
+                            self.err(sp(n), format!("invalid netns name `{}`", n.get_ref()));
+                        }
+                        Some(NetnsSpec::Named(n.get_ref().clone()))
+                    }
+                    (None, Some(p)) => {
+                        if !p.get_ref().starts_with('/') {
+                            self.err(sp(p), "netns_path must be an absolute path");
+                        }
+                        Some(NetnsSpec::Path(PathBuf::from(p.get_ref())))
+                    }
+                    (None, None) => Some(NetnsSpec::Named(name.clone())),
+                }
+            };
+            if let Some(NetnsSpec::Named(n)) = &netns {
+                if let Some(other) = netns_names.insert(n.clone(), name.clone()) {
+                    let s = cfg.netns.as_ref().map(sp).unwrap_or_else(|| sp(key));
+                    self.err(s, format!("netns `{n}` is already used by container `{other}`"));
+                }
+            }
+            let hostname = match &cfg.hostname {
+                Some(h) if !valid_hostname(h.get_ref()) => {
+                    self.err(sp(h), format!("invalid hostname `{}`", h.get_ref()));
+                    name.clone()
+                }
+                Some(h) => h.get_ref().clone(),
+                None => name.clone(),
+            };
+
+            // Endpoints.
+            let mut endpoints = Vec::new();
+            if mode == Mode::Bridge {
+                let list: Vec<(Option<&Spanned<String>>, config::EndpointConfig, String)> = match &cfg.networks {
+                    None => vec![(None, Default::default(), DEFAULT_NETWORK.to_string())],
+                    Some(n) => {
+                        if n.get_ref().0.is_empty() {
+                            self.err(sp(n), "networks is empty; use network_mode = \"none\" for a namespace with only `lo`");
+                        }
+                        n.get_ref().0.iter().map(|(k, v)| (Some(k), v.clone(), k.get_ref().clone())).collect()
+                    }
+                };
+                let mut seen = BTreeSet::new();
+                for (kspan, ep, netname) in list {
+                    let span = kspan.map(sp).unwrap_or_else(|| sp(key));
+                    if !seen.insert(netname.clone()) {
+                        self.err(span.clone(), format!("network `{netname}` is listed twice"));
+                        continue;
+                    }
+                    let Some(net) = nets.get(&netname) else {
+                        if f.networks.get(&netname).is_none() {
+                            let hint = suggest(&netname, nets.keys().map(String::as_str)).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                            self.err(span, format!("network `{netname}` is not declared{hint}"));
+                        }
+                        continue;
+                    };
+                    let ip = ep.ip.as_ref().and_then(|s| match s.get_ref().parse::<Ipv4Addr>() {
+                        Err(_) => {
+                            self.err(sp(s), format!("`{}` is not an IPv4 address", s.get_ref()));
+                            None
+                        }
+                        Ok(ip) if !net.subnet.contains(ip) => {
+                            self.err(sp(s), format!("address {ip} is not inside subnet {} of network `{netname}`", net.subnet));
+                            None
+                        }
+                        Ok(ip) if ip == net.gateway => {
+                            self.err(sp(s), format!("address {ip} is the gateway of network `{netname}`"));
+                            None
+                        }
+                        Ok(ip) if ip == net.subnet.network() || ip == net.subnet.broadcast() => {
+                            self.err(sp(s), format!("address {ip} is the network or broadcast address of {}", net.subnet));
+                            None
+                        }
+                        Ok(ip) => {
+                            if let Some(other) = fixed.insert((netname.clone(), IpAddr::V4(ip)), name.clone()) {
+                                self.err(sp(s), format!("address {ip} on network `{netname}` is already given to container `{other}`"));
+                            }
+                            Some(ip)
+                        }
+                    });
+                    let ip6 = ep.ip6.as_ref().and_then(|s| match (s.get_ref().parse::<Ipv6Addr>(), net.subnet6) {
+                        (Err(_), _) => {
+                            self.err(sp(s), format!("`{}` is not an IPv6 address", s.get_ref()));
+                            None
+                        }
+                        (Ok(_), None) => {
+                            self.err(sp(s), format!("network `{netname}` has no subnet6"));
+                            None
+                        }
+                        (Ok(ip), Some(sub)) if !sub.contains(ip) || Some(ip) == net.gateway6 || ip == sub.network() => {
+                            self.err(sp(s), format!("address {ip} is not a usable host address of {sub}"));
+                            None
+                        }
+                        (Ok(ip), Some(_)) => {
+                            if let Some(other) = fixed.insert((netname.clone(), IpAddr::V6(ip)), name.clone()) {
+                                self.err(sp(s), format!("address {ip} on network `{netname}` is already given to container `{other}`"));
+                            }
+                            Some(ip)
+                        }
+                    });
+                    let mac = ep.mac.as_ref().and_then(|s| match parse_mac(s.get_ref()) {
+                        Some(m) if m[0] & 1 == 1 => {
+                            self.err(sp(s), format!("MAC {} is a multicast address", s.get_ref()));
+                            None
+                        }
+                        Some(m) => Some(m),
+                        None => {
+                            self.err(sp(s), format!("`{}` is not a MAC address (aa:bb:cc:dd:ee:ff)", s.get_ref()));
+                            None
+                        }
+                    });
+                    let mut aliases = Vec::new();
+                    for a in &ep.aliases {
+                        if valid_hostname(a.get_ref()) {
+                            aliases.push(a.get_ref().clone());
+                        } else {
+                            self.err(sp(a), format!("invalid alias `{}`", a.get_ref()));
+                        }
+                    }
+                    endpoints.push(EndpointSpec { network: netname, ip, ip6, aliases, mac });
+                }
+            }
+
+            // Ports.
+            let mut port_specs = Vec::new();
+            for p in &cfg.ports {
+                match ports::parse(p.get_ref()) {
+                    Err(e) => self.err(sp(p), format!("invalid port mapping `{}`: {e}", p.get_ref())),
+                    Ok(ps) => {
+                        if let Some(ep) = endpoints.first() {
+                            if nets.get(&ep.network).is_some_and(|n| n.internal) {
+                                self.err(sp(p), format!("network `{}` is internal: it publishes no ports", ep.network));
+                            }
+                        }
+                        if let Some(h) = ps.host {
+                            let clash = claims.iter().find(|(ip, proto, r, _)| {
+                                *proto == ps.proto && r.overlaps(&h) && (ip.is_none() || ps.host_ip.is_none() || *ip == ps.host_ip)
+                            });
+                            if let Some((ip, _, r, other)) = clash {
+                                let at = ip.map(|i| format!("{i}:")).unwrap_or_default();
+                                self.err(sp(p), format!("host port {h}/{} is already published by container `{other}` ({at}{r})", ps.proto));
+                            } else {
+                                claims.push((ps.host_ip, ps.proto, h, name.clone()));
+                            }
+                        }
+                        port_specs.push((p.get_ref().clone(), ps));
+                    }
+                }
+            }
+
+            // Links.
+            let mut links = Vec::new();
+            for l in &cfg.links {
+                let (target, alias) = match l.get_ref().split_once(':') {
+                    Some((t, a)) => (t.to_string(), Some(a.to_string())),
+                    None => (l.get_ref().clone(), None),
+                };
+                if !declared.contains(&target.as_str()) {
+                    let hint = suggest(&target, declared.iter().copied()).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                    self.err(sp(l), format!("link to undeclared container `{target}`{hint}"));
+                    continue;
+                }
+                if target == name {
+                    self.err(sp(l), "a container cannot link to itself");
+                    continue;
+                }
+                if let Some(a) = &alias {
+                    if !valid_hostname(a) {
+                        self.err(sp(l), format!("invalid link alias `{a}`"));
+                        continue;
+                    }
+                }
+                links.push((target, alias));
+            }
+            out.push(ContainerSpec { name, hostname, mode, netns, endpoints, ports: port_specs, links });
+        }
+        self.check_container_graph(f, &out);
+        out
+    }
+
+    /// `container:` chains must end at a container with a namespace of its
+    /// own; links need a shared network.
+    fn check_container_graph(&mut self, f: &ConfigFile, list: &[ContainerSpec]) {
+        let by_name: HashMap<&str, &ContainerSpec> = list.iter().map(|c| (c.name.as_str(), c)).collect();
+        for c in list {
+            if let Mode::Container(_) = c.mode {
+                let mut seen = BTreeSet::new();
+                let mut cur = c;
+                while let Mode::Container(t) = &cur.mode {
+                    if !seen.insert(cur.name.as_str()) {
+                        let span = f.containers.get(&c.name).and_then(|x| x.get_ref().network_mode.as_ref().map(sp)).unwrap_or(0..0);
+                        self.err(span, format!("network_mode of `{}` forms a cycle of container: references", c.name));
+                        break;
+                    }
+                    match by_name.get(t.as_str()) {
+                        Some(n) => cur = n,
+                        None => break,
+                    }
+                }
+            }
+            for (target, _) in &c.links {
+                let Some(t) = by_name.get(target.as_str()) else { continue };
+                let t = resolve_shared(t, &by_name);
+                let me = resolve_shared(c, &by_name);
+                let shared = me.endpoints.iter().any(|e| t.endpoints.iter().any(|o| o.network == e.network));
+                if !shared && !me.endpoints.is_empty() {
+                    let cfg = f.containers.get(&c.name);
+                    let span = cfg
+                        .and_then(|x| x.get_ref().links.iter().find(|l| l.get_ref().split(':').next() == Some(target)).map(sp))
+                        .unwrap_or(0..0);
+                    self.err(span, format!("container `{}` links to `{target}` but they share no network", c.name));
+                }
+            }
+        }
+    }
+}
+
+/// The container whose namespace `c` uses (follows `container:` modes).
+pub fn resolve_shared<'a>(c: &'a ContainerSpec, by_name: &HashMap<&str, &'a ContainerSpec>) -> &'a ContainerSpec {
+    let mut cur = c;
+    for _ in 0..by_name.len() {
+        match &cur.mode {
+            Mode::Container(t) => match by_name.get(t.as_str()) {
+                Some(n) => cur = n,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    cur
+}
+
+fn order_by_span<'a>(a: &'a NetworkSpec, b: &'a NetworkSpec, span_of: &dyn Fn(&str) -> Range<usize>) -> (&'a NetworkSpec, &'a NetworkSpec) {
+    if span_of(&a.name).start <= span_of(&b.name).start { (a, b) } else { (b, a) }
+}
+
+fn parse_upstream(s: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    s.parse::<SocketAddr>().ok()
+}
+
+/// Docker's default network, used when containers need it and the file
+/// does not declare it.
+pub fn implicit_default_network() -> NetworkSpec {
+    NetworkSpec {
+        name: DEFAULT_NETWORK.into(),
+        bridge: "docker0".into(),
+        subnet: Ipv4Network::new(Ipv4Addr::new(172, 17, 0, 0), 16).expect("valid constant subnet"),
+        gateway: Ipv4Addr::new(172, 17, 0, 1),
+        dns: false,
+        masquerade: true,
+        internal: false,
+        icc: true,
+        mtu: 1500,
+        subnet6: None,
+        gateway6: None,
+    }
+}
