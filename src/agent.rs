@@ -1,12 +1,442 @@
 //! `netloom watch`: the agent.
+//!
+//! It applies at start, then whenever the file changes (debounced, by
+//! content hash, atomic renames included), when the kernel reports a change
+//! to one of netloom's interfaces, every resync period (with jitter, which
+//! also catches what has no cheap event, such as a flushed nft table), and
+//! at once on SIGHUP. One reconcile runs at a time; triggers that arrive
+//! during one coalesce into one more. It serves the embedded DNS of the
+//! DNS-enabled networks and updates its records in the same reconcile that
+//! changes an address. SIGTERM/SIGINT stop it and leave the network up.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
 
 use crate::cli::Cli;
-use crate::engine::Exit;
+use crate::dns::DnsServer;
+use crate::engine::{self, Exit, LOCK_WAIT, Loaded};
+use crate::events::{self, KernelEvent};
+use crate::sdnotify;
+use crate::state::{StateDir, write_atomic};
+use crate::status::AGENT_FILE;
 
-pub async fn watch(_cli: &Cli, _resync: Duration) -> Result<Exit> {
-    Err(anyhow!("`netloom watch` is not implemented yet"))
+/// Editors write a file in several steps; wait this long for the last one.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Runs kept in the agent's status file.
+const KEPT_RUNS: usize = 20;
+
+/// Why a reconcile runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    File,
+    Kernel(String),
+    Resync,
+    Reload,
+    Stop,
+}
+
+impl Trigger {
+    fn name(&self) -> String {
+        match self {
+            Trigger::Start => "start".into(),
+            Trigger::File => "file".into(),
+            Trigger::Kernel(what) => format!("kernel ({what})"),
+            Trigger::Resync => "resync".into(),
+            Trigger::Reload => "SIGHUP".into(),
+            Trigger::Stop => "stop".into(),
+        }
+    }
+}
+
+/// One reconcile, as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub time: String,
+    pub trigger: String,
+    pub added: usize,
+    pub changed: usize,
+    pub destroyed: usize,
+    pub millis: u64,
+    pub error: Option<String>,
+}
+
+/// The agent's status file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub started: String,
+    pub summary: String,
+    pub config_error: Option<String>,
+    pub runs: Vec<Run>,
+}
+
+struct Agent {
+    config: PathBuf,
+    state_dir: PathBuf,
+    loaded: Loaded,
+    /// Hash of the file content last seen (valid or not).
+    seen: u64,
+    dns: DnsServer,
+    /// Names and indexes of netloom's host interfaces, to filter events.
+    owned_names: HashSet<String>,
+    owned_indexes: HashSet<u32>,
+    status: AgentStatus,
+}
+
+pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
+    engine::require_root("watch")?;
+    let Some(loaded) = engine::load(cli)? else { return Ok(1) };
+    let text = std::fs::read(&cli.config).unwrap_or_default();
+    let dns = DnsServer::new(upstreams(&loaded));
+    let state_dir = loaded.host.state_dir.clone();
+    let mut agent = Agent {
+        config: cli.config.clone(),
+        state_dir,
+        loaded,
+        seen: crate::hash::fnv64(&text),
+        dns,
+        owned_names: HashSet::new(),
+        owned_indexes: HashSet::new(),
+        status: AgentStatus {
+            pid: std::process::id(),
+            started: now_rfc3339(),
+            ..Default::default()
+        },
+    };
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
+    let _watcher = watch_file(&cli.config, tx.clone())?;
+    spawn_kernel_events(tx.clone())?;
+    spawn_signals(tx.clone())?;
+    spawn_resync(tx.clone(), resync);
+
+    agent.reconcile(&Trigger::Start).await;
+    sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
+
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        if batch.contains(&Trigger::File) {
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+        while let Ok(t) = rx.try_recv() {
+            batch.push(t);
+        }
+        if batch.contains(&Trigger::Stop) {
+            break;
+        }
+        let reload = batch.contains(&Trigger::Reload);
+        if reload {
+            sdnotify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", sdnotify::monotonic_usec()));
+        }
+        let file_changed = agent.reload_file(reload);
+        let kernel = batch.iter().find_map(|t| match t {
+            Trigger::Kernel(w) if agent.is_ours(w) => Some(t.clone()),
+            _ => None,
+        });
+        let trigger = if reload {
+            Some(Trigger::Reload)
+        } else if file_changed {
+            Some(Trigger::File)
+        } else if let Some(k) = kernel {
+            Some(k)
+        } else if batch.contains(&Trigger::Resync) {
+            Some(Trigger::Resync)
+        } else {
+            None
+        };
+        if let Some(t) = trigger {
+            let changed = agent.reconcile(&t).await;
+            if changed {
+                // Our own changes echo back as kernel events; they are not
+                // drift. Anything real among them is caught by the next
+                // event or resync.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while let Ok(t) = rx.try_recv() {
+                    if !matches!(t, Trigger::Kernel(_)) {
+                        let _ = tx.send(t);
+                        break;
+                    }
+                }
+            }
+        }
+        if reload {
+            sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
+        }
+    }
+    sdnotify::notify("STOPPING=1");
+    info!("stopping; the network stays as it is");
+    agent.dns.shutdown().await;
+    Ok(0)
+}
+
+impl Agent {
+    /// Re-reads the file; returns whether a new valid config is in force.
+    fn reload_file(&mut self, force: bool) -> bool {
+        let text = match std::fs::read(&self.config) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("cannot read {}: {e}; keeping the last good configuration", self.config.display());
+                return false;
+            }
+        };
+        let h = crate::hash::fnv64(&text);
+        if h == self.seen && !force {
+            return false;
+        }
+        self.seen = h;
+        let shown = self.config.display().to_string();
+        let text = String::from_utf8_lossy(&text).into_owned();
+        match crate::spec::load(&shown, &text) {
+            Ok(spec) => {
+                // The state dir stays the agent's for its lifetime: moving
+                // it under a running agent would orphan the ownership record.
+                let host = self.loaded.host.clone();
+                self.loaded = Loaded { path: self.config.clone(), spec, host };
+                self.status.config_error = None;
+                self.dns.set_upstreams(upstreams(&self.loaded));
+                true
+            }
+            Err(d) => {
+                for l in &d.lines {
+                    error!("{l}");
+                }
+                error!("invalid configuration; the last good one stays in force");
+                self.status.config_error = Some(d.to_string());
+                self.write_status();
+                false
+            }
+        }
+    }
+
+    fn is_ours(&self, what: &str) -> bool {
+        what.split(',').any(|w| {
+            w.strip_prefix("index:")
+                .and_then(|i| i.parse::<u32>().ok())
+                .is_some_and(|i| self.owned_indexes.contains(&i))
+                || w.strip_prefix("name:").is_some_and(|n| self.owned_names.contains(n))
+        })
+    }
+
+    /// One reconcile; returns whether it changed anything.
+    async fn reconcile(&mut self, trigger: &Trigger) -> bool {
+        let start = Instant::now();
+        let result = self.reconcile_inner().await;
+        let millis = start.elapsed().as_millis() as u64;
+        let (summary, changed) = match &result {
+            Ok(s) => (*s, s.add + s.change + s.destroy > 0),
+            Err(_) => (Default::default(), false),
+        };
+        let run = Run {
+            time: now_rfc3339(),
+            trigger: trigger.name(),
+            added: summary.add,
+            changed: summary.change,
+            destroyed: summary.destroy,
+            millis,
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        };
+        match &run.error {
+            None => info!(
+                trigger = %run.trigger,
+                "reconciled in {millis} ms: {} added, {} changed, {} destroyed",
+                run.added, run.changed, run.destroyed
+            ),
+            Some(e) => error!(trigger = %run.trigger, "reconcile failed after {millis} ms: {e}"),
+        }
+        self.status.summary = match &run.error {
+            None => format!(
+                "last reconcile {} ({}): {} added, {} changed, {} destroyed",
+                run.time, run.trigger, run.added, run.changed, run.destroyed
+            ),
+            Some(e) => format!("last reconcile {} ({}) failed: {e}", run.time, run.trigger),
+        };
+        sdnotify::notify(&format!("STATUS={}", self.status.summary));
+        self.status.runs.push(run);
+        let n = self.status.runs.len();
+        if n > KEPT_RUNS {
+            self.status.runs.drain(..n - KEPT_RUNS);
+        }
+        self.write_status();
+        changed
+    }
+
+    async fn reconcile_inner(&mut self) -> Result<crate::plan::Summary> {
+        let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
+        let mut record = sd.load()?;
+        let p = engine::plan_live(&self.loaded, &record).await?;
+        let summary = p.plan.summary();
+        if !p.plan.is_empty() {
+            engine::apply_planned(&sd, &mut record, &p).await?;
+        } else if record.applied.as_ref() != Some(&p.desired.state) {
+            record.allocations = p.desired.allocations.clone();
+            record.applied = Some(p.desired.state.clone());
+            sd.save(&record)?;
+        }
+        drop(sd);
+        self.owned_names = p
+            .desired
+            .state
+            .bridges
+            .values()
+            .map(|b| b.name.clone())
+            .chain(p.desired.state.endpoints.values().map(|e| e.host_veth.clone()))
+            .collect();
+        self.owned_indexes = p
+            .observation
+            .host
+            .links
+            .iter()
+            .filter(|l| self.owned_names.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        self.dns
+            .update(p.desired.zones.clone())
+            .await
+            .context("update the embedded DNS server")?;
+        Ok(summary)
+    }
+
+    fn write_status(&self) {
+        let path = self.state_dir.join(AGENT_FILE);
+        match serde_json::to_vec_pretty(&self.status) {
+            Ok(json) => {
+                if let Err(e) = write_atomic(&path, &json) {
+                    warn!("cannot write {}: {e:#}", path.display());
+                }
+            }
+            Err(e) => warn!("cannot serialize the agent status: {e}"),
+        }
+    }
+}
+
+/// Upstream servers for the embedded DNS: the file's, else the host's
+/// resolv.conf (loopback resolvers included: the agent runs on the host).
+fn upstreams(l: &Loaded) -> Vec<std::net::SocketAddr> {
+    if let Some(u) = &l.spec.upstream_dns {
+        return u.clone();
+    }
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| crate::dns::parse_resolv_conf(&t))
+        .unwrap_or_default()
+}
+
+/// Watches the file's directory (editors replace files by rename) and
+/// sends [`Trigger::File`] for events on the file's name.
+fn watch_file(config: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let abs = std::path::absolute(config).with_context(|| format!("resolve {}", config.display()))?;
+    let dir = abs.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("{} has no parent directory", abs.display()))?;
+    let name = abs.file_name().map(|n| n.to_os_string()).ok_or_else(|| anyhow!("{} has no file name", abs.display()))?;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+                let _ = tx.send(Trigger::File);
+            }
+        }
+    })
+    .context("start the file watcher")?;
+    w.watch(&dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watch {}", dir.display()))?;
+    Ok(w)
+}
+
+fn spawn_kernel_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
+    let mut rx = events::subscribe()?;
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let what = match ev {
+                KernelEvent::Link { index, name, removed } => format!(
+                    "index:{index},name:{}{}",
+                    name.unwrap_or_default(),
+                    if removed { ",link removed" } else { ",link changed" }
+                ),
+                KernelEvent::Address { index, removed } => {
+                    format!("index:{index}{}", if removed { ",address removed" } else { ",address added" })
+                }
+                KernelEvent::Route => continue,
+            };
+            if tx.send(Trigger::Kernel(what)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_signals(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::spawn(async move {
+        loop {
+            let t = tokio::select! {
+                _ = hup.recv() => Trigger::Reload,
+                _ = term.recv() => Trigger::Stop,
+                _ = int.recv() => Trigger::Stop,
+            };
+            if tx.send(t).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_resync(tx: mpsc::UnboundedSender<Trigger>, period: Duration) {
+    if period.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            // Up to 10% jitter, so that agents on many hosts do not resync
+            // in lockstep.
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let jitter = period.mul_f64(f64::from(nanos % 1000) / 10_000.0);
+            tokio::time::sleep(period + jitter).await;
+            if tx.send(Trigger::Resync).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_format() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 20);
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
 }

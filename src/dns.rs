@@ -103,8 +103,8 @@ pub const MAX_TCP_CONNECTIONS: usize = 32;
 /// A TCP connection with no complete query for this long is closed.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest query we read over UDP. Queries are a few dozen bytes; anything
-/// longer than this is not a plain query and is dropped as malformed.
+/// Largest query we read over UDP. Queries are a few dozen bytes; a longer
+/// datagram is cut to this by the kernel and then fails to parse.
 const UDP_QUERY_BUF: usize = 4096;
 /// UDP payload we advertise in EDNS replies (the DNS flag day 2020 value,
 /// which avoids IP fragmentation).
@@ -399,6 +399,17 @@ fn fit(bytes: Vec<u8>, req: &Message, udp: bool) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether `src` is inside the zone's subnet. (Listeners are AF_INET, so
+/// an IPv6 source can only be v4-mapped.)
+fn subnet_has(zone: &ZoneData, src: SocketAddr) -> bool {
+    match src.ip() {
+        IpAddr::V4(ip) => zone.subnet.contains(ip),
+        IpAddr::V6(ip) => ip
+            .to_ipv4_mapped()
+            .is_some_and(|v4| zone.subnet.contains(v4)),
+    }
+}
+
 /// The decision for one packet, made synchronously.
 enum Step {
     Reply(Vec<u8>),
@@ -422,6 +433,12 @@ impl Shared {
         zones.get(&gateway).cloned()
     }
 
+    /// Whether `src` may query the zone on `gateway` (inside its subnet).
+    fn allowed(&self, gateway: Ipv4Addr, src: SocketAddr) -> bool {
+        self.zone(gateway)
+            .is_some_and(|zone| subnet_has(&zone, src))
+    }
+
     fn drop_packet(&self, why: &str, src: SocketAddr) -> Step {
         debug!(%src, why, "dns packet dropped");
         Counters::bump(&self.counters.dropped);
@@ -434,13 +451,7 @@ impl Shared {
         let Some(zone) = self.zone(gateway) else {
             return self.drop_packet("no zone on this address", src);
         };
-        let allowed = match src.ip() {
-            IpAddr::V4(ip) => zone.subnet.contains(ip),
-            IpAddr::V6(ip) => ip
-                .to_ipv4_mapped()
-                .is_some_and(|v4| zone.subnet.contains(v4)),
-        };
-        if !allowed {
+        if !subnet_has(&zone, src) {
             return self.drop_packet("source outside the network", src);
         }
         let Ok(req) = Message::from_vec(packet) else {
@@ -745,6 +756,12 @@ async fn tcp_loop(shared: Arc<Shared>, gateway: Ipv4Addr, listener: TcpListener)
                         continue;
                     }
                 };
+                // Strangers must not hold one of the few connection slots
+                // for the idle timeout: refuse them before reading anything.
+                if !shared.allowed(gateway, src) {
+                    shared.drop_packet("source outside the network", src);
+                    continue;
+                }
                 if conns.len() >= MAX_TCP_CONNECTIONS {
                     shared.drop_packet("too many tcp connections", src);
                     continue;
@@ -783,12 +800,8 @@ async fn tcp_conn(shared: Arc<Shared>, gateway: Ipv4Addr, mut stream: TcpStream,
             }
             // A stranger gets no more reads; junk on a good connection is
             // skipped like a junk datagram.
-            Step::Drop => match shared.zone(gateway) {
-                Some(zone) if matches!(src.ip(), IpAddr::V4(ip) if zone.subnet.contains(ip)) => {
-                    continue;
-                }
-                _ => return,
-            },
+            Step::Drop if shared.allowed(gateway, src) => continue,
+            Step::Drop => return,
         };
         let Ok(len) = u16::try_from(reply.len()) else {
             continue;
@@ -1293,7 +1306,14 @@ mod tests {
                 .is_none()
         );
         let mut conn = tcp_connect(blue_client, green).await;
-        tcp_send(&mut conn, &packet).await;
+        // The server may already have closed the connection: a failed write
+        // is as good as the closed read checked below.
+        let mut framed = u16::try_from(packet.len())
+            .expect("small")
+            .to_be_bytes()
+            .to_vec();
+        framed.extend_from_slice(&packet);
+        let _ = conn.write_all(&framed).await;
         let mut byte = [0u8; 1];
         let closed = tokio::time::timeout(WAIT, conn.read(&mut byte))
             .await

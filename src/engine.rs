@@ -128,7 +128,7 @@ fn plan_exit(plan: &Plan, detailed: bool) -> Exit {
     if detailed && !plan.is_empty() { 2 } else { 0 }
 }
 
-fn require_root(what: &str) -> Result<()> {
+pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(anyhow!(
             "{what} reads and changes the kernel's network state and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN); `netloom plan --offline` plans without it"
@@ -165,6 +165,10 @@ async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> 
     let p = plan_live(&l, &record).await?;
     print_plan(&p.plan, format);
     if dry_run || p.plan.is_empty() {
+        if !dry_run {
+            let c = p.observation.counters;
+            eprintln!("Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).", c.dumps, c.writes);
+        }
         if !dry_run && record.applied.as_ref() != Some(&p.desired.state) {
             // Converged without changes (e.g. after a state-dir restore):
             // remember it so later drift is measured from here.
@@ -217,7 +221,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     sd.save(record)?;
     let s = p.plan.summary();
     Ok(format!(
-        "Apply complete! {} added, {} changed, {} destroyed. (netlink: {} writes; nft: {} transaction(s), {} element(s))",
+        "Apply complete! {} added, {} changed, {} destroyed ({} netlink writes, {} nft transaction(s) with {} element(s)).",
         s.add, s.change, s.destroy, outcome.counters.writes, nft_tx, outcome.nft_elements
     ))
 }

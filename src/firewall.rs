@@ -26,6 +26,7 @@
 //!
 //!     chain prerouting_filter  filter prerouting  dstnat - 10 (-110)  loopback guard, port counters
 //!     chain prerouting_nat     nat    prerouting  dstnat (-100)       DNAT of published ports
+//!     chain prerouting_mark    filter prerouting  dstnat + 10 (-90)   mark DNATed packets (DNAT_MARK)
 //!     chain output_filter      filter output      -110                port counters (host-originated)
 //!     chain output_nat         nat    output      -100                DNAT for the host itself (incl. 127.0.0.1)
 //!     chain forward_filter     filter forward     filter (0)          isolation, internal networks
@@ -33,7 +34,7 @@
 //! }
 //! table bridge netloom {                                  only while a network has icc = false
 //!     set isolated_subnets  ipv4_addr (interval)
-//!     chain forward            filter forward     filter (-200)       drop IPv4 between members
+//!     chain forward            filter forward     filter (-200)       drop IPv4 between members, unless DNAT_MARK
 //! }
 //! ```
 //!
@@ -61,6 +62,8 @@
 //! - a `policy drop` forward chain elsewhere (ufw, firewalld) must accept
 //!   netloom's traffic itself, e.g. `oifname "docker0" accept` or by a
 //!   packet mark you set earlier;
+//! - netloom ORs bit 0x10000000 ([`DNAT_MARK`]) into the packet mark of
+//!   DNATed packets and leaves other bits alone; keep that bit free;
 //! - do not add rules into `table inet netloom`: the next apply sees a
 //!   changed skeleton and re-creates the table without them.
 //!
@@ -557,7 +560,7 @@ struct ChainDef {
     prio_text: &'static str,
 }
 
-const CHAINS: [ChainDef; 7] = [
+const CHAINS: [ChainDef; 8] = [
     ChainDef {
         family: Family::Inet,
         name: "prerouting_filter",
@@ -573,6 +576,14 @@ const CHAINS: [ChainDef; 7] = [
         hook: "prerouting",
         prio: -100,
         prio_text: "dstnat",
+    },
+    ChainDef {
+        family: Family::Inet,
+        name: "prerouting_mark",
+        kind: "filter",
+        hook: "prerouting",
+        prio: -90,
+        prio_text: "dstnat + 10",
     },
     ChainDef {
         family: Family::Inet,
@@ -689,6 +700,11 @@ fn count_any() -> Value {
     ])
 }
 
+/// Packet mark bit set on DNATed packets so the bridge table can tell a
+/// published-port flow from direct traffic between containers. The text
+/// rules spell it as 0x10000000.
+pub const DNAT_MARK: u32 = 0x1000_0000;
+
 const COUNT_COMMENT: &str = "count later packets of published-port flows (nat sees only the first)";
 const COUNT_HOSTIP: &str = "ct direction original ct status dnat ip daddr . meta l4proto . th dport @dnat_hostip";
 const COUNT_ANY: &str =
@@ -719,6 +735,16 @@ fn rules() -> Vec<RuleDef> {
         ),
         r(Inet, "prerouting_filter", COUNT_HOSTIP, COUNT_COMMENT, count_hostip()),
         r(Inet, "prerouting_filter", COUNT_ANY, COUNT_COMMENT, count_any()),
+        r(
+            Inet,
+            "prerouting_mark",
+            "ct status dnat meta mark set meta mark | 0x10000000",
+            "tag DNATed packets for table bridge netloom (no conntrack in the bridge family)",
+            json!([
+                cmp("in", ct("status"), json!("dnat")),
+                json!({"mangle": {"key": meta("mark"), "value": {"|": [meta("mark"), DNAT_MARK]}}}),
+            ]),
+        ),
         r(
             Inet,
             "prerouting_nat",
@@ -840,6 +866,20 @@ fn rules() -> Vec<RuleDef> {
                 cmp("!=", meta("oifname"), json!("@bridges")),
                 cmp("==", payload("ip", "saddr"), json!("@masq_subnets")),
                 verdict("masquerade"),
+            ]),
+        ),
+        r(
+            Bridge,
+            "forward",
+            "meta mark & 0x10000000 == 0x10000000 accept",
+            "published ports stay reachable: br_netfilter bridges a DNATed flow to a neighbour",
+            json!([
+                cmp(
+                    "==",
+                    json!({"&": [meta("mark"), DNAT_MARK]}),
+                    json!(DNAT_MARK)
+                ),
+                verdict("accept"),
             ]),
         ),
         r(

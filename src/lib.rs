@@ -13,7 +13,7 @@ pub mod config;
 pub mod diag;
 pub mod dns;
 pub mod engine;
-#[path = "firewall_stub.rs"]
+pub mod events;
 pub mod firewall;
 pub mod hash;
 pub mod ipam;
@@ -25,6 +25,7 @@ pub mod plan;
 pub mod portprobe;
 pub mod ports;
 pub mod render;
+pub mod sdnotify;
 pub mod spec;
 pub mod state;
 pub mod status;

@@ -1,0 +1,226 @@
+//! A throwaway host for kernel tests.
+//!
+//! Each [`Host`] is a process (`sleep`) started by `unshare` in its own
+//! network namespace and a private mount namespace, with fresh tmpfs on
+//! `/run/netns` and `/etc/netns`, its own `/etc/resolv.conf` (pointing into
+//! the sandbox, so no DNS query ever leaves it) and its own state dir.
+//! Commands run inside it through `nsenter`. Dropping the `Host` kills the
+//! process; the namespaces, and everything netloom made in them, go with
+//! it, also when a test fails. The machine's own network namespace is never
+//! touched.
+//!
+//! [`Host::with_outside`] adds an "outside" namespace joined to the host by
+//! a veth pair (host side `uplink0` 10.99.0.1/24, outside 10.99.0.2/24) to
+//! play a remote client.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NETLOOM: &str = env!("CARGO_BIN_EXE_netloom");
+pub const UPLINK_IP: &str = "10.99.0.1";
+pub const OUTSIDE_IP: &str = "10.99.0.2";
+
+/// Whether kernel tests can run here; in CI (`CI=true`) a missing
+/// privilege or tool is a failure, elsewhere the test is skipped.
+pub fn kernel_tests_possible(tools: &[&str]) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let root = unsafe { libc_geteuid() } == 0;
+    let missing: Vec<&&str> = tools.iter().filter(|t| !have(t)).collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if !root {
+        "not root".to_string()
+    } else {
+        format!("missing tools: {missing:?}")
+    };
+    if ci {
+        panic!("kernel test cannot run in CI: {why}");
+    }
+    eprintln!("skipping kernel test: {why}");
+    false
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub struct Host {
+    sandbox: Child,
+    pid: u32,
+    pub dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+/// Result of a command, with helpers for assertions.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    #[track_caller]
+    pub fn ok(&self) -> &Run {
+        assert_eq!(self.code, 0, "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // /etc/netns must exist as a mount point; an empty directory is all
+        // that this leaves on the machine (iproute2 creates it as well).
+        std::fs::create_dir_all("/etc/netns").expect("mkdir /etc/netns");
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, format!("nameserver {OUTSIDE_IP}\noptions timeout:1 attempts:1\n")).unwrap();
+        let state = dir.path().join("state");
+        let script = format!(
+            "set -e; mount --bind {resolv} /etc/resolv.conf; \
+             mount -t tmpfs netloom-test /run; mkdir -p /run/netns; \
+             mount -t tmpfs netloom-test /etc/netns; \
+             ip link set lo up; mkdir -p {state}; echo ready; exec sleep 100000",
+            resolv = resolv.display(),
+            state = state.display()
+        );
+        let mut sandbox = Command::new("unshare")
+            .args(["--net", "--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn unshare");
+        let pid = sandbox.id();
+        // Wait for "ready" so that mounts exist before the first command.
+        let mut out = sandbox.stdout.take().expect("stdout");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut buf).expect("sandbox did not start");
+        assert_eq!(&buf, b"ready\n");
+        Host { sandbox, pid, dir, children: Vec::new() }
+    }
+
+    /// A host with an "outside" namespace on uplink0 (10.99.0.0/24).
+    pub fn with_outside() -> Host {
+        let h = Host::new();
+        h.sh(&format!(
+            "ip netns add outside && \
+             ip link add uplink0 type veth peer name eth0 netns outside && \
+             ip addr add {UPLINK_IP}/24 dev uplink0 && ip link set uplink0 up && \
+             ip -n outside addr add {OUTSIDE_IP}/24 dev eth0 && \
+             ip -n outside link set eth0 up && ip -n outside link set lo up && \
+             ip -n outside route add default via {UPLINK_IP}"
+        ))
+        .ok();
+        h
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn enter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.pid.to_string(), "-n", "-m", "--"]);
+        c.env("NETLOOM_STATE_DIR", self.state_dir());
+        c.env_remove("NETLOOM_CONFIG");
+        c
+    }
+
+    /// Runs a shell script inside the host.
+    pub fn sh(&self, script: &str) -> Run {
+        let out = self.enter().args(["sh", "-c", script]).output().expect("nsenter");
+        Run::from(out)
+    }
+
+    /// Runs netloom inside the host with `config` as the file.
+    pub fn netloom(&self, config: &Path, args: &[&str]) -> Run {
+        let out = self
+            .enter()
+            .arg(NETLOOM)
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .output()
+            .expect("run netloom");
+        Run::from(out)
+    }
+
+    /// Writes a config file into the test dir and returns its path.
+    pub fn config(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        p
+    }
+
+    /// Starts a long-running command inside the host (killed on drop).
+    pub fn spawn(&mut self, script: &str) -> u32 {
+        let child = self
+            .enter()
+            .args(["sh", "-c", &format!("exec {script}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let id = child.id();
+        self.children.push(child);
+        id
+    }
+
+    /// Starts a long-running command and keeps its output in a file.
+    pub fn spawn_logged(&mut self, script: &str, log: &Path) -> u32 {
+        let f = std::fs::File::create(log).unwrap();
+        let child = self
+            .enter()
+            .args(["sh", "-c", &format!("exec {script}")])
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .expect("spawn");
+        let id = child.id();
+        self.children.push(child);
+        id
+    }
+
+    /// Polls `script` until it succeeds or `timeout` passes.
+    pub fn wait_for(&self, script: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.sh(script).code == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.sandbox.kill();
+        let _ = self.sandbox.wait();
+    }
+}
