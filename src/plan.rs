@@ -206,14 +206,21 @@ fn diff_sysctls(d: &State, o: &State, out: &mut Vec<Change>) {
         if cur != Some(v) {
             // Per-interface keys need the interface: set them after networks.
             let phase = if k.starts_with("net.ipv4.conf.") { P_NFT_TABLE } else { P_SYSCTL };
+            // A key that cannot be read yet (offline, or of an interface
+            // still to be made) is set, not changed.
+            let action = if cur.is_some() { Action::Update } else { Action::Create };
+            let summary = match cur {
+                Some(c) => format!("{c} -> {v}"),
+                None => format!("= {v}"),
+            };
             let mut c = change(
                 format!("sysctl.{k}"),
-                Action::Update,
+                action,
                 phase,
-                format!("{} -> {v}", cur.map(String::as_str).unwrap_or("?")),
+                summary,
                 vec![Op::Sysctl { key: k.clone(), value: v.clone() }],
             );
-            c.reason = Some("value".into());
+            c.reason = cur.is_some().then(|| "value".into());
             out.push(c);
         }
     }

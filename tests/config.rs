@@ -19,8 +19,21 @@ fn errors(text: &str) -> Vec<String> {
     }
 }
 
+/// `LINE:COL` of the last occurrence of `value` in `text` (where the
+/// offending value stands in these small cases), or `at` itself when it is
+/// already a position.
+fn position(text: &str, at: &str) -> String {
+    if at.split(':').all(|p| p.parse::<usize>().is_ok()) {
+        return at.to_string();
+    }
+    let off = text.rfind(at).unwrap_or_else(|| panic!("{at:?} not in {text:?}"));
+    let (l, c) = netloom::diag::line_col(text, off);
+    format!("{l}:{c}")
+}
+
 #[track_caller]
 fn assert_error(text: &str, at: &str, needle: &str) {
+    let at = &position(text, at);
     let errs = errors(text);
     assert!(
         errs.iter().any(|e| e.starts_with(&format!("{at}: ")) && e.contains(needle)),
@@ -77,10 +90,10 @@ fn syntax_and_shape_errors() {
 
 #[test]
 fn names() {
-    assert_error("[containers.\"a/b\"]\n", "1:12", "invalid container name");
-    assert_error("[containers.\"..\"]\n", "1:12", "invalid container name");
-    assert_error("[networks.\"-x\"]\nsubnet = \"10.0.0.0/24\"\n", "1:10", "invalid network name");
-    assert_error("[containers.a]\nnetns = \"x/y\"\n", "2:9", "invalid netns name");
+    assert_error("[containers.\"a/b\"]\n", "\"a/b\"", "invalid container name");
+    assert_error("[containers.\"..\"]\n", "\"..\"", "invalid container name");
+    assert_error("[networks.\"-x\"]\nsubnet = \"10.0.0.0/24\"\n", "\"-x\"", "invalid network name");
+    assert_error("[containers.a]\nnetns = \"x/y\"\n", "\"x/y\"", "invalid netns name");
 }
 
 #[test]
@@ -103,14 +116,14 @@ fn networks() {
 #[test]
 fn addresses() {
     let net = "[networks.n]\nsubnet = \"10.1.0.0/24\"\n";
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.2.0.5\" }} }}\n"), "4:24", "not inside subnet");
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.1\" }} }}\n"), "4:24", "gateway");
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.255\" }} }}\n"), "4:24", "broadcast");
+    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.2.0.5\" }} }}\n"), "\"10.2.0.5\"", "not inside subnet");
+    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.1\" }} }}\n"), "\"10.1.0.1\"", "gateway");
+    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.255\" }} }}\n"), "\"10.1.0.255\"", "broadcast");
     let t = format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.5\" }} }}\n[containers.b]\nnetworks = {{ n = {{ ip = \"10.1.0.5\" }} }}\n");
-    assert_error(&t, "6:24", "already given to container `a`");
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ mac = \"zz\" }} }}\n"), "4:25", "not a MAC");
-    assert_error(&format!("{net}[containers.a]\nnetworks = [\"n\", \"n\"]\n"), "4:18", "listed twice");
-    assert_error("[containers.a]\nnetworks = [\"nope\"]\n", "2:13", "not declared");
+    assert_error(&t, "\"10.1.0.5\"", "already given to container `a`");
+    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ mac = \"zz\" }} }}\n"), "\"zz\"", "not a MAC");
+    assert_error(&format!("{net}[containers.a]\nnetworks = [\"n\", \"n\"]\n"), "\"n\"]", "listed twice");
+    assert_error("[containers.a]\nnetworks = [\"nope\"]\n", "\"nope\"", "not declared");
 }
 
 #[test]
