@@ -74,7 +74,7 @@ run ip -n web route
 step "§1 -p 8080:80: an HTTP server in 'web'"
 ip netns exec web python3 -m http.server 80 --bind 172.17.0.2 > "$work/web.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do ip netns exec web sh -c 'exec 3<>/dev/tcp/172.17.0.2/80' 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do ip netns exec web curl -s -m 1 -o /dev/null http://172.17.0.2/ && break; sleep 0.1; done
 run ip netns exec outside curl -s -m 5 -o /dev/null -w 'outside -> 10.99.0.1:8080: HTTP %{http_code}\n' http://10.99.0.1:8080/
 run curl -s -m 5 -o /dev/null -w 'host -> 127.0.0.1:8080: HTTP %{http_code}\n' http://127.0.0.1:8080/
 run ip netns exec tomcat1 curl -s -m 5 -o /dev/null -w 'tomcat1 -> 10.99.0.1:8080 (via a host address): HTTP %{http_code}\n' http://10.99.0.1:8080/
@@ -85,7 +85,7 @@ check_not "outside cannot reach 172.17.0.2 directly" ip netns exec outside curl 
 step "§1 outbound: a container's request leaves from the host's address (masquerade)"
 ip netns exec outside python3 -m http.server 8000 --bind 10.99.0.2 > "$work/outside.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do ip netns exec outside sh -c 'exec 3<>/dev/tcp/10.99.0.2/8000' 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do ip netns exec outside curl -s -m 1 -o /dev/null http://10.99.0.2:8000/ && break; sleep 0.1; done
 run ip netns exec web curl -s -m 5 -o /dev/null -w 'web -> 10.99.0.2:8000: HTTP %{http_code}\n' http://10.99.0.2:8000/
 check "the outside server saw the host's uplink address" grep -q '^10.99.0.1 ' "$work/outside.log"
 

@@ -87,12 +87,15 @@ struct Agent {
     /// Names and indexes of netloom's host interfaces, to filter events.
     owned_names: HashSet<String>,
     owned_indexes: HashSet<u32>,
+    owned_veths: HashSet<String>,
     status: AgentStatus,
 }
 
 pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     engine::require_root("watch")?;
-    let Some(loaded) = engine::load(cli)? else { return Ok(1) };
+    let Some(loaded) = engine::load(cli)? else {
+        return Ok(1);
+    };
     let text = std::fs::read(&cli.config).unwrap_or_default();
     let dns = DnsServer::new(upstreams(&loaded));
     let state_dir = loaded.host.state_dir.clone();
@@ -104,6 +107,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         dns,
         owned_names: HashSet::new(),
         owned_indexes: HashSet::new(),
+        owned_veths: HashSet::new(),
         status: AgentStatus {
             pid: std::process::id(),
             started: now_rfc3339(),
@@ -133,7 +137,10 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         }
         let reload = batch.contains(&Trigger::Reload);
         if reload {
-            sdnotify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", sdnotify::monotonic_usec()));
+            sdnotify::notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                sdnotify::monotonic_usec()
+            ));
         }
         let file_changed = agent.reload_file(reload);
         let kernel = batch.iter().find_map(|t| match t {
@@ -182,7 +189,10 @@ impl Agent {
         let text = match std::fs::read(&self.config) {
             Ok(t) => t,
             Err(e) => {
-                warn!("cannot read {}: {e}; keeping the last good configuration", self.config.display());
+                warn!(
+                    "cannot read {}: {e}; keeping the last good configuration",
+                    self.config.display()
+                );
                 return false;
             }
         };
@@ -198,7 +208,11 @@ impl Agent {
                 // The state dir stays the agent's for its lifetime: moving
                 // it under a running agent would orphan the ownership record.
                 let host = self.loaded.host.clone();
-                self.loaded = Loaded { path: self.config.clone(), spec, host };
+                self.loaded = Loaded {
+                    path: self.config.clone(),
+                    spec,
+                    host,
+                };
                 self.status.config_error = None;
                 self.dns.set_upstreams(upstreams(&self.loaded));
                 true
@@ -215,12 +229,17 @@ impl Agent {
         }
     }
 
+    /// Whether a kernel event concerns one of netloom's interfaces. A link
+    /// without a master is drift only for a veth (bridges have none).
     fn is_ours(&self, what: &str) -> bool {
         what.split(',').any(|w| {
             w.strip_prefix("index:")
                 .and_then(|i| i.parse::<u32>().ok())
                 .is_some_and(|i| self.owned_indexes.contains(&i))
-                || w.strip_prefix("name:").is_some_and(|n| self.owned_names.contains(n))
+                || w.strip_prefix("name:")
+                    .is_some_and(|n| self.owned_names.contains(n))
+                || w.strip_prefix("veth:")
+                    .is_some_and(|n| self.owned_veths.contains(n))
         })
     }
 
@@ -286,7 +305,20 @@ impl Agent {
             .bridges
             .values()
             .map(|b| b.name.clone())
-            .chain(p.desired.state.endpoints.values().map(|e| e.host_veth.clone()))
+            .chain(
+                p.desired
+                    .state
+                    .endpoints
+                    .values()
+                    .map(|e| e.host_veth.clone()),
+            )
+            .collect();
+        self.owned_veths = p
+            .desired
+            .state
+            .endpoints
+            .values()
+            .map(|e| e.host_veth.clone())
             .collect();
         self.owned_indexes = p
             .observation
@@ -329,14 +361,28 @@ fn upstreams(l: &Loaded) -> Vec<std::net::SocketAddr> {
 
 /// Watches the file's directory (editors replace files by rename) and
 /// sends [`Trigger::File`] for events on the file's name.
-fn watch_file(config: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<notify::RecommendedWatcher> {
+fn watch_file(
+    config: &Path,
+    tx: mpsc::UnboundedSender<Trigger>,
+) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let abs = std::path::absolute(config).with_context(|| format!("resolve {}", config.display()))?;
-    let dir = abs.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("{} has no parent directory", abs.display()))?;
-    let name = abs.file_name().map(|n| n.to_os_string()).ok_or_else(|| anyhow!("{} has no file name", abs.display()))?;
+    let abs =
+        std::path::absolute(config).with_context(|| format!("resolve {}", config.display()))?;
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("{} has no parent directory", abs.display()))?;
+    let name = abs
+        .file_name()
+        .map(|n| n.to_os_string())
+        .ok_or_else(|| anyhow!("{} has no file name", abs.display()))?;
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+            {
                 let _ = tx.send(Trigger::File);
             }
         }
@@ -347,20 +393,47 @@ fn watch_file(config: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<notif
     Ok(w)
 }
 
+/// Forwards kernel events that may be drift as [`Trigger::Kernel`]: a link
+/// removed, set down or released from its bridge, or an address removed.
+/// What the kernel does on its own after netloom's changes (carrier and
+/// operstate updates, IPv6 link-local addresses) is not drift.
 fn spawn_kernel_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
     let mut rx = events::subscribe()?;
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             let what = match ev {
-                KernelEvent::Link { index, name, removed } => format!(
-                    "index:{index},name:{}{}",
-                    name.unwrap_or_default(),
-                    if removed { ",link removed" } else { ",link changed" }
-                ),
-                KernelEvent::Address { index, removed } => {
-                    format!("index:{index}{}", if removed { ",address removed" } else { ",address added" })
+                KernelEvent::Link {
+                    index,
+                    name,
+                    removed: true,
+                    ..
+                } => {
+                    format!(
+                        "index:{index},name:{},link removed",
+                        name.unwrap_or_default()
+                    )
                 }
-                KernelEvent::Route => continue,
+                KernelEvent::Link {
+                    index,
+                    name,
+                    up: false,
+                    ..
+                } => {
+                    format!("index:{index},name:{},link down", name.unwrap_or_default())
+                }
+                KernelEvent::Link {
+                    name, master: None, ..
+                } => {
+                    format!("veth:{},no bridge", name.unwrap_or_default())
+                }
+                KernelEvent::Address {
+                    index,
+                    removed: true,
+                    link_local: false,
+                } => {
+                    format!("index:{index},address removed")
+                }
+                _ => continue,
             };
             if tx.send(Trigger::Kernel(what)).is_err() {
                 break;
@@ -398,7 +471,10 @@ fn spawn_resync(tx: mpsc::UnboundedSender<Trigger>, period: Duration) {
         loop {
             // Up to 10% jitter, so that agents on many hosts do not resync
             // in lockstep.
-            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
             let jitter = period.mul_f64(f64::from(nanos % 1000) / 10_000.0);
             tokio::time::sleep(period + jitter).await;
             if tx.send(Trigger::Resync).is_err() {
@@ -410,7 +486,10 @@ fn spawn_resync(tx: mpsc::UnboundedSender<Trigger>, period: Duration) {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -56,7 +56,8 @@ impl Executor {
             Some(ns) => {
                 let p = ns.path();
                 if !self.ns.contains_key(&p) {
-                    let nl = netlink::open_in(&p).with_context(|| format!("open netlink socket in {ns}"))?;
+                    let nl = netlink::open_in(&p)
+                        .with_context(|| format!("open netlink socket in {ns}"))?;
                     self.ns.insert(p.clone(), nl);
                 }
                 Ok(&self.ns[&p])
@@ -83,7 +84,8 @@ impl Executor {
         self.index_of(ns, name).await?.ok_or_else(|| {
             anyhow!(
                 "interface {name} not found in {}",
-                ns.map(|n| n.to_string()).unwrap_or_else(|| "the host namespace".into())
+                ns.map(|n| n.to_string())
+                    .unwrap_or_else(|| "the host namespace".into())
             )
         })
     }
@@ -127,36 +129,62 @@ impl Executor {
             }
             Op::LinkUp { netns, name } => {
                 let idx = self.require_index(netns.as_ref(), name).await?;
-                let ch = LinkChange { up: Some(true), ..Default::default() };
+                let ch = LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                };
                 self.handle(netns.as_ref())?.set_link(idx, &ch).await?;
             }
             Op::SetMtu { netns, name, mtu } => {
                 let idx = self.require_index(netns.as_ref(), name).await?;
-                let ch = LinkChange { mtu: Some(*mtu), ..Default::default() };
+                let ch = LinkChange {
+                    mtu: Some(*mtu),
+                    ..Default::default()
+                };
                 self.handle(netns.as_ref())?.set_link(idx, &ch).await?;
             }
             Op::SetMaster { name, bridge } => {
                 let idx = self.require_index(None, name).await?;
                 let br = self.require_index(None, bridge).await?;
-                let ch = LinkChange { master: Some(br), ..Default::default() };
+                let ch = LinkChange {
+                    master: Some(br),
+                    ..Default::default()
+                };
+                self.host.set_link(idx, &ch).await?;
+            }
+            Op::SetHairpin { name } => {
+                let idx = self.require_index(None, name).await?;
+                let ch = LinkChange {
+                    hairpin: Some(true),
+                    ..Default::default()
+                };
                 self.host.set_link(idx, &ch).await?;
             }
             Op::SetMac { netns, name, mac } => {
-                let idx = self.require_index(Some(netns), name).await?;
+                let idx = self.require_index(netns.as_ref(), name).await?;
                 let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
-                let ch = LinkChange { mac: Some(m), ..Default::default() };
-                self.handle(Some(netns))?.set_link(idx, &ch).await?;
+                let ch = LinkChange {
+                    mac: Some(m),
+                    ..Default::default()
+                };
+                self.handle(netns.as_ref())?.set_link(idx, &ch).await?;
             }
             Op::AddAddr { netns, dev, addr } => {
                 let idx = self.require_index(netns.as_ref(), dev).await?;
                 let (ip, prefix) = parse_cidr(addr)?;
-                let r = self.handle(netns.as_ref())?.add_address(idx, ip, prefix).await;
+                let r = self
+                    .handle(netns.as_ref())?
+                    .add_address(idx, ip, prefix)
+                    .await;
                 ignore_errno(r, libc::EEXIST)?;
             }
             Op::DelAddr { netns, dev, addr } => {
                 if let Some(idx) = self.index_of(netns.as_ref(), dev).await? {
                     let (ip, prefix) = parse_cidr(addr)?;
-                    let r = self.handle(netns.as_ref())?.delete_address(idx, ip, prefix).await;
+                    let r = self
+                        .handle(netns.as_ref())?
+                        .delete_address(idx, ip, prefix)
+                        .await;
                     ignore_errno(r, libc::EADDRNOTAVAIL)?;
                 }
             }
@@ -177,27 +205,46 @@ impl Executor {
                 }
                 owned.netns.remove(name);
             }
-            Op::CreateVeth { host, peer, netns: ns, mac, mtu, alias } => {
+            Op::CreateVeth {
+                host,
+                peer,
+                netns: ns,
+                mac,
+                mtu,
+                alias,
+            } => {
                 let fd = netns::open(&ns.path())?;
                 let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
                 use std::os::fd::AsFd;
-                self.host.create_veth(host, peer, fd.as_fd(), Some(*mtu), Some(m), alias).await?;
+                self.host
+                    .create_veth(host, peer, fd.as_fd(), Some(*mtu), Some(m), alias)
+                    .await?;
                 self.forget(None, host);
                 self.forget(Some(ns), peer);
             }
-            Op::AddDefaultRoute { netns: ns, dev, gateway } => {
+            Op::AddDefaultRoute {
+                netns: ns,
+                dev,
+                gateway,
+            } => {
                 let idx = self.require_index(Some(ns), dev).await?;
                 let dst = match gateway {
                     IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 };
-                let r = self.handle(Some(ns))?.add_route(dst, 0, Some(*gateway), Some(idx)).await;
+                let r = self
+                    .handle(Some(ns))?
+                    .add_route(dst, 0, Some(*gateway), Some(idx))
+                    .await;
                 ignore_errno(r, libc::EEXIST)?;
             }
             Op::DelDefaultRoute { netns: ns, gateway } => {
                 let nl = self.handle(Some(ns))?;
                 let routes = nl.routes().await?;
-                for r in routes.iter().filter(|r| r.prefix == 0 && r.gateway == Some(*gateway)) {
+                for r in routes
+                    .iter()
+                    .filter(|r| r.prefix == 0 && r.gateway == Some(*gateway))
+                {
                     let res = nl.delete_route(r).await;
                     ignore_errno(res, libc::ESRCH)?;
                 }
@@ -233,7 +280,9 @@ fn ignore_errno(r: Result<()>, errno: i32) -> Result<()> {
 
 /// Parses `address/prefix`.
 pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
-    let (a, p) = s.split_once('/').ok_or_else(|| anyhow!("{s} is not address/prefix"))?;
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("{s} is not address/prefix"))?;
     Ok((
         a.parse().with_context(|| format!("{s}: bad address"))?,
         p.parse().with_context(|| format!("{s}: bad prefix"))?,

@@ -11,7 +11,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "netloom", version, about, long_about = None)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(short, long, global = true, env = "NETLOOM_CONFIG", default_value = "netloom.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "NETLOOM_CONFIG",
+        default_value = "netloom.toml"
+    )]
     pub config: PathBuf,
 
     /// Directory for IPAM and ownership records (overrides `settings.state_dir`).

@@ -152,7 +152,9 @@ impl<'de> Deserialize<'de> for Networks {
         impl<'de> Visitor<'de> for V {
             type Value = Networks;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of network names or a table of network -> { ip, ip6, aliases, mac }")
+                f.write_str(
+                    "a list of network names or a table of network -> { ip, ip6, aliases, mac }",
+                )
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Networks, A::Error> {
                 let mut out = Vec::new();
@@ -185,7 +187,10 @@ impl<T> Default for Ordered<T> {
 
 impl<T> Ordered<T> {
     pub fn get(&self, name: &str) -> Option<&Spanned<T>> {
-        self.0.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| k.get_ref() == name)
+            .map(|(_, v)| v)
     }
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Spanned<T>)> {
         self.0.iter().map(|(k, v)| (k.get_ref().as_str(), v))
@@ -208,7 +213,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
                 while let Some(k) = map.next_key::<Spanned<String>>()? {
                     let v = map.next_value::<Spanned<T>>()?;
                     if out.iter().any(|(o, _)| o.get_ref() == k.get_ref()) {
-                        return Err(de::Error::custom(format!("duplicate key `{}`", k.get_ref())));
+                        return Err(de::Error::custom(format!(
+                            "duplicate key `{}`",
+                            k.get_ref()
+                        )));
                     }
                     out.push((k, v));
                 }

@@ -37,21 +37,31 @@ pub async fn run(cli: Cli) -> Result<Exit> {
             Ok(0)
         }
         Command::Validate => validate(&cli),
-        Command::Plan { offline: true, detailed_exitcode, format } => {
+        Command::Plan {
+            offline: true,
+            detailed_exitcode,
+            format,
+        } => {
             let Some(l) = load(&cli)? else { return Ok(1) };
             let desired = resolve(&l, &Record::default())?;
             let plan = plan::diff(&desired.state, &State::default(), None);
             print_plan(&plan, *format);
             Ok(plan_exit(&plan, *detailed_exitcode))
         }
-        Command::Plan { offline: false, detailed_exitcode, format } => {
-            apply_cmd(&cli, true, *detailed_exitcode, *format).await
-        }
-        Command::Apply { dry_run, detailed_exitcode, format } => {
-            apply_cmd(&cli, *dry_run, *detailed_exitcode, *format).await
-        }
+        Command::Plan {
+            offline: false,
+            detailed_exitcode,
+            format,
+        } => apply_cmd(&cli, true, *detailed_exitcode, *format).await,
+        Command::Apply {
+            dry_run,
+            detailed_exitcode,
+            format,
+        } => apply_cmd(&cli, *dry_run, *detailed_exitcode, *format).await,
         Command::Status { format } => crate::status::status(&cli, *format).await,
-        Command::Inspect { network, format } => crate::status::inspect(&cli, network, *format).await,
+        Command::Inspect { network, format } => {
+            crate::status::inspect(&cli, network, *format).await
+        }
         Command::Down => down(&cli).await,
         Command::Watch { resync } => crate::agent::watch(&cli, Duration::from_secs(*resync)).await,
     }
@@ -110,7 +120,10 @@ fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
     let upstream_dns = std::fs::read_to_string("/etc/resolv.conf")
         .map(|t| model::upstreams_from_resolv_conf(&t))
         .unwrap_or_default();
-    HostInfo { upstream_dns, state_dir: state_dir(cli, Some(spec)) }
+    HostInfo {
+        upstream_dns,
+        state_dir: state_dir(cli, Some(spec)),
+    }
 }
 
 pub fn resolve(l: &Loaded, record: &Record) -> Result<Desired> {
@@ -120,7 +133,15 @@ pub fn resolve(l: &Loaded, record: &Record) -> Result<Desired> {
 fn print_plan(plan: &Plan, format: Format) {
     match format {
         Format::Json => print!("{}", render::json(plan)),
-        Format::Text => print!("{}", render::text(plan, Style { color: std::io::stdout().is_terminal() })),
+        Format::Text => print!(
+            "{}",
+            render::text(
+                plan,
+                Style {
+                    color: std::io::stdout().is_terminal()
+                }
+            )
+        ),
     }
 }
 
@@ -149,12 +170,19 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
     let desired = resolve(l, record)?;
     let observation = observe::observe(&desired.state, record).await?;
     let mut problems = observation.foreign_conflicts(&desired.state, record);
-    problems.extend(crate::portprobe::conflicts(&desired.state, &observation.state));
+    problems.extend(crate::portprobe::conflicts(
+        &desired.state,
+        &observation.state,
+    ));
     if !problems.is_empty() {
         return Err(anyhow!("{}\nnothing was changed.", problems.join("\n")));
     }
     let plan = plan::diff(&desired.state, &observation.state, record.applied.as_ref());
-    Ok(Planned { desired, observation, plan })
+    Ok(Planned {
+        desired,
+        observation,
+        plan,
+    })
 }
 
 async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> Result<Exit> {
@@ -167,7 +195,10 @@ async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> 
     if dry_run || p.plan.is_empty() {
         if !dry_run {
             let c = p.observation.counters;
-            eprintln!("Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).", c.dumps, c.writes);
+            eprintln!(
+                "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
+                c.dumps, c.writes
+            );
         }
         if !dry_run && record.applied.as_ref() != Some(&p.desired.state) {
             // Converged without changes (e.g. after a state-dir restore):
@@ -203,7 +234,13 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         if !outcome.done.is_empty() {
             msg.push_str(&format!("done: {}\n", outcome.done.join(", ")));
         }
-        msg.push_str(&format!("not done: {}\n", std::iter::once(addr.clone()).chain(outcome.not_done.iter().cloned()).collect::<Vec<_>>().join(", ")));
+        msg.push_str(&format!(
+            "not done: {}\n",
+            std::iter::once(addr.clone())
+                .chain(outcome.not_done.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         msg.push_str("Fix the cause and run `netloom apply` again: it continues from here.");
         return Err(anyhow!(msg));
     }
@@ -237,11 +274,21 @@ async fn down(cli: &Cli) -> Result<Exit> {
     let mut record = sd.load()?;
     let observation = observe::observe(&State::default(), &record).await?;
     let plan = crate::apply::teardown_plan(&observation.state);
-    print!("{}", render::text(&plan, Style { color: std::io::stdout().is_terminal() }));
+    print!(
+        "{}",
+        render::text(
+            &plan,
+            Style {
+                color: std::io::stdout().is_terminal()
+            }
+        )
+    );
     let outcome = crate::apply::execute(&plan, None, &mut record.owned).await;
     if let Some((addr, err)) = outcome.failed {
         sd.save(&record)?;
-        return Err(anyhow!("down failed at {addr}: {err}; run `netloom down` again"));
+        return Err(anyhow!(
+            "down failed at {addr}: {err}; run `netloom down` again"
+        ));
     }
     if observation.firewall.is_some() {
         firewall::delete_tables().context("delete netloom's nft table")?;

@@ -6,16 +6,33 @@ use futures::StreamExt;
 use rtnetlink::MulticastGroup;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use std::net::IpAddr;
+
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use tokio::sync::mpsc;
 
 /// One notification, reduced to what decides whether it is netloom's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     /// A link appeared, changed or went away.
-    Link { index: u32, name: Option<String>, removed: bool },
+    Link {
+        index: u32,
+        name: Option<String>,
+        removed: bool,
+        /// Administratively up (IFF_UP).
+        up: bool,
+        /// The bridge it is enslaved to.
+        master: Option<u32>,
+    },
     /// An address was added to or removed from a link.
-    Address { index: u32, removed: bool },
+    Address {
+        index: u32,
+        removed: bool,
+        /// IPv6 link-local addresses come and go with the kernel's own
+        /// address configuration; they are never netloom's.
+        link_local: bool,
+    },
     /// A route changed (host namespace routes are not netloom's, but a
     /// flushed route table is worth a look).
     Route,
@@ -43,9 +60,11 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>> {
             let ev = match m {
                 RouteNetlinkMessage::NewLink(l) => link_event(&l, false),
                 RouteNetlinkMessage::DelLink(l) => link_event(&l, true),
-                RouteNetlinkMessage::NewAddress(a) => KernelEvent::Address { index: a.header.index, removed: false },
-                RouteNetlinkMessage::DelAddress(a) => KernelEvent::Address { index: a.header.index, removed: true },
-                RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => KernelEvent::Route,
+                RouteNetlinkMessage::NewAddress(a) => address_event(&a, false),
+                RouteNetlinkMessage::DelAddress(a) => address_event(&a, true),
+                RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
+                    KernelEvent::Route
+                }
                 _ => continue,
             };
             if tx.send(ev).is_err() {
@@ -57,9 +76,32 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>> {
 }
 
 fn link_event(l: &LinkMessage, removed: bool) -> KernelEvent {
-    let name = l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.clone()),
-        _ => None,
+    let mut name = None;
+    let mut master = None;
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Controller(m) => master = Some(*m),
+            _ => {}
+        }
+    }
+    KernelEvent::Link {
+        index: l.header.index,
+        name,
+        removed,
+        up: l.header.flags.contains(LinkFlags::Up),
+        master,
+    }
+}
+
+fn address_event(a: &AddressMessage, removed: bool) -> KernelEvent {
+    let link_local = a.attributes.iter().any(|x| match x {
+        AddressAttribute::Address(IpAddr::V6(v6)) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        _ => false,
     });
-    KernelEvent::Link { index: l.header.index, name, removed }
+    KernelEvent::Address {
+        index: a.header.index,
+        removed,
+        link_local,
+    }
 }

@@ -499,23 +499,33 @@ pub fn validate(fw: &Firewall) -> Vec<String> {
         if let ElemKey::HostPort(_, proto, port) = k
             && let Some(other) = owner.get(&ElemKey::Port(*proto, *port))
         {
-            errs.push(format!("port {key}: host port {port}/{proto} is also used by {other}"));
+            errs.push(format!(
+                "port {key}: host port {port}/{proto} is also used by {other}"
+            ));
         }
     }
     let nets: Vec<_> = fw.networks.iter().collect();
     for (i, (a, na)) in nets.iter().enumerate() {
         for (b, nb) in &nets[i + 1..] {
             if na.subnet.overlaps(nb.subnet) {
-                errs.push(format!("network {a}: subnet {} overlaps network {b}", na.subnet));
+                errs.push(format!(
+                    "network {a}: subnet {} overlaps network {b}",
+                    na.subnet
+                ));
             }
             if na.bridge == nb.bridge {
-                errs.push(format!("network {a}: bridge {} is also used by {b}", na.bridge));
+                errs.push(format!(
+                    "network {a}: bridge {} is also used by {b}",
+                    na.bridge
+                ));
             }
         }
     }
     for name in fw.networks.keys() {
         if name.contains(char::is_whitespace) || quote_safe(name) != *name {
-            errs.push(format!("network {name:?}: name not usable in an nft comment"));
+            errs.push(format!(
+                "network {name:?}: name not usable in an nft comment"
+            ));
         }
     }
     errs
@@ -706,7 +716,8 @@ fn count_any() -> Value {
 pub const DNAT_MARK: u32 = 0x1000_0000;
 
 const COUNT_COMMENT: &str = "count later packets of published-port flows (nat sees only the first)";
-const COUNT_HOSTIP: &str = "ct direction original ct status dnat ip daddr . meta l4proto . th dport @dnat_hostip";
+const COUNT_HOSTIP: &str =
+    "ct direction original ct status dnat ip daddr . meta l4proto . th dport @dnat_hostip";
 const COUNT_ANY: &str =
     "ct direction original ct status dnat fib daddr type local meta l4proto . th dport @dnat_any";
 const DNAT_HOSTIP: &str = "dnat ip to ip daddr . meta l4proto . th dport map @dnat_hostip";
@@ -733,8 +744,20 @@ fn rules() -> Vec<RuleDef> {
                 verdict("drop"),
             ]),
         ),
-        r(Inet, "prerouting_filter", COUNT_HOSTIP, COUNT_COMMENT, count_hostip()),
-        r(Inet, "prerouting_filter", COUNT_ANY, COUNT_COMMENT, count_any()),
+        r(
+            Inet,
+            "prerouting_filter",
+            COUNT_HOSTIP,
+            COUNT_COMMENT,
+            count_hostip(),
+        ),
+        r(
+            Inet,
+            "prerouting_filter",
+            COUNT_ANY,
+            COUNT_COMMENT,
+            count_any(),
+        ),
         r(
             Inet,
             "prerouting_mark",
@@ -750,7 +773,10 @@ fn rules() -> Vec<RuleDef> {
             "prerouting_nat",
             "ip daddr 127.0.0.0/8 return",
             "127.0.0.1 is translated in output only: no access to loopback ports from the LAN",
-            json!([cmp("==", payload("ip", "daddr"), loopback_net()), verdict("return")]),
+            json!([
+                cmp("==", payload("ip", "daddr"), loopback_net()),
+                verdict("return")
+            ]),
         ),
         r(
             Inet,
@@ -766,7 +792,13 @@ fn rules() -> Vec<RuleDef> {
             "ports published on every host address",
             json!([fib_local(), dnat_map(key_any(), "dnat_any")]),
         ),
-        r(Inet, "output_filter", COUNT_HOSTIP, COUNT_COMMENT, count_hostip()),
+        r(
+            Inet,
+            "output_filter",
+            COUNT_HOSTIP,
+            COUNT_COMMENT,
+            count_hostip(),
+        ),
         r(Inet, "output_filter", COUNT_ANY, COUNT_COMMENT, count_any()),
         r(
             Inet,
@@ -788,7 +820,11 @@ fn rules() -> Vec<RuleDef> {
             "iifname . oifname @intra_bridge accept",
             "within one network (seen here when br_netfilter is loaded); icc=false is table bridge netloom's job",
             json!([
-                cmp("==", json!({"concat": [meta("iifname"), meta("oifname")]}), json!("@intra_bridge")),
+                cmp(
+                    "==",
+                    json!({"concat": [meta("iifname"), meta("oifname")]}),
+                    json!("@intra_bridge")
+                ),
                 verdict("accept"),
             ]),
         ),
@@ -797,14 +833,20 @@ fn rules() -> Vec<RuleDef> {
             "forward_filter",
             "iifname @internal_bridges drop",
             "internal network: nothing leaves",
-            json!([cmp("==", meta("iifname"), json!("@internal_bridges")), verdict("drop")]),
+            json!([
+                cmp("==", meta("iifname"), json!("@internal_bridges")),
+                verdict("drop")
+            ]),
         ),
         r(
             Inet,
             "forward_filter",
             "oifname @internal_bridges drop",
             "internal network: nothing enters",
-            json!([cmp("==", meta("oifname"), json!("@internal_bridges")), verdict("drop")]),
+            json!([
+                cmp("==", meta("oifname"), json!("@internal_bridges")),
+                verdict("drop")
+            ]),
         ),
         r(
             Inet,
@@ -832,7 +874,10 @@ fn rules() -> Vec<RuleDef> {
             "forward_filter",
             "oifname @bridges drop",
             "isolation: other hosts and other networks reach containers only through published ports",
-            json!([cmp("==", meta("oifname"), json!("@bridges")), verdict("drop")]),
+            json!([
+                cmp("==", meta("oifname"), json!("@bridges")),
+                verdict("drop")
+            ]),
         ),
         r(
             Inet,
@@ -939,7 +984,9 @@ fn render_table(family: Family, elements: &Elements) -> String {
             s.push_str("\t\tcounter\n");
         }
         let _ = writeln!(s, "\t\tcomment \"{}\"", set.comment());
-        let mut elems = elements.range((set, ElemKey::Ifname(String::new()))..).peekable();
+        let mut elems = elements
+            .range((set, ElemKey::Ifname(String::new()))..)
+            .peekable();
         if elems.peek().is_some_and(|((sid, _), _)| *sid == set) {
             s.push_str("\t\telements = {\n");
             for ((_, key), d) in elems.take_while(|((sid, _), _)| *sid == set) {
@@ -957,7 +1004,10 @@ fn render_table(family: Family, elements: &Elements) -> String {
             "\t\ttype {} hook {} priority {}; policy accept;",
             c.kind, c.hook, c.prio_text
         );
-        for r in rules.iter().filter(|r| r.family == family && r.chain == c.name) {
+        for r in rules
+            .iter()
+            .filter(|r| r.family == family && r.chain == c.name)
+        {
             let _ = writeln!(s, "\t\t{} comment \"{}\"", r.text, r.comment);
         }
         s.push_str("\t}\n\n");
@@ -977,7 +1027,9 @@ fn elements_of(elements: &Elements, family: Family) -> Elements {
 }
 
 fn needs_bridge_table(elements: &Elements) -> bool {
-    elements.keys().any(|(set, _)| set.family() == Family::Bridge)
+    elements
+        .keys()
+        .any(|(set, _)| set.family() == Family::Bridge)
 }
 
 /// Canonical nft text of the desired table(s), stable for plan diffs.
@@ -986,7 +1038,10 @@ pub fn render(fw: &Firewall) -> String {
     let mut s = render_table(Family::Inet, &elements_of(&elements, Family::Inet));
     if needs_bridge_table(&elements) {
         s.push('\n');
-        s.push_str(&render_table(Family::Bridge, &elements_of(&elements, Family::Bridge)));
+        s.push_str(&render_table(
+            Family::Bridge,
+            &elements_of(&elements, Family::Bridge),
+        ));
     }
     s
 }
@@ -1053,14 +1108,18 @@ pub fn port_counters(observed: &Observed) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// `obj` without `fields`; copies only what is kept (a set's thousands of
+/// elements are not cloned just to be thrown away).
 fn strip(obj: &Value, fields: &[&str]) -> Value {
-    let mut v = obj.clone();
-    if let Some(m) = v.as_object_mut() {
-        for f in fields {
-            m.remove(*f);
-        }
+    match obj.as_object() {
+        Some(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !fields.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => obj.clone(),
     }
-    v
 }
 
 fn as_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
@@ -1158,9 +1217,9 @@ fn raw_elem(v: &Value) -> RawElem<'_> {
         Some(e) => RawElem {
             key: e.get("val").unwrap_or(&Value::Null),
             comment: as_str(e, "comment").unwrap_or_default().to_string(),
-            counter: e.get("counter").and_then(|c| {
-                Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))
-            }),
+            counter: e
+                .get("counter")
+                .and_then(|c| Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))),
             data,
         },
         None => RawElem {
@@ -1180,7 +1239,10 @@ pub fn parse_observed(json_text: &str) -> Result<Observed> {
         .get("nftables")
         .and_then(Value::as_array)
         .ok_or_else(|| anyhow!("nft JSON has no \"nftables\" array"))?;
+    Ok(parse_items(items))
+}
 
+fn parse_items(items: &[Value]) -> Observed {
     let mut o = Observed::default();
     let mut problems: BTreeMap<Family, Vec<String>> = BTreeMap::new();
     let mut seen_sets = BTreeSet::new();
@@ -1226,7 +1288,12 @@ pub fn parse_observed(json_text: &str) -> Result<Observed> {
                 if strip(body, &["handle", "elem"]) != set.expected_json() {
                     probs.push(format!("{kind} {name}: declaration differs"));
                 }
-                for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                for e in body
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let raw = raw_elem(e);
                     let key = parse_key(set, raw.key);
                     let target = raw.data.and_then(parse_target);
@@ -1251,10 +1318,7 @@ pub fn parse_observed(json_text: &str) -> Result<Observed> {
             }
             "chain" => {
                 let name = as_str(body, "name").unwrap_or_default();
-                match CHAINS
-                    .iter()
-                    .find(|c| c.family == family && c.name == name)
-                {
+                match CHAINS.iter().find(|c| c.family == family && c.name == name) {
                     Some(c) => {
                         seen_chains.insert((family, name.to_string()));
                         if strip(body, &["handle"]) != c.expected_json() {
@@ -1334,11 +1398,14 @@ pub fn parse_observed(json_text: &str) -> Result<Observed> {
     }
     o.problems = problems
         .into_iter()
-        .flat_map(|(f, ps)| ps.into_iter().map(move |p| format!("table {} {TABLE}: {p}", f.name())))
+        .flat_map(|(f, ps)| {
+            ps.into_iter()
+                .map(move |p| format!("table {} {TABLE}: {p}", f.name()))
+        })
         .collect();
     o.fw = firewall_from_elements(&o.elements);
     o.text = observed_text(&o);
-    Ok(o)
+    o
 }
 
 fn observed_text(o: &Observed) -> String {
@@ -1445,7 +1512,10 @@ fn nft_list_table(family: &str) -> Result<Option<String>> {
             Ok(None)
         }
         Err(nftables::helper::NftablesError::NftFailed { stderr, .. }) => {
-            bail!("nft -j list table {family} {TABLE} failed: {}", stderr.trim())
+            bail!(
+                "nft -j list table {family} {TABLE} failed: {}",
+                stderr.trim()
+            )
         }
         Err(e) => Err(e).with_context(|| format!("nft -j list table {family} {TABLE}")),
     }
@@ -1459,15 +1529,19 @@ pub fn observe() -> Result<Option<Observed>> {
         if let Some(out) = nft_list_table(family)? {
             let doc: Value = serde_json::from_str(&out)
                 .with_context(|| format!("nft -j list table {family} {TABLE}: invalid JSON"))?;
-            if let Some(Value::Array(a)) = doc.get("nftables") {
-                items.extend(a.iter().cloned());
+            match doc {
+                Value::Object(mut m) => match m.remove("nftables") {
+                    Some(Value::Array(a)) => items.extend(a),
+                    _ => bail!("nft -j list table {family} {TABLE}: no \"nftables\" array"),
+                },
+                _ => bail!("nft -j list table {family} {TABLE}: not a JSON object"),
             }
         }
     }
     if items.is_empty() {
         return Ok(None);
     }
-    parse_observed(&json!({ "nftables": items }).to_string()).map(Some)
+    Ok(Some(parse_items(&items)))
 }
 
 // ---------------------------------------------------------------------------
@@ -1479,8 +1553,12 @@ pub fn observe() -> Result<Option<Observed>> {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum FwOp {
     /// Delete (if present) and create the table with every element.
-    RebuildTable { family: String },
-    DeleteTable { family: String },
+    RebuildTable {
+        family: String,
+    },
+    DeleteTable {
+        family: String,
+    },
     AddElement {
         family: String,
         set: String,
@@ -1549,7 +1627,10 @@ fn rebuild(tx: &mut Transaction, family: Family, desired: &Elements, observed: O
     let fam = family.name();
     // `add` first so `delete` cannot fail on a table that vanished since
     // it was observed.
-    let _ = writeln!(tx.script, "add table {fam} {TABLE}\ndelete table {fam} {TABLE}");
+    let _ = writeln!(
+        tx.script,
+        "add table {fam} {TABLE}\ndelete table {fam} {TABLE}"
+    );
     tx.script.push_str(&render_table(family, desired));
     tx.ops.push(FwOp::RebuildTable {
         family: fam.to_string(),
@@ -1647,7 +1728,11 @@ pub fn plan_transaction(desired: &Firewall, observed: Option<&Observed>) -> Tran
     let have_bridge = observed.and_then(|o| o.bridge.as_ref().map(|s| (o, s)));
     match (needs_bridge_table(&want), have_bridge) {
         (true, Some((o, s))) if s.skeleton_ok => {
-            diff_elements(&mut tx, &want_bridge, &elements_of(&o.elements, Family::Bridge));
+            diff_elements(
+                &mut tx,
+                &want_bridge,
+                &elements_of(&o.elements, Family::Bridge),
+            );
         }
         (true, _) => rebuild(&mut tx, Family::Bridge, &want_bridge, observed),
         (false, Some((o, _))) => {
@@ -1682,7 +1767,9 @@ fn run_nft_script(script: &str) -> Result<()> {
     let input = script.to_string();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().context("waiting for nft")?;
-    let written = writer.join().map_err(|_| anyhow!("nft stdin writer panicked"))?;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow!("nft stdin writer panicked"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!(
@@ -1712,7 +1799,10 @@ pub fn delete_tables() -> Result<()> {
     let mut script = String::new();
     for (family, present) in [("inet", o.inet.is_some()), ("bridge", o.bridge.is_some())] {
         if present {
-            let _ = writeln!(script, "add table {family} {TABLE}\ndelete table {family} {TABLE}");
+            let _ = writeln!(
+                script,
+                "add table {family} {TABLE}\ndelete table {family} {TABLE}"
+            );
         }
     }
     run_nft_script(&script).context("deleting netloom's nft tables")

@@ -68,9 +68,11 @@ pub fn allocate(spec: &Spec, prev: &Allocations) -> Result<Allocations, IpamErro
         if members.is_empty() {
             continue;
         }
-        out.ipv4.insert(net.name.clone(), allocate_v4(net, &members, prev)?);
+        out.ipv4
+            .insert(net.name.clone(), allocate_v4(net, &members, prev)?);
         if net.subnet6.is_some() {
-            out.ipv6.insert(net.name.clone(), allocate_v6(net, &members, prev)?);
+            out.ipv6
+                .insert(net.name.clone(), allocate_v6(net, &members, prev)?);
         }
     }
     out.ports = allocate_ports(spec, prev)?;
@@ -197,7 +199,11 @@ fn allocate_ports(spec: &Spec, prev: &Allocations) -> Result<BTreeMap<String, u1
     let mut busy: Vec<(u16, u16)> = spec
         .containers
         .iter()
-        .flat_map(|c| c.ports.iter().filter_map(|(_, p)| p.host.map(|h| (h.start, h.end))))
+        .flat_map(|c| {
+            c.ports
+                .iter()
+                .filter_map(|(_, p)| p.host.map(|h| (h.start, h.end)))
+        })
         .collect();
     let mut out = BTreeMap::new();
     let wanted: Vec<(String, u16)> = spec
@@ -232,7 +238,12 @@ fn allocate_ports(spec: &Spec, prev: &Allocations) -> Result<BTreeMap<String, u1
         let mut s = u32::from(first);
         loop {
             if s + u32::from(len) - 1 > u32::from(last) {
-                return Err(IpamError::PortsExhausted { key, len, first, last });
+                return Err(IpamError::PortsExhausted {
+                    key,
+                    len,
+                    first,
+                    last,
+                });
             }
             if free(&busy, s, len) {
                 let p = s as u16;
@@ -257,14 +268,18 @@ mod tests {
 
     #[test]
     fn lowest_free_in_file_order_and_stable() {
-        let s = spec("[containers.web]\n[containers.a]\n[containers.b]\nnetworks = { bridge = { ip = \"172.17.0.3\" } }\n");
+        let s = spec(
+            "[containers.web]\n[containers.a]\n[containers.b]\nnetworks = { bridge = { ip = \"172.17.0.3\" } }\n",
+        );
         let a = allocate(&s, &Allocations::default()).unwrap();
         let br = &a.ipv4["bridge"];
         assert_eq!(br["web"], Ipv4Addr::new(172, 17, 0, 2));
         assert_eq!(br["b"], Ipv4Addr::new(172, 17, 0, 3));
         assert_eq!(br["a"], Ipv4Addr::new(172, 17, 0, 4));
         // Reordered file: same addresses.
-        let s2 = spec("[containers.a]\n[containers.b]\nnetworks = { bridge = { ip = \"172.17.0.3\" } }\n[containers.web]\n");
+        let s2 = spec(
+            "[containers.a]\n[containers.b]\nnetworks = { bridge = { ip = \"172.17.0.3\" } }\n[containers.web]\n",
+        );
         assert_eq!(allocate(&s2, &a).unwrap(), a);
         // Removed container's address is released and reused.
         let s3 = spec("[containers.a]\n[containers.c]\n");
@@ -276,17 +291,26 @@ mod tests {
 
     #[test]
     fn subnet_full() {
-        let s = spec("[networks.n]\nsubnet = \"10.9.0.0/30\"\n[containers.a]\nnetworks = [\"n\"]\n[containers.b]\nnetworks = [\"n\"]\n");
-        assert!(matches!(allocate(&s, &Allocations::default()), Err(IpamError::SubnetFull { .. })));
+        let s = spec(
+            "[networks.n]\nsubnet = \"10.9.0.0/30\"\n[containers.a]\nnetworks = [\"n\"]\n[containers.b]\nnetworks = [\"n\"]\n",
+        );
+        assert!(matches!(
+            allocate(&s, &Allocations::default()),
+            Err(IpamError::SubnetFull { .. })
+        ));
     }
 
     #[test]
     fn auto_ports_avoid_fixed_and_persist() {
-        let s = spec("[settings]\nport_range = \"5000-5010\"\n[containers.a]\nports = [\"5000:80\", \"8080\"]\n[containers.b]\nports = [\"90-91\"]\n");
+        let s = spec(
+            "[settings]\nport_range = \"5000-5010\"\n[containers.a]\nports = [\"5000:80\", \"8080\"]\n[containers.b]\nports = [\"90-91\"]\n",
+        );
         let a = allocate(&s, &Allocations::default()).unwrap();
         assert_eq!(a.ports["a/8080"], 5001);
         assert_eq!(a.ports["b/90-91"], 5002);
-        let s2 = spec("[settings]\nport_range = \"5000-5010\"\n[containers.b]\nports = [\"90-91\"]\n[containers.a]\nports = [\"5000:80\", \"8080\"]\n");
+        let s2 = spec(
+            "[settings]\nport_range = \"5000-5010\"\n[containers.b]\nports = [\"90-91\"]\n[containers.a]\nports = [\"5000:80\", \"8080\"]\n",
+        );
         assert_eq!(allocate(&s2, &a).unwrap().ports, a.ports);
     }
 }

@@ -54,6 +54,11 @@ pub struct Bridge {
     /// `address/prefix`, IPv4 and IPv6.
     pub addrs: BTreeSet<String>,
     pub mtu: u32,
+    /// Set explicitly: a bridge without one takes the lowest MAC of its
+    /// ports, so adding a container would change the gateway's MAC under
+    /// every neighbour's ARP cache. Docker's scheme applied to the gateway.
+    #[serde(default)]
+    pub mac: String,
     pub up: bool,
 }
 
@@ -119,6 +124,11 @@ pub struct Endpoint {
     pub gateway6: Option<Ipv6Addr>,
     /// Both ends administratively up.
     pub up: bool,
+    /// Hairpin mode on the bridge port, so that a container reaching its
+    /// own published port through a host address gets the reply (with
+    /// br_netfilter the frame must leave by the port it came in by).
+    #[serde(default)]
+    pub hairpin: bool,
 }
 
 /// The firewall as netloom sees it.
@@ -224,10 +234,17 @@ pub fn file_path(host: &HostInfo, c: &ContainerSpec, file: &str) -> Option<Strin
 }
 
 /// Computes the desired state. Fails only when IPAM runs out of addresses.
-pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desired, ipam::IpamError> {
+pub fn resolve(
+    spec: &Spec,
+    prev: &Allocations,
+    host: &HostInfo,
+) -> Result<Desired, ipam::IpamError> {
     let alloc = ipam::allocate(spec, prev)?;
-    let by_name: std::collections::HashMap<&str, &ContainerSpec> =
-        spec.containers.iter().map(|c| (c.name.as_str(), c)).collect();
+    let by_name: std::collections::HashMap<&str, &ContainerSpec> = spec
+        .containers
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
     let mut st = State::default();
 
     // Bridges: only networks some container uses, like Docker's default
@@ -251,6 +268,7 @@ pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desir
                 name: net.bridge.clone(),
                 addrs,
                 mtu: net.mtu,
+                mac: mac_string(&docker_mac(net.gateway)),
                 up: true,
             },
         );
@@ -281,7 +299,11 @@ pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desir
             let ifname = format!("eth{i}");
             let ip = alloc.ipv4[&e.network][&c.name];
             let mut addrs = BTreeSet::from([format!("{ip}/{}", net.subnet.prefix())]);
-            let ip6 = alloc.ipv6.get(&e.network).and_then(|m| m.get(&c.name)).copied();
+            let ip6 = alloc
+                .ipv6
+                .get(&e.network)
+                .and_then(|m| m.get(&c.name))
+                .copied();
             if let (Some(ip6), Some(s6)) = (ip6, net.subnet6) {
                 addrs.insert(format!("{ip6}/{}", s6.prefix()));
             }
@@ -299,8 +321,13 @@ pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desir
                     mac: mac_string(&e.mac.unwrap_or_else(|| docker_mac(ip))),
                     mtu: net.mtu,
                     gateway: first.then_some(net.gateway),
-                    gateway6: if first { net.gateway6.filter(|_| ip6.is_some()) } else { None },
+                    gateway6: if first {
+                        net.gateway6.filter(|_| ip6.is_some())
+                    } else {
+                        None
+                    },
                     up: true,
+                    hairpin: true,
                 },
             );
         }
@@ -321,8 +348,12 @@ pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desir
         );
     }
     for c in &spec.containers {
-        let Some(ep) = c.endpoints.first() else { continue };
-        let Some(net) = networks.get(&ep.network) else { continue };
+        let Some(ep) = c.endpoints.first() else {
+            continue;
+        };
+        let Some(net) = networks.get(&ep.network) else {
+            continue;
+        };
         let cip = alloc.ipv4[&ep.network][&c.name];
         for (raw, p) in &c.ports {
             let host_port = match p.host {
@@ -357,15 +388,24 @@ pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desir
         for (k, v) in crate::firewall::required_sysctls(&fw) {
             st.sysctls.insert(k, v);
         }
-        st.firewall = Some(FirewallState { fw, skeleton_ok: true });
+        st.firewall = Some(FirewallState {
+            fw,
+            skeleton_ok: true,
+        });
     }
 
     // Names: hosts files, resolv.conf and DNS zones.
     let addr_on = |c: &str, net: &str| alloc.ipv4.get(net).and_then(|m| m.get(c)).copied();
-    let upstream: Vec<SocketAddr> = spec.upstream_dns.clone().unwrap_or_else(|| host.upstream_dns.clone());
+    let upstream: Vec<SocketAddr> = spec
+        .upstream_dns
+        .clone()
+        .unwrap_or_else(|| host.upstream_dns.clone());
     let mut external_files = BTreeMap::new();
     for c in &spec.containers {
-        let (Some(hosts_path), Some(resolv_path)) = (file_path(host, c, "hosts"), file_path(host, c, "resolv.conf")) else {
+        let (Some(hosts_path), Some(resolv_path)) = (
+            file_path(host, c, "hosts"),
+            file_path(host, c, "resolv.conf"),
+        ) else {
             continue;
         };
         let hosts = hosts_file(c, &by_name, &networks, &addr_on);
@@ -393,7 +433,11 @@ pub fn resolve(spec: &Spec, prev: &Allocations, host: &HostInfo) -> Result<Desir
                         name: c.name.clone(),
                         aliases: e.aliases.clone(),
                         ipv4: addr_on(&c.name, &n.name)?,
-                        ipv6: alloc.ipv6.get(&n.name).and_then(|m| m.get(&c.name)).copied(),
+                        ipv6: alloc
+                            .ipv6
+                            .get(&n.name)
+                            .and_then(|m| m.get(&c.name))
+                            .copied(),
                     })
                 })
                 .collect(),
@@ -444,11 +488,18 @@ fn hosts_file(
     // Links: one way, to the target's address on a network both share.
     let mut lines: Vec<(IpAddr, Vec<String>)> = Vec::new();
     for (target, alias) in &c.links {
-        let Some(t) = by_name.get(target.as_str()) else { continue };
+        let Some(t) = by_name.get(target.as_str()) else {
+            continue;
+        };
         let t = crate::spec::resolve_shared(t, by_name);
-        let shared = c.endpoints.iter().find(|e| t.endpoints.iter().any(|o| o.network == e.network));
+        let shared = c
+            .endpoints
+            .iter()
+            .find(|e| t.endpoints.iter().any(|o| o.network == e.network));
         let Some(e) = shared else { continue };
-        let Some(ip) = addr_on(&t.name, &e.network) else { continue };
+        let Some(ip) = addr_on(&t.name, &e.network) else {
+            continue;
+        };
         let mut names = vec![target.clone()];
         names.extend(alias.iter().cloned());
         lines.push((IpAddr::V4(ip), names));
@@ -458,7 +509,9 @@ fn hosts_file(
         if e.network == crate::spec::DEFAULT_NETWORK {
             continue;
         }
-        let Some(net) = networks.get(&e.network) else { continue };
+        let Some(net) = networks.get(&e.network) else {
+            continue;
+        };
         for other in by_name.values() {
             if other.name == c.name {
                 continue;
@@ -466,7 +519,9 @@ fn hosts_file(
             let Some(oe) = other.endpoints.iter().find(|x| x.network == net.name) else {
                 continue;
             };
-            let Some(ip) = addr_on(&other.name, &net.name) else { continue };
+            let Some(ip) = addr_on(&other.name, &net.name) else {
+                continue;
+            };
             let mut names = vec![other.name.clone(), format!("{}.{}", other.name, net.name)];
             for a in &oe.aliases {
                 names.push(a.clone());
@@ -484,9 +539,18 @@ fn hosts_file(
     out
 }
 
-fn resolv_file(c: &ContainerSpec, networks: &BTreeMap<String, NetworkSpec>, upstream: &[SocketAddr]) -> String {
+fn resolv_file(
+    c: &ContainerSpec,
+    networks: &BTreeMap<String, NetworkSpec>,
+    upstream: &[SocketAddr],
+) -> String {
     let mut out = String::from("# Written by netloom.\n");
-    if let Some(n) = c.endpoints.iter().filter_map(|e| networks.get(&e.network)).find(|n| n.dns) {
+    if let Some(n) = c
+        .endpoints
+        .iter()
+        .filter_map(|e| networks.get(&e.network))
+        .find(|n| n.dns)
+    {
         out.push_str(&format!("nameserver {}\n", n.gateway));
     }
     for u in upstream.iter().filter(|u| u.port() == 53) {

@@ -37,7 +37,8 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -84,6 +85,8 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: nsid (relative to this namespace) of the
     /// namespace holding the peer.
     pub link_netnsid: Option<i32>,
+    /// Bridge ports only: `IFLA_BRPORT_MODE` (hairpin), from the port data.
+    pub hairpin: Option<bool>,
 }
 
 /// An interface address (IPv6 link-local addresses are not reported).
@@ -120,6 +123,8 @@ pub struct LinkChange {
     pub mtu: Option<u32>,
     /// `Some("")` removes the alias.
     pub alias: Option<String>,
+    /// Bridge ports: let frames leave by the port they came in by.
+    pub hairpin: Option<bool>,
 }
 
 /// An `NLMSG_ERROR` from the kernel: the (positive) errno plus the extended
@@ -525,6 +530,15 @@ impl Netlink {
         if let Some(master) = change.master {
             msg.attributes.push(LinkAttribute::Controller(master));
         }
+        if let Some(on) = change.hairpin {
+            // Bridge-port options travel as the port's slave data.
+            msg.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    on,
+                )])),
+            ]));
+        }
         if change.up.is_none() && msg.attributes.is_empty() {
             return Ok(());
         }
@@ -682,6 +696,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
         alias: None,
         peer_index: None,
         link_netnsid: None,
+        hairpin: None,
     };
     let mut iflink = None;
     for attr in &msg.attributes {
@@ -695,8 +710,15 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            link.hairpin = port.iter().find_map(|p| match p {
+                                InfoBridgePort::HairpinMode(on) => Some(*on),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1365,6 +1387,7 @@ mod tests {
                     mtu: Some(1300),
                     alias: Some("renamed".into()),
                     master: None,
+                    hairpin: None,
                 },
             )
             .await?;

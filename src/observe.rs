@@ -109,6 +109,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
                     name: l.name.clone(),
                     addrs: host.addrs_of(l.index),
                     mtu: l.mtu,
+                    mac: l.mac.map(|m| model::mac_string(&m)).unwrap_or_default(),
                     up: l.up,
                 },
             );
@@ -132,7 +133,8 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
             views.insert(ns.clone(), view);
         }
         let lo_up = views[&ns].link("lo").is_some_and(|l| l.up);
-        st.namespaces.insert(container, Namespace { netns: ns, lo_up });
+        st.namespaces
+            .insert(container, Namespace { netns: ns, lo_up });
     }
 
     // Endpoints: host veths carrying the mark, paired with their peer.
@@ -140,12 +142,18 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         if l.kind.as_deref() != Some("veth") {
             continue;
         }
-        let Some(AliasMark::Endpoint { container, ifname, network }) =
-            l.alias.as_deref().and_then(model::parse_alias)
+        let Some(AliasMark::Endpoint {
+            container,
+            ifname,
+            network,
+        }) = l.alias.as_deref().and_then(model::parse_alias)
         else {
             continue;
         };
-        let master = l.master.and_then(|m| by_index.get(&m)).map(|m| m.name.clone());
+        let master = l
+            .master
+            .and_then(|m| by_index.get(&m))
+            .map(|m| m.name.clone());
         let ns = st.namespaces.get(&container).map(|n| n.netns.clone());
         let peer = ns.as_ref().and_then(|ns| {
             let v = views.get(ns)?;
@@ -181,6 +189,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
                         IpAddr::V4(_) => None,
                     }),
                     up: l.up && p.up,
+                    hairpin: l.hairpin.unwrap_or(false),
                 }
             }
             // The other end is gone or elsewhere: an endpoint that must be
@@ -198,13 +207,18 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
                 gateway: None,
                 gateway6: None,
                 up: false,
+                hairpin: false,
             },
         };
         st.endpoints.insert(format!("{container}.{ifname}"), ep);
     }
 
     // Sysctls netloom sets.
-    for key in desired.sysctls.keys().chain(record.applied.iter().flat_map(|a| a.sysctls.keys())) {
+    for key in desired
+        .sysctls
+        .keys()
+        .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
+    {
         if let Ok(v) = netlink::read_sysctl(None, key) {
             st.sysctls.insert(key.clone(), v.trim().to_string());
         }
@@ -271,7 +285,11 @@ impl Observation {
             .collect();
         for (net, b) in &desired.bridges {
             if let Some(l) = self.host.link(&b.name) {
-                let marked = self.state.bridges.get(net).is_some_and(|o| o.name == b.name);
+                let marked = self
+                    .state
+                    .bridges
+                    .get(net)
+                    .is_some_and(|o| o.name == b.name);
                 if !marked {
                     let what = if ours.contains(b.name.as_str()) {
                         "is netloom's but serves another network".to_string()
@@ -309,7 +327,10 @@ impl Observation {
             }
             if let NsRef::Path(p) = &n.netns {
                 if !p.exists() {
-                    out.push(format!("container `{c}`: netns_path {} does not exist", p.display()));
+                    out.push(format!(
+                        "container `{c}`: netns_path {} does not exist",
+                        p.display()
+                    ));
                 }
             }
         }

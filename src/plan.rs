@@ -38,44 +38,125 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    Sysctl { key: String, value: String },
-    CreateBridge { name: String, mtu: u32, alias: String },
-    DeleteLink { netns: Option<NsRef>, name: String },
-    LinkUp { netns: Option<NsRef>, name: String },
-    SetMtu { netns: Option<NsRef>, name: String, mtu: u32 },
-    SetMaster { name: String, bridge: String },
-    SetMac { netns: NsRef, name: String, mac: String },
-    AddAddr { netns: Option<NsRef>, dev: String, addr: String },
-    DelAddr { netns: Option<NsRef>, dev: String, addr: String },
-    CreateNetns { name: String },
-    DeleteNetns { name: String },
-    CreateVeth { host: String, peer: String, netns: NsRef, mac: String, mtu: u32, alias: String },
-    AddDefaultRoute { netns: NsRef, dev: String, gateway: IpAddr },
-    DelDefaultRoute { netns: NsRef, gateway: IpAddr },
+    Sysctl {
+        key: String,
+        value: String,
+    },
+    CreateBridge {
+        name: String,
+        mtu: u32,
+        alias: String,
+    },
+    DeleteLink {
+        netns: Option<NsRef>,
+        name: String,
+    },
+    LinkUp {
+        netns: Option<NsRef>,
+        name: String,
+    },
+    SetMtu {
+        netns: Option<NsRef>,
+        name: String,
+        mtu: u32,
+    },
+    SetMaster {
+        name: String,
+        bridge: String,
+    },
+    SetHairpin {
+        name: String,
+    },
+    SetMac {
+        netns: Option<NsRef>,
+        name: String,
+        mac: String,
+    },
+    AddAddr {
+        netns: Option<NsRef>,
+        dev: String,
+        addr: String,
+    },
+    DelAddr {
+        netns: Option<NsRef>,
+        dev: String,
+        addr: String,
+    },
+    CreateNetns {
+        name: String,
+    },
+    DeleteNetns {
+        name: String,
+    },
+    CreateVeth {
+        host: String,
+        peer: String,
+        netns: NsRef,
+        mac: String,
+        mtu: u32,
+        alias: String,
+    },
+    AddDefaultRoute {
+        netns: NsRef,
+        dev: String,
+        gateway: IpAddr,
+    },
+    DelDefaultRoute {
+        netns: NsRef,
+        gateway: IpAddr,
+    },
     /// Part of the apply's single nft transaction.
-    Nft { what: String },
-    WriteFile { path: String, content: String },
-    RemoveFile { path: String },
+    Nft {
+        what: String,
+    },
+    WriteFile {
+        path: String,
+        content: String,
+    },
+    RemoveFile {
+        path: String,
+    },
 }
 
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let ip = |ns: &Option<NsRef>| ns.as_ref().map(NsRef::ip_cmd).unwrap_or_else(|| "ip".into());
+        let ip = |ns: &Option<NsRef>| {
+            ns.as_ref()
+                .map(NsRef::ip_cmd)
+                .unwrap_or_else(|| "ip".into())
+        };
         match self {
             Op::Sysctl { key, value } => write!(f, "sysctl -w {key}={value}"),
             Op::CreateBridge { name, mtu, alias } => {
-                write!(f, "ip link add {name} mtu {mtu} type bridge && ip link set {name} alias \"{alias}\"")
+                write!(
+                    f,
+                    "ip link add {name} mtu {mtu} type bridge && ip link set {name} alias \"{alias}\""
+                )
             }
             Op::DeleteLink { netns, name } => write!(f, "{} link del {name}", ip(netns)),
             Op::LinkUp { netns, name } => write!(f, "{} link set {name} up", ip(netns)),
             Op::SetMtu { netns, name, mtu } => write!(f, "{} link set {name} mtu {mtu}", ip(netns)),
             Op::SetMaster { name, bridge } => write!(f, "ip link set {name} master {bridge}"),
-            Op::SetMac { netns, name, mac } => write!(f, "{} link set {name} address {mac}", netns.ip_cmd()),
-            Op::AddAddr { netns, dev, addr } => write!(f, "{} addr add {addr} dev {dev}", ip(netns)),
-            Op::DelAddr { netns, dev, addr } => write!(f, "{} addr del {addr} dev {dev}", ip(netns)),
+            Op::SetHairpin { name } => write!(f, "ip link set {name} type bridge_slave hairpin on"),
+            Op::SetMac { netns, name, mac } => {
+                write!(f, "{} link set {name} address {mac}", ip(netns))
+            }
+            Op::AddAddr { netns, dev, addr } => {
+                write!(f, "{} addr add {addr} dev {dev}", ip(netns))
+            }
+            Op::DelAddr { netns, dev, addr } => {
+                write!(f, "{} addr del {addr} dev {dev}", ip(netns))
+            }
             Op::CreateNetns { name } => write!(f, "ip netns add {name}"),
             Op::DeleteNetns { name } => write!(f, "ip netns del {name}"),
-            Op::CreateVeth { host, peer, netns, mac, mtu, alias } => {
+            Op::CreateVeth {
+                host,
+                peer,
+                netns,
+                mac,
+                mtu,
+                alias,
+            } => {
                 let ns = match netns {
                     NsRef::Named(n) => n.clone(),
                     NsRef::Path(p) => p.display().to_string(),
@@ -85,8 +166,16 @@ impl std::fmt::Display for Op {
                     "ip link add {host} mtu {mtu} type veth peer name {peer} netns {ns} address {mac} && ip link set {host} alias \"{alias}\""
                 )
             }
-            Op::AddDefaultRoute { netns, dev, gateway } => {
-                write!(f, "{} route add default via {gateway} dev {dev}", netns.ip_cmd())
+            Op::AddDefaultRoute {
+                netns,
+                dev,
+                gateway,
+            } => {
+                write!(
+                    f,
+                    "{} route add default via {gateway} dev {dev}",
+                    netns.ip_cmd()
+                )
             }
             Op::DelDefaultRoute { netns, gateway } => {
                 write!(f, "{} route del default via {gateway}", netns.ip_cmd())
@@ -158,7 +247,9 @@ impl Plan {
     }
     /// Whether any change needs the nft transaction.
     pub fn touches_firewall(&self) -> bool {
-        self.changes.iter().any(|c| c.ops.iter().any(|o| matches!(o, Op::Nft { .. })))
+        self.changes
+            .iter()
+            .any(|c| c.ops.iter().any(|o| matches!(o, Op::Nft { .. })))
     }
 }
 
@@ -173,7 +264,15 @@ const P_PORT: u8 = 6;
 const P_FILE: u8 = 7;
 
 fn change(address: String, action: Action, phase: u8, summary: String, ops: Vec<Op>) -> Change {
-    Change { address, action, reason: None, summary, ops, diff: None, phase }
+    Change {
+        address,
+        action,
+        reason: None,
+        summary,
+        ops,
+        diff: None,
+        phase,
+    }
 }
 
 /// The changes that make `observed` match `desired`, and the drift of
@@ -205,10 +304,18 @@ fn diff_sysctls(d: &State, o: &State, out: &mut Vec<Change>) {
         let cur = o.sysctls.get(k);
         if cur != Some(v) {
             // Per-interface keys need the interface: set them after networks.
-            let phase = if k.starts_with("net.ipv4.conf.") { P_NFT_TABLE } else { P_SYSCTL };
+            let phase = if k.starts_with("net.ipv4.conf.") {
+                P_NFT_TABLE
+            } else {
+                P_SYSCTL
+            };
             // A key that cannot be read yet (offline, or of an interface
             // still to be made) is set, not changed.
-            let action = if cur.is_some() { Action::Update } else { Action::Create };
+            let action = if cur.is_some() {
+                Action::Update
+            } else {
+                Action::Create
+            };
             let summary = match cur {
                 Some(c) => format!("{c} -> {v}"),
                 None => format!("= {v}"),
@@ -218,7 +325,10 @@ fn diff_sysctls(d: &State, o: &State, out: &mut Vec<Change>) {
                 action,
                 phase,
                 summary,
-                vec![Op::Sysctl { key: k.clone(), value: v.clone() }],
+                vec![Op::Sysctl {
+                    key: k.clone(),
+                    value: v.clone(),
+                }],
             );
             c.reason = cur.is_some().then(|| "value".into());
             out.push(c);
@@ -232,9 +342,25 @@ fn bridge_summary(b: &Bridge) -> String {
 }
 
 fn create_bridge_ops(network: &str, b: &Bridge) -> Vec<Op> {
-    let mut ops = vec![Op::CreateBridge { name: b.name.clone(), mtu: b.mtu, alias: model::bridge_alias(network) }];
-    ops.extend(b.addrs.iter().map(|a| Op::AddAddr { netns: None, dev: b.name.clone(), addr: a.clone() }));
-    ops.push(Op::LinkUp { netns: None, name: b.name.clone() });
+    let mut ops = vec![Op::CreateBridge {
+        name: b.name.clone(),
+        mtu: b.mtu,
+        alias: model::bridge_alias(network),
+    }];
+    ops.push(Op::SetMac {
+        netns: None,
+        name: b.name.clone(),
+        mac: b.mac.clone(),
+    });
+    ops.extend(b.addrs.iter().map(|a| Op::AddAddr {
+        netns: None,
+        dev: b.name.clone(),
+        addr: a.clone(),
+    }));
+    ops.push(Op::LinkUp {
+        netns: None,
+        name: b.name.clone(),
+    });
     ops
 }
 
@@ -242,9 +368,18 @@ fn diff_bridges(d: &State, o: &State, out: &mut Vec<Change>) {
     for (net, want) in &d.bridges {
         let addr = format!("network.{net}");
         match o.bridges.get(net) {
-            None => out.push(change(addr, Action::Create, P_NETWORK, bridge_summary(want), create_bridge_ops(net, want))),
+            None => out.push(change(
+                addr,
+                Action::Create,
+                P_NETWORK,
+                bridge_summary(want),
+                create_bridge_ops(net, want),
+            )),
             Some(have) if have.name != want.name => {
-                let mut ops = vec![Op::DeleteLink { netns: None, name: have.name.clone() }];
+                let mut ops = vec![Op::DeleteLink {
+                    netns: None,
+                    name: have.name.clone(),
+                }];
                 ops.extend(create_bridge_ops(net, want));
                 let mut c = change(addr, Action::Replace, P_NETWORK, bridge_summary(want), ops);
                 c.reason = Some(format!("bridge name {} -> {}", have.name, want.name));
@@ -253,13 +388,35 @@ fn diff_bridges(d: &State, o: &State, out: &mut Vec<Change>) {
             Some(have) => {
                 let mut ops = Vec::new();
                 let mut what = Vec::new();
-                addr_ops(None, &want.name, &want.addrs, &have.addrs, &mut ops, &mut what);
+                addr_ops(
+                    None,
+                    &want.name,
+                    &want.addrs,
+                    &have.addrs,
+                    &mut ops,
+                    &mut what,
+                );
                 if have.mtu != want.mtu {
-                    ops.push(Op::SetMtu { netns: None, name: want.name.clone(), mtu: want.mtu });
+                    ops.push(Op::SetMtu {
+                        netns: None,
+                        name: want.name.clone(),
+                        mtu: want.mtu,
+                    });
                     what.push(format!("mtu {} -> {}", have.mtu, want.mtu));
                 }
+                if have.mac != want.mac {
+                    ops.push(Op::SetMac {
+                        netns: None,
+                        name: want.name.clone(),
+                        mac: want.mac.clone(),
+                    });
+                    what.push(format!("mac {} -> {}", have.mac, want.mac));
+                }
                 if !have.up {
-                    ops.push(Op::LinkUp { netns: None, name: want.name.clone() });
+                    ops.push(Op::LinkUp {
+                        netns: None,
+                        name: want.name.clone(),
+                    });
                     what.push("down -> up".into());
                 }
                 if !ops.is_empty() {
@@ -277,7 +434,10 @@ fn diff_bridges(d: &State, o: &State, out: &mut Vec<Change>) {
                 Action::Delete,
                 P_NETWORK,
                 bridge_summary(have),
-                vec![Op::DeleteLink { netns: None, name: have.name.clone() }],
+                vec![Op::DeleteLink {
+                    netns: None,
+                    name: have.name.clone(),
+                }],
             ));
         }
     }
@@ -292,11 +452,19 @@ fn addr_ops(
     what: &mut Vec<String>,
 ) {
     for a in have.difference(want) {
-        ops.push(Op::DelAddr { netns: ns.cloned(), dev: dev.into(), addr: a.clone() });
+        ops.push(Op::DelAddr {
+            netns: ns.cloned(),
+            dev: dev.into(),
+            addr: a.clone(),
+        });
         what.push(format!("-{a}"));
     }
     for a in want.difference(have) {
-        ops.push(Op::AddAddr { netns: ns.cloned(), dev: dev.into(), addr: a.clone() });
+        ops.push(Op::AddAddr {
+            netns: ns.cloned(),
+            dev: dev.into(),
+            addr: a.clone(),
+        });
         what.push(format!("+{a}"));
     }
 }
@@ -306,7 +474,10 @@ fn ns_create_ops(ns: &Namespace) -> Vec<Op> {
     if let NsRef::Named(n) = &ns.netns {
         ops.push(Op::CreateNetns { name: n.clone() });
     }
-    ops.push(Op::LinkUp { netns: Some(ns.netns.clone()), name: "lo".into() });
+    ops.push(Op::LinkUp {
+        netns: Some(ns.netns.clone()),
+        name: "lo".into(),
+    });
     ops
 }
 
@@ -323,7 +494,13 @@ fn diff_namespaces(d: &State, o: &State, out: &mut Vec<Change>) {
     for (name, want) in &d.namespaces {
         let addr = format!("container.{name}");
         match o.namespaces.get(name) {
-            None => out.push(change(addr, Action::Create, P_NETNS, want.netns.to_string(), ns_create_ops(want))),
+            None => out.push(change(
+                addr,
+                Action::Create,
+                P_NETNS,
+                want.netns.to_string(),
+                ns_create_ops(want),
+            )),
             Some(have) if have.netns != want.netns => {
                 let mut ops = ns_delete_ops(have);
                 ops.extend(ns_create_ops(want));
@@ -337,7 +514,10 @@ fn diff_namespaces(d: &State, o: &State, out: &mut Vec<Change>) {
                     Action::Update,
                     P_NETNS,
                     want.netns.to_string(),
-                    vec![Op::LinkUp { netns: Some(want.netns.clone()), name: "lo".into() }],
+                    vec![Op::LinkUp {
+                        netns: Some(want.netns.clone()),
+                        name: "lo".into(),
+                    }],
                 );
                 c.reason = Some("lo down -> up".into());
                 out.push(c);
@@ -347,7 +527,13 @@ fn diff_namespaces(d: &State, o: &State, out: &mut Vec<Change>) {
     }
     for (name, have) in &o.namespaces {
         if !d.namespaces.contains_key(name) {
-            out.push(change(format!("container.{name}"), Action::Delete, P_NETNS, have.netns.to_string(), ns_delete_ops(have)));
+            out.push(change(
+                format!("container.{name}"),
+                Action::Delete,
+                P_NETNS,
+                have.netns.to_string(),
+                ns_delete_ops(have),
+            ));
         }
     }
 }
@@ -375,16 +561,42 @@ fn endpoint_create_ops(e: &Endpoint) -> Vec<Op> {
         alias: model::veth_alias(&e.container, &e.network, &e.ifname),
     }];
     if let Some(b) = &e.bridge {
-        ops.push(Op::SetMaster { name: e.host_veth.clone(), bridge: b.clone() });
+        ops.push(Op::SetMaster {
+            name: e.host_veth.clone(),
+            bridge: b.clone(),
+        });
+        if e.hairpin {
+            ops.push(Op::SetHairpin {
+                name: e.host_veth.clone(),
+            });
+        }
     }
-    ops.push(Op::LinkUp { netns: None, name: e.host_veth.clone() });
-    ops.extend(e.addrs.iter().map(|a| Op::AddAddr { netns: ns.clone(), dev: e.ifname.clone(), addr: a.clone() }));
-    ops.push(Op::LinkUp { netns: ns.clone(), name: e.ifname.clone() });
+    ops.push(Op::LinkUp {
+        netns: None,
+        name: e.host_veth.clone(),
+    });
+    ops.extend(e.addrs.iter().map(|a| Op::AddAddr {
+        netns: ns.clone(),
+        dev: e.ifname.clone(),
+        addr: a.clone(),
+    }));
+    ops.push(Op::LinkUp {
+        netns: ns.clone(),
+        name: e.ifname.clone(),
+    });
     if let Some(g) = e.gateway {
-        ops.push(Op::AddDefaultRoute { netns: e.netns.clone(), dev: e.ifname.clone(), gateway: IpAddr::V4(g) });
+        ops.push(Op::AddDefaultRoute {
+            netns: e.netns.clone(),
+            dev: e.ifname.clone(),
+            gateway: IpAddr::V4(g),
+        });
     }
     if let Some(g) = e.gateway6 {
-        ops.push(Op::AddDefaultRoute { netns: e.netns.clone(), dev: e.ifname.clone(), gateway: IpAddr::V6(g) });
+        ops.push(Op::AddDefaultRoute {
+            netns: e.netns.clone(),
+            dev: e.ifname.clone(),
+            gateway: IpAddr::V6(g),
+        });
     }
     ops
 }
@@ -393,7 +605,13 @@ fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
     for (key, want) in &d.endpoints {
         let addr = format!("container.{key}");
         let Some(have) = o.endpoints.get(key) else {
-            out.push(change(addr, Action::Create, P_ENDPOINT, endpoint_summary(want), endpoint_create_ops(want)));
+            out.push(change(
+                addr,
+                Action::Create,
+                P_ENDPOINT,
+                endpoint_summary(want),
+                endpoint_create_ops(want),
+            ));
             continue;
         };
         let forced = if have.ifname != want.ifname {
@@ -408,9 +626,18 @@ fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
             None
         };
         if let Some(reason) = forced {
-            let mut ops = vec![Op::DeleteLink { netns: None, name: have.host_veth.clone() }];
+            let mut ops = vec![Op::DeleteLink {
+                netns: None,
+                name: have.host_veth.clone(),
+            }];
             ops.extend(endpoint_create_ops(want));
-            let mut c = change(addr, Action::Replace, P_ENDPOINT, endpoint_summary(want), ops);
+            let mut c = change(
+                addr,
+                Action::Replace,
+                P_ENDPOINT,
+                endpoint_summary(want),
+                ops,
+            );
             c.reason = Some(reason);
             out.push(c);
             continue;
@@ -420,58 +647,119 @@ fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
         let mut what = Vec::new();
         if have.bridge != want.bridge {
             if let Some(b) = &want.bridge {
-                ops.push(Op::SetMaster { name: want.host_veth.clone(), bridge: b.clone() });
+                ops.push(Op::SetMaster {
+                    name: want.host_veth.clone(),
+                    bridge: b.clone(),
+                });
                 what.push(format!("master {}", b));
             }
         }
+        // A port that joined a bridge anew starts without hairpin.
+        if want.hairpin && (!have.hairpin || have.bridge != want.bridge) {
+            ops.push(Op::SetHairpin {
+                name: want.host_veth.clone(),
+            });
+            if have.bridge == want.bridge {
+                what.push("hairpin on".into());
+            }
+        }
         if have.mtu != want.mtu {
-            ops.push(Op::SetMtu { netns: None, name: want.host_veth.clone(), mtu: want.mtu });
-            ops.push(Op::SetMtu { netns: ns.clone(), name: want.ifname.clone(), mtu: want.mtu });
+            ops.push(Op::SetMtu {
+                netns: None,
+                name: want.host_veth.clone(),
+                mtu: want.mtu,
+            });
+            ops.push(Op::SetMtu {
+                netns: ns.clone(),
+                name: want.ifname.clone(),
+                mtu: want.mtu,
+            });
             what.push(format!("mtu {} -> {}", have.mtu, want.mtu));
         }
         if have.mac != want.mac {
-            ops.push(Op::SetMac { netns: want.netns.clone(), name: want.ifname.clone(), mac: want.mac.clone() });
+            ops.push(Op::SetMac {
+                netns: Some(want.netns.clone()),
+                name: want.ifname.clone(),
+                mac: want.mac.clone(),
+            });
             what.push(format!("mac {} -> {}", have.mac, want.mac));
         }
         // Routes go before their addresses are removed (the kernel drops a
         // route whose gateway becomes unreachable) and after new ones exist.
         if have.gateway != want.gateway {
             if let Some(g) = have.gateway {
-                ops.push(Op::DelDefaultRoute { netns: want.netns.clone(), gateway: IpAddr::V4(g) });
+                ops.push(Op::DelDefaultRoute {
+                    netns: want.netns.clone(),
+                    gateway: IpAddr::V4(g),
+                });
             }
         }
         if have.gateway6 != want.gateway6 {
             if let Some(g) = have.gateway6 {
-                ops.push(Op::DelDefaultRoute { netns: want.netns.clone(), gateway: IpAddr::V6(g) });
+                ops.push(Op::DelDefaultRoute {
+                    netns: want.netns.clone(),
+                    gateway: IpAddr::V6(g),
+                });
             }
         }
-        addr_ops(ns.as_ref(), &want.ifname, &want.addrs, &have.addrs, &mut ops, &mut what);
+        addr_ops(
+            ns.as_ref(),
+            &want.ifname,
+            &want.addrs,
+            &have.addrs,
+            &mut ops,
+            &mut what,
+        );
         if !have.up {
-            ops.push(Op::LinkUp { netns: None, name: want.host_veth.clone() });
-            ops.push(Op::LinkUp { netns: ns.clone(), name: want.ifname.clone() });
+            ops.push(Op::LinkUp {
+                netns: None,
+                name: want.host_veth.clone(),
+            });
+            ops.push(Op::LinkUp {
+                netns: ns.clone(),
+                name: want.ifname.clone(),
+            });
             what.push("down -> up".into());
         }
         // An address change removes the routes through it: re-add.
         let readdressed = have.addrs != want.addrs;
         if have.gateway != want.gateway || (readdressed && want.gateway.is_some()) {
             if let Some(g) = want.gateway {
-                ops.push(Op::AddDefaultRoute { netns: want.netns.clone(), dev: want.ifname.clone(), gateway: IpAddr::V4(g) });
+                ops.push(Op::AddDefaultRoute {
+                    netns: want.netns.clone(),
+                    dev: want.ifname.clone(),
+                    gateway: IpAddr::V4(g),
+                });
             }
             if have.gateway != want.gateway {
                 what.push(format!(
                     "default route {} -> {}",
-                    have.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-                    want.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into())
+                    have.gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    want.gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "none".into())
                 ));
             }
         }
         if have.gateway6 != want.gateway6 || (readdressed && want.gateway6.is_some()) {
             if let Some(g) = want.gateway6 {
-                ops.push(Op::AddDefaultRoute { netns: want.netns.clone(), dev: want.ifname.clone(), gateway: IpAddr::V6(g) });
+                ops.push(Op::AddDefaultRoute {
+                    netns: want.netns.clone(),
+                    dev: want.ifname.clone(),
+                    gateway: IpAddr::V6(g),
+                });
             }
         }
         if !ops.is_empty() {
-            let mut c = change(addr, Action::Update, P_ENDPOINT, endpoint_summary(want), ops);
+            let mut c = change(
+                addr,
+                Action::Update,
+                P_ENDPOINT,
+                endpoint_summary(want),
+                ops,
+            );
             c.reason = Some(what.join(", "));
             out.push(c);
         }
@@ -483,15 +771,27 @@ fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
                 Action::Delete,
                 P_ENDPOINT,
                 endpoint_summary(have),
-                vec![Op::DeleteLink { netns: None, name: have.host_veth.clone() }],
+                vec![Op::DeleteLink {
+                    netns: None,
+                    name: have.host_veth.clone(),
+                }],
             ));
         }
     }
 }
 
 fn port_summary(p: &FwPort) -> String {
-    let host = p.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into());
-    let range = |s: u16| if p.count == 1 { s.to_string() } else { format!("{s}-{}", s + (p.count - 1)) };
+    let host = p
+        .host_ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "0.0.0.0".into());
+    let range = |s: u16| {
+        if p.count == 1 {
+            s.to_string()
+        } else {
+            format!("{s}-{}", s + (p.count - 1))
+        }
+    };
     format!(
         "{host}:{} -> {}:{}/{} ({})",
         range(p.host_port),
@@ -513,7 +813,9 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
             Action::Create,
             P_NFT_TABLE,
             "table inet netloom".into(),
-            vec![Op::Nft { what: "add table inet netloom with its chains, sets and maps".into() }],
+            vec![Op::Nft {
+                what: "add table inet netloom with its chains, sets and maps".into(),
+            }],
         )),
         (Some(w), Some(h)) if !h.skeleton_ok => {
             let mut c = change(
@@ -521,7 +823,9 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
                 Action::Replace,
                 P_NFT_TABLE,
                 "table inet netloom".into(),
-                vec![Op::Nft { what: "delete and re-add table inet netloom in one transaction".into() }],
+                vec![Op::Nft {
+                    what: "delete and re-add table inet netloom in one transaction".into(),
+                }],
             );
             c.reason = Some("chains or rules changed outside netloom".into());
             c.diff = Some(unified(
@@ -537,7 +841,9 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
             Action::Delete,
             P_NFT_TABLE,
             "table inet netloom".into(),
-            vec![Op::Nft { what: "delete table inet netloom".into() }],
+            vec![Op::Nft {
+                what: "delete table inet netloom".into(),
+            }],
         )),
         _ => {}
     }
@@ -549,7 +855,9 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
                 Action::Create,
                 P_NFT_NETWORK,
                 format!("{} {}", w.bridge, w.subnet),
-                vec![Op::Nft { what: fw_network_what(w) }],
+                vec![Op::Nft {
+                    what: fw_network_what(w),
+                }],
             )),
             Some(h) if h != w => {
                 let mut c = change(
@@ -557,7 +865,9 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
                     Action::Update,
                     P_NFT_NETWORK,
                     format!("{} {}", w.bridge, w.subnet),
-                    vec![Op::Nft { what: fw_network_what(w) }],
+                    vec![Op::Nft {
+                        what: fw_network_what(w),
+                    }],
                 );
                 c.reason = Some(format!("{} -> {}", fw_network_what(h), fw_network_what(w)));
                 out.push(c);
@@ -572,16 +882,37 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
                 Action::Delete,
                 P_NFT_NETWORK,
                 format!("{} {}", h.bridge, h.subnet),
-                vec![Op::Nft { what: format!("remove {} from the network sets", h.bridge) }],
+                vec![Op::Nft {
+                    what: format!("remove {} from the network sets", h.bridge),
+                }],
             ));
         }
     }
     for (key, w) in &want.ports {
-        let what = format!("map {}/{} -> {}:{}", w.host_port, w.proto, w.container_ip, w.container_port);
+        let what = format!(
+            "map {}/{} -> {}:{}",
+            w.host_port, w.proto, w.container_ip, w.container_port
+        );
         match have.ports.get(key) {
-            None => out.push(change(format!("port.{key}"), Action::Create, P_PORT, port_summary(w), vec![Op::Nft { what: format!("add element: {what}") }])),
+            None => out.push(change(
+                format!("port.{key}"),
+                Action::Create,
+                P_PORT,
+                port_summary(w),
+                vec![Op::Nft {
+                    what: format!("add element: {what}"),
+                }],
+            )),
             Some(h) if h != w => {
-                let mut c = change(format!("port.{key}"), Action::Update, P_PORT, port_summary(w), vec![Op::Nft { what: format!("replace element: {what}") }]);
+                let mut c = change(
+                    format!("port.{key}"),
+                    Action::Update,
+                    P_PORT,
+                    port_summary(w),
+                    vec![Op::Nft {
+                        what: format!("replace element: {what}"),
+                    }],
+                );
                 c.reason = Some(format!("{} -> {}", port_summary(h), port_summary(w)));
                 out.push(c);
             }
@@ -595,7 +926,9 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
                 Action::Delete,
                 P_PORT,
                 port_summary(h),
-                vec![Op::Nft { what: format!("delete element: map {}/{}", h.host_port, h.proto) }],
+                vec![Op::Nft {
+                    what: format!("delete element: map {}/{}", h.host_port, h.proto),
+                }],
             ));
         }
     }
@@ -626,7 +959,10 @@ fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
                     Action::Create,
                     P_FILE,
                     format!("{} lines", want_full.lines().count()),
-                    vec![Op::WriteFile { path: path.clone(), content: want_full.clone() }],
+                    vec![Op::WriteFile {
+                        path: path.clone(),
+                        content: want_full.clone(),
+                    }],
                 );
                 c.diff = Some(unified("/dev/null", path, "", &want_full));
                 out.push(c);
@@ -637,7 +973,10 @@ fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
                     Action::Update,
                     P_FILE,
                     format!("{} lines", want_full.lines().count()),
-                    vec![Op::WriteFile { path: path.clone(), content: want_full.clone() }],
+                    vec![Op::WriteFile {
+                        path: path.clone(),
+                        content: want_full.clone(),
+                    }],
                 );
                 c.diff = Some(unified(path, path, h, &want_full));
                 out.push(c);
@@ -647,7 +986,13 @@ fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
     }
     for (path, have) in &o.files {
         if !d.files.contains_key(path) {
-            let mut c = change(format!("file.{path}"), Action::Delete, P_FILE, format!("{} lines", have.lines().count()), vec![Op::RemoveFile { path: path.clone() }]);
+            let mut c = change(
+                format!("file.{path}"),
+                Action::Delete,
+                P_FILE,
+                format!("{} lines", have.lines().count()),
+                vec![Op::RemoveFile { path: path.clone() }],
+            );
             c.diff = Some(unified(path, "/dev/null", have, ""));
             out.push(c);
         }
@@ -669,35 +1014,78 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
     let mut out = Vec::new();
     fn cmp(out: &mut Vec<Drift>, addr: String, a: Option<String>, o: Option<String>) {
         match (a, o) {
-            (Some(_), None) => out.push(Drift { address: addr, what: "deleted outside netloom".into() }),
-            (Some(a), Some(o)) if a != o => out.push(Drift { address: addr, what: format!("changed outside netloom: {o} (was {a})") }),
+            (Some(_), None) => out.push(Drift {
+                address: addr,
+                what: "deleted outside netloom".into(),
+            }),
+            (Some(a), Some(o)) if a != o => out.push(Drift {
+                address: addr,
+                what: format!("changed outside netloom: {o} (was {a})"),
+            }),
             _ => {}
         }
     }
     for (k, v) in &applied.sysctls {
-        cmp(&mut out, format!("sysctl.{k}"), Some(v.clone()), observed.sysctls.get(k).cloned());
+        cmp(
+            &mut out,
+            format!("sysctl.{k}"),
+            Some(v.clone()),
+            observed.sysctls.get(k).cloned(),
+        );
     }
     for (k, b) in &applied.bridges {
-        cmp(&mut out, format!("network.{k}"), Some(bridge_drift_view(b)), observed.bridges.get(k).map(bridge_drift_view));
+        cmp(
+            &mut out,
+            format!("network.{k}"),
+            Some(bridge_drift_view(b)),
+            observed.bridges.get(k).map(bridge_drift_view),
+        );
     }
     for (k, n) in &applied.namespaces {
-        cmp(&mut out, format!("container.{k}"), Some(n.netns.to_string()), observed.namespaces.get(k).map(|x| x.netns.to_string()));
+        cmp(
+            &mut out,
+            format!("container.{k}"),
+            Some(n.netns.to_string()),
+            observed.namespaces.get(k).map(|x| x.netns.to_string()),
+        );
     }
     for (k, e) in &applied.endpoints {
-        cmp(&mut out, format!("container.{k}"), Some(endpoint_drift_view(e)), observed.endpoints.get(k).map(endpoint_drift_view));
+        cmp(
+            &mut out,
+            format!("container.{k}"),
+            Some(endpoint_drift_view(e)),
+            observed.endpoints.get(k).map(endpoint_drift_view),
+        );
     }
     let empty = BTreeMap::new();
-    let fw_ports = |s: &State| s.firewall.as_ref().map(|f| &f.fw.ports).cloned().unwrap_or_else(|| empty.clone());
+    let fw_ports = |s: &State| {
+        s.firewall
+            .as_ref()
+            .map(|f| &f.fw.ports)
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
     if let Some(a) = &applied.firewall {
         match &observed.firewall {
-            None => out.push(Drift { address: "nft.table.netloom".into(), what: "deleted outside netloom".into() }),
-            Some(o) if !o.skeleton_ok => out.push(Drift { address: "nft.table.netloom".into(), what: "chains or rules changed outside netloom".into() }),
+            None => out.push(Drift {
+                address: "nft.table.netloom".into(),
+                what: "deleted outside netloom".into(),
+            }),
+            Some(o) if !o.skeleton_ok => out.push(Drift {
+                address: "nft.table.netloom".into(),
+                what: "chains or rules changed outside netloom".into(),
+            }),
             Some(_) => {}
         }
         if observed.firewall.is_some() {
             let op = fw_ports(observed);
             for (k, p) in &a.fw.ports {
-                cmp(&mut out, format!("port.{k}"), Some(port_summary(p)), op.get(k).map(port_summary));
+                cmp(
+                    &mut out,
+                    format!("port.{k}"),
+                    Some(port_summary(p)),
+                    op.get(k).map(port_summary),
+                );
             }
         }
     }
@@ -705,8 +1093,14 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
         let o = observed.files.get(k);
         let changed = o.map(|o| model::with_user_block(v, Some(o)) != *o);
         match changed {
-            None => out.push(Drift { address: format!("file.{k}"), what: "deleted outside netloom".into() }),
-            Some(true) => out.push(Drift { address: format!("file.{k}"), what: "edited outside netloom".into() }),
+            None => out.push(Drift {
+                address: format!("file.{k}"),
+                what: "deleted outside netloom".into(),
+            }),
+            Some(true) => out.push(Drift {
+                address: format!("file.{k}"),
+                what: "edited outside netloom".into(),
+            }),
             Some(false) => {}
         }
     }
@@ -715,13 +1109,23 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
 
 fn bridge_drift_view(b: &Bridge) -> String {
     let state = if b.up { "" } else { " (down)" };
-    format!("{} mtu {}{state}", bridge_summary(b), b.mtu)
+    format!("{} mtu {} mac {}{state}", bridge_summary(b), b.mtu, b.mac)
 }
 
 /// The parts of an endpoint whose change outside netloom is drift.
 fn endpoint_drift_view(e: &Endpoint) -> String {
     let addrs: Vec<&str> = e.addrs.iter().map(String::as_str).collect();
-    let route = e.gateway.map(|g| format!(" default via {g}")).unwrap_or_default();
+    let route = e
+        .gateway
+        .map(|g| format!(" default via {g}"))
+        .unwrap_or_default();
     let state = if e.up { "" } else { " (down)" };
-    format!("{} {} {} master {}{route}{state}", e.ifname, addrs.join(" "), e.mac, e.bridge.as_deref().unwrap_or("none"))
+    let hairpin = if e.hairpin { "" } else { " (hairpin off)" };
+    format!(
+        "{} {} {} master {}{route}{state}{hairpin}",
+        e.ifname,
+        addrs.join(" "),
+        e.mac,
+        e.bridge.as_deref().unwrap_or("none")
+    )
 }

@@ -127,7 +127,13 @@ mod tests {
     #[test]
     fn docker_forms() {
         let p = parse("8080:80").unwrap();
-        assert_eq!(p.host, Some(PortRange { start: 8080, end: 8080 }));
+        assert_eq!(
+            p.host,
+            Some(PortRange {
+                start: 8080,
+                end: 8080
+            })
+        );
         assert_eq!(p.container.start, 80);
         assert_eq!(p.proto, Proto::Tcp);
         let p = parse("127.0.0.1:8080:80/udp").unwrap();
@@ -146,7 +152,11 @@ mod tests {
     fn errors() {
         assert!(parse("0:80").is_err());
         assert!(parse("65536:80").is_err());
-        assert!(parse("8000-8001:80").unwrap_err().contains("different length"));
+        assert!(
+            parse("8000-8001:80")
+                .unwrap_err()
+                .contains("different length")
+        );
         assert!(parse("80/icmp").unwrap_err().contains("protocol"));
         assert!(parse("a:b:c:d").is_err());
         assert!(parse("300.0.0.1:80:80").is_err());

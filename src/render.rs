@@ -36,7 +36,13 @@ pub fn text(plan: &Plan, style: Style) -> String {
     if !plan.drift.is_empty() {
         out.push_str("Objects changed outside netloom since its last apply (drift):\n\n");
         for d in &plan.drift {
-            let _ = writeln!(out, "  {} {}: {}", style.paint("33", "!"), d.address, d.what);
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                style.paint("33", "!"),
+                d.address,
+                d.what
+            );
         }
         out.push('\n');
     }
@@ -51,7 +57,11 @@ pub fn text(plan: &Plan, style: Style) -> String {
             let _ = write!(out, "  {}", c.summary);
         }
         if let Some(r) = &c.reason {
-            let label = if c.action == Action::Replace { "forces replacement" } else { "changes" };
+            let label = if c.action == Action::Replace {
+                "forces replacement"
+            } else {
+                "changes"
+            };
             let _ = write!(out, "  ({label}: {r})");
         }
         out.push('\n');

@@ -98,7 +98,8 @@ fn valid_ifname(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+        && s.bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
 }
 
 fn valid_hostname(s: &str) -> bool {
@@ -107,7 +108,8 @@ fn valid_hostname(s: &str) -> bool {
         && s.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
                 && !l.starts_with('-')
         })
 }
@@ -186,7 +188,10 @@ impl Validator {
             Some(r) => match ports::parse_range(r.get_ref()) {
                 Ok(pr) if pr.start < pr.end => (pr.start, pr.end),
                 Ok(_) => {
-                    self.err(sp(r), "port_range must hold more than one port, as FIRST-LAST");
+                    self.err(
+                        sp(r),
+                        "port_range must hold more than one port, as FIRST-LAST",
+                    );
                     config::DEFAULT_PORT_RANGE
                 }
                 Err(e) => {
@@ -228,7 +233,11 @@ impl Validator {
             bridge_mode
                 && match &c.networks {
                     None => true,
-                    Some(n) => n.get_ref().0.iter().any(|(k, _)| k.get_ref() == DEFAULT_NETWORK),
+                    Some(n) => n
+                        .get_ref()
+                        .0
+                        .iter()
+                        .any(|(k, _)| k.get_ref() == DEFAULT_NETWORK),
                 }
         });
         if uses_default && !networks.contains_key(DEFAULT_NETWORK) {
@@ -265,19 +274,34 @@ impl Validator {
         }
     }
 
-    fn network(&mut self, key: &Spanned<String>, net: &Spanned<NetworkConfig>) -> Option<NetworkSpec> {
+    fn network(
+        &mut self,
+        key: &Spanned<String>,
+        net: &Spanned<NetworkConfig>,
+    ) -> Option<NetworkSpec> {
         let name = key.get_ref().clone();
         let n = net.get_ref();
         let mut ok = true;
         if !valid_name(&name) {
-            self.err(sp(key), format!("invalid network name `{name}`: names match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"));
+            self.err(
+                sp(key),
+                format!(
+                    "invalid network name `{name}`: names match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"
+                ),
+            );
             ok = false;
         }
         let is_default = name == DEFAULT_NETWORK;
         let bridge = match &n.bridge {
             Some(b) => {
                 if !valid_ifname(b.get_ref()) {
-                    self.err(sp(b), format!("invalid bridge name `{}`: at most 15 bytes, no `/`, `:` or spaces", b.get_ref()));
+                    self.err(
+                        sp(b),
+                        format!(
+                            "invalid bridge name `{}`: at most 15 bytes, no `/`, `:` or spaces",
+                            b.get_ref()
+                        ),
+                    );
                     ok = false;
                 }
                 b.get_ref().clone()
@@ -287,24 +311,47 @@ impl Validator {
         let subnet = match &n.subnet {
             Some(s) => match s.get_ref().parse::<Ipv4Network>() {
                 Ok(net) if net.network() != net.ip() => {
-                    self.err(sp(s), format!("subnet {} has host bits set; did you mean {}/{}?", s.get_ref(), net.network(), net.prefix()));
+                    self.err(
+                        sp(s),
+                        format!(
+                            "subnet {} has host bits set; did you mean {}/{}?",
+                            s.get_ref(),
+                            net.network(),
+                            net.prefix()
+                        ),
+                    );
                     ok = false;
                     net
                 }
                 Ok(net) if net.prefix() > 30 => {
-                    self.err(sp(s), format!("subnet {} is too small: a network needs at least a /30", s.get_ref()));
+                    self.err(
+                        sp(s),
+                        format!(
+                            "subnet {} is too small: a network needs at least a /30",
+                            s.get_ref()
+                        ),
+                    );
                     ok = false;
                     net
                 }
                 Ok(net) => net,
                 Err(_) => {
-                    self.err(sp(s), format!("`{}` is not an IPv4 subnet in CIDR notation (e.g. 192.168.0.0/16)", s.get_ref()));
+                    self.err(
+                        sp(s),
+                        format!(
+                            "`{}` is not an IPv4 subnet in CIDR notation (e.g. 192.168.0.0/16)",
+                            s.get_ref()
+                        ),
+                    );
                     return None;
                 }
             },
             None if is_default => implicit_default_network().subnet,
             None => {
-                self.err(sp(net), format!("network `{name}` needs a subnet, e.g. subnet = \"192.168.0.0/16\""));
+                self.err(
+                    sp(net),
+                    format!("network `{name}` needs a subnet, e.g. subnet = \"192.168.0.0/16\""),
+                );
                 return None;
             }
         };
@@ -316,7 +363,10 @@ impl Validator {
                         self.err(sp(g), format!("gateway {ip} is not inside subnet {subnet}"));
                         ok = false;
                     } else if ip == subnet.network() || ip == subnet.broadcast() {
-                        self.err(sp(g), format!("gateway {ip} is the network or broadcast address of {subnet}"));
+                        self.err(
+                            sp(g),
+                            format!("gateway {ip} is the network or broadcast address of {subnet}"),
+                        );
                         ok = false;
                     }
                     ip
@@ -340,19 +390,27 @@ impl Validator {
             None => 1500,
         };
         let (subnet6, gateway6) = match &n.subnet6 {
-            Some(s) => match s.get_ref().parse::<Ipv6Network>() {
-                Ok(net) if net.prefix() > 126 || net.network() != net.ip() => {
-                    self.err(sp(s), format!("subnet6 {} must be a network address with a prefix of at most /126", s.get_ref()));
-                    ok = false;
-                    (None, None)
+            Some(s) => {
+                match s.get_ref().parse::<Ipv6Network>() {
+                    Ok(net) if net.prefix() > 126 || net.network() != net.ip() => {
+                        self.err(sp(s), format!("subnet6 {} must be a network address with a prefix of at most /126", s.get_ref()));
+                        ok = false;
+                        (None, None)
+                    }
+                    Ok(net) => (
+                        Some(net),
+                        Some(Ipv6Addr::from(u128::from(net.network()) + 1)),
+                    ),
+                    Err(_) => {
+                        self.err(
+                            sp(s),
+                            format!("`{}` is not an IPv6 subnet in CIDR notation", s.get_ref()),
+                        );
+                        ok = false;
+                        (None, None)
+                    }
                 }
-                Ok(net) => (Some(net), Some(Ipv6Addr::from(u128::from(net.network()) + 1))),
-                Err(_) => {
-                    self.err(sp(s), format!("`{}` is not an IPv6 subnet in CIDR notation", s.get_ref()));
-                    ok = false;
-                    (None, None)
-                }
-            },
+            }
             None => (None, None),
         };
         let internal = n.internal.unwrap_or(false);
@@ -373,38 +431,71 @@ impl Validator {
 
     /// Checks across networks: unique bridges, no overlapping subnets.
     fn check_networks(&mut self, f: &ConfigFile, nets: &BTreeMap<String, NetworkSpec>) {
-        let span_of = |name: &str| -> Range<usize> {
-            f.networks.get(name).map(sp).unwrap_or(0..0)
-        };
+        let span_of = |name: &str| -> Range<usize> { f.networks.get(name).map(sp).unwrap_or(0..0) };
         let list: Vec<&NetworkSpec> = nets.values().collect();
         for (i, a) in list.iter().enumerate() {
             for b in &list[i + 1..] {
                 let (first, second) = order_by_span(a, b, &span_of);
                 if a.bridge == b.bridge {
-                    let s = f.networks.get(&second.name).and_then(|n| n.get_ref().bridge.as_ref().map(sp)).unwrap_or_else(|| span_of(&second.name));
-                    self.err(s, format!("bridge `{}` of network `{}` is already used by network `{}`", a.bridge, second.name, first.name));
+                    let s = f
+                        .networks
+                        .get(&second.name)
+                        .and_then(|n| n.get_ref().bridge.as_ref().map(sp))
+                        .unwrap_or_else(|| span_of(&second.name));
+                    self.err(
+                        s,
+                        format!(
+                            "bridge `{}` of network `{}` is already used by network `{}`",
+                            a.bridge, second.name, first.name
+                        ),
+                    );
                 }
                 if a.subnet.overlaps(b.subnet) {
-                    let s = f.networks.get(&second.name).and_then(|n| n.get_ref().subnet.as_ref().map(sp)).unwrap_or_else(|| span_of(&second.name));
-                    self.err(s, format!("subnet {} of network `{}` overlaps subnet {} of network `{}`", second.subnet, second.name, first.subnet, first.name));
+                    let s = f
+                        .networks
+                        .get(&second.name)
+                        .and_then(|n| n.get_ref().subnet.as_ref().map(sp))
+                        .unwrap_or_else(|| span_of(&second.name));
+                    self.err(
+                        s,
+                        format!(
+                            "subnet {} of network `{}` overlaps subnet {} of network `{}`",
+                            second.subnet, second.name, first.subnet, first.name
+                        ),
+                    );
                 }
                 if let (Some(x), Some(y)) = (a.subnet6, b.subnet6) {
                     if x.overlaps(y) {
-                        self.err(span_of(&second.name), format!("subnet6 of network `{}` overlaps that of network `{}`", second.name, first.name));
+                        self.err(
+                            span_of(&second.name),
+                            format!(
+                                "subnet6 of network `{}` overlaps that of network `{}`",
+                                second.name, first.name
+                            ),
+                        );
                     }
                 }
             }
         }
     }
 
-    fn containers(&mut self, f: &ConfigFile, nets: &BTreeMap<String, NetworkSpec>) -> Vec<ContainerSpec> {
+    fn containers(
+        &mut self,
+        f: &ConfigFile,
+        nets: &BTreeMap<String, NetworkSpec>,
+    ) -> Vec<ContainerSpec> {
         let declared: Vec<&str> = f.containers.iter().map(|(k, _)| k).collect();
         let mut out = Vec::new();
         let mut netns_names: HashMap<String, String> = HashMap::new();
         // (network, ip) -> container, for duplicate fixed addresses.
         let mut fixed: HashMap<(String, IpAddr), String> = HashMap::new();
         // (host ip, proto) -> [(range, container, span)] for port claims.
-        let mut claims: Vec<(Option<Ipv4Addr>, crate::firewall::Proto, ports::PortRange, String)> = Vec::new();
+        let mut claims: Vec<(
+            Option<Ipv4Addr>,
+            crate::firewall::Proto,
+            ports::PortRange,
+            String,
+        )> = Vec::new();
 
         for (key, c) in f.containers.0.iter() {
             let name = key.get_ref().clone();
@@ -419,14 +510,21 @@ impl Validator {
                     "none" => Mode::None,
                     "host" => Mode::Host,
                     other => match other.strip_prefix("container:") {
-                        Some(t) if declared.contains(&t) && t != name => Mode::Container(t.to_string()),
+                        Some(t) if declared.contains(&t) && t != name => {
+                            Mode::Container(t.to_string())
+                        }
                         Some(t) if t == name => {
                             self.err(sp(m), "a container cannot share its own namespace");
                             Mode::None
                         }
                         Some(t) => {
-                            let hint = suggest(t, declared.iter().copied()).map(|s| format!("; did you mean `container:{s}`?")).unwrap_or_default();
-                            self.err(sp(m), format!("network_mode refers to undeclared container `{t}`{hint}"));
+                            let hint = suggest(t, declared.iter().copied())
+                                .map(|s| format!("; did you mean `container:{s}`?"))
+                                .unwrap_or_default();
+                            self.err(
+                                sp(m),
+                                format!("network_mode refers to undeclared container `{t}`{hint}"),
+                            );
                             Mode::None
                         }
                         None => {
@@ -445,10 +543,16 @@ impl Validator {
             };
             if mode != Mode::Bridge {
                 if let Some(n) = &cfg.networks {
-                    self.err(sp(n), format!("network_mode `{mode_word}` takes no networks"));
+                    self.err(
+                        sp(n),
+                        format!("network_mode `{mode_word}` takes no networks"),
+                    );
                 }
                 if let Some(p) = cfg.ports.first() {
-                    self.err(sp(p), format!("network_mode `{mode_word}` cannot publish ports"));
+                    self.err(
+                        sp(p),
+                        format!("network_mode `{mode_word}` cannot publish ports"),
+                    );
                 }
             }
             if shares {
@@ -457,7 +561,10 @@ impl Validator {
                 }
                 if let Some(l) = cfg.links.first() {
                     if mode == Mode::Host {
-                        self.err(sp(l), "network_mode `host` has no links: it has the host's names");
+                        self.err(
+                            sp(l),
+                            "network_mode `host` has no links: it has the host's names",
+                        );
                     }
                 }
             }
@@ -487,7 +594,10 @@ impl Validator {
             if let Some(NetnsSpec::Named(n)) = &netns {
                 if let Some(other) = netns_names.insert(n.clone(), name.clone()) {
                     let s = cfg.netns.as_ref().map(sp).unwrap_or_else(|| sp(key));
-                    self.err(s, format!("netns `{n}` is already used by container `{other}`"));
+                    self.err(
+                        s,
+                        format!("netns `{n}` is already used by container `{other}`"),
+                    );
                 }
             }
             let hostname = match &cfg.hostname {
@@ -502,15 +612,20 @@ impl Validator {
             // Endpoints.
             let mut endpoints = Vec::new();
             if mode == Mode::Bridge {
-                let list: Vec<(Option<&Spanned<String>>, config::EndpointConfig, String)> = match &cfg.networks {
-                    None => vec![(None, Default::default(), DEFAULT_NETWORK.to_string())],
-                    Some(n) => {
-                        if n.get_ref().0.is_empty() {
-                            self.err(sp(n), "networks is empty; use network_mode = \"none\" for a namespace with only `lo`");
+                let list: Vec<(Option<&Spanned<String>>, config::EndpointConfig, String)> =
+                    match &cfg.networks {
+                        None => vec![(None, Default::default(), DEFAULT_NETWORK.to_string())],
+                        Some(n) => {
+                            if n.get_ref().0.is_empty() {
+                                self.err(sp(n), "networks is empty; use network_mode = \"none\" for a namespace with only `lo`");
+                            }
+                            n.get_ref()
+                                .0
+                                .iter()
+                                .map(|(k, v)| (Some(k), v.clone(), k.get_ref().clone()))
+                                .collect()
                         }
-                        n.get_ref().0.iter().map(|(k, v)| (Some(k), v.clone(), k.get_ref().clone())).collect()
-                    }
-                };
+                    };
                 let mut seen = BTreeSet::new();
                 for (kspan, ep, netname) in list {
                     let span = kspan.map(sp).unwrap_or_else(|| sp(key));
@@ -520,7 +635,9 @@ impl Validator {
                     }
                     let Some(net) = nets.get(&netname) else {
                         if f.networks.get(&netname).is_none() {
-                            let hint = suggest(&netname, nets.keys().map(String::as_str)).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                            let hint = suggest(&netname, nets.keys().map(String::as_str))
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
                             self.err(span, format!("network `{netname}` is not declared{hint}"));
                         }
                         continue;
@@ -576,7 +693,13 @@ impl Validator {
                         }
                         Some(m) => Some(m),
                         None => {
-                            self.err(sp(s), format!("`{}` is not a MAC address (aa:bb:cc:dd:ee:ff)", s.get_ref()));
+                            self.err(
+                                sp(s),
+                                format!(
+                                    "`{}` is not a MAC address (aa:bb:cc:dd:ee:ff)",
+                                    s.get_ref()
+                                ),
+                            );
                             None
                         }
                     });
@@ -588,7 +711,13 @@ impl Validator {
                             self.err(sp(a), format!("invalid alias `{}`", a.get_ref()));
                         }
                     }
-                    endpoints.push(EndpointSpec { network: netname, ip, ip6, aliases, mac });
+                    endpoints.push(EndpointSpec {
+                        network: netname,
+                        ip,
+                        ip6,
+                        aliases,
+                        mac,
+                    });
                 }
             }
 
@@ -596,16 +725,27 @@ impl Validator {
             let mut port_specs = Vec::new();
             for p in &cfg.ports {
                 match ports::parse(p.get_ref()) {
-                    Err(e) => self.err(sp(p), format!("invalid port mapping `{}`: {e}", p.get_ref())),
+                    Err(e) => self.err(
+                        sp(p),
+                        format!("invalid port mapping `{}`: {e}", p.get_ref()),
+                    ),
                     Ok(ps) => {
                         if let Some(ep) = endpoints.first() {
                             if nets.get(&ep.network).is_some_and(|n| n.internal) {
-                                self.err(sp(p), format!("network `{}` is internal: it publishes no ports", ep.network));
+                                self.err(
+                                    sp(p),
+                                    format!(
+                                        "network `{}` is internal: it publishes no ports",
+                                        ep.network
+                                    ),
+                                );
                             }
                         }
                         if let Some(h) = ps.host {
                             let clash = claims.iter().find(|(ip, proto, r, _)| {
-                                *proto == ps.proto && r.overlaps(&h) && (ip.is_none() || ps.host_ip.is_none() || *ip == ps.host_ip)
+                                *proto == ps.proto
+                                    && r.overlaps(&h)
+                                    && (ip.is_none() || ps.host_ip.is_none() || *ip == ps.host_ip)
                             });
                             if let Some((ip, _, r, other)) = clash {
                                 let at = ip.map(|i| format!("{i}:")).unwrap_or_default();
@@ -627,8 +767,13 @@ impl Validator {
                     None => (l.get_ref().clone(), None),
                 };
                 if !declared.contains(&target.as_str()) {
-                    let hint = suggest(&target, declared.iter().copied()).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                    self.err(sp(l), format!("link to undeclared container `{target}`{hint}"));
+                    let hint = suggest(&target, declared.iter().copied())
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    self.err(
+                        sp(l),
+                        format!("link to undeclared container `{target}`{hint}"),
+                    );
                     continue;
                 }
                 if target == name {
@@ -643,7 +788,15 @@ impl Validator {
                 }
                 links.push((target, alias));
             }
-            out.push(ContainerSpec { name, hostname, mode, netns, endpoints, ports: port_specs, links });
+            out.push(ContainerSpec {
+                name,
+                hostname,
+                mode,
+                netns,
+                endpoints,
+                ports: port_specs,
+                links,
+            });
         }
         self.check_container_graph(f, &out);
         out
@@ -652,15 +805,26 @@ impl Validator {
     /// `container:` chains must end at a container with a namespace of its
     /// own; links need a shared network.
     fn check_container_graph(&mut self, f: &ConfigFile, list: &[ContainerSpec]) {
-        let by_name: HashMap<&str, &ContainerSpec> = list.iter().map(|c| (c.name.as_str(), c)).collect();
+        let by_name: HashMap<&str, &ContainerSpec> =
+            list.iter().map(|c| (c.name.as_str(), c)).collect();
         for c in list {
             if let Mode::Container(_) = c.mode {
                 let mut seen = BTreeSet::new();
                 let mut cur = c;
                 while let Mode::Container(t) = &cur.mode {
                     if !seen.insert(cur.name.as_str()) {
-                        let span = f.containers.get(&c.name).and_then(|x| x.get_ref().network_mode.as_ref().map(sp)).unwrap_or(0..0);
-                        self.err(span, format!("network_mode of `{}` forms a cycle of container: references", c.name));
+                        let span = f
+                            .containers
+                            .get(&c.name)
+                            .and_then(|x| x.get_ref().network_mode.as_ref().map(sp))
+                            .unwrap_or(0..0);
+                        self.err(
+                            span,
+                            format!(
+                                "network_mode of `{}` forms a cycle of container: references",
+                                c.name
+                            ),
+                        );
                         break;
                     }
                     match by_name.get(t.as_str()) {
@@ -670,16 +834,33 @@ impl Validator {
                 }
             }
             for (target, _) in &c.links {
-                let Some(t) = by_name.get(target.as_str()) else { continue };
+                let Some(t) = by_name.get(target.as_str()) else {
+                    continue;
+                };
                 let t = resolve_shared(t, &by_name);
                 let me = resolve_shared(c, &by_name);
-                let shared = me.endpoints.iter().any(|e| t.endpoints.iter().any(|o| o.network == e.network));
+                let shared = me
+                    .endpoints
+                    .iter()
+                    .any(|e| t.endpoints.iter().any(|o| o.network == e.network));
                 if !shared && !me.endpoints.is_empty() {
                     let cfg = f.containers.get(&c.name);
                     let span = cfg
-                        .and_then(|x| x.get_ref().links.iter().find(|l| l.get_ref().split(':').next() == Some(target)).map(sp))
+                        .and_then(|x| {
+                            x.get_ref()
+                                .links
+                                .iter()
+                                .find(|l| l.get_ref().split(':').next() == Some(target))
+                                .map(sp)
+                        })
                         .unwrap_or(0..0);
-                    self.err(span, format!("container `{}` links to `{target}` but they share no network", c.name));
+                    self.err(
+                        span,
+                        format!(
+                            "container `{}` links to `{target}` but they share no network",
+                            c.name
+                        ),
+                    );
                 }
             }
         }
@@ -687,7 +868,10 @@ impl Validator {
 }
 
 /// The container whose namespace `c` uses (follows `container:` modes).
-pub fn resolve_shared<'a>(c: &'a ContainerSpec, by_name: &HashMap<&str, &'a ContainerSpec>) -> &'a ContainerSpec {
+pub fn resolve_shared<'a>(
+    c: &'a ContainerSpec,
+    by_name: &HashMap<&str, &'a ContainerSpec>,
+) -> &'a ContainerSpec {
     let mut cur = c;
     for _ in 0..by_name.len() {
         match &cur.mode {
@@ -701,8 +885,16 @@ pub fn resolve_shared<'a>(c: &'a ContainerSpec, by_name: &HashMap<&str, &'a Cont
     cur
 }
 
-fn order_by_span<'a>(a: &'a NetworkSpec, b: &'a NetworkSpec, span_of: &dyn Fn(&str) -> Range<usize>) -> (&'a NetworkSpec, &'a NetworkSpec) {
-    if span_of(&a.name).start <= span_of(&b.name).start { (a, b) } else { (b, a) }
+fn order_by_span<'a>(
+    a: &'a NetworkSpec,
+    b: &'a NetworkSpec,
+    span_of: &dyn Fn(&str) -> Range<usize>,
+) -> (&'a NetworkSpec, &'a NetworkSpec) {
+    if span_of(&a.name).start <= span_of(&b.name).start {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }
 
 fn parse_upstream(s: &str) -> Option<SocketAddr> {

@@ -106,7 +106,11 @@ impl StateDir {
                 let r: Record = serde_json::from_slice(&bytes)
                     .with_context(|| format!("{} is not a netloom state record", p.display()))?;
                 if r.version > RECORD_VERSION {
-                    bail!("{} was written by a newer netloom (version {})", p.display(), r.version);
+                    bail!(
+                        "{} was written by a newer netloom (version {})",
+                        p.display(),
+                        r.version
+                    );
                 }
                 Ok(r)
             }
@@ -146,9 +150,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.netloom-tmp.{}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        f.write_all(data).with_context(|| format!("write {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+        f.write_all(data)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("fsync {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -173,7 +180,9 @@ mod tests {
         sd.save(&r).unwrap();
         assert_eq!(sd.load().unwrap().owned, r.owned);
         // A second opener times out while the first holds the lock.
-        let err = StateDir::open(dir.path(), Duration::from_millis(100)).err().unwrap();
+        let err = StateDir::open(dir.path(), Duration::from_millis(100))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("another netloom run"));
         drop(sd);
         assert!(StateDir::open(dir.path(), Duration::from_millis(100)).is_ok());

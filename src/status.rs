@@ -15,7 +15,9 @@ use crate::state::StateDir;
 pub const AGENT_FILE: &str = "agent.json";
 
 pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
-    let Some(l) = engine::load(cli)? else { return Ok(1) };
+    let Some(l) = engine::load(cli)? else {
+        return Ok(1);
+    };
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
     let p = engine::plan_live(&l, &record).await?;
@@ -82,26 +84,66 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         return Ok(if in_sync { 0 } else { 2 });
     }
     let mut out = String::new();
-    let _ = writeln!(out, "NETWORK            BRIDGE           ADDRESSES                     STATE");
+    let _ = writeln!(
+        out,
+        "NETWORK            BRIDGE           ADDRESSES                     STATE"
+    );
     for (n, b) in &want.bridges {
         let addrs: Vec<&str> = b.addrs.iter().map(String::as_str).collect();
-        let _ = writeln!(out, "{:<18} {:<16} {:<29} {}", n, b.name, addrs.join(","), state_of(&format!("network.{n}")));
+        let _ = writeln!(
+            out,
+            "{:<18} {:<16} {:<29} {}",
+            n,
+            b.name,
+            addrs.join(","),
+            state_of(&format!("network.{n}"))
+        );
     }
-    let _ = writeln!(out, "\nENDPOINT           VETH         ADDRESSES                     MAC                STATE");
+    let _ = writeln!(
+        out,
+        "\nENDPOINT           VETH         ADDRESSES                     MAC                STATE"
+    );
     for (k, e) in &want.endpoints {
         let addrs: Vec<&str> = e.addrs.iter().map(String::as_str).collect();
-        let _ = writeln!(out, "{:<18} {:<12} {:<29} {:<18} {}", k, e.host_veth, addrs.join(","), e.mac, state_of(&format!("container.{k}")));
+        let _ = writeln!(
+            out,
+            "{:<18} {:<12} {:<29} {:<18} {}",
+            k,
+            e.host_veth,
+            addrs.join(","),
+            e.mac,
+            state_of(&format!("container.{k}"))
+        );
     }
-    if let Some(ports) = want.firewall.as_ref().map(|f| &f.fw.ports).filter(|p| !p.is_empty()) {
-        let _ = writeln!(out, "\nPORT                          TARGET                     PKTS      BYTES  STATE");
+    if let Some(ports) = want
+        .firewall
+        .as_ref()
+        .map(|f| &f.fw.ports)
+        .filter(|p| !p.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "\nPORT                          TARGET                     PKTS      BYTES  STATE"
+        );
         for (k, pm) in ports {
             let (pk, by) = counters.get(k).copied().unwrap_or((0, 0));
             let target = format!("{}:{}/{}", pm.container_ip, pm.container_port, pm.proto);
-            let _ = writeln!(out, "{:<29} {:<22} {:>8} {:>10}  {}", k, target, pk, by, state_of(&format!("port.{k}")));
+            let _ = writeln!(
+                out,
+                "{:<29} {:<22} {:>8} {:>10}  {}",
+                k,
+                target,
+                pk,
+                by,
+                state_of(&format!("port.{k}"))
+            );
         }
     }
     for (c, path) in &p.desired.external_files {
-        let _ = writeln!(out, "\nhosts file of {c} (netns_path; bind-mount it on the container's /etc/hosts): {path}");
+        let _ = writeln!(
+            out,
+            "\nhosts file of {c} (netns_path; bind-mount it on the container's /etc/hosts): {path}"
+        );
     }
     if !p.plan.drift.is_empty() {
         let _ = writeln!(out, "\nDrift (changed outside netloom):");
@@ -110,13 +152,23 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         }
     }
     if let Some(a) = agent {
-        let _ = writeln!(out, "\nAgent: {}", a.get("summary").and_then(|s| s.as_str()).unwrap_or("(no runs recorded)"));
+        let _ = writeln!(
+            out,
+            "\nAgent: {}",
+            a.get("summary")
+                .and_then(|s| s.as_str())
+                .unwrap_or("(no runs recorded)")
+        );
     }
     let s = p.plan.summary();
     if in_sync {
         let _ = writeln!(out, "\nIn sync: no changes pending.");
     } else {
-        let _ = writeln!(out, "\nNot in sync: {} to add, {} to change, {} to destroy (run `netloom plan`).", s.add, s.change, s.destroy);
+        let _ = writeln!(
+            out,
+            "\nNot in sync: {} to add, {} to change, {} to destroy (run `netloom plan`).",
+            s.add, s.change, s.destroy
+        );
     }
     print!("{out}");
     Ok(if in_sync { 0 } else { 2 })
@@ -125,15 +177,25 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
 /// A stable 64-hex-digit id for a name (Docker shows ids of that shape).
 pub fn id_of(kind: &str, name: &str) -> String {
     (0..4u8)
-        .map(|i| format!("{:016x}", crate::hash::fnv64(format!("{kind}\0{name}\0{i}").as_bytes())))
+        .map(|i| {
+            format!(
+                "{:016x}",
+                crate::hash::fnv64(format!("{kind}\0{name}\0{i}").as_bytes())
+            )
+        })
         .collect()
 }
 
 pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
-    let Some(l) = engine::load(cli)? else { return Ok(1) };
+    let Some(l) = engine::load(cli)? else {
+        return Ok(1);
+    };
     let Some(net) = l.spec.networks.get(network).cloned() else {
         let known: Vec<&str> = l.spec.networks.keys().map(String::as_str).collect();
-        return Err(anyhow!("unknown network `{network}` (declared: {})", known.join(", ")));
+        return Err(anyhow!(
+            "unknown network `{network}` (declared: {})",
+            known.join(", ")
+        ));
     };
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
@@ -141,15 +203,31 @@ pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
     let observation = crate::observe::observe(&desired.state, &record).await?;
     drop(sd);
     let mut containers = serde_json::Map::new();
-    for e in observation.state.endpoints.values().filter(|e| e.network == network) {
-        let v4 = e.addrs.iter().find(|a| !a.contains(':')).cloned().unwrap_or_default();
-        let v6 = e.addrs.iter().find(|a| a.contains(':')).cloned().unwrap_or_default();
+    for e in observation
+        .state
+        .endpoints
+        .values()
+        .filter(|e| e.network == network)
+    {
+        let v4 = e
+            .addrs
+            .iter()
+            .find(|a| !a.contains(':'))
+            .cloned()
+            .unwrap_or_default();
+        let v6 = e
+            .addrs
+            .iter()
+            .find(|a| a.contains(':'))
+            .cloned()
+            .unwrap_or_default();
         containers.insert(
             id_of("container", &e.container),
             json!({"Name": e.container, "EndpointID": id_of("endpoint", &format!("{}.{}", e.container, e.ifname)), "MacAddress": e.mac, "IPv4Address": v4, "IPv6Address": v6}),
         );
     }
-    let mut config = vec![json!({"Subnet": net.subnet.to_string(), "Gateway": net.gateway.to_string()})];
+    let mut config =
+        vec![json!({"Subnet": net.subnet.to_string(), "Gateway": net.gateway.to_string()})];
     if let (Some(s6), Some(g6)) = (net.subnet6, net.gateway6) {
         config.push(json!({"Subnet": s6.to_string(), "Gateway": g6.to_string()}));
     }
@@ -174,10 +252,18 @@ pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
         Format::Text => {
-            println!("Name:    {}\nDriver:  bridge\nBridge:  {}\nSubnet:  {}\nGateway: {}\nInternal: {}", net.name, net.bridge, net.subnet, net.gateway, net.internal);
+            println!(
+                "Name:    {}\nDriver:  bridge\nBridge:  {}\nSubnet:  {}\nGateway: {}\nInternal: {}",
+                net.name, net.bridge, net.subnet, net.gateway, net.internal
+            );
             println!("Containers:");
             for v in containers.values() {
-                println!("  {:<16} {:<20} {}", v["Name"].as_str().unwrap_or(""), v["IPv4Address"].as_str().unwrap_or(""), v["MacAddress"].as_str().unwrap_or(""));
+                println!(
+                    "  {:<16} {:<20} {}",
+                    v["Name"].as_str().unwrap_or(""),
+                    v["IPv4Address"].as_str().unwrap_or(""),
+                    v["MacAddress"].as_str().unwrap_or("")
+                );
             }
         }
     }

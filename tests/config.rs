@@ -26,7 +26,9 @@ fn position(text: &str, at: &str) -> String {
     if at.split(':').all(|p| p.parse::<usize>().is_ok()) {
         return at.to_string();
     }
-    let off = text.rfind(at).unwrap_or_else(|| panic!("{at:?} not in {text:?}"));
+    let off = text
+        .rfind(at)
+        .unwrap_or_else(|| panic!("{at:?} not in {text:?}"));
     let (l, c) = netloom::diag::line_col(text, off);
     format!("{l}:{c}")
 }
@@ -36,7 +38,8 @@ fn assert_error(text: &str, at: &str, needle: &str) {
     let at = &position(text, at);
     let errs = errors(text);
     assert!(
-        errs.iter().any(|e| e.starts_with(&format!("{at}: ")) && e.contains(needle)),
+        errs.iter()
+            .any(|e| e.starts_with(&format!("{at}: ")) && e.contains(needle)),
         "expected an error at {at} containing {needle:?}, got {errs:#?}"
     );
 }
@@ -57,12 +60,24 @@ fn every_example_validates() {
             if let Err(d) = spec::load(&p.display().to_string(), &text) {
                 panic!("{d}");
             }
-            let out = Command::new(NETLOOM).arg("validate").arg("-c").arg(&p).output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(NETLOOM)
+                .arg("validate")
+                .arg("-c")
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             n += 1;
         }
     }
-    assert!(n >= 4, "expected the tutorial and one example per feature, found {n}");
+    assert!(
+        n >= 4,
+        "expected the tutorial and one example per feature, found {n}"
+    );
 }
 
 #[test]
@@ -74,7 +89,10 @@ fn committed_schema_is_current() {
         std::fs::write(path, &current).unwrap();
         return;
     }
-    assert_eq!(committed, current, "schemas/netloom.schema.json is stale: run `netloom schema > schemas/netloom.schema.json` (or UPDATE_SCHEMA=1 cargo test)");
+    assert_eq!(
+        committed, current,
+        "schemas/netloom.schema.json is stale: run `netloom schema > schemas/netloom.schema.json` (or UPDATE_SCHEMA=1 cargo test)"
+    );
     let out = Command::new(NETLOOM).arg("schema").output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), current);
 }
@@ -82,7 +100,11 @@ fn committed_schema_is_current() {
 #[test]
 fn syntax_and_shape_errors() {
     assert_error("x = [", "1:6", "");
-    assert_error("[containers.a]\nport = [\"80\"]\n", "2:1", "did you mean `ports`?");
+    assert_error(
+        "[containers.a]\nport = [\"80\"]\n",
+        "2:1",
+        "did you mean `ports`?",
+    );
     assert_error("[networks.n]\nsubnet = 5\n", "2:10", "");
     assert_error("[settings]\nport_range = []\n", "2:14", "");
     assert_error("[containers.a]\nnetworks = 3\n", "2:12", "");
@@ -90,10 +112,22 @@ fn syntax_and_shape_errors() {
 
 #[test]
 fn names() {
-    assert_error("[containers.\"a/b\"]\n", "\"a/b\"", "invalid container name");
+    assert_error(
+        "[containers.\"a/b\"]\n",
+        "\"a/b\"",
+        "invalid container name",
+    );
     assert_error("[containers.\"..\"]\n", "\"..\"", "invalid container name");
-    assert_error("[networks.\"-x\"]\nsubnet = \"10.0.0.0/24\"\n", "\"-x\"", "invalid network name");
-    assert_error("[containers.a]\nnetns = \"x/y\"\n", "\"x/y\"", "invalid netns name");
+    assert_error(
+        "[networks.\"-x\"]\nsubnet = \"10.0.0.0/24\"\n",
+        "\"-x\"",
+        "invalid network name",
+    );
+    assert_error(
+        "[containers.a]\nnetns = \"x/y\"\n",
+        "\"x/y\"",
+        "invalid netns name",
+    );
 }
 
 #[test]
@@ -104,52 +138,146 @@ fn networks() {
     assert_error(t, "6:10", "already used by network `a`");
     let t = "[networks.a]\nsubnet = \"10.1.0.0/16\"\n[networks.b]\nsubnet = \"10.1.128.0/17\"\n";
     assert_error(t, "4:10", "overlaps");
-    assert_error("[networks.a]\nsubnet = \"10.1.0.0/33\"\n", "2:10", "not an IPv4 subnet");
-    assert_error("[networks.a]\nsubnet = \"10.1.0.1/16\"\n", "2:10", "did you mean 10.1.0.0/16?");
-    assert_error("[networks.a]\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.2.0.1\"\n", "3:11", "not inside subnet");
-    assert_error("[networks.a]\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.1.255.255\"\n", "3:11", "broadcast");
-    assert_error("[networks.a]\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.1.0.0\"\n", "3:11", "network or broadcast");
+    assert_error(
+        "[networks.a]\nsubnet = \"10.1.0.0/33\"\n",
+        "2:10",
+        "not an IPv4 subnet",
+    );
+    assert_error(
+        "[networks.a]\nsubnet = \"10.1.0.1/16\"\n",
+        "2:10",
+        "did you mean 10.1.0.0/16?",
+    );
+    assert_error(
+        "[networks.a]\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.2.0.1\"\n",
+        "3:11",
+        "not inside subnet",
+    );
+    assert_error(
+        "[networks.a]\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.1.255.255\"\n",
+        "3:11",
+        "broadcast",
+    );
+    assert_error(
+        "[networks.a]\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.1.0.0\"\n",
+        "3:11",
+        "network or broadcast",
+    );
     assert_error("[networks.a]\n", "1:1", "needs a subnet");
-    assert_error("[networks.a]\nsubnet = \"10.1.0.0/16\"\nmtu = 20\n", "3:7", "mtu");
+    assert_error(
+        "[networks.a]\nsubnet = \"10.1.0.0/16\"\nmtu = 20\n",
+        "3:7",
+        "mtu",
+    );
 }
 
 #[test]
 fn addresses() {
     let net = "[networks.n]\nsubnet = \"10.1.0.0/24\"\n";
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.2.0.5\" }} }}\n"), "\"10.2.0.5\"", "not inside subnet");
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.1\" }} }}\n"), "\"10.1.0.1\"", "gateway");
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.255\" }} }}\n"), "\"10.1.0.255\"", "broadcast");
-    let t = format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.5\" }} }}\n[containers.b]\nnetworks = {{ n = {{ ip = \"10.1.0.5\" }} }}\n");
+    assert_error(
+        &format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.2.0.5\" }} }}\n"),
+        "\"10.2.0.5\"",
+        "not inside subnet",
+    );
+    assert_error(
+        &format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.1\" }} }}\n"),
+        "\"10.1.0.1\"",
+        "gateway",
+    );
+    assert_error(
+        &format!("{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.255\" }} }}\n"),
+        "\"10.1.0.255\"",
+        "broadcast",
+    );
+    let t = format!(
+        "{net}[containers.a]\nnetworks = {{ n = {{ ip = \"10.1.0.5\" }} }}\n[containers.b]\nnetworks = {{ n = {{ ip = \"10.1.0.5\" }} }}\n"
+    );
     assert_error(&t, "\"10.1.0.5\"", "already given to container `a`");
-    assert_error(&format!("{net}[containers.a]\nnetworks = {{ n = {{ mac = \"zz\" }} }}\n"), "\"zz\"", "not a MAC");
-    assert_error(&format!("{net}[containers.a]\nnetworks = [\"n\", \"n\"]\n"), "\"n\"]", "listed twice");
-    assert_error("[containers.a]\nnetworks = [\"nope\"]\n", "\"nope\"", "not declared");
+    assert_error(
+        &format!("{net}[containers.a]\nnetworks = {{ n = {{ mac = \"zz\" }} }}\n"),
+        "\"zz\"",
+        "not a MAC",
+    );
+    assert_error(
+        &format!("{net}[containers.a]\nnetworks = [\"n\", \"n\"]\n"),
+        "\"n\"]",
+        "listed twice",
+    );
+    assert_error(
+        "[containers.a]\nnetworks = [\"nope\"]\n",
+        "\"nope\"",
+        "not declared",
+    );
 }
 
 #[test]
 fn ports() {
-    assert_error("[containers.a]\nports = [\"0:80\"]\n", "2:10", "out of range");
-    assert_error("[containers.a]\nports = [\"8000-8002:80\"]\n", "2:10", "different length");
-    assert_error("[containers.a]\nports = [\"80/icmp\"]\n", "2:10", "protocol");
-    assert_error("[containers.a]\nports = [\"8080:80\"]\n[containers.b]\nports = [\"8080:81\"]\n", "4:10", "already published by container `a`");
+    assert_error(
+        "[containers.a]\nports = [\"0:80\"]\n",
+        "2:10",
+        "out of range",
+    );
+    assert_error(
+        "[containers.a]\nports = [\"8000-8002:80\"]\n",
+        "2:10",
+        "different length",
+    );
+    assert_error(
+        "[containers.a]\nports = [\"80/icmp\"]\n",
+        "2:10",
+        "protocol",
+    );
+    assert_error(
+        "[containers.a]\nports = [\"8080:80\"]\n[containers.b]\nports = [\"8080:81\"]\n",
+        "4:10",
+        "already published by container `a`",
+    );
     // Same port, other protocol or other host IP: fine.
     assert!(errors("[containers.a]\nports = [\"8080:80\", \"8080:80/udp\", \"127.0.0.1:9000:80\", \"127.0.0.2:9000:80\"]\n").is_empty());
     // 0.0.0.0 claims every address.
-    assert_error("[containers.a]\nports = [\"9000:80\", \"127.0.0.1:9000:81\"]\n", "2:21", "already published");
+    assert_error(
+        "[containers.a]\nports = [\"9000:80\", \"127.0.0.1:9000:81\"]\n",
+        "2:21",
+        "already published",
+    );
     let t = "[networks.n]\nsubnet = \"10.1.0.0/24\"\ninternal = true\n[containers.a]\nnetworks = [\"n\"]\nports = [\"80:80\"]\n";
     assert_error(t, "6:10", "internal");
-    assert_error("[settings]\nport_range = \"6000-5000\"\n", "2:14", "reversed");
+    assert_error(
+        "[settings]\nport_range = \"6000-5000\"\n",
+        "2:14",
+        "reversed",
+    );
 }
 
 #[test]
 fn modes_and_links() {
-    assert_error("[containers.a]\nnetwork_mode = \"host\"\nports = [\"80\"]\n", "3:10", "cannot publish ports");
-    assert_error("[containers.a]\nnetwork_mode = \"host\"\nnetworks = [\"bridge\"]\n", "3:12", "takes no networks");
-    assert_error("[containers.a]\nnetwork_mode = \"container:b\"\n", "2:16", "undeclared container `b`");
-    assert_error("[containers.a]\nnetwork_mode = \"bogus\"\n", "2:16", "unknown network_mode");
+    assert_error(
+        "[containers.a]\nnetwork_mode = \"host\"\nports = [\"80\"]\n",
+        "3:10",
+        "cannot publish ports",
+    );
+    assert_error(
+        "[containers.a]\nnetwork_mode = \"host\"\nnetworks = [\"bridge\"]\n",
+        "3:12",
+        "takes no networks",
+    );
+    assert_error(
+        "[containers.a]\nnetwork_mode = \"container:b\"\n",
+        "2:16",
+        "undeclared container `b`",
+    );
+    assert_error(
+        "[containers.a]\nnetwork_mode = \"bogus\"\n",
+        "2:16",
+        "unknown network_mode",
+    );
     let t = "[containers.a]\nnetwork_mode = \"container:b\"\n[containers.b]\nnetwork_mode = \"container:a\"\n";
     assert_error(t, "2:16", "cycle");
-    assert_error("[containers.a]\nlinks = [\"b\"]\n", "2:10", "undeclared container `b`");
+    assert_error(
+        "[containers.a]\nlinks = [\"b\"]\n",
+        "2:10",
+        "undeclared container `b`",
+    );
     let t = "[networks.n]\nsubnet = \"10.1.0.0/24\"\n[containers.a]\nnetworks = [\"n\"]\n[containers.b]\nlinks = [\"a\"]\n";
     assert_error(t, "6:10", "share no network");
     assert!(errors("[containers.a]\n[containers.b]\nlinks = [\"a:alias\"]\n[containers.c]\nnetwork_mode = \"container:b\"\n").is_empty());
@@ -165,14 +293,26 @@ fn all_errors_are_collected() {
 fn cli_validate_exit_codes_and_positions() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[containers.a]\nports = [\"0:1\"]\nlinks = [\"zz\"]\n").unwrap();
-    let out = Command::new(NETLOOM).args(["validate", "-c"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[containers.a]\nports = [\"0:1\"]\nlinks = [\"zz\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(NETLOOM)
+        .args(["validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:2:10: ", bad.display())), "{err}");
     assert!(err.contains(&format!("{}:3:10: ", bad.display())), "{err}");
     // plan --offline refuses an invalid file the same way.
-    let out = Command::new(NETLOOM).args(["plan", "--offline", "-c"]).arg(&bad).output().unwrap();
+    let out = Command::new(NETLOOM)
+        .args(["plan", "--offline", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -196,9 +336,18 @@ fn no_panic_on_any_input() {
     for input in inputs {
         std::fs::write(&p, &input).unwrap();
         for cmd in [&["validate"][..], &["plan", "--offline"][..]] {
-            let out = Command::new(NETLOOM).args(cmd).arg("-c").arg(&p).output().unwrap();
+            let out = Command::new(NETLOOM)
+                .args(cmd)
+                .arg("-c")
+                .arg(&p)
+                .output()
+                .unwrap();
             let code = out.status.code();
-            assert!(code == Some(0) || code == Some(1), "{cmd:?} on {input:?}: {code:?} {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                code == Some(0) || code == Some(1),
+                "{cmd:?} on {input:?}: {code:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
         }
     }
@@ -207,7 +356,10 @@ fn no_panic_on_any_input() {
 #[test]
 fn offline_plan_of_the_tutorial() {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/docker-tutorial.toml");
-    let out = Command::new(NETLOOM).args(["plan", "--offline", "-c", p]).output().unwrap();
+    let out = Command::new(NETLOOM)
+        .args(["plan", "--offline", "-c", p])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
@@ -225,12 +377,21 @@ fn offline_plan_of_the_tutorial() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     let last = text.lines().last().unwrap();
-    assert!(last.starts_with("Plan: ") && last.ends_with(" to add, 0 to change, 0 to destroy."), "{last}");
-    let out = Command::new(NETLOOM).args(["plan", "--offline", "--format", "json", "-c", p]).output().unwrap();
+    assert!(
+        last.starts_with("Plan: ") && last.ends_with(" to add, 0 to change, 0 to destroy."),
+        "{last}"
+    );
+    let out = Command::new(NETLOOM)
+        .args(["plan", "--offline", "--format", "json", "-c", p])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["summary"]["change"], 0);
     assert!(v["changes"].as_array().unwrap().len() > 10);
     // --detailed-exitcode: changes planned -> 2.
-    let out = Command::new(NETLOOM).args(["plan", "--offline", "--detailed-exitcode", "-c", p]).output().unwrap();
+    let out = Command::new(NETLOOM)
+        .args(["plan", "--offline", "--detailed-exitcode", "-c", p])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -11,7 +11,10 @@ use common::{Host, kernel_tests_possible};
 const TOOLS: &[&str] = &["ip", "nft", "ping", "unshare", "nsenter"];
 
 fn tutorial() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/docker-tutorial.toml"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/docker-tutorial.toml"
+    ))
 }
 
 /// The addresses a plan lists (`+ network.x  ...` -> `network.x`).
@@ -19,8 +22,11 @@ fn planned(plan: &str) -> BTreeSet<String> {
     plan.lines()
         .filter_map(|l| {
             let t = l.trim_start();
-            let rest = ["+ ", "- ", "~ ", "-/+ "].iter().find_map(|p| t.strip_prefix(p))?;
-            (l.len() - t.len() == 2).then(|| rest.split_whitespace().next().unwrap_or("").to_string())
+            let rest = ["+ ", "- ", "~ ", "-/+ "]
+                .iter()
+                .find_map(|p| t.strip_prefix(p))?;
+            (l.len() - t.len() == 2)
+                .then(|| rest.split_whitespace().next().unwrap_or("").to_string())
         })
         .collect()
 }
@@ -30,7 +36,11 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 fn ifindex(h: &Host, ns: &str, dev: &str) -> String {
-    let cmd = if ns.is_empty() { format!("cat /sys/class/net/{dev}/ifindex") } else { format!("ip netns exec {ns} cat /sys/class/net/{dev}/ifindex") };
+    let cmd = if ns.is_empty() {
+        format!("cat /sys/class/net/{dev}/ifindex")
+    } else {
+        format!("ip netns exec {ns} cat /sys/class/net/{dev}/ifindex")
+    };
     h.sh(&cmd).ok().stdout.trim().to_string()
 }
 
@@ -46,7 +56,11 @@ fn tutorial_topology_applies_and_converges() {
     let dry = h.netloom(&cfg, &["apply", "--dry-run", "--detailed-exitcode"]);
     assert_eq!(dry.code, 2, "{}", dry.stderr);
     assert!(dry.stdout.contains("+ network.bridge"));
-    assert_ne!(h.sh("ip link show docker0").code, 0, "dry run created docker0");
+    assert_ne!(
+        h.sh("ip link show docker0").code,
+        0,
+        "dry run created docker0"
+    );
     assert!(h.sh("ip netns list").stdout.trim().is_empty());
 
     let apply = h.netloom(&cfg, &["apply"]);
@@ -61,7 +75,11 @@ fn tutorial_topology_applies_and_converges() {
     let route = h.sh("ip -n web route show default").ok().stdout.clone();
     assert!(route.contains("default via 172.17.0.1 dev eth0"), "{route}");
     let master = h.sh("ip -o link show master docker0").ok().stdout.clone();
-    assert_eq!(master.lines().count(), 3, "web, tomcat1, tomcat2 on docker0: {master}");
+    assert_eq!(
+        master.lines().count(),
+        3,
+        "web, tomcat1, tomcat2 on docker0: {master}"
+    );
     let lo = h.sh("ip -n tomcat4 link show lo").ok().stdout.clone();
     assert!(lo.contains("UP"), "{lo}");
 
@@ -75,7 +93,11 @@ fn tutorial_topology_applies_and_converges() {
     assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
     let again = h.netloom(&cfg, &["apply"]);
     again.ok();
-    assert!(again.stderr.contains("0 netlink writes"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("0 netlink writes"),
+        "{}",
+        again.stderr
+    );
 }
 
 #[test]
@@ -86,39 +108,84 @@ fn drift_is_listed_and_repaired() {
     let h = Host::new();
     let cfg = tutorial();
     h.netloom(&cfg, &["apply"]).ok();
-    let web_veth = h.sh("ip -o link show master docker0 | grep -o 'veth[0-9a-f]*' | head -1").ok().stdout.trim().to_string();
+    let web_veth = h
+        .sh("ip -o link show master docker0 | grep -o 'veth[0-9a-f]*' | head -1")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     let owner = h.sh(&format!("ip -o link show {web_veth}")).stdout;
-    let web_key = if owner.contains("endpoint web.eth0") { "container.web.eth0" } else { "" };
+    let web_key = if owner.contains("endpoint web.eth0") {
+        "container.web.eth0"
+    } else {
+        ""
+    };
 
     let cases: Vec<(&str, BTreeSet<String>)> = vec![
         (
             "ip -n tomcat1 addr del 172.17.0.3/16 dev eth0",
             set(&["container.tomcat1.eth0"]),
         ),
-        ("ip -n tomcat4 route del default", set(&["container.tomcat4.eth0"])),
-        ("ip netns del tomcat6", set(&["container.tomcat6", "container.tomcat6.eth0"])),
+        (
+            "ip -n tomcat4 route del default",
+            set(&["container.tomcat4.eth0"]),
+        ),
+        (
+            "ip netns del tomcat6",
+            set(&["container.tomcat6", "container.tomcat6.eth0"]),
+        ),
     ];
     for (damage, expected) in cases {
         h.sh(damage).ok();
         let plan = h.netloom(&cfg, &["plan"]);
         plan.ok();
-        assert!(plan.stdout.contains("changed outside netloom"), "{damage}: {}", plan.stdout);
-        assert_eq!(planned(&plan.stdout), expected, "{damage}:\n{}", plan.stdout);
+        assert!(
+            plan.stdout.contains("changed outside netloom"),
+            "{damage}: {}",
+            plan.stdout
+        );
+        assert_eq!(
+            planned(&plan.stdout),
+            expected,
+            "{damage}:\n{}",
+            plan.stdout
+        );
         h.netloom(&cfg, &["apply"]).ok();
         let after = h.netloom(&cfg, &["plan", "--detailed-exitcode"]);
         assert_eq!(after.code, 0, "{damage}: not repaired:\n{}", after.stdout);
     }
 
     // A deleted bridge: recreated, and its veths enslaved again.
-    let br = h.sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*'").ok().stdout.trim().to_string();
+    let br = h
+        .sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*'")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     let keep = ifindex(&h, "tomcat4", "eth0");
     h.sh(&format!("ip link del {br}")).ok();
     let plan = h.netloom(&cfg, &["plan"]);
-    assert!(plan.stdout.contains("network.mynetwork: deleted outside netloom"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("network.mynetwork: deleted outside netloom"),
+        "{}",
+        plan.stdout
+    );
     assert!(planned(&plan.stdout).contains("network.mynetwork"));
     h.netloom(&cfg, &["apply"]).ok();
-    assert_eq!(h.sh(&format!("ip -o link show master {br}")).ok().stdout.lines().count(), 3);
-    assert_eq!(ifindex(&h, "tomcat4", "eth0"), keep, "the veth was recreated instead of re-enslaved");
+    assert_eq!(
+        h.sh(&format!("ip -o link show master {br}"))
+            .ok()
+            .stdout
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(
+        ifindex(&h, "tomcat4", "eth0"),
+        keep,
+        "the veth was recreated instead of re-enslaved"
+    );
     h.sh("ip netns exec tomcat4 ping -c1 -W2 192.168.0.4").ok();
 
     // A deleted veth.
@@ -145,34 +212,83 @@ fn file_edits_change_only_what_changed() {
     let c_idx = ifindex(&h, "c", "eth0");
 
     // Add a container.
-    let cfg = h.config("n.toml", &format!("{base}\n[containers.d]\nnetworks = [\"blue\"]\n"));
+    let cfg = h.config(
+        "n.toml",
+        &format!("{base}\n[containers.d]\nnetworks = [\"blue\"]\n"),
+    );
     let plan = h.netloom(&cfg, &["plan"]);
     let p = planned(&plan.stdout);
-    assert!(p.contains("container.d") && p.contains("container.d.eth0"), "{}", plan.stdout);
-    assert!(!p.iter().any(|x| x.starts_with("container.a") || x.starts_with("container.c")), "{}", plan.stdout);
+    assert!(
+        p.contains("container.d") && p.contains("container.d.eth0"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !p.iter()
+            .any(|x| x.starts_with("container.a") || x.starts_with("container.c")),
+        "{}",
+        plan.stdout
+    );
     h.netloom(&cfg, &["apply"]).ok();
     h.sh("ip netns exec d ping -c1 -W2 10.50.0.2").ok();
 
     // Readdress b in place.
     let b_idx = ifindex(&h, "b", "eth0");
-    let cfg = h.config("n.toml", &format!("{}\n[containers.d]\nnetworks = [\"blue\"]\n", base.replace("[containers.b]\nnetworks = [\"blue\"]", "[containers.b]\nnetworks = { blue = { ip = \"10.50.0.77\" } }")));
+    let cfg = h.config(
+        "n.toml",
+        &format!(
+            "{}\n[containers.d]\nnetworks = [\"blue\"]\n",
+            base.replace(
+                "[containers.b]\nnetworks = [\"blue\"]",
+                "[containers.b]\nnetworks = { blue = { ip = \"10.50.0.77\" } }"
+            )
+        ),
+    );
     let plan = h.netloom(&cfg, &["plan"]);
-    assert!(plan.stdout.contains("~ container.b.eth0"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("~ container.b.eth0"),
+        "{}",
+        plan.stdout
+    );
     h.netloom(&cfg, &["apply"]).ok();
-    assert_eq!(ifindex(&h, "b", "eth0"), b_idx, "readdressing recreated the veth");
-    assert!(h.sh("ip -n b -4 addr show eth0").ok().stdout.contains("10.50.0.77/24"));
-    assert!(h.sh("ip -n b route show default").ok().stdout.contains("via 10.50.0.1"));
+    assert_eq!(
+        ifindex(&h, "b", "eth0"),
+        b_idx,
+        "readdressing recreated the veth"
+    );
+    assert!(
+        h.sh("ip -n b -4 addr show eth0")
+            .ok()
+            .stdout
+            .contains("10.50.0.77/24")
+    );
+    assert!(
+        h.sh("ip -n b route show default")
+            .ok()
+            .stdout
+            .contains("via 10.50.0.1")
+    );
     h.sh("ip netns exec a ping -c1 -W2 10.50.0.77").ok();
 
     // Connect c to a second network: eth1 appears, eth0 stays.
     let connected = format!(
         "{}\n[containers.d]\nnetworks = [\"blue\"]\n",
-        base.replace("[containers.b]\nnetworks = [\"blue\"]", "[containers.b]\nnetworks = { blue = { ip = \"10.50.0.77\" } }")
-            .replace("[containers.c]\n", "[containers.c]\nnetworks = [\"bridge\", \"blue\"]\n")
+        base.replace(
+            "[containers.b]\nnetworks = [\"blue\"]",
+            "[containers.b]\nnetworks = { blue = { ip = \"10.50.0.77\" } }"
+        )
+        .replace(
+            "[containers.c]\n",
+            "[containers.c]\nnetworks = [\"bridge\", \"blue\"]\n"
+        )
     );
     let cfg = h.config("n.toml", &connected);
     let plan = h.netloom(&cfg, &["plan"]);
-    assert!(planned(&plan.stdout).contains("container.c.eth1"), "{}", plan.stdout);
+    assert!(
+        planned(&plan.stdout).contains("container.c.eth1"),
+        "{}",
+        plan.stdout
+    );
     h.netloom(&cfg, &["apply"]).ok();
     assert_eq!(ifindex(&h, "c", "eth0"), c_idx);
     h.sh("ip netns exec c ping -c1 -W2 10.50.0.2").ok();
@@ -182,9 +298,19 @@ fn file_edits_change_only_what_changed() {
     let cfg = h.config("n.toml", &removed);
     let plan = h.netloom(&cfg, &["plan"]);
     let p = planned(&plan.stdout);
-    assert!(p.contains("container.d") && p.contains("container.d.eth0"), "{}", plan.stdout);
+    assert!(
+        p.contains("container.d") && p.contains("container.d.eth0"),
+        "{}",
+        plan.stdout
+    );
     h.netloom(&cfg, &["apply"]).ok();
-    assert!(!h.sh("ip netns list").ok().stdout.lines().any(|l| l.split_whitespace().next() == Some("d")));
+    assert!(
+        !h.sh("ip netns list")
+            .ok()
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("d"))
+    );
     assert_eq!(ifindex(&h, "a", "eth0"), a_idx);
     assert_eq!(h.netloom(&cfg, &["plan", "--detailed-exitcode"]).code, 0);
 }
@@ -197,7 +323,10 @@ fn network_modes() {
     let mut h = Host::new();
     let pid = h.spawn("unshare -n sleep 300");
     // Wait until the process has its own namespace.
-    assert!(h.wait_for(&format!("test \"$(readlink /proc/{pid}/ns/net)\" != \"$(readlink /proc/self/ns/net)\""), std::time::Duration::from_secs(5)));
+    assert!(h.wait_for(
+        &format!("test \"$(readlink /proc/{pid}/ns/net)\" != \"$(readlink /proc/self/ns/net)\""),
+        std::time::Duration::from_secs(5)
+    ));
     let cfg = h.config(
         "modes.toml",
         &format!(
@@ -210,28 +339,52 @@ fn network_modes() {
     );
     h.netloom(&cfg, &["apply"]).ok();
     let list = h.sh("ip netns list").ok().stdout.clone();
-    let names: BTreeSet<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let names: BTreeSet<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(names, ["alone", "app"].into_iter().collect(), "{list}");
     // none: only lo, up.
     let alone = h.sh("ip -n alone -o link").ok().stdout.clone();
     assert_eq!(alone.lines().count(), 1, "{alone}");
     assert!(alone.contains("lo:") && alone.contains("UP"), "{alone}");
     // netns_path: the process's namespace got eth0 with an address.
-    let ext = h.sh(&format!("nsenter --net=/proc/{pid}/ns/net ip -4 addr show eth0")).ok().stdout.clone();
+    let ext = h
+        .sh(&format!(
+            "nsenter --net=/proc/{pid}/ns/net ip -4 addr show eth0"
+        ))
+        .ok()
+        .stdout
+        .clone();
     assert!(ext.contains("172.17.0."), "{ext}");
-    h.sh(&format!("nsenter --net=/proc/{pid}/ns/net ping -c1 -W2 172.17.0.1")).ok();
+    h.sh(&format!(
+        "nsenter --net=/proc/{pid}/ns/net ping -c1 -W2 172.17.0.1"
+    ))
+    .ok();
     // Its hosts file lives in the state dir, and status says where.
     let status = h.netloom(&cfg, &["status"]);
     assert_eq!(status.code, 0, "{}\n{}", status.stdout, status.stderr);
-    assert!(status.stdout.contains("hosts file of ext"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("hosts file of ext"),
+        "{}",
+        status.stdout
+    );
     assert_eq!(h.netloom(&cfg, &["plan", "--detailed-exitcode"]).code, 0);
 
     // down leaves the attached namespace (and its process) alone.
     h.netloom(&cfg, &["down"]).ok();
     assert!(h.sh("ip netns list").stdout.trim().is_empty());
     assert!(h.sh(&format!("test -e /proc/{pid}/ns/net")).code == 0);
-    let ext = h.sh(&format!("nsenter --net=/proc/{pid}/ns/net ip -o link")).ok().stdout.clone();
-    assert_eq!(ext.lines().count(), 1, "eth0 should be gone from the attached namespace: {ext}");
+    let ext = h
+        .sh(&format!("nsenter --net=/proc/{pid}/ns/net ip -o link"))
+        .ok()
+        .stdout
+        .clone();
+    assert_eq!(
+        ext.lines().count(),
+        1,
+        "eth0 should be gone from the attached namespace: {ext}"
+    );
     assert_ne!(h.sh("ip link show docker0").code, 0);
 }
 
@@ -249,7 +402,10 @@ fn foreign_objects_are_left_alone() {
     )
     .ok();
     let snapshot = |h: &Host| {
-        h.sh("ip -d addr show br-foreign; ip netns list | grep foreignns; nft list table ip filter").ok().stdout.clone()
+        h.sh("ip -d addr show br-foreign; ip netns list | grep foreignns; nft list table ip filter")
+            .ok()
+            .stdout
+            .clone()
     };
     let before = snapshot(&h);
     let cfg = tutorial();
@@ -263,10 +419,15 @@ fn foreign_objects_are_left_alone() {
     assert!(!h.sh("nft list tables").stdout.contains("netloom"));
 
     // A foreign object in the way is an error naming it; nothing changes.
-    h.sh("ip link add docker0 type bridge && ip netns add web").ok();
+    h.sh("ip link add docker0 type bridge && ip netns add web")
+        .ok();
     let r = h.netloom(&cfg, &["apply"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("`docker0` exists and is not netloom's"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`docker0` exists and is not netloom's"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("namespace `web` exists"), "{}", r.stderr);
     assert!(h.sh("ip netns list").stdout.lines().count() == 2);
     assert_eq!(h.sh("ip -o link show master docker0").stdout.trim(), "");

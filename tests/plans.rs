@@ -33,11 +33,12 @@ fn desired(dir: &Path) -> State {
 }
 
 fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/plans"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/plans"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
     v.sort();
     v
 }
@@ -47,7 +48,11 @@ fn golden_plans() {
     let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut failures = Vec::new();
     let all = cases();
-    assert!(all.len() >= 7, "expected the golden cases, found {}", all.len());
+    assert!(
+        all.len() >= 7,
+        "expected the golden cases, found {}",
+        all.len()
+    );
     for dir in all {
         let want = desired(&dir);
         let observed = read_state(&dir.join("observed.json")).unwrap_or_default();
@@ -70,7 +75,11 @@ fn golden_plans() {
             ));
         }
     }
-    assert!(failures.is_empty(), "golden plans differ:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden plans differ:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Applying a plan to the observed state it was made against must give the

@@ -31,7 +31,9 @@ fn can_run() -> bool {
     if root && tools {
         return true;
     }
-    let why = format!("kernel test needs root and nft, ip, curl, python3, nsenter, unshare, ping (root: {root})");
+    let why = format!(
+        "kernel test needs root and nft, ip, curl, python3, nsenter, unshare, ping (root: {root})"
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}");
     }
@@ -47,7 +49,12 @@ fn in_sandbox<F: FnOnce() + Send + 'static>(f: F) {
     let h = std::thread::spawn(move || {
         // SAFETY: unshare only affects the calling thread's namespaces.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         let mine = std::fs::read_link("/proc/thread-self/ns/net").expect("own netns");
         let process = std::fs::read_link("/proc/self/ns/net").expect("process netns");
         assert_ne!(mine, process, "refusing to run outside a private netns");
@@ -126,7 +133,8 @@ impl Sandbox {
         self.children.push(child);
         // Wait for the exec: only then is the sleep in its new namespace.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n"
+        {
             assert!(Instant::now() < deadline, "unshare did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -248,8 +256,10 @@ fn topology(sb: &mut Sandbox) -> Topo {
 
 fn two_networks() -> Firewall {
     let mut fw = Firewall::default();
-    fw.networks.insert("bridge".into(), net("docker0", "172.17.0.0/16"));
-    fw.networks.insert("two".into(), net("br-two", "172.18.0.0/16"));
+    fw.networks
+        .insert("bridge".into(), net("docker0", "172.17.0.0/16"));
+    fw.networks
+        .insert("two".into(), net("br-two", "172.18.0.0/16"));
     fw.ports
         .insert("c1.8080/tcp".into(), port("c1", "172.17.0.2", 8080, 80));
     fw.ports.insert(
@@ -267,7 +277,9 @@ fn converge(fw: &Firewall) -> Transaction {
     let before = observe().expect("observe");
     let tx = plan_transaction(fw, before.as_ref());
     apply(&tx).expect("apply");
-    let after = observe().expect("observe").expect("tables exist after apply");
+    let after = observe()
+        .expect("observe")
+        .expect("tables exist after apply");
     assert!(after.skeleton_ok, "{:?}", after.problems);
     assert_eq!(&after.fw, fw);
     assert!(plan_transaction(fw, Some(&after)).is_empty());
@@ -275,7 +287,9 @@ fn converge(fw: &Firewall) -> Transaction {
 }
 
 fn log_has(log: &PathBuf, needle: &str) -> bool {
-    std::fs::read_to_string(log).unwrap_or_default().contains(needle)
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(needle)
 }
 
 #[test]
@@ -290,7 +304,10 @@ fn ports_outbound_and_isolation() {
 
         // Another host, via the uplink address: its own address is kept.
         assert!(sb.curl(Some(t.out), "http://10.99.0.1:8080/"));
-        assert!(log_has(&t.c1_log, "10.99.0.2 - -"), "external source not preserved");
+        assert!(
+            log_has(&t.c1_log, "10.99.0.2 - -"),
+            "external source not preserved"
+        );
         // The host itself, via 127.0.0.1 and its own address.
         assert!(sb.curl(None, "http://127.0.0.1:8080/"));
         assert!(sb.curl(None, "http://10.99.0.1:8080/"));
@@ -299,17 +316,35 @@ fn ports_outbound_and_isolation() {
         assert!(sb.curl(Some(t.c1), "http://10.99.0.1:8080/"), "hairpin");
         assert!(sb.curl(Some(t.c2), "http://10.99.0.1:8080/"));
         assert!(sb.curl(Some(t.c3), "http://10.99.0.1:8080/"));
-        assert!(sb.curl(Some(t.c2), "http://172.17.0.2/"), "same network, direct");
+        assert!(
+            sb.curl(Some(t.c2), "http://172.17.0.2/"),
+            "same network, direct"
+        );
         // Outbound is masqueraded to the uplink address.
         assert!(sb.curl(Some(t.c1), "http://10.99.0.2/"));
-        assert!(log_has(&t.out_log, "10.99.0.1 - -"), "outbound not masqueraded");
+        assert!(
+            log_has(&t.out_log, "10.99.0.1 - -"),
+            "outbound not masqueraded"
+        );
         assert!(!log_has(&t.out_log, "172.17.0.2"));
 
         // Isolation.
-        assert!(!sb.curl(Some(t.out), "http://172.17.0.2/"), "container address reachable from outside");
-        assert!(!sb.curl(Some(t.out), "http://10.99.0.1:8081/"), "127.0.0.1 port reachable from outside");
-        assert!(!sb.ping(t.c3, "172.17.0.2"), "networks can reach each other");
-        assert!(!sb.ping(t.c1, "172.18.0.2"), "networks can reach each other");
+        assert!(
+            !sb.curl(Some(t.out), "http://172.17.0.2/"),
+            "container address reachable from outside"
+        );
+        assert!(
+            !sb.curl(Some(t.out), "http://10.99.0.1:8081/"),
+            "127.0.0.1 port reachable from outside"
+        );
+        assert!(
+            !sb.ping(t.c3, "172.17.0.2"),
+            "networks can reach each other"
+        );
+        assert!(
+            !sb.ping(t.c1, "172.18.0.2"),
+            "networks can reach each other"
+        );
         assert!(!sb.curl(Some(t.c3), "http://172.17.0.2/"));
         assert!(sb.ping(t.c2, "172.17.0.2"), "icc=true must allow");
 
@@ -318,7 +353,10 @@ fn ports_outbound_and_isolation() {
         let c = port_counters(&o);
         let (packets, bytes) = c.get("c1.8080/tcp").copied().unwrap_or_default();
         assert!(packets >= 5 && bytes > 300, "counters {c:?}");
-        assert!(c.get("c1.127.0.0.1:8081/tcp").is_some_and(|(p, _)| *p >= 5), "{c:?}");
+        assert!(
+            c.get("c1.127.0.0.1:8081/tcp").is_some_and(|(p, _)| *p >= 5),
+            "{c:?}"
+        );
     });
 }
 
@@ -334,9 +372,18 @@ fn icc_and_internal_networks() {
         converge(&fw);
 
         assert!(!sb.ping(t.c2, "172.17.0.2"), "icc=false must block");
-        assert!(!sb.curl(Some(t.c2), "http://172.17.0.2/"), "icc=false must block");
-        assert!(sb.curl(Some(t.c2), "http://10.99.0.1:8080/"), "published port still works");
-        assert!(!sb.curl(Some(t.c3), "http://10.99.0.2/"), "internal network got out");
+        assert!(
+            !sb.curl(Some(t.c2), "http://172.17.0.2/"),
+            "icc=false must block"
+        );
+        assert!(
+            sb.curl(Some(t.c2), "http://10.99.0.1:8080/"),
+            "published port still works"
+        );
+        assert!(
+            !sb.curl(Some(t.c3), "http://10.99.0.2/"),
+            "internal network got out"
+        );
         assert!(!sb.curl(Some(t.out), "http://172.18.0.2/"));
 
         // Turning both off touches elements (and drops the bridge table).
@@ -376,7 +423,12 @@ fn minimal_updates_restore_and_foreign_tables() {
             .insert("c1.8082/tcp".into(), port("c1", "172.17.0.2", 8082, 80));
         let tx = converge(&fw);
         assert!(!tx.full_rebuild());
-        assert_eq!((tx.elements_added(), tx.elements_removed()), (1, 0), "{}", tx.script());
+        assert_eq!(
+            (tx.elements_added(), tx.elements_removed()),
+            (1, 0),
+            "{}",
+            tx.script()
+        );
         assert_eq!(tx.script().lines().count(), 1);
         assert!(sb.curl(Some(t.out), "http://10.99.0.1:8082/"));
 
@@ -410,7 +462,11 @@ fn minimal_updates_restore_and_foreign_tables() {
         let before = list_foreign();
         delete_tables().expect("delete_tables");
         assert!(observe().expect("observe").is_none());
-        assert_eq!(list_foreign(), before, "delete_tables touched a foreign table");
+        assert_eq!(
+            list_foreign(),
+            before,
+            "delete_tables touched a foreign table"
+        );
         delete_tables().expect("delete_tables twice is fine");
     });
 }
@@ -438,10 +494,14 @@ fn nft_errors_are_reported() {
     in_sandbox(|| {
         let mut fw = two_networks();
         // Two networks with overlapping subnets: the interval set refuses.
-        fw.networks.insert("clash".into(), net("br-clash", "172.17.0.0/24"));
+        fw.networks
+            .insert("clash".into(), net("br-clash", "172.17.0.0/24"));
         let tx = plan_transaction(&fw, None);
         let err = apply(&tx).expect_err("overlap must fail").to_string();
         assert!(err.contains("nft rejected"), "{err}");
-        assert!(observe().expect("observe").is_none(), "a failed transaction left state");
+        assert!(
+            observe().expect("observe").is_none(),
+            "a failed transaction left state"
+        );
     });
 }

@@ -49,8 +49,10 @@ pub(super) fn sample() -> Firewall {
             ..net("br-two", "172.18.0.0/16")
         },
     );
-    fw.ports
-        .insert("nginx.8080/tcp".into(), port("nginx", "172.17.0.2", 8080, 80));
+    fw.ports.insert(
+        "nginx.8080/tcp".into(),
+        port("nginx", "172.17.0.2", 8080, 80),
+    );
     fw.ports.insert(
         "nginx.127.0.0.1:9000-9002/udp".into(),
         FwPort {
@@ -68,7 +70,13 @@ fn sample_doc(inet: &str, bridge: Option<&str>) -> String {
     let mut items = Vec::new();
     for doc in std::iter::once(inet).chain(bridge) {
         let v: Value = serde_json::from_str(doc).expect("fixture JSON");
-        items.extend(v["nftables"].as_array().expect("fixture array").iter().cloned());
+        items.extend(
+            v["nftables"]
+                .as_array()
+                .expect("fixture array")
+                .iter()
+                .cloned(),
+        );
     }
     json!({ "nftables": items }).to_string()
 }
@@ -83,7 +91,10 @@ fn proto_display_and_parse() {
         assert_eq!(p.to_string().parse::<Proto>().expect("round trip"), p);
     }
     assert!("icmp".parse::<Proto>().is_err());
-    assert_eq!(serde_json::to_string(&Proto::Sctp).expect("json"), "\"sctp\"");
+    assert_eq!(
+        serde_json::to_string(&Proto::Sctp).expect("json"),
+        "\"sctp\""
+    );
 }
 
 #[test]
@@ -107,7 +118,9 @@ fn every_rule_has_a_comment_and_chain() {
     for r in rules() {
         assert!(!r.comment.is_empty(), "{}", r.text);
         assert!(
-            CHAINS.iter().any(|c| c.family == r.family && c.name == r.chain),
+            CHAINS
+                .iter()
+                .any(|c| c.family == r.family && c.name == r.chain),
             "{}",
             r.chain
         );
@@ -198,7 +211,10 @@ fn removing_ports_and_networks_deletes_elements() {
 fn changed_target_replaces_the_element() {
     let o = sample_observed();
     let mut fw = sample();
-    fw.ports.get_mut("nginx.8080/tcp").expect("port").container_ip = "172.17.0.9".parse().expect("ip");
+    fw.ports
+        .get_mut("nginx.8080/tcp")
+        .expect("port")
+        .container_ip = "172.17.0.9".parse().expect("ip");
     let tx = plan_transaction(&fw, Some(&o));
     assert_eq!((tx.elements_added(), tx.elements_removed()), (1, 1));
     let del = tx.script().find("delete element").expect("delete");
@@ -230,7 +246,10 @@ fn missing_table_is_a_full_rebuild() {
     let tx = plan_transaction(&fw, None);
     assert!(tx.full_rebuild());
     assert_eq!(tx.elements_added(), desired_elements(&fw).len());
-    assert!(tx.script().starts_with("add table inet netloom\ndelete table inet netloom\n"));
+    assert!(
+        tx.script()
+            .starts_with("add table inet netloom\ndelete table inet netloom\n")
+    );
     assert!(tx.script().contains(&render(&fw)[..40]));
 }
 
@@ -238,7 +257,11 @@ fn missing_table_is_a_full_rebuild() {
 fn changed_skeleton_is_detected_and_rebuilt() {
     let o = parse_observed(&sample_doc(FLUSHED_CHAIN_INET, Some(SAMPLE_BRIDGE))).expect("parses");
     assert!(!o.skeleton_ok);
-    assert!(o.problems.iter().any(|p| p.contains("forward_filter")), "{:?}", o.problems);
+    assert!(
+        o.problems.iter().any(|p| p.contains("forward_filter")),
+        "{:?}",
+        o.problems
+    );
     // The data is still read, so status can show ports and counters.
     assert_eq!(o.fw, sample());
     assert!(o.text.contains("# skeleton differs: chain forward_filter"));
@@ -253,8 +276,10 @@ fn changed_skeleton_is_detected_and_rebuilt() {
 fn unexpected_objects_break_the_skeleton() {
     let mut v: Value = serde_json::from_str(SAMPLE_INET).expect("fixture");
     let items = v["nftables"].as_array_mut().expect("array");
-    items.push(json!({"rule": {"family": "inet", "table": "netloom", "chain": "forward_filter",
-        "handle": 99, "expr": [{"accept": null}]}}));
+    items.push(
+        json!({"rule": {"family": "inet", "table": "netloom", "chain": "forward_filter",
+        "handle": 99, "expr": [{"accept": null}]}}),
+    );
     let o = parse_observed(&v.to_string()).expect("parses");
     assert!(!o.skeleton_ok);
     assert!(parse_observed("{}").is_err());
@@ -297,9 +322,12 @@ fn sysctls() {
 fn validate_finds_clashes() {
     assert!(validate(&sample()).is_empty(), "{:?}", validate(&sample()));
     let mut fw = sample();
-    fw.ports
-        .insert("other.8080/tcp".into(), port("other", "172.17.0.5", 8080, 80));
-    fw.networks.insert("three".into(), net("br-3", "172.17.128.0/24"));
+    fw.ports.insert(
+        "other.8080/tcp".into(),
+        port("other", "172.17.0.5", 8080, 80),
+    );
+    fw.networks
+        .insert("three".into(), net("br-3", "172.17.128.0/24"));
     fw.ports.insert(
         "x.65535/tcp".into(),
         FwPort {

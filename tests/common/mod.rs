@@ -81,7 +81,11 @@ impl Run {
     }
     #[track_caller]
     pub fn ok(&self) -> &Run {
-        assert_eq!(self.code, 0, "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -93,7 +97,11 @@ impl Host {
         // that this leaves on the machine (iproute2 creates it as well).
         std::fs::create_dir_all("/etc/netns").expect("mkdir /etc/netns");
         let resolv = dir.path().join("resolv.conf");
-        std::fs::write(&resolv, format!("nameserver {OUTSIDE_IP}\noptions timeout:1 attempts:1\n")).unwrap();
+        std::fs::write(
+            &resolv,
+            format!("nameserver {OUTSIDE_IP}\noptions timeout:1 attempts:1\n"),
+        )
+        .unwrap();
         let state = dir.path().join("state");
         let script = format!(
             "set -e; mount --bind {resolv} /etc/resolv.conf; \
@@ -104,7 +112,16 @@ impl Host {
             state = state.display()
         );
         let mut sandbox = Command::new("unshare")
-            .args(["--net", "--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .args([
+                "--net",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -115,7 +132,12 @@ impl Host {
         let mut buf = [0u8; 6];
         std::io::Read::read_exact(&mut out, &mut buf).expect("sandbox did not start");
         assert_eq!(&buf, b"ready\n");
-        Host { sandbox, pid, dir, children: Vec::new() }
+        Host {
+            sandbox,
+            pid,
+            dir,
+            children: Vec::new(),
+        }
     }
 
     /// A host with an "outside" namespace on uplink0 (10.99.0.0/24).
@@ -147,7 +169,11 @@ impl Host {
 
     /// Runs a shell script inside the host.
     pub fn sh(&self, script: &str) -> Run {
-        let out = self.enter().args(["sh", "-c", script]).output().expect("nsenter");
+        let out = self
+            .enter()
+            .args(["sh", "-c", script])
+            .output()
+            .expect("nsenter");
         Run::from(out)
     }
 

@@ -1,0 +1,229 @@
+//! `netloom watch` in a throwaway host: the embedded DNS answered by real
+//! `dig`, file changes by atomic rename, an invalid file, drift healing
+//! from kernel events and resync, SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Host, NETLOOM, OUTSIDE_IP, UPLINK_IP, kernel_tests_possible};
+
+const TOOLS: &[&str] = &["ip", "nft", "dig", "ping", "unshare", "nsenter"];
+
+fn config(extra: &str) -> String {
+    format!(
+        "[settings]\nupstream_dns = [\"{OUTSIDE_IP}\"]\n\n\
+         [networks.mynetwork]\nsubnet = \"192.168.0.0/16\"\ngateway = \"192.168.0.1\"\n\n\
+         [networks.green]\nsubnet = \"10.60.0.0/24\"\n\n\
+         [containers.tomcat4]\nnetworks = [\"mynetwork\"]\n\n\
+         [containers.tomcat5]\nnetworks = {{ mynetwork = {{ aliases = [\"app\"] }} }}\n\n\
+         [containers.g1]\nnetworks = [\"green\"]\n{extra}"
+    )
+}
+
+fn dig(h: &Host, ns: &str, args: &str) -> String {
+    h.sh(&format!("ip netns exec {ns} dig +time=2 +tries=1 {args}"))
+        .stdout
+}
+
+/// Saves `text` as the config the way editors do: write a temp file, rename.
+fn save(h: &Host, path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    let _ = h;
+}
+
+fn wait(mut f: impl FnMut() -> bool, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn the_agent_serves_names_follows_the_file_and_heals_drift() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::with_outside();
+    let cfg = h.config("netloom.toml", &config(""));
+    let log = h.dir.path().join("agent.log");
+    let pid = h.spawn_logged(
+        &format!(
+            "env RUST_LOG=info {NETLOOM} watch --resync 2 -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait(
+            || read_log().contains("reconciled"),
+            Duration::from_secs(20)
+        )
+        .is_some(),
+        "agent did not start:\n{}",
+        read_log()
+    );
+
+    // DNS: names, aliases, name.network, PTR, over UDP and TCP.
+    assert_eq!(
+        dig(&h, "tomcat4", "+short @192.168.0.1 tomcat5").trim(),
+        "192.168.0.3"
+    );
+    assert_eq!(
+        dig(&h, "tomcat4", "+short +tcp @192.168.0.1 tomcat5").trim(),
+        "192.168.0.3"
+    );
+    assert_eq!(
+        dig(&h, "tomcat4", "+short @192.168.0.1 app.mynetwork").trim(),
+        "192.168.0.3"
+    );
+    assert_eq!(
+        dig(&h, "tomcat5", "+short @192.168.0.1 tomcat4").trim(),
+        "192.168.0.2"
+    );
+    assert!(dig(&h, "tomcat4", "+short @192.168.0.1 -x 192.168.0.3").contains("tomcat5."));
+    let full = dig(&h, "tomcat4", "@192.168.0.1 tomcat5");
+    assert!(
+        full.contains("status: NOERROR") && full.contains("\t0\tIN\tA\t192.168.0.3"),
+        "TTL 0: {full}"
+    );
+    // Another network's member gets NXDOMAIN from its own gateway.
+    let other = dig(&h, "g1", "@10.60.0.1 tomcat5");
+    assert!(other.contains("status: NXDOMAIN"), "{other}");
+    // Nobody outside those networks gets an answer: not on the uplink
+    // address, and not from the gateway of a network one is not on.
+    let uplink = dig(&h, "outside", &format!("@{UPLINK_IP} tomcat5"));
+    assert!(
+        !uplink.contains("ANSWER SECTION") && !uplink.contains("status:"),
+        "the uplink address answered:\n{uplink}"
+    );
+    assert!(!dig(&h, "outside", "+short @192.168.0.1 tomcat5").contains("192.168.0.3"));
+
+    // The file, saved by atomic rename: a new container converges quickly.
+    let started = Instant::now();
+    save(
+        &h,
+        &cfg,
+        &config("\n[containers.tomcat6]\nnetworks = [\"mynetwork\"]\n"),
+    );
+    let took = wait(
+        || dig(&h, "tomcat4", "+short @192.168.0.1 tomcat6").trim() == "192.168.0.4",
+        Duration::from_secs(10),
+    );
+    assert!(
+        took.is_some(),
+        "tomcat6 never resolved: {}\n{}",
+        dig(&h, "tomcat4", "@192.168.0.1 tomcat6"),
+        read_log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    h.sh("ip netns exec tomcat4 ping -c1 -W2 tomcat6").ok();
+
+    // An invalid file: logged with its position, nothing torn down.
+    save(&h, &cfg, "[containers.tomcat4]\nnetworks = [\"nope\"]\n");
+    let shown = format!("{}:2:13:", cfg.display());
+    assert!(
+        wait(|| read_log().contains(&shown), Duration::from_secs(5)).is_some(),
+        "no positioned error:\n{}",
+        read_log()
+    );
+    assert!(h.sh("ip netns list").ok().stdout.contains("tomcat6"));
+    assert_eq!(
+        dig(&h, "tomcat4", "+short @192.168.0.1 tomcat6").trim(),
+        "192.168.0.4"
+    );
+    // Fixed: converges again (tomcat6 removed this time).
+    save(&h, &cfg, &config(""));
+    assert!(
+        wait(
+            || !h.sh("ip netns list").stdout.contains("tomcat6"),
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "{}",
+        read_log()
+    );
+
+    // Drift from kernel events: a deleted bridge and a deleted veth.
+    let br = h
+        .sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*' | sort | head -1")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    h.sh(&format!("ip link del {br}")).ok();
+    assert!(
+        wait(
+            || h.sh(&format!("ip link show {br}")).code == 0,
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "bridge not healed:\n{}",
+        read_log()
+    );
+    assert!(
+        wait(
+            || h.sh("ip netns exec tomcat4 ping -c1 -W1 192.168.0.3").code == 0,
+            Duration::from_secs(5)
+        )
+        .is_some()
+    );
+    let veth = h.sh("ip -o link show type veth | grep 'endpoint tomcat5.eth0' | grep -o 'veth[0-9a-f]*' | head -1").ok().stdout.trim().to_string();
+    assert!(!veth.is_empty());
+    h.sh(&format!("ip link del {veth}")).ok();
+    assert!(
+        wait(
+            || h.sh(&format!("ip link show {veth}")).code == 0,
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "veth not healed:\n{}",
+        read_log()
+    );
+    // The nft table: healed by the next resync.
+    h.sh("nft delete table inet netloom").ok();
+    assert!(
+        wait(
+            || h.sh("nft list table inet netloom").code == 0,
+            Duration::from_secs(8)
+        )
+        .is_some(),
+        "table not restored:\n{}",
+        read_log()
+    );
+    assert!(read_log().contains("trigger=kernel"), "{}", read_log());
+
+    // status shows the agent's runs.
+    let status = h.netloom(&cfg, &["status"]);
+    assert!(
+        status.stdout.contains("Agent: last reconcile"),
+        "{}",
+        status.stdout
+    );
+
+    // SIGTERM: gone within a second, the network and names stay.
+    h.sh(&format!("kill -TERM {pid}")).ok();
+    // Exited (a zombie until the test reaps it, hence the state check).
+    let gone = format!(
+        "st=$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null); [ -z \"$st\" ] || [ \"$st\" = Z ]"
+    );
+    assert!(
+        wait(|| h.sh(&gone).code == 0, Duration::from_secs(1)).is_some(),
+        "agent did not stop within a second"
+    );
+    assert!(read_log().contains("stopping"), "{}", read_log());
+    assert!(h.sh("ip netns list").ok().stdout.contains("tomcat5"));
+    h.sh("ip netns exec tomcat4 getent hosts tomcat5").ok();
+}
