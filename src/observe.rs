@@ -121,7 +121,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
     for (container, ns) in namespaces_of_interest(desired, record) {
         let exists = match &ns {
             NsRef::Named(n) => named_netns.contains(n),
-            NsRef::Path(p) => p.exists(),
+            NsRef::Path(p) => is_netns(p),
         };
         if !exists {
             continue;
@@ -331,6 +331,11 @@ impl Observation {
                         "container `{c}`: netns_path {} does not exist",
                         p.display()
                     ));
+                } else if !is_netns(p) {
+                    out.push(format!(
+                        "container `{c}`: netns_path {} is not a network namespace (expected e.g. /proc/PID/ns/net or /run/netns/NAME)",
+                        p.display()
+                    ));
                 }
             }
         }
@@ -347,4 +352,10 @@ pub fn attached_paths(st: &State) -> BTreeSet<PathBuf> {
             NsRef::Named(_) => None,
         })
         .collect()
+}
+
+/// Whether `p` is a namespace file (nsfs), as `/proc/PID/ns/net` and the
+/// bind mounts in /run/netns are.
+fn is_netns(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }

@@ -432,3 +432,92 @@ fn foreign_objects_are_left_alone() {
     assert!(h.sh("ip netns list").stdout.lines().count() == 2);
     assert_eq!(h.sh("ip -o link show master docker0").stdout.trim(), "");
 }
+
+#[test]
+fn a_failed_apply_reports_and_the_next_one_converges() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let h = Host::new();
+    // An `nft` first in PATH that reads like the real one but refuses
+    // every transaction: the apply fails at the firewall, after the
+    // bridge, the namespaces and the veths were made.
+    let real = h.sh("command -v nft").ok().stdout.trim().to_string();
+    let fake_dir = h.dir.path().join("fake-bin");
+    std::fs::create_dir_all(&fake_dir).unwrap();
+    let fake = fake_dir.join("nft");
+    std::fs::write(&fake, format!("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -f ] && {{ echo 'nft: simulated failure' >&2; exit 1; }}; done\nexec {real} \"$@\"\n")).unwrap();
+    h.sh(&format!("chmod +x {}", fake.display())).ok();
+    let cfg = h.config(
+        "f.toml",
+        "[containers.a]\nports = [\"8080:80\"]\n[containers.b]\n",
+    );
+    let r = h.sh(&format!(
+        "PATH={}:$PATH {} -c {} apply",
+        fake_dir.display(),
+        common::NETLOOM,
+        cfg.display()
+    ));
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("apply failed at "), "{}", r.stderr);
+    assert!(r.stderr.contains("simulated failure"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("done: ") && r.stderr.contains("container.b.eth0"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("not done: ") && r.stderr.contains("file./etc/netns/a/hosts"),
+        "{}",
+        r.stderr
+    );
+    // What was done is there.
+    h.sh("ip link show docker0 && ip netns exec b ip link show eth0")
+        .ok();
+
+    // The next apply continues from there: only what was not done.
+    let plan = h.netloom(&cfg, &["plan"]);
+    let p = planned(&plan.stdout);
+    assert!(
+        !p.contains("network.bridge") && !p.contains("container.a.eth0"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        p.contains("port.a.8080/tcp") && p.contains("file./etc/netns/a/hosts"),
+        "{}",
+        plan.stdout
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    assert_eq!(h.netloom(&cfg, &["plan", "--detailed-exitcode"]).code, 0);
+    // Everything made by the failed run was recorded as netloom's.
+    h.netloom(&cfg, &["down"]).ok();
+    assert_ne!(h.sh("ip link show docker0").code, 0);
+    assert!(h.sh("ip netns list").stdout.trim().is_empty());
+}
+
+#[test]
+fn a_netns_path_that_is_no_namespace_is_refused() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let h = Host::new();
+    let bogus = h.dir.path().join("not-a-netns");
+    std::fs::write(&bogus, "").unwrap();
+    let cfg = h.config(
+        "n.toml",
+        &format!("[containers.b]\nnetns_path = \"{}\"\n", bogus.display()),
+    );
+    let r = h.netloom(&cfg, &["apply"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("is not a network namespace"),
+        "{}",
+        r.stderr
+    );
+    assert_ne!(
+        h.sh("ip link show docker0").code,
+        0,
+        "a refused apply changed something"
+    );
+}
