@@ -26,7 +26,7 @@ if [ "${1:-}" != "--inside" ]; then
   fi
   (cd "$root" && cargo build --release --locked -q)
   mkdir -p /etc/netns   # a mount point for the sandbox's private /etc/netns
-  exec unshare --net --mount --propagation private -- "$0" --inside
+  exec unshare --net --mount --propagation private -- bash "$0" --inside
 fi
 
 # ---- inside the sandbox from here on --------------------------------------

@@ -84,57 +84,21 @@ fn allocate_v4(
     members: &[(&str, Option<Ipv4Addr>, Option<Ipv6Addr>)],
     prev: &Allocations,
 ) -> Result<BTreeMap<String, Ipv4Addr>, IpamError> {
-    let mut taken: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    let mut got = BTreeMap::new();
-    for (c, ip, _) in members {
-        if let Some(ip) = ip {
-            taken.insert(*ip);
-            got.insert(c.to_string(), *ip);
-        }
-    }
+    let wanted: Vec<(&str, Option<Ipv4Addr>)> =
+        members.iter().map(|(c, ip, _)| (*c, *ip)).collect();
     let usable = |ip: Ipv4Addr| {
         net.subnet.contains(ip)
             && ip != net.gateway
             && ip != net.subnet.network()
             && ip != net.subnet.broadcast()
     };
-    let old = prev.ipv4.get(&net.name);
-    for (c, ip, _) in members {
-        if ip.is_some() {
-            continue;
-        }
-        if let Some(&p) = old.and_then(|o| o.get(*c)) {
-            if usable(p) && !taken.contains(&p) {
-                taken.insert(p);
-                got.insert(c.to_string(), p);
-            }
-        }
-    }
-    let first = u32::from(net.subnet.network()) + 1;
-    let last = u32::from(net.subnet.broadcast()) - 1;
-    let mut next = first;
-    for (c, _, _) in members {
-        if got.contains_key(*c) {
-            continue;
-        }
-        loop {
-            if next > last {
-                return Err(IpamError::SubnetFull {
-                    network: net.name.clone(),
-                    subnet: net.subnet.to_string(),
-                    container: c.to_string(),
-                });
-            }
-            let cand = Ipv4Addr::from(next);
-            next += 1;
-            if usable(cand) && !taken.contains(&cand) {
-                taken.insert(cand);
-                got.insert(c.to_string(), cand);
-                break;
-            }
-        }
-    }
-    Ok(got)
+    let hosts = (u32::from(net.subnet.network()) + 1..u32::from(net.subnet.broadcast()))
+        .map(Ipv4Addr::from);
+    assign(&wanted, prev.ipv4.get(&net.name), usable, hosts).map_err(|c| IpamError::SubnetFull {
+        network: net.name.clone(),
+        subnet: net.subnet.to_string(),
+        container: c.to_string(),
+    })
 }
 
 fn allocate_v6(
@@ -145,48 +109,51 @@ fn allocate_v6(
     let Some(sub) = net.subnet6 else {
         return Ok(BTreeMap::new());
     };
-    let mut taken: BTreeSet<Ipv6Addr> = BTreeSet::new();
-    let mut got = BTreeMap::new();
-    for (c, _, ip6) in members {
-        if let Some(ip) = ip6 {
-            taken.insert(*ip);
-            got.insert(c.to_string(), *ip);
-        }
-    }
+    let wanted: Vec<(&str, Option<Ipv6Addr>)> =
+        members.iter().map(|(c, _, ip6)| (*c, *ip6)).collect();
     let usable = |ip: Ipv6Addr| sub.contains(ip) && Some(ip) != net.gateway6 && ip != sub.network();
-    let old = prev.ipv6.get(&net.name);
-    for (c, _, ip6) in members {
-        if ip6.is_none() {
-            if let Some(&p) = old.and_then(|o| o.get(*c)) {
-                if usable(p) && !taken.contains(&p) {
-                    taken.insert(p);
-                    got.insert(c.to_string(), p);
-                }
+    let hosts = (u128::from(sub.network()) + 1..=u128::from(sub.broadcast())).map(Ipv6Addr::from);
+    assign(&wanted, prev.ipv6.get(&net.name), usable, hosts).map_err(|c| IpamError::SubnetFull {
+        network: net.name.clone(),
+        subnet: sub.to_string(),
+        container: c.to_string(),
+    })
+}
+
+/// One subnet's allocation, for either family: fixed addresses first, then
+/// what `prev` gave (if still usable and free), then the lowest free
+/// candidates in member order. Fails with the first member left without.
+fn assign<'a, A: Copy + Ord>(
+    members: &[(&'a str, Option<A>)],
+    prev: Option<&BTreeMap<String, A>>,
+    usable: impl Fn(A) -> bool,
+    mut candidates: impl Iterator<Item = A>,
+) -> Result<BTreeMap<String, A>, &'a str> {
+    let mut taken: BTreeSet<A> = members.iter().filter_map(|(_, ip)| *ip).collect();
+    let mut got: BTreeMap<String, A> = members
+        .iter()
+        .filter_map(|(c, ip)| ip.map(|ip| (c.to_string(), ip)))
+        .collect();
+    for (c, ip) in members {
+        if ip.is_some() {
+            continue;
+        }
+        if let Some(&p) = prev.and_then(|o| o.get(*c)) {
+            if usable(p) && taken.insert(p) {
+                got.insert(c.to_string(), p);
             }
         }
     }
-    let mut next = u128::from(sub.network()) + 1;
-    let last = u128::from(sub.broadcast());
-    for (c, _, _) in members {
+    for (c, _) in members {
         if got.contains_key(*c) {
             continue;
         }
-        loop {
-            if next > last {
-                return Err(IpamError::SubnetFull {
-                    network: net.name.clone(),
-                    subnet: sub.to_string(),
-                    container: c.to_string(),
-                });
-            }
-            let cand = Ipv6Addr::from(next);
-            next += 1;
-            if usable(cand) && !taken.contains(&cand) {
-                taken.insert(cand);
-                got.insert(c.to_string(), cand);
-                break;
-            }
-        }
+        let ip = candidates
+            .by_ref()
+            .find(|ip| usable(*ip) && !taken.contains(ip))
+            .ok_or(*c)?;
+        taken.insert(ip);
+        got.insert(c.to_string(), ip);
     }
     Ok(got)
 }

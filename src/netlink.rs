@@ -950,26 +950,13 @@ pub fn write_sysctl(ns: Option<&Path>, key: &str, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::sandbox;
+    use crate::netns::sandbox::{self, ip};
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;
 
     const CTR_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x1e, 0x00, 0x02];
 
-    /// Run `ip ARGS` (a subprocess of the calling thread, so inside the
-    /// sandbox when called from there) and return stdout.
-    fn ip(args: &[&str]) -> Result<String> {
-        let out = Command::new("ip").args(args).output().context("run ip")?;
-        if !out.status.success() {
-            bail!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 
     /// Run an async test body on a current-thread runtime inside a sandbox
     /// (fresh network + mount namespace, tmpfs on /run).

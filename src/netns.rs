@@ -240,6 +240,23 @@ pub fn same_ns(a: &Path, b: &Path) -> Result<bool> {
 pub(crate) mod sandbox {
     use super::*;
 
+    /// Runs `ip ARGS` (a subprocess of the calling thread, so inside the
+    /// sandbox when called from there) and returns its stdout.
+    pub(crate) fn ip(args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .context("run ip")?;
+        if !out.status.success() {
+            bail!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Run `body` on a fresh thread that first unshares its network and mount
     /// namespaces, so nothing it does can touch the machine's own networking
     /// or `/run/netns`.
@@ -304,19 +321,8 @@ pub(crate) mod sandbox {
 mod tests {
     use super::*;
     use anyhow::anyhow;
-    use std::process::Command;
 
-    fn ip(args: &[&str]) -> Result<String> {
-        let out = Command::new("ip").args(args).output().context("run ip")?;
-        if !out.status.success() {
-            bail!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
+    use super::sandbox::ip;
 
     #[test]
     fn named_path_and_validation() {
