@@ -396,6 +396,17 @@ pub fn resolve(
 
     // Names: hosts files, resolv.conf and DNS zones.
     let addr_on = |c: &str, net: &str| alloc.ipv4.get(net).and_then(|m| m.get(c)).copied();
+    // Every address of a container on a network, IPv4 first.
+    let addrs_on = |c: &str, net: &str| -> Vec<IpAddr> {
+        let v4 = addr_on(c, net).map(IpAddr::V4);
+        let v6 = alloc
+            .ipv6
+            .get(net)
+            .and_then(|m| m.get(c))
+            .copied()
+            .map(IpAddr::V6);
+        v4.into_iter().chain(v6).collect()
+    };
     let upstream: Vec<SocketAddr> = spec
         .upstream_dns
         .clone()
@@ -408,7 +419,7 @@ pub fn resolve(
         ) else {
             continue;
         };
-        let hosts = hosts_file(c, &by_name, &networks, &addr_on);
+        let hosts = hosts_file(c, &by_name, &networks, &addrs_on);
         let resolv = resolv_file(c, &networks, &upstream);
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
@@ -465,7 +476,7 @@ fn hosts_file(
     c: &ContainerSpec,
     by_name: &std::collections::HashMap<&str, &ContainerSpec>,
     networks: &BTreeMap<String, NetworkSpec>,
-    addr_on: &dyn Fn(&str, &str) -> Option<Ipv4Addr>,
+    addrs_on: &dyn Fn(&str, &str) -> Vec<IpAddr>,
 ) -> String {
     let mut out = String::from(
         "# Written by netloom; edits above the user marker are replaced.\n\
@@ -481,7 +492,7 @@ fn hosts_file(
         own_names.push(c.name.clone());
     }
     for e in &c.endpoints {
-        if let Some(ip) = addr_on(&c.name, &e.network) {
+        for ip in addrs_on(&c.name, &e.network) {
             out.push_str(&format!("{ip}\t{}\n", own_names.join(" ")));
         }
     }
@@ -497,12 +508,10 @@ fn hosts_file(
             .iter()
             .find(|e| t.endpoints.iter().any(|o| o.network == e.network));
         let Some(e) = shared else { continue };
-        let Some(ip) = addr_on(&t.name, &e.network) else {
-            continue;
-        };
+        let ips = addrs_on(&t.name, &e.network);
         let mut names = vec![target.clone()];
         names.extend(alias.iter().cloned());
-        lines.push((IpAddr::V4(ip), names));
+        lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
     }
     // User-defined networks: every other member, both ways.
     for e in &c.endpoints {
@@ -519,14 +528,12 @@ fn hosts_file(
             let Some(oe) = other.endpoints.iter().find(|x| x.network == net.name) else {
                 continue;
             };
-            let Some(ip) = addr_on(&other.name, &net.name) else {
-                continue;
-            };
+            let ips = addrs_on(&other.name, &net.name);
             let mut names = vec![other.name.clone(), format!("{}.{}", other.name, net.name)];
             for a in &oe.aliases {
                 names.push(a.clone());
             }
-            lines.push((IpAddr::V4(ip), names));
+            lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
         }
     }
     lines.sort();

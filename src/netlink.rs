@@ -35,7 +35,9 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO,
     NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -822,12 +824,7 @@ fn check_prefix(ip: IpAddr, prefix: u8) -> Result<()> {
     Ok(())
 }
 
-fn address_message(
-    index: u32,
-    ip: IpAddr,
-    prefix: u8,
-    with_broadcast: bool,
-) -> Result<AddressMessage> {
+fn address_message(index: u32, ip: IpAddr, prefix: u8, adding: bool) -> Result<AddressMessage> {
     check_prefix(ip, prefix)?;
     let mut msg = AddressMessage::default();
     msg.header.index = index;
@@ -838,9 +835,17 @@ fn address_message(
     };
     msg.attributes.push(AddressAttribute::Local(ip));
     msg.attributes.push(AddressAttribute::Address(ip));
+    if ip.is_ipv6() && adding {
+        // Like Docker: the address is usable at once instead of staying
+        // tentative for a second of duplicate address detection; IPAM
+        // already guarantees it is unique on the network.
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
     if let IpAddr::V4(v4) = ip {
         // Same rule as iproute2's `brd +`: no broadcast on /31 and /32.
-        if with_broadcast && prefix <= 30 {
+        if adding && prefix <= 30 {
             let host_mask = u32::MAX >> prefix;
             msg.attributes
                 .push(AddressAttribute::Broadcast(Ipv4Addr::from(
@@ -956,7 +961,6 @@ mod tests {
     use std::process::Command;
 
     const CTR_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x1e, 0x00, 0x02];
-
 
     /// Run an async test body on a current-thread runtime inside a sandbox
     /// (fresh network + mount namespace, tmpfs on /run).

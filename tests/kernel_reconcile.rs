@@ -83,6 +83,39 @@ fn tutorial_topology_applies_and_converges() {
     let lo = h.sh("ip -n tomcat4 link show lo").ok().stdout.clone();
     assert!(lo.contains("UP"), "{lo}");
 
+    // docker network inspect, from the live kernel.
+    let inspect = h.netloom(&cfg, &["inspect", "mynetwork", "--format", "json"]);
+    inspect.ok();
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let net = &v[0];
+    assert_eq!(net["Name"], "mynetwork");
+    assert_eq!(net["Driver"], "bridge");
+    assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "192.168.0.0/16");
+    assert_eq!(net["IPAM"]["Config"][0]["Gateway"], "192.168.0.1");
+    assert_eq!(net["Internal"], false);
+    let members: BTreeSet<String> = net["Containers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["Name"].as_str().unwrap(),
+                c["IPv4Address"].as_str().unwrap(),
+                c["MacAddress"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        set(&[
+            "tomcat4 192.168.0.2/16 02:42:c0:a8:00:02",
+            "tomcat5 192.168.0.3/16 02:42:c0:a8:00:03",
+            "tomcat6 192.168.0.4/16 02:42:c0:a8:00:04"
+        ])
+    );
+    assert_eq!(h.netloom(&cfg, &["inspect", "nosuchnet"]).code, 1);
+
     // Containers on one network reach each other.
     h.sh("ip netns exec tomcat4 ping -c1 -W2 192.168.0.3").ok();
     h.sh("ip netns exec web ping -c1 -W2 172.17.0.3").ok();
@@ -520,4 +553,38 @@ fn a_netns_path_that_is_no_namespace_is_refused() {
         0,
         "a refused apply changed something"
     );
+}
+
+#[test]
+fn dual_stack_addresses_routes_and_names() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let h = Host::new();
+    let cfg = h.config(
+        "v6.toml",
+        "[networks.dual]\nsubnet = \"10.40.0.0/24\"\nsubnet6 = \"fd00:40::/64\"\n\
+         [containers.a]\nnetworks = [\"dual\"]\n\
+         [containers.b]\nnetworks = { dual = { ip6 = \"fd00:40::99\" } }\n",
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    let a = h.sh("ip -n a addr show eth0").ok().stdout.clone();
+    assert!(
+        a.contains("inet 10.40.0.2/24") && a.contains("inet6 fd00:40::2/64"),
+        "{a}"
+    );
+    assert!(
+        !a.contains("fd00:40::2/64 scope global tentative"),
+        "usable at once (no DAD): {a}"
+    );
+    assert!(
+        h.sh("ip -n a -6 route show default")
+            .ok()
+            .stdout
+            .contains("via fd00:40::1")
+    );
+    // By name, over IPv6, both ways.
+    h.sh("ip netns exec a ping -6 -c1 -W2 b && ip netns exec b ping -6 -c1 -W2 a.dual")
+        .ok();
+    assert_eq!(h.netloom(&cfg, &["plan", "--detailed-exitcode"]).code, 0);
 }
