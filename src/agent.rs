@@ -36,7 +36,7 @@ const KEPT_RUNS: usize = 20;
 enum Trigger {
     Start,
     File,
-    Kernel(String),
+    Kernel(KernelEvent),
     Resync,
     Reload,
     Stop,
@@ -47,7 +47,7 @@ impl Trigger {
         match self {
             Trigger::Start => "start".into(),
             Trigger::File => "file".into(),
-            Trigger::Kernel(what) => format!("kernel ({what})"),
+            Trigger::Kernel(ev) => format!("kernel ({})", describe(ev)),
             Trigger::Resync => "resync".into(),
             Trigger::Reload => "SIGHUP".into(),
             Trigger::Stop => "stop".into(),
@@ -144,7 +144,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         }
         let file_changed = agent.reload_file(reload);
         let kernel = batch.iter().find_map(|t| match t {
-            Trigger::Kernel(w) if agent.is_ours(w) => Some(t.clone()),
+            Trigger::Kernel(ev) if agent.is_ours(ev) => Some(t.clone()),
             _ => None,
         });
         let trigger = if reload {
@@ -229,18 +229,39 @@ impl Agent {
         }
     }
 
-    /// Whether a kernel event concerns one of netloom's interfaces. A link
-    /// without a master is drift only for a veth (bridges have none).
-    fn is_ours(&self, what: &str) -> bool {
-        what.split(',').any(|w| {
-            w.strip_prefix("index:")
-                .and_then(|i| i.parse::<u32>().ok())
-                .is_some_and(|i| self.owned_indexes.contains(&i))
-                || w.strip_prefix("name:")
-                    .is_some_and(|n| self.owned_names.contains(n))
-                || w.strip_prefix("veth:")
-                    .is_some_and(|n| self.owned_veths.contains(n))
-        })
+    /// Whether a kernel event is drift of one of netloom's interfaces: one
+    /// of them removed or set down, a veth released from its bridge (bridges
+    /// have no master), one of their addresses removed. What the kernel does
+    /// on its own after netloom's changes (carrier and operstate updates,
+    /// IPv6 link-local addresses) is not drift.
+    fn is_ours(&self, ev: &KernelEvent) -> bool {
+        let owned = |index: &u32, name: &Option<String>| {
+            self.owned_indexes.contains(index)
+                || name.as_ref().is_some_and(|n| self.owned_names.contains(n))
+        };
+        match ev {
+            KernelEvent::Link {
+                index,
+                name,
+                removed: true,
+                ..
+            }
+            | KernelEvent::Link {
+                index,
+                name,
+                up: false,
+                ..
+            } => owned(index, name),
+            KernelEvent::Link {
+                name, master: None, ..
+            } => name.as_ref().is_some_and(|n| self.owned_veths.contains(n)),
+            KernelEvent::Address {
+                index,
+                removed: true,
+                link_local: false,
+            } => self.owned_indexes.contains(index),
+            _ => false,
+        }
     }
 
     /// One reconcile; returns whether it changed anything.
@@ -393,54 +414,47 @@ fn watch_file(
     Ok(w)
 }
 
-/// Forwards kernel events that may be drift as [`Trigger::Kernel`]: a link
-/// removed, set down or released from its bridge, or an address removed.
-/// What the kernel does on its own after netloom's changes (carrier and
-/// operstate updates, IPv6 link-local addresses) is not drift.
+/// Forwards kernel events as [`Trigger::Kernel`]; [`Agent::is_ours`]
+/// decides which of them are drift.
 fn spawn_kernel_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
     let mut rx = events::subscribe()?;
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            let what = match ev {
-                KernelEvent::Link {
-                    index,
-                    name,
-                    removed: true,
-                    ..
-                } => {
-                    format!(
-                        "index:{index},name:{},link removed",
-                        name.unwrap_or_default()
-                    )
-                }
-                KernelEvent::Link {
-                    index,
-                    name,
-                    up: false,
-                    ..
-                } => {
-                    format!("index:{index},name:{},link down", name.unwrap_or_default())
-                }
-                KernelEvent::Link {
-                    name, master: None, ..
-                } => {
-                    format!("veth:{},no bridge", name.unwrap_or_default())
-                }
-                KernelEvent::Address {
-                    index,
-                    removed: true,
-                    link_local: false,
-                } => {
-                    format!("index:{index},address removed")
-                }
-                _ => continue,
-            };
-            if tx.send(Trigger::Kernel(what)).is_err() {
+            if tx.send(Trigger::Kernel(ev)).is_err() {
                 break;
             }
         }
     });
     Ok(())
+}
+
+/// A kernel event for the log line of the reconcile it triggered.
+fn describe(ev: &KernelEvent) -> String {
+    match ev {
+        KernelEvent::Link {
+            name,
+            removed: true,
+            ..
+        } => {
+            format!("{} removed", name.as_deref().unwrap_or("link"))
+        }
+        KernelEvent::Link {
+            name, up: false, ..
+        } => {
+            format!("{} down", name.as_deref().unwrap_or("link"))
+        }
+        KernelEvent::Link {
+            name, master: None, ..
+        } => {
+            format!("{} left its bridge", name.as_deref().unwrap_or("link"))
+        }
+        KernelEvent::Link { name, .. } => format!("{} changed", name.as_deref().unwrap_or("link")),
+        KernelEvent::Address { index, removed, .. } => format!(
+            "address {} on ifindex {index}",
+            if *removed { "removed" } else { "added" }
+        ),
+        KernelEvent::Route => "route changed".into(),
+    }
 }
 
 fn spawn_signals(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
