@@ -289,26 +289,59 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
     ))
 }
 
-/// Executes `plan` in order. The firewall part runs as one transaction,
-/// `fw_tx`, at the position of the first change that needs it.
+/// What carries out plan operations: the kernel ([`Executor`]) or, in the
+/// tests of plan and apply order, a recorder.
+#[allow(async_fn_in_trait)] // awaited on the caller's task; no Send bound needed
+pub trait Runner {
+    /// One netlink, namespace, sysctl or file operation.
+    async fn run(&mut self, op: &Op, owned: &mut Owned) -> Result<()>;
+    /// The apply's one nft transaction.
+    fn nft(&mut self, tx: &firewall::Transaction) -> Result<()>;
+    /// Netlink requests sent so far.
+    fn counters(&self) -> Counters;
+}
+
+impl Runner for Executor {
+    async fn run(&mut self, op: &Op, owned: &mut Owned) -> Result<()> {
+        Executor::run(self, op, owned).await
+    }
+    fn nft(&mut self, tx: &firewall::Transaction) -> Result<()> {
+        firewall::apply(tx)
+    }
+    fn counters(&self) -> Counters {
+        Executor::counters(self)
+    }
+}
+
+/// Executes `plan` against the kernel. The firewall part runs as one
+/// transaction, `fw_tx`, at the position of the first change that needs it.
 pub async fn execute(
     plan: &Plan,
     fw_tx: Option<&firewall::Transaction>,
     owned: &mut Owned,
 ) -> Outcome {
+    match Executor::new() {
+        Ok(mut exec) => execute_with(&mut exec, plan, fw_tx, owned).await,
+        Err(e) => Outcome {
+            failed: Some(("(start)".into(), format!("{e:#}"))),
+            not_done: plan.changes.iter().map(|c| c.address.clone()).collect(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Executes `plan` in order with `runner`, stopping at the first failure.
+pub async fn execute_with<R: Runner>(
+    runner: &mut R,
+    plan: &Plan,
+    fw_tx: Option<&firewall::Transaction>,
+    owned: &mut Owned,
+) -> Outcome {
     let mut out = Outcome::default();
-    let mut exec = match Executor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            out.failed = Some(("(start)".into(), format!("{e:#}")));
-            out.not_done = plan.changes.iter().map(|c| c.address.clone()).collect();
-            return out;
-        }
-    };
     let mut fw_done = false;
     let mut iter = plan.changes.iter();
     for c in iter.by_ref() {
-        match run_change(&mut exec, c, fw_tx, &mut fw_done, owned, &mut out).await {
+        match run_change(runner, c, fw_tx, &mut fw_done, owned, &mut out).await {
             Ok(()) => out.done.push(c.address.clone()),
             Err(e) => {
                 out.failed = Some((c.address.clone(), format!("{e:#}")));
@@ -317,12 +350,12 @@ pub async fn execute(
         }
     }
     out.not_done = iter.map(|c| c.address.clone()).collect();
-    out.counters = exec.counters();
+    out.counters = runner.counters();
     out
 }
 
-async fn run_change(
-    exec: &mut Executor,
+async fn run_change<R: Runner>(
+    runner: &mut R,
     c: &Change,
     fw_tx: Option<&firewall::Transaction>,
     fw_done: &mut bool,
@@ -333,7 +366,7 @@ async fn run_change(
         if let Op::Nft { .. } = op {
             if !*fw_done {
                 if let Some(tx) = fw_tx.filter(|t| !t.is_empty()) {
-                    firewall::apply(tx).context("nft transaction")?;
+                    runner.nft(tx).context("nft transaction")?;
                     out.nft_transactions += 1;
                     out.nft_elements += tx.elements_added() + tx.elements_removed();
                 }
@@ -341,7 +374,10 @@ async fn run_change(
             }
             continue;
         }
-        exec.run(op, owned).await.with_context(|| format!("{op}"))?;
+        runner
+            .run(op, owned)
+            .await
+            .with_context(|| format!("{op}"))?;
     }
     Ok(())
 }
@@ -350,4 +386,129 @@ async fn run_change(
 /// `down`. Foreign objects are not in `observed` and so are not touched.
 pub fn teardown_plan(observed: &State) -> Plan {
     crate::plan::diff(&State::default(), observed, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HostInfo, resolve};
+
+    /// Records operations instead of running them; fails on the first
+    /// operation whose text contains `fail_on`.
+    #[derive(Default)]
+    struct Recorder {
+        ops: Vec<String>,
+        nft_calls: usize,
+        fail_on: Option<String>,
+    }
+
+    impl Runner for Recorder {
+        async fn run(&mut self, op: &Op, _owned: &mut Owned) -> Result<()> {
+            let text = op.to_string();
+            if self
+                .fail_on
+                .as_ref()
+                .is_some_and(|f| text.contains(f.as_str()))
+            {
+                anyhow::bail!("injected failure");
+            }
+            self.ops.push(text);
+            Ok(())
+        }
+        fn nft(&mut self, _tx: &firewall::Transaction) -> Result<()> {
+            self.nft_calls += 1;
+            self.ops.push("NFT TRANSACTION".into());
+            Ok(())
+        }
+        fn counters(&self) -> Counters {
+            Counters::default()
+        }
+    }
+
+    fn tutorial() -> State {
+        let text = include_str!("../examples/docker-tutorial.toml");
+        let spec = crate::spec::load("t.toml", text).unwrap();
+        let host = HostInfo {
+            upstream_dns: Vec::new(),
+            state_dir: "/var/lib/netloom".into(),
+        };
+        resolve(&spec, &Default::default(), &host).unwrap().state
+    }
+
+    fn position(ops: &[String], needle: &str) -> usize {
+        ops.iter()
+            .position(|o| o.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not run: {ops:#?}"))
+    }
+
+    fn run(plan: &Plan, rec: &mut Recorder) -> Outcome {
+        let fw = tutorial().firewall.unwrap().fw;
+        let tx = firewall::plan_transaction(&fw, None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(execute_with(rec, plan, Some(&tx), &mut Owned::default()))
+    }
+
+    #[test]
+    fn creation_runs_in_dependency_order_with_one_nft_transaction() {
+        let plan = crate::plan::diff(&tutorial(), &State::default(), None);
+        let mut rec = Recorder::default();
+        let out = run(&plan, &mut rec);
+        assert!(out.failed.is_none() && out.not_done.is_empty());
+        assert_eq!(out.done.len(), plan.changes.len());
+        assert_eq!(rec.nft_calls, 1, "one transaction for all firewall changes");
+        let ops = &rec.ops;
+        let bridge = position(ops, "ip link add docker0");
+        let netns = position(ops, "ip netns add web");
+        let veth = position(ops, "peer name eth0 netns web");
+        let addr = position(ops, "ip -n web addr add 172.17.0.2/16");
+        let route = position(ops, "ip -n web route add default");
+        let nft = position(ops, "NFT TRANSACTION");
+        let file = position(ops, "write /etc/netns/web/hosts");
+        assert!(
+            bridge < netns
+                && netns < veth
+                && veth < addr
+                && addr < route
+                && route < nft
+                && nft < file,
+            "{ops:#?}"
+        );
+        // route_localnet needs the bridge: set after the networks exist.
+        assert!(position(ops, "route_localnet") > bridge);
+    }
+
+    #[test]
+    fn a_failure_stops_and_says_what_was_and_was_not_done() {
+        let plan = crate::plan::diff(&tutorial(), &State::default(), None);
+        let mut rec = Recorder {
+            fail_on: Some("peer name eth0 netns tomcat2".into()),
+            ..Default::default()
+        };
+        let out = run(&plan, &mut rec);
+        let (failed, err) = out.failed.clone().unwrap();
+        assert_eq!(failed, "container.tomcat2.eth0");
+        assert!(err.contains("injected failure"), "{err}");
+        assert!(out.done.contains(&"network.bridge".to_string()));
+        assert!(out.done.contains(&"container.tomcat1.eth0".to_string()));
+        assert!(out.not_done.contains(&"port.web.8080/tcp".to_string()));
+        assert!(!out.not_done.contains(&failed));
+        assert_eq!(out.done.len() + 1 + out.not_done.len(), plan.changes.len());
+        assert_eq!(rec.nft_calls, 0, "the firewall comes after the interfaces");
+    }
+
+    #[test]
+    fn teardown_removes_interfaces_before_namespaces_before_bridges() {
+        let plan = teardown_plan(&tutorial());
+        let mut rec = Recorder::default();
+        let out = run(&plan, &mut rec);
+        assert!(out.failed.is_none());
+        let ops = &rec.ops;
+        let file = position(ops, "rm /etc/netns/web/hosts");
+        let veth = position(ops, "ip link del veth");
+        let netns = position(ops, "ip netns del web");
+        let bridge = position(ops, "ip link del docker0");
+        assert!(file < veth && veth < netns && netns < bridge, "{ops:#?}");
+    }
 }
