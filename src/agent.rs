@@ -9,7 +9,7 @@
 //! DNS-enabled networks and updates its records in the same reconcile that
 //! changes an address. SIGTERM/SIGINT stop it and leave the network up.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +37,10 @@ enum Trigger {
     Start,
     File,
     Kernel(KernelEvent),
+    /// An event inside a container's namespace.
+    NsKernel(String, KernelEvent),
+    /// The kernel events of one batch that are drift, described.
+    Drift(String),
     Resync,
     Reload,
     Stop,
@@ -48,6 +52,8 @@ impl Trigger {
             Trigger::Start => "start".into(),
             Trigger::File => "file".into(),
             Trigger::Kernel(ev) => format!("kernel ({})", describe(ev)),
+            Trigger::NsKernel(c, ev) => format!("kernel ({c}: {})", describe(ev)),
+            Trigger::Drift(what) => format!("kernel ({what})"),
             Trigger::Resync => "resync".into(),
             Trigger::Reload => "SIGHUP".into(),
             Trigger::Stop => "stop".into(),
@@ -88,6 +94,10 @@ struct Agent {
     owned_names: HashSet<String>,
     owned_indexes: HashSet<u32>,
     owned_veths: HashSet<String>,
+    /// Event subscriptions inside container namespaces, by container, with
+    /// the identity (dev, inode) of the namespace they watch.
+    ns_watch: HashMap<String, ((u64, u64), tokio::task::JoinHandle<()>)>,
+    tx: mpsc::UnboundedSender<Trigger>,
     status: AgentStatus,
 }
 
@@ -99,6 +109,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     let text = std::fs::read(&cli.config).unwrap_or_default();
     let dns = DnsServer::new(upstreams(&loaded));
     let state_dir = loaded.host.state_dir.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let mut agent = Agent {
         config: cli.config.clone(),
         state_dir,
@@ -108,6 +119,8 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         owned_names: HashSet::new(),
         owned_indexes: HashSet::new(),
         owned_veths: HashSet::new(),
+        ns_watch: HashMap::new(),
+        tx: tx.clone(),
         status: AgentStatus {
             pid: std::process::id(),
             started: now_rfc3339(),
@@ -115,7 +128,6 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         },
     };
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let _watcher = watch_file(&cli.config, tx.clone())?;
     spawn_kernel_events(tx.clone())?;
     spawn_signals(tx.clone())?;
@@ -143,16 +155,24 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
             ));
         }
         let file_changed = agent.reload_file(reload);
-        let kernel = batch.iter().find_map(|t| match t {
-            Trigger::Kernel(ev) if agent.is_ours(ev) => Some(t.clone()),
-            _ => None,
-        });
+        // Every drift event of the batch, for the log line.
+        let mut drift: Vec<String> = Vec::new();
+        for t in &batch {
+            let d = match t {
+                Trigger::Kernel(ev) if agent.is_ours(ev) => describe(ev),
+                Trigger::NsKernel(c, ev) if is_drift_inside(ev) => format!("{c}: {}", describe(ev)),
+                _ => continue,
+            };
+            if !drift.contains(&d) {
+                drift.push(d);
+            }
+        }
         let trigger = if reload {
             Some(Trigger::Reload)
         } else if file_changed {
             Some(Trigger::File)
-        } else if let Some(k) = kernel {
-            Some(k)
+        } else if !drift.is_empty() {
+            Some(Trigger::Drift(drift.join("; ")))
         } else if batch.contains(&Trigger::Resync) {
             Some(Trigger::Resync)
         } else {
@@ -166,7 +186,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
                 // event or resync.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while let Ok(t) = rx.try_recv() {
-                    if !matches!(t, Trigger::Kernel(_)) {
+                    if !matches!(t, Trigger::Kernel(_) | Trigger::NsKernel(..)) {
                         let _ = tx.send(t);
                         break;
                     }
@@ -349,11 +369,63 @@ impl Agent {
             .filter(|l| self.owned_names.contains(&l.name))
             .map(|l| l.index)
             .collect();
+        self.watch_namespaces(&p.desired.state);
         self.dns
             .update(p.desired.zones.clone())
             .await
             .context("update the embedded DNS server")?;
         Ok(summary)
+    }
+
+    /// Keeps one event subscription per container namespace. A subscription
+    /// holds its namespace alive, so one whose namespace was replaced (the
+    /// path now names another inode) or dropped is closed, not kept.
+    fn watch_namespaces(&mut self, desired: &crate::model::State) {
+        use std::os::unix::fs::MetadataExt;
+        let mut keep = HashSet::new();
+        for (container, ns) in &desired.namespaces {
+            let path = ns.netns.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if self
+                .ns_watch
+                .get(container)
+                .is_some_and(|(cur, _)| *cur == id)
+            {
+                keep.insert(container.clone());
+                continue;
+            }
+            match events::subscribe_in(&path) {
+                Ok(mut rx) => {
+                    let tx = self.tx.clone();
+                    let c = container.clone();
+                    let task = tokio::spawn(async move {
+                        while let Some(ev) = rx.recv().await {
+                            if tx.send(Trigger::NsKernel(c.clone(), ev)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    if let Some((_, old)) = self.ns_watch.insert(container.clone(), (id, task)) {
+                        old.abort();
+                    }
+                    keep.insert(container.clone());
+                }
+                Err(e) => warn!(
+                    "no kernel events from {}: {e:#}; the resync covers it",
+                    ns.netns
+                ),
+            }
+        }
+        self.ns_watch.retain(|c, (_, task)| {
+            let k = keep.contains(c);
+            if !k {
+                task.abort();
+            }
+            k
+        });
     }
 
     fn write_status(&self) {
@@ -414,6 +486,23 @@ fn watch_file(
     Ok(w)
 }
 
+/// Inside a container's namespace everything but the kernel's own
+/// housekeeping is netloom's: a link removed or down, an address (not IPv6
+/// link-local) removed, a route removed.
+fn is_drift_inside(ev: &KernelEvent) -> bool {
+    matches!(
+        ev,
+        KernelEvent::Link { removed: true, .. }
+            | KernelEvent::Link { up: false, .. }
+            | KernelEvent::Address {
+                removed: true,
+                link_local: false,
+                ..
+            }
+            | KernelEvent::Route { removed: true }
+    )
+}
+
 /// Forwards kernel events as [`Trigger::Kernel`]; [`Agent::is_ours`]
 /// decides which of them are drift.
 fn spawn_kernel_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
@@ -453,7 +542,9 @@ fn describe(ev: &KernelEvent) -> String {
             "address {} on ifindex {index}",
             if *removed { "removed" } else { "added" }
         ),
-        KernelEvent::Route => "route changed".into(),
+        KernelEvent::Route { removed } => {
+            format!("route {}", if *removed { "removed" } else { "added" })
+        }
     }
 }
 

@@ -192,6 +192,29 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
         "veth not healed:\n{}",
         read_log()
     );
+    // Inside a container's namespace: a deleted default route.
+    h.sh("ip -n tomcat4 route del default").ok();
+    assert!(
+        wait(
+            || h.sh("ip -n tomcat4 route show default | grep -q 192.168.0.1")
+                .code
+                == 0,
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "route not healed:\n{}",
+        read_log()
+    );
+    // The reconcile logs after it verified, a moment after the route is back.
+    assert!(
+        wait(
+            || read_log().contains("tomcat4: route removed"),
+            Duration::from_secs(2)
+        )
+        .is_some(),
+        "{}",
+        read_log()
+    );
     // The nft table: healed by the next resync.
     h.sh("nft delete table inet netloom").ok();
     assert!(
