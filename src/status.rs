@@ -151,14 +151,26 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             let _ = writeln!(out, "  ! {}: {}", d.address, d.what);
         }
     }
-    if let Some(a) = agent {
+    if let Some(a) = &agent {
+        let pid = a.get("pid").and_then(|p| p.as_u64()).unwrap_or(0);
+        let state = if agent_alive(pid) {
+            "running"
+        } else {
+            "not running"
+        };
         let _ = writeln!(
             out,
-            "\nAgent: {}",
+            "\nAgent (pid {pid}, {state}): {}",
             a.get("summary")
                 .and_then(|s| s.as_str())
                 .unwrap_or("(no runs recorded)")
         );
+        if let Some(e) = a.get("config_error").and_then(|e| e.as_str()) {
+            let _ = writeln!(
+                out,
+                "  the agent keeps its last good configuration; the file has errors:\n{e}"
+            );
+        }
     }
     let s = p.plan.summary();
     if in_sync {
@@ -268,4 +280,10 @@ pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
         }
     }
     Ok(0)
+}
+
+/// Whether the agent that wrote the status file still runs (signal 0).
+fn agent_alive(pid: u64) -> bool {
+    i32::try_from(pid)
+        .is_ok_and(|p| p > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }

@@ -231,8 +231,10 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
     // status shows the agent's runs.
     let status = h.netloom(&cfg, &["status"]);
     assert!(
-        status.stdout.contains("Agent: last reconcile"),
-        "{}",
+        status
+            .stdout
+            .contains(&format!("Agent (pid {pid}, running): last reconcile")),
+        "pid {pid}: {}",
         status.stdout
     );
 
