@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::Spanned;
 
 /// The whole file.
@@ -140,7 +140,7 @@ pub struct Networks(pub Vec<(Spanned<String>, EndpointConfig)>);
 /// Schema-only mirror of [`Networks`].
 #[derive(JsonSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[allow(dead_code)] // never built: only its schema is used
 enum NetworksSchema {
     List(Vec<String>),
     Table(BTreeMap<String, EndpointConfig>),
@@ -239,7 +239,3 @@ pub fn schema_json() -> String {
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netloom";
 /// Docker's default range for `-P`.
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (49153, 65535);
-
-/// Marker so serde's derive keeps `Serialize` available for future use.
-#[derive(Serialize)]
-struct _Unused;

@@ -35,13 +35,14 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// ifindex of `dev` inside namespace `ns` (`ip netns exec` mounts that
+/// namespace's sysfs; the sandbox's own /sys shows the machine's).
 fn ifindex(h: &Host, ns: &str, dev: &str) -> String {
-    let cmd = if ns.is_empty() {
-        format!("cat /sys/class/net/{dev}/ifindex")
-    } else {
-        format!("ip netns exec {ns} cat /sys/class/net/{dev}/ifindex")
-    };
-    h.sh(&cmd).ok().stdout.trim().to_string()
+    h.sh(&format!("ip netns exec {ns} cat /sys/class/net/{dev}/ifindex"))
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
 }
 
 #[test]
