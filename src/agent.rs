@@ -334,10 +334,8 @@ impl Agent {
         let summary = p.plan.summary();
         if !p.plan.is_empty() {
             engine::apply_planned(&sd, &mut record, &p).await?;
-        } else if record.applied.as_ref() != Some(&p.desired.state) {
-            record.allocations = p.desired.allocations.clone();
-            record.applied = Some(p.desired.state.clone());
-            sd.save(&record)?;
+        } else {
+            engine::record_converged(&sd, &mut record, &p)?;
         }
         drop(sd);
         self.owned_names = p

@@ -200,18 +200,25 @@ async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> 
                 c.dumps, c.writes
             );
         }
-        if !dry_run && record.applied.as_ref() != Some(&p.desired.state) {
-            // Converged without changes (e.g. after a state-dir restore):
-            // remember it so later drift is measured from here.
-            record.allocations = p.desired.allocations.clone();
-            record.applied = Some(p.desired.state.clone());
-            sd.save(&record)?;
+        if !dry_run {
+            record_converged(&sd, &mut record, &p)?;
         }
         return Ok(plan_exit(&p.plan, detailed));
     }
     let report = apply_planned(&sd, &mut record, &p).await?;
     eprintln!("{report}");
     Ok(if detailed { 2 } else { 0 })
+}
+
+/// The host already matches (e.g. after a state-dir restore): remember
+/// it, so that later drift is measured from here.
+pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
+    if record.applied.as_ref() != Some(&p.desired.state) {
+        record.allocations = p.desired.allocations.clone();
+        record.applied = Some(p.desired.state.clone());
+        sd.save(record)?;
+    }
+    Ok(())
 }
 
 /// Applies a plan made by [`plan_live`], records ownership, verifies.

@@ -38,11 +38,13 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 /// ifindex of `dev` inside namespace `ns` (`ip netns exec` mounts that
 /// namespace's sysfs; the sandbox's own /sys shows the machine's).
 fn ifindex(h: &Host, ns: &str, dev: &str) -> String {
-    h.sh(&format!("ip netns exec {ns} cat /sys/class/net/{dev}/ifindex"))
-        .ok()
-        .stdout
-        .trim()
-        .to_string()
+    h.sh(&format!(
+        "ip netns exec {ns} cat /sys/class/net/{dev}/ifindex"
+    ))
+    .ok()
+    .stdout
+    .trim()
+    .to_string()
 }
 
 #[test]
