@@ -216,10 +216,18 @@ impl Executor {
                 let fd = netns::open(&ns.path())?;
                 let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
                 use std::os::fd::AsFd;
-                self.host
+                let index = self
+                    .host
                     .create_veth(host, peer, fd.as_fd(), Some(*mtu), Some(m), alias)
                     .await?;
-                self.forget(None, host);
+                // The echoed index saves a dump of the host's links before
+                // the next operation on this veth.
+                match index {
+                    Some(i) => {
+                        self.index.insert((None, host.clone()), i);
+                    }
+                    None => self.forget(None, host),
+                }
                 self.forget(Some(ns), peer);
             }
             Op::AddDefaultRoute {

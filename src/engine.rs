@@ -265,8 +265,14 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     sd.save(record)?;
     let s = p.plan.summary();
     Ok(format!(
-        "Apply complete! {} added, {} changed, {} destroyed ({} netlink writes, {} nft transaction(s) with {} element(s)).",
-        s.add, s.change, s.destroy, outcome.counters.writes, nft_tx, outcome.nft_elements
+        "Apply complete! {} added, {} changed, {} destroyed ({} netlink writes, {} nft transaction(s) with {} element(s); {} netlink lookups while applying).",
+        s.add,
+        s.change,
+        s.destroy,
+        outcome.counters.writes,
+        nft_tx,
+        outcome.nft_elements,
+        outcome.counters.dumps
     ))
 }
 

@@ -409,7 +409,7 @@ impl Netlink {
     /// needs no rename or move), with `peer_mac` if given. `mtu` applies to
     /// both ends; `alias` (if not empty) is set on the host end, which takes
     /// a second write (see [`Netlink::create_bridge`]). Both ends start admin
-    /// down.
+    /// down. Returns the host end's ifindex when the kernel echoes it.
     pub async fn create_veth(
         &self,
         host_name: &str,
@@ -418,7 +418,7 @@ impl Netlink {
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
         alias: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<u32>> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_string()));
@@ -455,10 +455,12 @@ impl Netlink {
                 what,
             )
             .await?;
+        let link = echoed_link(echoed, host_name);
+        let index = link.as_ref().map(|l| l.index);
         if alias.is_empty() {
-            return Ok(());
+            return Ok(index);
         }
-        match echoed_link(echoed, host_name) {
+        match link {
             Some(link) => self.ensure_alias(&link, alias).await,
             // No echo (old kernel): address the link by name instead.
             None => {
@@ -474,7 +476,8 @@ impl Netlink {
                 .map(drop)
             }
         }
-        .with_context(what)
+        .with_context(what)?;
+        Ok(index)
     }
 
     /// Set the alias of a just-created link unless the kernel already did.
