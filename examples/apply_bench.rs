@@ -15,14 +15,14 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RUNS: usize = 3;
 
 fn config(n: usize, moved: bool) -> String {
     let mut t = String::from("[networks.bench]\nsubnet = \"10.30.0.0/16\"\n");
     for i in 0..n {
-        let _ = write!(t, "[containers.c{i}]\n");
+        let _ = writeln!(t, "[containers.c{i}]");
         if moved && i == 0 {
             t.push_str("networks = { bench = { ip = \"10.30.200.1\" } }\n");
         } else {
