@@ -50,6 +50,7 @@ pub enum Command {
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Output format: text for people, json for programs.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -64,6 +65,7 @@ pub enum Command {
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Output format: text for people, json for programs.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -79,6 +81,7 @@ pub enum Command {
     ///
     /// Exit status: 0 in sync; 2 drift or pending changes; 1 error.
     Status {
+        /// Output format: text for people, json for programs.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -88,6 +91,7 @@ pub enum Command {
     Inspect {
         /// Network name.
         network: String,
+        /// Output format: json (Docker's fields) or a short text summary.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
