@@ -214,11 +214,13 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
     }
 
     // Sysctls netloom sets.
-    for key in desired
+    // Desired and applied name mostly the same keys: read each once.
+    let keys: BTreeSet<&String> = desired
         .sysctls
         .keys()
         .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
-    {
+        .collect();
+    for key in keys {
         if let Ok(v) = netlink::read_sysctl(None, key) {
             st.sysctls.insert(key.clone(), v.trim().to_string());
         }
