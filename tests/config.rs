@@ -1,11 +1,12 @@
 //! The file: every example validates, every invalid case is reported at the
 //! offending value, all errors at once, and no input makes netloom panic.
 
+mod common;
+
 use std::process::Command;
 
+use common::NETLOOM;
 use netloom::spec;
-
-const NETLOOM: &str = env!("CARGO_BIN_EXE_netloom");
 
 /// Errors of `text` as `LINE:COL: message` (the file name stripped).
 fn errors(text: &str) -> Vec<String> {
@@ -85,7 +86,7 @@ fn committed_schema_is_current() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/netloom.schema.json");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     let current = netloom::config::schema_json();
-    if std::env::var("UPDATE_SCHEMA").is_ok() {
+    if common::update_requested("UPDATE_SCHEMA") {
         std::fs::write(path, &current).unwrap();
         return;
     }

@@ -24,7 +24,9 @@ pub const UPLINK_IP: &str = "10.99.0.1";
 pub const OUTSIDE_IP: &str = "10.99.0.2";
 
 /// Whether kernel tests can run here; in CI (`CI=true`) a missing
-/// privilege or tool is a failure, elsewhere the test is skipped.
+/// privilege or tool is a failure, elsewhere the test is skipped with a
+/// `SKIPPED: <test>: <why>` line on the real stderr (not captured by the
+/// test harness), which `.ci/run`'s closing summary counts.
 pub fn kernel_tests_possible(tools: &[&str]) -> bool {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let root = unsafe { libc_geteuid() } == 0;
@@ -40,8 +42,26 @@ pub fn kernel_tests_possible(tools: &[&str]) -> bool {
     if ci {
         panic!("kernel test cannot run in CI: {why}");
     }
-    eprintln!("skipping kernel test: {why}");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("kernel test")
+        .to_string();
+    // Straight to the process's stderr: `eprintln!` would be captured and
+    // shown only for failing tests, and a skip must be visible.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
     false
+}
+
+/// Whether the update variable `var` (`UPDATE_GOLDEN`, `UPDATE_SCHEMA`)
+/// asks to rewrite expected files: only the value `1` does; unset means
+/// compare; any other value is a mistake and fails the test.
+pub fn update_requested(var: &str) -> bool {
+    match std::env::var(var) {
+        Ok(v) if v == "1" => true,
+        Ok(v) => panic!("{var}={v:?}: set it to 1 to rewrite the expected files, or unset it"),
+        Err(std::env::VarError::NotPresent) => false,
+        Err(e) => panic!("{var}: {e}"),
+    }
 }
 
 unsafe extern "C" {
@@ -196,6 +216,12 @@ impl Host {
         let mut f = std::fs::File::create(&p).unwrap();
         f.write_all(text.as_bytes()).unwrap();
         p
+    }
+
+    /// `ip netns list`, checked to have succeeded (an empty list from a
+    /// failed command would pass any "no namespace left" check).
+    pub fn netns_list(&self) -> String {
+        self.sh("ip netns list").ok().stdout.clone()
     }
 
     /// Starts a long-running command inside the host (killed on drop).
