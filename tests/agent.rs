@@ -139,7 +139,7 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
         "no positioned error:\n{}",
         read_log()
     );
-    assert!(h.sh("ip netns list").ok().stdout.contains("tomcat6"));
+    assert!(h.netns_list().contains("tomcat6"));
     assert_eq!(
         dig(&h, "tomcat4", "+short @192.168.0.1 tomcat6").trim(),
         "192.168.0.4"
@@ -148,7 +148,7 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
     save(&h, &cfg, &config(""));
     assert!(
         wait(
-            || !h.sh("ip netns list").stdout.contains("tomcat6"),
+            || !h.netns_list().contains("tomcat6"),
             Duration::from_secs(10)
         )
         .is_some(),
@@ -249,6 +249,6 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
         "agent did not stop within a second"
     );
     assert!(read_log().contains("stopping"), "{}", read_log());
-    assert!(h.sh("ip netns list").ok().stdout.contains("tomcat5"));
+    assert!(h.netns_list().contains("tomcat5"));
     h.sh("ip netns exec tomcat4 getent hosts tomcat5").ok();
 }

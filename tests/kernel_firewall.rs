@@ -128,8 +128,15 @@ fn published_ports_outbound_nat_and_isolation() {
         "not masqueraded: {log}"
     );
 
-    // Isolation between networks, within icc=false, and for internal.
+    // Isolation between networks, within icc=false, and for internal. Each
+    // "cannot reach" is paired with a "can reach" control, so that a
+    // container without a working network cannot pass for isolation.
     h.sh("ip netns exec g1 ping -c1 -W1 10.60.0.1").ok();
+    h.sh("ip netns exec b1 ping -c1 -W1 10.70.0.1").ok();
+    h.sh("ip -n b1 addr show eth0 | grep -q 'inet 10.70.0.2/'")
+        .ok();
+    h.sh("ip -n g1 addr show eth0 | grep -q 'inet 10.60.0.2/'")
+        .ok();
     assert_ne!(
         h.sh("ip netns exec g1 ping -c1 -W1 10.70.0.2").code,
         0,
@@ -140,12 +147,20 @@ fn published_ports_outbound_nat_and_isolation() {
         0,
         "blue reached green"
     );
+    // icc=false: both members reach their gateway, not each other.
+    h.sh("ip netns exec q1 ping -c1 -W1 10.80.0.1").ok();
+    h.sh("ip netns exec q2 ping -c1 -W1 10.80.0.1").ok();
+    h.sh("ip -n q2 addr show eth0 | grep -q 'inet 10.80.0.3/'")
+        .ok();
     assert_ne!(
         h.sh("ip netns exec q1 ping -c1 -W1 10.80.0.3").code,
         0,
         "icc=false did not block"
     );
+    // internal: members reach each other, and the outside server that a
+    // normal network reaches (checked just above, from web) is out of reach.
     h.sh("ip netns exec v1 ping -c1 -W1 10.90.0.3").ok();
+    assert!(curl(&h, Some("web"), &format!("http://{OUTSIDE_IP}:8000/")));
     assert!(
         !curl(&h, Some("v1"), &format!("http://{OUTSIDE_IP}:8000/")),
         "internal network got out"
@@ -294,7 +309,7 @@ fn a_host_port_in_use_is_a_conflict() {
         r.stderr
     );
     assert!(
-        h.sh("ip netns list").stdout.trim().is_empty(),
+        h.netns_list().trim().is_empty(),
         "a refused apply changed something"
     );
 }
