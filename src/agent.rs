@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::Cli;
 use crate::dns::DnsServer;
@@ -133,7 +133,9 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     spawn_signals(tx.clone())?;
     spawn_resync(tx.clone(), resync);
 
-    agent.reconcile(&Trigger::Start).await;
+    // Whether the last reconcile changed the kernel, so that the next kernel
+    // events are (at least partly) its echo.
+    let mut echo_expected = agent.reconcile(&Trigger::Start, false).await;
     sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
 
     while let Some(first) = rx.recv().await {
@@ -179,19 +181,14 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
             None
         };
         if let Some(t) = trigger {
-            let changed = agent.reconcile(&t).await;
-            if changed {
-                // Our own changes echo back as kernel events; they are not
-                // drift. Anything real among them is caught by the next
-                // event or resync.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while let Ok(t) = rx.try_recv() {
-                    if !matches!(t, Trigger::Kernel(_) | Trigger::NsKernel(..)) {
-                        let _ = tx.send(t);
-                        break;
-                    }
-                }
-            }
+            // Our own changes echo back as kernel events. They are not
+            // discarded (real drift may arrive among them): the events after
+            // a change lead to one more reconcile, which compares the kernel
+            // with the file again. Finding nothing to do, it was only the
+            // echo and stays quiet; anything real is healed and reported.
+            let quiet = echo_expected && matches!(t, Trigger::Drift(_));
+            let changed = agent.reconcile(&t, quiet).await;
+            echo_expected = changed;
         }
         if reload {
             sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
@@ -284,8 +281,10 @@ impl Agent {
         }
     }
 
-    /// One reconcile; returns whether it changed anything.
-    async fn reconcile(&mut self, trigger: &Trigger) -> bool {
+    /// One reconcile; returns whether it changed anything. With `quiet`, a
+    /// reconcile that finds nothing to do is neither logged nor recorded
+    /// (the check that follows the agent's own changes).
+    async fn reconcile(&mut self, trigger: &Trigger, quiet: bool) -> bool {
         let start = Instant::now();
         let result = self.reconcile_inner().await;
         let millis = start.elapsed().as_millis() as u64;
@@ -293,6 +292,10 @@ impl Agent {
             Ok(s) => (*s, s.add + s.change + s.destroy > 0),
             Err(_) => (Default::default(), false),
         };
+        if quiet && result.is_ok() && !changed {
+            debug!("kernel events after our own changes: nothing to do ({millis} ms)");
+            return false;
+        }
         let run = Run {
             time: now_rfc3339(),
             trigger: trigger.name(),
