@@ -2,10 +2,13 @@
 //!
 //!     cargo run --release --example port_bench      (as root)
 //!
-//! For N existing port mappings it converges the firewall, then times one
-//! observe + plan_transaction + apply that adds one port (median of RUNS).
-//! The transaction should stay one element whatever N is; the time should
-//! be dominated by reading the table back (observe), not by apply.
+//! For N existing port mappings it converges the firewall, then times the
+//! firewall part of an apply that adds one port: observe (`nft -j list
+//! table` + parse), plan_transaction, apply (one `nft -f -`), each the
+//! median of RUNS. This is not a whole `netloom apply` command (no process
+//! start, no netlink, no files): `apply_bench` times those. The transaction
+//! should stay one element whatever N is; the time should be dominated by
+//! reading the table back (observe), not by apply.
 //!
 //! The benchmark re-executes itself under `unshare -n`, so every nft call
 //! happens in a throwaway network namespace and the host's ruleset is
@@ -42,6 +45,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("not in a private network namespace");
     }
 
+    println!(
+        "the firewall part of one apply adding a port to N (not a whole netloom apply); times are medians of {RUNS} runs, build_ms is one run"
+    );
     println!(
         "{:>6} {:>10} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
         "N", "build_ms", "tx_elems", "rebuild", "observe_ms", "plan_ms", "apply_ms", "total_ms"
