@@ -16,9 +16,18 @@ fn tutorial_text() -> String {
     .unwrap()
 }
 
+/// The address `name` resolves to in `ns`; `None` only when getent says
+/// the name is not found (exit 2): any other failure fails the test.
 fn getent(h: &Host, ns: &str, name: &str) -> Option<String> {
     let r = h.sh(&format!("ip netns exec {ns} getent hosts {name}"));
-    (r.code == 0).then(|| r.stdout.split_whitespace().next().unwrap_or("").to_string())
+    match r.code {
+        0 => Some(r.stdout.split_whitespace().next().unwrap_or("").to_string()),
+        2 => None,
+        _ => panic!(
+            "getent hosts {name} in {ns} failed:\n{}{}",
+            r.stdout, r.stderr
+        ),
+    }
 }
 
 #[test]
