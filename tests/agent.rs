@@ -145,18 +145,19 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
     );
 
     // The file, saved by atomic rename: a new container converges. Real
-    // drift that arrives while the agent applies that change (among the
-    // echo of its own writes) is healed too: tomcat4's default route is
-    // deleted the moment tomcat6's namespace appears.
+    // drift that arrives right after the agent applied that change (among
+    // the echo of its own writes) is healed too: tomcat4's default route is
+    // deleted the moment the agent logs the reconcile.
     save(
         &h,
         &cfg,
         &config("\n[containers.tomcat6]\nnetworks = [\"mynetwork\"]\n"),
     );
-    h.sh(
-        "for i in $(seq 30000); do ip netns list | grep -q tomcat6 && break; done; \
-         ip netns list | grep -q tomcat6 && ip -n tomcat4 route del default",
-    )
+    h.sh(&format!(
+        "for i in $(seq 200000); do grep -q 'trigger=file' {log} && break; done; \
+         grep -q 'trigger=file' {log} && ip -n tomcat4 route del default",
+        log = log.display()
+    ))
     .ok();
     let took = wait(
         || {
