@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netloom::firewall::{
+use netloom::core::firewall::{
     Firewall, FwNetwork, FwPort, Proto, apply, delete_tables, observe, plan_transaction,
 };
 

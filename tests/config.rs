@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use netloom::spec;
+use netloom::core::spec;
 
 const NETLOOM: &str = env!("CARGO_BIN_EXE_netloom");
 
@@ -29,7 +29,7 @@ fn position(text: &str, at: &str) -> String {
     let off = text
         .rfind(at)
         .unwrap_or_else(|| panic!("{at:?} not in {text:?}"));
-    let (l, c) = netloom::diag::line_col(text, off);
+    let (l, c) = netloom::core::diag::line_col(text, off);
     format!("{l}:{c}")
 }
 
@@ -84,7 +84,7 @@ fn every_example_validates() {
 fn committed_schema_is_current() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/netloom.schema.json");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
-    let current = netloom::config::schema_json();
+    let current = netloom::core::config::schema_json();
     if std::env::var("UPDATE_SCHEMA").is_ok() {
         std::fs::write(path, &current).unwrap();
         return;

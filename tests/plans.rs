@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use netloom::ipam::Allocations;
-use netloom::model::{self, HostInfo, State};
+use netloom::core::ipam::Allocations;
+use netloom::core::model::{self, HostInfo, State};
 use netloom::{plan, render, spec};
 
 fn host() -> HostInfo {

@@ -2,7 +2,7 @@
 //! hold, computed with no I/O.
 //!
 //! [`State`] is both the desired state (from [`resolve`]) and the observed
-//! state (from [`crate::observe`]), so that a plan is a diff of two values of
+//! state (from [`crate::host::observe`]), so that a plan is a diff of two values of
 //! one type. Everything in it is keyed by the plan address it belongs to.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::firewall::{Firewall, FwNetwork, FwPort};
-use crate::ipam::{self, Allocations};
-use crate::spec::{ContainerSpec, NetnsSpec, NetworkSpec, Spec};
+use crate::core::firewall::{Firewall, FwNetwork, FwPort};
+use crate::core::ipam::{self, Allocations};
+use crate::core::spec::{ContainerSpec, NetnsSpec, NetworkSpec, Spec};
 
 /// Marks netloom's host-side interfaces (`ifalias`), so that observe and
 /// `down` recognise them, and nothing else, as netloom's.
@@ -75,7 +75,7 @@ pub enum NsRef {
 impl NsRef {
     pub fn path(&self) -> PathBuf {
         match self {
-            NsRef::Named(n) => crate::netns::named_path(n),
+            NsRef::Named(n) => crate::host::netns::named_path(n),
             NsRef::Path(p) => p.clone(),
         }
     }
@@ -147,7 +147,7 @@ pub struct Desired {
     pub allocations: Allocations,
     pub networks: BTreeMap<String, NetworkSpec>,
     /// DNS zones of the DNS-enabled networks, for the agent.
-    pub zones: Vec<crate::dns::Zone>,
+    pub zones: Vec<crate::host::dns::Zone>,
     /// Hosts files of `netns_path` containers, for `status` to point at.
     pub external_files: BTreeMap<String, String>,
 }
@@ -163,7 +163,7 @@ pub struct HostInfo {
 /// The host-side veth name: `veth` + 7 hex digits, stable for a
 /// (container, network) pair so that plans can name it before it exists.
 pub fn veth_name(container: &str, network: &str) -> String {
-    let h = crate::hash::fnv64(format!("{container}\0{network}").as_bytes());
+    let h = crate::core::hash::fnv64(format!("{container}\0{network}").as_bytes());
     format!("veth{:07x}", h & 0x0fff_ffff)
 }
 
@@ -255,7 +255,7 @@ pub fn resolve(
         .flat_map(|c| c.endpoints.iter().map(|e| e.network.as_str()))
         .collect();
     for net in spec.networks.values() {
-        if net.name == crate::spec::DEFAULT_NETWORK && !used.contains(net.name.as_str()) {
+        if net.name == crate::core::spec::DEFAULT_NETWORK && !used.contains(net.name.as_str()) {
             continue;
         }
         let mut addrs = BTreeSet::from([format!("{}/{}", net.gateway, net.subnet.prefix())]);
@@ -385,7 +385,7 @@ pub fn resolve(
     }
     if !networks.is_empty() {
         st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
-        for (k, v) in crate::firewall::required_sysctls(&fw) {
+        for (k, v) in crate::core::firewall::required_sysctls(&fw) {
             st.sysctls.insert(k, v);
         }
         st.firewall = Some(FirewallState {
@@ -430,7 +430,7 @@ pub fn resolve(
     let zones = networks
         .values()
         .filter(|n| n.dns)
-        .map(|n| crate::dns::Zone {
+        .map(|n| crate::host::dns::Zone {
             network: n.name.clone(),
             gateway: n.gateway,
             subnet: n.subnet,
@@ -440,7 +440,7 @@ pub fn resolve(
                 .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
                 .filter(|(_, e)| e.network == n.name)
                 .filter_map(|(c, e)| {
-                    Some(crate::dns::Member {
+                    Some(crate::host::dns::Member {
                         name: c.name.clone(),
                         aliases: e.aliases.clone(),
                         ipv4: addr_on(&c.name, &n.name)?,
@@ -502,7 +502,7 @@ fn hosts_file(
         let Some(t) = by_name.get(target.as_str()) else {
             continue;
         };
-        let t = crate::spec::resolve_shared(t, by_name);
+        let t = crate::core::spec::resolve_shared(t, by_name);
         let shared = c
             .endpoints
             .iter()
@@ -515,7 +515,7 @@ fn hosts_file(
     }
     // User-defined networks: every other member, both ways.
     for e in &c.endpoints {
-        if e.network == crate::spec::DEFAULT_NETWORK {
+        if e.network == crate::core::spec::DEFAULT_NETWORK {
             continue;
         }
         let Some(net) = networks.get(&e.network) else {

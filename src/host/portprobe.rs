@@ -7,8 +7,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
-use crate::firewall::Proto;
-use crate::model::State;
+use crate::core::firewall::Proto;
+use crate::core::model::State;
 
 /// Messages for every newly published port whose host port is taken.
 pub fn conflicts(desired: &State, observed: &State) -> Vec<String> {

@@ -57,7 +57,7 @@ pub fn subscribe() -> Result<Subscription> {
 /// that joined it (a netlink socket reports the namespace it was born in),
 /// then driven by the caller's tokio runtime.
 pub fn subscribe_in(ns: &Path) -> Result<Subscription> {
-    let socket = crate::netns::run_in(ns, multicast_socket)
+    let socket = crate::host::netns::run_in(ns, multicast_socket)
         .with_context(|| format!("subscribe to rtnetlink events in {}", ns.display()))?;
     forward(socket)
 }

@@ -14,17 +14,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::cli::Cli;
-use crate::dns::DnsServer;
-use crate::engine::{self, Exit, LOCK_WAIT, Loaded};
-use crate::events::{self, KernelEvent};
-use crate::sdnotify;
-use crate::state::{StateDir, write_atomic};
-use crate::status::AGENT_FILE;
+use crate::cmd::Exit;
+use crate::cmd::cli::Cli;
+use crate::cmd::steps::{self, LOCK_WAIT, Loaded};
+use crate::host::dns::DnsServer;
+use crate::host::events::{self, KernelEvent};
+use crate::host::sdnotify;
+use crate::host::state::{AgentStatus, Run, StateDir};
 
 /// Editors write a file in several steps; wait this long for the last one.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -61,28 +60,6 @@ impl Trigger {
     }
 }
 
-/// One reconcile, as `status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Run {
-    pub time: String,
-    pub trigger: String,
-    pub added: usize,
-    pub changed: usize,
-    pub destroyed: usize,
-    pub millis: u64,
-    pub error: Option<String>,
-}
-
-/// The agent's status file.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct AgentStatus {
-    pub pid: u32,
-    pub started: String,
-    pub summary: String,
-    pub config_error: Option<String>,
-    pub runs: Vec<Run>,
-}
-
 struct Agent {
     config: PathBuf,
     state_dir: PathBuf,
@@ -102,9 +79,9 @@ struct Agent {
 }
 
 pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
-    engine::require_root("watch")?;
-    let Some(loaded) = engine::load(cli)? else {
-        return Ok(1);
+    steps::require_root("watch")?;
+    let Some(loaded) = steps::load(cli)? else {
+        return Ok(Exit::Error);
     };
     let text = std::fs::read(&cli.config).unwrap_or_default();
     let dns = DnsServer::new(upstreams(&loaded));
@@ -114,7 +91,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         config: cli.config.clone(),
         state_dir,
         loaded,
-        seen: crate::hash::fnv64(&text),
+        seen: crate::core::hash::fnv64(&text),
         dns,
         owned_names: HashSet::new(),
         owned_indexes: HashSet::new(),
@@ -200,7 +177,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     sdnotify::notify("STOPPING=1");
     info!("stopping; the network stays as it is");
     agent.dns.shutdown().await;
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 impl Agent {
@@ -216,14 +193,13 @@ impl Agent {
                 return false;
             }
         };
-        let h = crate::hash::fnv64(&text);
+        let h = crate::core::hash::fnv64(&text);
         if h == self.seen && !force {
             return false;
         }
         self.seen = h;
         let shown = self.config.display().to_string();
-        let text = String::from_utf8_lossy(&text).into_owned();
-        match crate::spec::load(&shown, &text) {
+        match crate::core::spec::load_bytes(&shown, &text) {
             Ok(spec) => {
                 // The state dir stays the agent's for its lifetime: moving
                 // it under a running agent would orphan the ownership record.
@@ -327,15 +303,15 @@ impl Agent {
         changed
     }
 
-    async fn reconcile_inner(&mut self) -> Result<crate::plan::Summary> {
+    async fn reconcile_inner(&mut self) -> Result<crate::core::plan::Summary> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = sd.load()?;
-        let p = engine::plan_live(&self.loaded, &record).await?;
+        let p = steps::plan_live(&self.loaded, &record).await?;
         let summary = p.plan.summary();
         if !p.plan.is_empty() {
-            engine::apply_planned(&sd, &mut record, &p).await?;
+            steps::apply_planned(&sd, &mut record, &p).await?;
         } else {
-            engine::record_converged(&sd, &mut record, &p)?;
+            steps::record_converged(&sd, &mut record, &p)?;
         }
         drop(sd);
         self.owned_names = p
@@ -378,7 +354,7 @@ impl Agent {
     /// Keeps one event subscription per container namespace. A subscription
     /// holds its namespace alive, so one whose namespace was replaced (the
     /// path now names another inode) or dropped is closed, not kept.
-    fn watch_namespaces(&mut self, desired: &crate::model::State) {
+    fn watch_namespaces(&mut self, desired: &crate::core::model::State) {
         use std::os::unix::fs::MetadataExt;
         let mut keep = HashSet::new();
         for (container, ns) in &desired.namespaces {
@@ -427,14 +403,8 @@ impl Agent {
     }
 
     fn write_status(&self) {
-        let path = self.state_dir.join(AGENT_FILE);
-        match serde_json::to_vec_pretty(&self.status) {
-            Ok(json) => {
-                if let Err(e) = write_atomic(&path, &json) {
-                    warn!("cannot write {}: {e:#}", path.display());
-                }
-            }
-            Err(e) => warn!("cannot serialize the agent status: {e}"),
+        if let Err(e) = self.status.write(&self.state_dir) {
+            warn!("{e:#}");
         }
     }
 }
@@ -446,7 +416,7 @@ fn upstreams(l: &Loaded) -> Vec<std::net::SocketAddr> {
         return u.clone();
     }
     std::fs::read_to_string("/etc/resolv.conf")
-        .map(|t| crate::dns::parse_resolv_conf(&t))
+        .map(|t| crate::host::dns::parse_resolv_conf(&t))
         .unwrap_or_default()
 }
 

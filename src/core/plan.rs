@@ -1,8 +1,8 @@
 //! `diff(desired, observed) -> Plan`: the typed, ordered list of changes
 //! that makes the host match the file, and the drift since the last apply.
 //!
-//! Pure: the kernel, nft and files are read by [`crate::observe`] and
-//! changed by [`crate::apply`]; everything in between is here and is tested
+//! Pure: the kernel, nft and files are read by [`crate::host::observe`] and
+//! changed by [`crate::host::apply`]; everything in between is here and is tested
 //! with hand-built observed states (`tests/plans/`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::firewall::{Firewall, FwPort};
-use crate::model::{self, Bridge, Endpoint, Namespace, NsRef, State};
+use crate::core::firewall::{Firewall, FwPort};
+use crate::core::model::{self, Bridge, Endpoint, Namespace, NsRef, State};
 
 /// What happens to an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -831,8 +831,8 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
             c.diff = Some(unified(
                 "nft (live)",
                 "nft (netloom)",
-                &crate::firewall::render(&h.fw),
-                &crate::firewall::render(&w.fw),
+                &crate::core::firewall::render(&h.fw),
+                &crate::core::firewall::render(&w.fw),
             ));
             out.push(c);
         }
@@ -934,7 +934,7 @@ fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
     }
 }
 
-fn fw_network_what(n: &crate::firewall::FwNetwork) -> String {
+fn fw_network_what(n: &crate::core::firewall::FwNetwork) -> String {
     let mut flags = Vec::new();
     if n.masquerade {
         flags.push("masquerade");

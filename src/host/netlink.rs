@@ -6,7 +6,7 @@
 //! * One [`Netlink`] talks to one namespace. A netlink socket is bound for its
 //!   whole life to the namespace it was *created* in, so [`open_in`] creates
 //!   the socket on a short-lived std thread that has setns'ed (see
-//!   [`crate::netns::run_in`]) and only then hands the fd to tokio. No tokio
+//!   [`crate::host::netns::run_in`]) and only then hands the fd to tokio. No tokio
 //!   worker thread ever changes namespace.
 //! * Observation is by dump only: one request per kind ([`Netlink::links`],
 //!   [`Netlink::addresses`], [`Netlink::routes`]) regardless of how many
@@ -49,7 +49,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 
-use crate::netns;
+use crate::host::netns;
 
 /// Number of netlink requests sent through a [`Netlink`] (and its clones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -958,7 +958,7 @@ pub fn write_sysctl(ns: Option<&Path>, key: &str, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::sandbox::{self, ip};
+    use crate::host::netns::sandbox::{self, ip};
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;

@@ -1,4 +1,8 @@
-//! The commands: load the file, resolve, observe, plan, apply, verify.
+//! The steps the commands share: load the file, resolve it, plan against
+//! the live host, apply a plan and record what was done.
+//!
+//! `plan`, `apply`, `status`, `inspect` and the agent all go through these
+//! functions, so they load, plan and record in exactly the same way.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -6,21 +10,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::cli::{Cli, Command, Format};
-use crate::firewall;
-use crate::model::{self, Desired, HostInfo, State};
-use crate::observe::{self, Observation};
-use crate::plan::{self, Plan};
-use crate::render::{self, Style};
-use crate::spec::{self, Spec};
-use crate::state::{Record, StateDir};
+use crate::cmd::Exit;
+use crate::cmd::cli::{Cli, Format};
+use crate::core::firewall;
+use crate::core::model::{self, Desired, HostInfo};
+use crate::core::plan::{self, Plan};
+use crate::core::render::{self, Style};
+use crate::core::spec::{self, Spec};
+use crate::host::observe::{self, Observation};
+use crate::host::state::{Record, StateDir};
 
 /// How long a command waits for another run (e.g. the agent) to release
 /// the state dir.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
-
-/// A command's result: its exit status.
-pub type Exit = i32;
 
 /// The loaded file.
 pub struct Loaded {
@@ -29,72 +31,11 @@ pub struct Loaded {
     pub host: HostInfo,
 }
 
-/// Runs one command; errors are printed by the caller and exit 1.
-pub async fn run(cli: Cli) -> Result<Exit> {
-    match &cli.command {
-        Command::Schema => {
-            print!("{}", crate::config::schema_json());
-            Ok(0)
-        }
-        Command::Validate => validate(&cli),
-        Command::Plan {
-            offline: true,
-            detailed_exitcode,
-            format,
-        } => {
-            let Some(l) = load(&cli)? else { return Ok(1) };
-            let desired = resolve(&l, &Record::default())?;
-            let plan = plan::diff(&desired.state, &State::default(), None);
-            print_plan(&plan, *format);
-            Ok(plan_exit(&plan, *detailed_exitcode))
-        }
-        Command::Plan {
-            offline: false,
-            detailed_exitcode,
-            format,
-        } => apply_cmd(&cli, true, *detailed_exitcode, *format).await,
-        Command::Apply {
-            dry_run,
-            detailed_exitcode,
-            format,
-        } => apply_cmd(&cli, *dry_run, *detailed_exitcode, *format).await,
-        Command::Status { format } => crate::status::status(&cli, *format).await,
-        Command::Inspect { network, format } => {
-            crate::status::inspect(&cli, network, *format).await
-        }
-        Command::Down => down(&cli).await,
-        Command::Watch { resync } => crate::agent::watch(&cli, Duration::from_secs(*resync)).await,
-    }
-}
-
-fn validate(cli: &Cli) -> Result<Exit> {
-    let Some(l) = load(cli)? else { return Ok(1) };
-    println!(
-        "{}: valid ({} network(s), {} container(s))",
-        l.path.display(),
-        l.spec.networks.len(),
-        l.spec.containers.len()
-    );
-    Ok(0)
-}
-
 /// Reads and validates the file; `None` after printing its errors.
 pub fn load(cli: &Cli) -> Result<Option<Loaded>> {
     let path = cli.config.clone();
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let shown = path.display().to_string();
-    let text = match String::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let (line, col) = crate::diag::line_col(
-                &String::from_utf8_lossy(e.as_bytes()),
-                e.utf8_error().valid_up_to(),
-            );
-            eprintln!("{shown}:{line}:{col}: the file is not valid UTF-8");
-            return Ok(None);
-        }
-    };
-    match spec::load(&shown, &text) {
+    match spec::load_bytes(&path.display().to_string(), &bytes) {
         Ok(spec) => {
             let host = host_info(cli, &spec);
             Ok(Some(Loaded { path, spec, host }))
@@ -113,7 +54,7 @@ pub fn state_dir(cli: &Cli, spec: Option<&Spec>) -> PathBuf {
     cli.state_dir
         .clone()
         .or_else(|| spec.and_then(|s| s.state_dir.clone()))
-        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_STATE_DIR))
+        .unwrap_or_else(|| PathBuf::from(crate::core::config::DEFAULT_STATE_DIR))
 }
 
 fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
@@ -126,11 +67,13 @@ fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
     }
 }
 
+/// Resolves the loaded file against the recorded allocations.
 pub fn resolve(l: &Loaded, record: &Record) -> Result<Desired> {
     model::resolve(&l.spec, &record.allocations, &l.host).map_err(|e| anyhow!("{e}"))
 }
 
-fn print_plan(plan: &Plan, format: Format) {
+/// Prints a plan on stdout, in colour only on a terminal.
+pub fn print_plan(plan: &Plan, format: Format) {
     match format {
         Format::Json => print!("{}", render::json(plan)),
         Format::Text => print!(
@@ -145,10 +88,16 @@ fn print_plan(plan: &Plan, format: Format) {
     }
 }
 
-fn plan_exit(plan: &Plan, detailed: bool) -> Exit {
-    if detailed && !plan.is_empty() { 2 } else { 0 }
+/// The exit status of a plan: [`Exit::Changes`] only when asked for.
+pub fn plan_exit(plan: &Plan, detailed: bool) -> Exit {
+    if detailed && !plan.is_empty() {
+        Exit::Changes
+    } else {
+        Exit::Ok
+    }
 }
 
+/// Fails with a message that says what needs root and what does not.
 pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(anyhow!(
@@ -170,7 +119,7 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
     let desired = resolve(l, record)?;
     let observation = observe::observe(&desired.state, record).await?;
     let mut problems = observation.foreign_conflicts(&desired.state, record);
-    problems.extend(crate::portprobe::conflicts(
+    problems.extend(crate::host::portprobe::conflicts(
         &desired.state,
         &observation.state,
     ));
@@ -183,31 +132,6 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
         observation,
         plan,
     })
-}
-
-async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> Result<Exit> {
-    let Some(l) = load(cli)? else { return Ok(1) };
-    require_root(if dry_run { "plan" } else { "apply" })?;
-    let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
-    let mut record = sd.load()?;
-    let p = plan_live(&l, &record).await?;
-    print_plan(&p.plan, format);
-    if dry_run || p.plan.is_empty() {
-        if !dry_run {
-            let c = p.observation.counters;
-            eprintln!(
-                "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
-                c.dumps, c.writes
-            );
-        }
-        if !dry_run {
-            record_converged(&sd, &mut record, &p)?;
-        }
-        return Ok(plan_exit(&p.plan, detailed));
-    }
-    let report = apply_planned(&sd, &mut record, &p).await?;
-    eprintln!("{report}");
-    Ok(if detailed { 2 } else { 0 })
 }
 
 /// The host already matches (e.g. after a state-dir restore): remember
@@ -227,7 +151,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     let want_fw = p.desired.state.firewall.as_ref().map(|f| &f.fw);
     let tx = want_fw.map(|fw| firewall::plan_transaction(fw, p.observation.firewall.as_ref()));
     record.allocations = p.desired.allocations.clone();
-    let outcome = crate::apply::execute(&p.plan, tx.as_ref(), &mut record.owned).await;
+    let outcome = crate::host::apply::execute(&p.plan, tx.as_ref(), &mut record.owned).await;
     let mut nft_tx = outcome.nft_transactions;
     let mut result = Ok(());
     if outcome.failed.is_none() && want_fw.is_none() && p.observation.firewall.is_some() {
@@ -274,39 +198,4 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         outcome.nft_elements,
         outcome.counters.dumps
     ))
-}
-
-async fn down(cli: &Cli) -> Result<Exit> {
-    require_root("down")?;
-    // The file may be gone or broken: `down` needs only the state dir.
-    let spec = std::fs::read_to_string(&cli.config)
-        .ok()
-        .and_then(|t| spec::load(&cli.config.display().to_string(), &t).ok());
-    let dir = state_dir(cli, spec.as_ref());
-    let sd = StateDir::open(&dir, LOCK_WAIT)?;
-    let mut record = sd.load()?;
-    let observation = observe::observe(&State::default(), &record).await?;
-    let plan = crate::apply::teardown_plan(&observation.state);
-    print!(
-        "{}",
-        render::text(
-            &plan,
-            Style {
-                color: std::io::stdout().is_terminal()
-            }
-        )
-    );
-    let outcome = crate::apply::execute(&plan, None, &mut record.owned).await;
-    if let Some((addr, err)) = outcome.failed {
-        sd.save(&record)?;
-        return Err(anyhow!(
-            "down failed at {addr}: {err}; run `netloom down` again"
-        ));
-    }
-    if observation.firewall.is_some() {
-        firewall::delete_tables().context("delete netloom's nft table")?;
-    }
-    sd.remove_all()?;
-    eprintln!("netloom removed everything it owned.");
-    Ok(0)
 }

@@ -3,7 +3,7 @@
 //! Fixed addresses come from the file; every other endpoint gets the lowest
 //! free host address of its subnet (never network, gateway or broadcast).
 //! What was given once is kept: the previous [`Allocations`] (persisted in
-//! the state dir by [`crate::state`]) win over "lowest free", so addresses
+//! the state dir by [`crate::host::state`]) win over "lowest free", so addresses
 //! stay stable across applies, restarts and reordering of the file. New
 //! allocations are made in file order, so a fresh host numbers containers
 //! the way `docker run` in that order would.
@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{NetworkSpec, Spec};
+use crate::core::spec::{NetworkSpec, Spec};
 
 /// What IPAM handed out; keyed by network then container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,7 +227,7 @@ fn allocate_ports(spec: &Spec, prev: &Allocations) -> Result<BTreeMap<String, u1
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::load;
+    use crate::core::spec::load;
 
     fn spec(t: &str) -> Spec {
         load("t.toml", t).unwrap_or_else(|e| panic!("{e}"))

@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::firewall;
-use crate::model::{self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State};
-use crate::netlink::{self, Addr, Counters, Link, Route};
-use crate::netns;
-use crate::state::Record;
+use crate::core::firewall;
+use crate::core::model::{
+    self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State,
+};
+use crate::host::netlink::{self, Addr, Counters, Link, Route};
+use crate::host::netns;
+use crate::host::state::Record;
 
 /// What a namespace holds, from one dump of each kind.
 #[derive(Clone, Debug, Default)]

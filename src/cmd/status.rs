@@ -7,29 +7,25 @@ use std::fmt::Write as _;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 
-use crate::cli::{Cli, Format};
-use crate::engine::{self, Exit, LOCK_WAIT};
-use crate::state::StateDir;
-
-/// Where the agent keeps the outcome of its last runs.
-pub const AGENT_FILE: &str = "agent.json";
+use crate::cmd::Exit;
+use crate::cmd::cli::{Cli, Format};
+use crate::cmd::steps::{self, LOCK_WAIT};
+use crate::host::state::{AgentStatus, StateDir};
 
 pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
-    let Some(l) = engine::load(cli)? else {
-        return Ok(1);
+    let Some(l) = steps::load(cli)? else {
+        return Ok(Exit::Error);
     };
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
-    let p = engine::plan_live(&l, &record).await?;
+    let p = steps::plan_live(&l, &record).await?;
     let counters = p
         .observation
         .firewall
         .as_ref()
-        .map(crate::firewall::port_counters)
+        .map(crate::core::firewall::port_counters)
         .unwrap_or_default();
-    let agent: Option<serde_json::Value> = std::fs::read(sd.path().join(AGENT_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let agent = AgentStatus::read(sd.path());
     drop(sd);
     let pending: BTreeMap<&str, &str> = p
         .plan
@@ -81,7 +77,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             "agent": agent,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(if in_sync { 0 } else { 2 });
+        return Ok(if in_sync { Exit::Ok } else { Exit::Changes });
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -152,20 +148,14 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         }
     }
     if let Some(a) = &agent {
-        let pid = a.get("pid").and_then(|p| p.as_u64()).unwrap_or(0);
-        let state = if agent_alive(pid) {
-            "running"
+        let state = if a.alive() { "running" } else { "not running" };
+        let summary = if a.summary.is_empty() {
+            "(no runs recorded)"
         } else {
-            "not running"
+            &a.summary
         };
-        let _ = writeln!(
-            out,
-            "\nAgent (pid {pid}, {state}): {}",
-            a.get("summary")
-                .and_then(|s| s.as_str())
-                .unwrap_or("(no runs recorded)")
-        );
-        if let Some(e) = a.get("config_error").and_then(|e| e.as_str()) {
+        let _ = writeln!(out, "\nAgent (pid {}, {state}): {summary}", a.pid);
+        if let Some(e) = &a.config_error {
             let _ = writeln!(
                 out,
                 "  the agent keeps its last good configuration; the file has errors:\n{e}"
@@ -183,7 +173,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         );
     }
     print!("{out}");
-    Ok(if in_sync { 0 } else { 2 })
+    Ok(if in_sync { Exit::Ok } else { Exit::Changes })
 }
 
 /// A stable 64-hex-digit id for a name (Docker shows ids of that shape).
@@ -192,15 +182,15 @@ pub fn id_of(kind: &str, name: &str) -> String {
         .map(|i| {
             format!(
                 "{:016x}",
-                crate::hash::fnv64(format!("{kind}\0{name}\0{i}").as_bytes())
+                crate::core::hash::fnv64(format!("{kind}\0{name}\0{i}").as_bytes())
             )
         })
         .collect()
 }
 
 pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
-    let Some(l) = engine::load(cli)? else {
-        return Ok(1);
+    let Some(l) = steps::load(cli)? else {
+        return Ok(Exit::Error);
     };
     let Some(net) = l.spec.networks.get(network).cloned() else {
         let known: Vec<&str> = l.spec.networks.keys().map(String::as_str).collect();
@@ -211,8 +201,8 @@ pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
     };
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
-    let desired = engine::resolve(&l, &record)?;
-    let observation = crate::observe::observe(&desired.state, &record).await?;
+    let desired = steps::resolve(&l, &record)?;
+    let observation = crate::host::observe::observe(&desired.state, &record).await?;
     drop(sd);
     let mut containers = serde_json::Map::new();
     for e in observation
@@ -279,11 +269,5 @@ pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
             }
         }
     }
-    Ok(0)
-}
-
-/// Whether the agent that wrote the status file still runs (signal 0).
-fn agent_alive(pid: u64) -> bool {
-    i32::try_from(pid)
-        .is_ok_and(|p| p > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+    Ok(Exit::Ok)
 }

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use toml::Spanned;
 
-use crate::config::{self, ConfigFile, NetworkConfig};
-use crate::diag::{Diag, Diagnostics, hint_unknown_field, suggest};
-use crate::ports::{self, PortSpec};
+use crate::core::config::{self, ConfigFile, NetworkConfig};
+use crate::core::diag::{Diag, Diagnostics, hint_unknown_field, suggest};
+use crate::core::ports::{self, PortSpec};
 
 /// Name of Docker's default network.
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -136,10 +136,33 @@ pub fn default_bridge_name(network: &str) -> String {
     if network == DEFAULT_NETWORK {
         return "docker0".into();
     }
-    format!("br-{:012x}", crate::hash::fnv64(network.as_bytes()) >> 16)
+    format!(
+        "br-{:012x}",
+        crate::core::hash::fnv64(network.as_bytes()) >> 16
+    )
 }
 
-/// Reads, parses and validates the file's text. `path` is only used in messages.
+/// Validates the file's raw bytes: text that is not UTF-8 is an error at
+/// the first offending byte, like any other error of the file. The CLI and
+/// the agent both load through here, so they accept exactly the same files.
+pub fn load_bytes(path: &str, bytes: &[u8]) -> Result<Spec, Diagnostics> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => load(path, text),
+        Err(e) => {
+            let shown = String::from_utf8_lossy(bytes);
+            // The lossy text has the same bytes up to the first invalid one.
+            let offset = e.valid_up_to();
+            Err(Diagnostics::render(
+                path,
+                &shown,
+                vec![Diag::new(offset..offset, "the file is not valid UTF-8")],
+            ))
+        }
+    }
+}
+
+/// Parses and validates the file's text, every error at its position.
+/// `path` is only used in messages.
 pub fn load(path: &str, text: &str) -> Result<Spec, Diagnostics> {
     let file: ConfigFile = match toml::from_str(text) {
         Ok(f) => f,
@@ -492,7 +515,7 @@ impl Validator {
         // (host ip, proto) -> [(range, container, span)] for port claims.
         let mut claims: Vec<(
             Option<Ipv4Addr>,
-            crate::firewall::Proto,
+            crate::core::firewall::Proto,
             ports::PortRange,
             String,
         )> = Vec::new();

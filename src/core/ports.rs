@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::firewall::Proto;
+use crate::core::firewall::Proto;
 
 /// One parsed `-p` value.
 #[derive(Clone, Debug, PartialEq, Eq)]

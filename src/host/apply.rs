@@ -11,13 +11,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::firewall;
-use crate::model::{NsRef, State};
-use crate::netlink::{self, Counters, LinkChange, Netlink};
-use crate::netns;
-use crate::plan::{Change, Op, Plan};
-use crate::spec::parse_mac;
-use crate::state::{Owned, write_atomic};
+use crate::core::firewall;
+use crate::core::model::{NsRef, State};
+use crate::core::plan::{Change, Op, Plan};
+use crate::core::spec::parse_mac;
+use crate::host::netlink::{self, Counters, LinkChange, Netlink};
+use crate::host::netns;
+use crate::host::state::{Owned, write_atomic};
 
 /// Runs operations against the kernel, caching netlink sockets and
 /// interface indexes per namespace.
@@ -393,13 +393,13 @@ async fn run_change<R: Runner>(
 /// Removes everything netloom owns, given the observed state: used by
 /// `down`. Foreign objects are not in `observed` and so are not touched.
 pub fn teardown_plan(observed: &State) -> Plan {
-    crate::plan::diff(&State::default(), observed, None)
+    crate::core::plan::diff(&State::default(), observed, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HostInfo, resolve};
+    use crate::core::model::{HostInfo, resolve};
 
     /// Records operations instead of running them; fails on the first
     /// operation whose text contains `fail_on`.
@@ -435,7 +435,7 @@ mod tests {
 
     fn tutorial() -> State {
         let text = include_str!("../examples/docker-tutorial.toml");
-        let spec = crate::spec::load("t.toml", text).unwrap();
+        let spec = crate::core::spec::load("t.toml", text).unwrap();
         let host = HostInfo {
             upstream_dns: Vec::new(),
             state_dir: "/var/lib/netloom".into(),
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn creation_runs_in_dependency_order_with_one_nft_transaction() {
-        let plan = crate::plan::diff(&tutorial(), &State::default(), None);
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
         let mut rec = Recorder::default();
         let out = run(&plan, &mut rec);
         assert!(out.failed.is_none() && out.not_done.is_empty());
@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_failure_stops_and_says_what_was_and_was_not_done() {
-        let plan = crate::plan::diff(&tutorial(), &State::default(), None);
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
         let mut rec = Recorder {
             fail_on: Some("peer name eth0 netns tomcat2".into()),
             ..Default::default()

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::plan::{Action, Plan};
+use crate::core::plan::{Action, Plan};
 
 /// ANSI colours, only when writing to a terminal.
 #[derive(Clone, Copy, Debug, Default)]

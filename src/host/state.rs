@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::ipam::Allocations;
-use crate::model::State;
+use crate::core::ipam::Allocations;
+use crate::core::model::State;
 
 const RECORD: &str = "state.json";
 const RECORD_VERSION: u32 = 1;
@@ -186,5 +186,52 @@ mod tests {
         assert!(err.to_string().contains("another netloom run"));
         drop(sd);
         assert!(StateDir::open(dir.path(), Duration::from_millis(100)).is_ok());
+    }
+}
+
+/// Where the agent keeps the outcome of its last runs, in the state dir.
+pub const AGENT_FILE: &str = "agent.json";
+
+/// One reconcile, as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub time: String,
+    pub trigger: String,
+    pub added: usize,
+    pub changed: usize,
+    pub destroyed: usize,
+    pub millis: u64,
+    pub error: Option<String>,
+}
+
+/// The agent's status file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub started: String,
+    pub summary: String,
+    pub config_error: Option<String>,
+    pub runs: Vec<Run>,
+}
+
+impl AgentStatus {
+    /// Writes `STATE_DIR/agent.json` atomically.
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        let path = state_dir.join(AGENT_FILE);
+        let json = serde_json::to_vec_pretty(self).context("serialize the agent status")?;
+        write_atomic(&path, &json).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The last status an agent wrote in this state dir, if any readable.
+    pub fn read(state_dir: &Path) -> Option<AgentStatus> {
+        let bytes = fs::read(state_dir.join(AGENT_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether the agent that wrote this status still runs (signal 0).
+    pub fn alive(&self) -> bool {
+        i32::try_from(self.pid).is_ok_and(|p| {
+            p > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+        })
     }
 }
