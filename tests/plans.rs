@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use netloom::core::ipam::Allocations;
 use netloom::core::model::{self, HostInfo, State};
-use netloom::{plan, render, spec};
+use netloom::core::{plan, render, spec};
 
 fn host() -> HostInfo {
     HostInfo {

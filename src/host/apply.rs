@@ -434,7 +434,7 @@ mod tests {
     }
 
     fn tutorial() -> State {
-        let text = include_str!("../examples/docker-tutorial.toml");
+        let text = include_str!("../../examples/docker-tutorial.toml");
         let spec = crate::core::spec::load("t.toml", text).unwrap();
         let host = HostInfo {
             upstream_dns: Vec::new(),

@@ -3,10 +3,9 @@
 
 use super::*;
 
-const SAMPLE_INET: &str = include_str!("../../tests/fixtures/firewall/sample_inet.json");
-const SAMPLE_BRIDGE: &str = include_str!("../../tests/fixtures/firewall/sample_bridge.json");
-const FLUSHED_CHAIN_INET: &str =
-    include_str!("../../tests/fixtures/firewall/flushed_chain_inet.json");
+const SAMPLE_INET: &str = include_str!("fixtures/sample_inet.json");
+const SAMPLE_BRIDGE: &str = include_str!("fixtures/sample_bridge.json");
+const FLUSHED_CHAIN_INET: &str = include_str!("fixtures/flushed_chain_inet.json");
 
 pub(super) fn net(bridge: &str, subnet: &str) -> FwNetwork {
     FwNetwork {
