@@ -4,15 +4,13 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::cmd::Exit;
 use crate::cmd::cli::Cli;
-use crate::cmd::steps::{LOCK_WAIT, require_root, state_dir};
-use crate::core::firewall;
+use crate::cmd::steps::{Exit, LOCK_WAIT, require_root, state_dir};
 use crate::core::model::State;
 use crate::core::render::{self, Style};
 use crate::core::spec;
-use crate::host::observe;
 use crate::host::state::StateDir;
+use crate::host::{nft, observe};
 
 pub async fn down(cli: &Cli) -> Result<Exit> {
     require_root("down")?;
@@ -42,7 +40,7 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
         ));
     }
     if observation.firewall.is_some() {
-        firewall::delete_tables().context("delete netloom's nft table")?;
+        nft::delete_tables().context("delete netloom's nft table")?;
     }
     sd.remove_all()?;
     eprintln!("netloom removed everything it owned.");

@@ -15,24 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cmd::cli::{Cli, Command};
-
-/// A command's exit status (SPEC: 0 success or in sync, 1 error, 2 changes
-/// planned or made with `--detailed-exitcode`, or drift for `status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// Success; no changes (with `--detailed-exitcode`); in sync.
-    Ok = 0,
-    /// An invalid file, a failure, an unknown name.
-    Error = 1,
-    /// Changes planned or made (`--detailed-exitcode`), drift (`status`).
-    Changes = 2,
-}
-
-impl From<Exit> for std::process::ExitCode {
-    fn from(e: Exit) -> Self {
-        std::process::ExitCode::from(e as u8)
-    }
-}
+pub use crate::cmd::steps::Exit;
 
 /// Runs one command; errors are printed by the caller and exit 1.
 pub async fn run(cli: Cli) -> Result<Exit> {

@@ -2,10 +2,9 @@
 
 use anyhow::Result;
 
-use crate::cmd::Exit;
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::steps::{
-    LOCK_WAIT, apply_planned, load, plan_exit, plan_live, print_plan, record_converged,
+    Exit, LOCK_WAIT, apply_planned, load, plan_exit, plan_live, print_plan, record_converged,
     require_root, resolve,
 };
 use crate::core::model::State;

@@ -7,9 +7,8 @@ use std::fmt::Write as _;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 
-use crate::cmd::Exit;
 use crate::cmd::cli::{Cli, Format};
-use crate::cmd::steps::{self, LOCK_WAIT};
+use crate::cmd::steps::{self, Exit, LOCK_WAIT};
 use crate::host::state::{AgentStatus, StateDir};
 
 pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {

@@ -10,19 +10,37 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::cmd::Exit;
 use crate::cmd::cli::{Cli, Format};
 use crate::core::firewall;
 use crate::core::model::{self, Desired, HostInfo};
 use crate::core::plan::{self, Plan};
 use crate::core::render::{self, Style};
 use crate::core::spec::{self, Spec};
+use crate::host::nft;
 use crate::host::observe::{self, Observation};
 use crate::host::state::{Record, StateDir};
 
 /// How long a command waits for another run (e.g. the agent) to release
 /// the state dir.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A command's exit status (SPEC: 0 success or in sync, 1 error, 2 changes
+/// planned or made with `--detailed-exitcode`, or drift for `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success; no changes (with `--detailed-exitcode`); in sync.
+    Ok = 0,
+    /// An invalid file, a failure, an unknown name.
+    Error = 1,
+    /// Changes planned or made (`--detailed-exitcode`), drift (`status`).
+    Changes = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
 
 /// The loaded file.
 pub struct Loaded {
@@ -155,7 +173,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     let mut nft_tx = outcome.nft_transactions;
     let mut result = Ok(());
     if outcome.failed.is_none() && want_fw.is_none() && p.observation.firewall.is_some() {
-        result = firewall::delete_tables().context("delete netloom's nft table");
+        result = nft::delete_tables().context("delete netloom's nft table");
         nft_tx += 1;
     }
     record.owned.netns_paths = observe::attached_paths(&p.desired.state);

@@ -17,9 +17,8 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::cmd::Exit;
 use crate::cmd::cli::Cli;
-use crate::cmd::steps::{self, LOCK_WAIT, Loaded};
+use crate::cmd::steps::{self, Exit, LOCK_WAIT, Loaded};
 use crate::host::dns::DnsServer;
 use crate::host::events::{self, KernelEvent};
 use crate::host::sdnotify;

@@ -87,9 +87,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -99,9 +97,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[cfg(test)]
-mod kernel_tests;
-#[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Name of netloom's tables (in both the `inet` and `bridge` families).
 pub const TABLE: &str = "netloom";
@@ -1242,7 +1238,8 @@ pub fn parse_observed(json_text: &str) -> Result<Observed> {
     Ok(parse_items(items))
 }
 
-fn parse_items(items: &[Value]) -> Observed {
+/// Builds the observed state from the items of `nft -j list table` output.
+pub fn parse_items(items: &[Value]) -> Observed {
     let mut o = Observed::default();
     let mut problems: BTreeMap<Family, Vec<String>> = BTreeMap::new();
     let mut seen_sets = BTreeSet::new();
@@ -1502,48 +1499,6 @@ fn firewall_from_elements(elements: &Elements) -> Firewall {
     fw
 }
 
-fn nft_list_table(family: &str) -> Result<Option<String>> {
-    let args = ["list", "table", family, TABLE];
-    match nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, args) {
-        Ok(out) => Ok(Some(out)),
-        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            Ok(None)
-        }
-        Err(nftables::helper::NftablesError::NftFailed { stderr, .. }) => {
-            bail!(
-                "nft -j list table {family} {TABLE} failed: {}",
-                stderr.trim()
-            )
-        }
-        Err(e) => Err(e).with_context(|| format!("nft -j list table {family} {TABLE}")),
-    }
-}
-
-/// Read netloom's tables from the kernel; None when neither exists.
-/// Lists only netloom's own tables, never the whole ruleset.
-pub fn observe() -> Result<Option<Observed>> {
-    let mut items = Vec::new();
-    for family in ["inet", "bridge"] {
-        if let Some(out) = nft_list_table(family)? {
-            let doc: Value = serde_json::from_str(&out)
-                .with_context(|| format!("nft -j list table {family} {TABLE}: invalid JSON"))?;
-            match doc {
-                Value::Object(mut m) => match m.remove("nftables") {
-                    Some(Value::Array(a)) => items.extend(a),
-                    _ => bail!("nft -j list table {family} {TABLE}: no \"nftables\" array"),
-                },
-                _ => bail!("nft -j list table {family} {TABLE}: not a JSON object"),
-            }
-        }
-    }
-    if items.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(parse_items(&items)))
-}
-
 // ---------------------------------------------------------------------------
 // Planning and applying
 // ---------------------------------------------------------------------------
@@ -1750,52 +1705,9 @@ pub fn plan_transaction(desired: &Firewall, observed: Option<&Observed>) -> Tran
     tx
 }
 
-fn run_nft_script(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run nft (is the nftables package installed?)")?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("nft: no stdin pipe"))?;
-    // Write from a thread: a large script must not deadlock against nft
-    // filling its stderr pipe while we are still writing.
-    let input = script.to_string();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().context("waiting for nft")?;
-    let written = writer
-        .join()
-        .map_err(|_| anyhow!("nft stdin writer panicked"))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "nft rejected the transaction ({}), nothing was changed:\n{}",
-            out.status,
-            stderr.trim()
-        );
-    }
-    written.context("writing the transaction to nft")?;
-    Ok(())
-}
-
-/// Apply a transaction: one `nft -f -` call, all or nothing.
-pub fn apply(tx: &Transaction) -> Result<()> {
-    if tx.is_empty() {
-        return Ok(());
-    }
-    run_nft_script(&tx.script)
-}
-
-/// Delete netloom's tables if present (for `netloom down`), atomically.
-/// Other tables are not touched.
-pub fn delete_tables() -> Result<()> {
-    let Some(o) = observe()? else {
-        return Ok(());
-    };
+/// The script that deletes netloom's tables that `o` shows present (for
+/// `netloom down`), in one transaction. Other tables are not touched.
+pub fn delete_script(o: &Observed) -> String {
     let mut script = String::new();
     for (family, present) in [("inet", o.inet.is_some()), ("bridge", o.bridge.is_some())] {
         if present {
@@ -1805,5 +1717,5 @@ pub fn delete_tables() -> Result<()> {
             );
         }
     }
-    run_nft_script(&script).context("deleting netloom's nft tables")
+    script
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod diag;
+pub mod dns;
 pub mod firewall;
 pub mod hash;
 pub mod ipam;

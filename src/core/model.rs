@@ -21,6 +21,9 @@ use crate::core::spec::{ContainerSpec, NetnsSpec, NetworkSpec, Spec};
 pub const ALIAS_PREFIX: &str = "netloom:";
 /// Where `ip netns exec` finds per-namespace files.
 pub const ETC_NETNS: &str = "/etc/netns";
+/// Directory holding the bind-mounted namespace files (same as iproute2;
+/// `/var/run` is a symlink to `/run` on every modern distribution).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Everything below this line of a hosts file is the user's.
 pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
 
@@ -75,7 +78,7 @@ pub enum NsRef {
 impl NsRef {
     pub fn path(&self) -> PathBuf {
         match self {
-            NsRef::Named(n) => crate::host::netns::named_path(n),
+            NsRef::Named(n) => named_path(n),
             NsRef::Path(p) => p.clone(),
         }
     }
@@ -147,7 +150,7 @@ pub struct Desired {
     pub allocations: Allocations,
     pub networks: BTreeMap<String, NetworkSpec>,
     /// DNS zones of the DNS-enabled networks, for the agent.
-    pub zones: Vec<crate::host::dns::Zone>,
+    pub zones: Vec<crate::core::dns::Zone>,
     /// Hosts files of `netns_path` containers, for `status` to point at.
     pub external_files: BTreeMap<String, String>,
 }
@@ -158,6 +161,11 @@ pub struct HostInfo {
     /// Upstream DNS servers when the file names none.
     pub upstream_dns: Vec<SocketAddr>,
     pub state_dir: PathBuf,
+}
+
+/// Path of the named namespace `name`: `/run/netns/NAME`.
+pub fn named_path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
 }
 
 /// The host-side veth name: `veth` + 7 hex digits, stable for a
@@ -430,7 +438,7 @@ pub fn resolve(
     let zones = networks
         .values()
         .filter(|n| n.dns)
-        .map(|n| crate::host::dns::Zone {
+        .map(|n| crate::core::dns::Zone {
             network: n.name.clone(),
             gateway: n.gateway,
             subnet: n.subnet,
@@ -440,7 +448,7 @@ pub fn resolve(
                 .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
                 .filter(|(_, e)| e.network == n.name)
                 .filter_map(|(c, e)| {
-                    Some(crate::host::dns::Member {
+                    Some(crate::core::dns::Member {
                         name: c.name.clone(),
                         aliases: e.aliases.clone(),
                         ipv4: addr_on(&c.name, &n.name)?,

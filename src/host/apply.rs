@@ -314,7 +314,7 @@ impl Runner for Executor {
         Executor::run(self, op, owned).await
     }
     fn nft(&mut self, tx: &firewall::Transaction) -> Result<()> {
-        firewall::apply(tx)
+        crate::host::nft::apply(tx)
     }
     fn counters(&self) -> Counters {
         Executor::counters(self)

@@ -88,6 +88,8 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::core::dns::Zone;
+
 /// The port clients use; [`DnsServer::with_port`] overrides it for tests.
 pub const DEFAULT_PORT: u16 = 53;
 /// Total time a forwarded query may take, across all upstreams and both
@@ -111,24 +113,6 @@ const UDP_QUERY_BUF: usize = 4096;
 const EDNS_PAYLOAD: u16 = 1232;
 /// Ceiling on the client's advertised EDNS payload we will honour over UDP.
 const MAX_UDP_REPLY: usize = 4096;
-
-/// One container attached to a network.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub aliases: Vec<String>,
-    pub ipv4: Ipv4Addr,
-    pub ipv6: Option<Ipv6Addr>,
-}
-
-/// The records of one network, served on its gateway address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Zone {
-    pub network: String,
-    pub gateway: Ipv4Addr,
-    pub subnet: Ipv4Network,
-    pub members: Vec<Member>,
-}
 
 /// Counters since the server was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -993,6 +977,7 @@ mod tests {
     //! uses its own 127.0.N.x addresses so tests can run in parallel.
 
     use super::*;
+    use crate::core::dns::Member;
     use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpSocket;
 

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod events;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod observe;
 pub mod portprobe;
 pub mod sdnotify;

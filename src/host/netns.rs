@@ -16,7 +16,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -25,19 +25,12 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::stat::Mode;
 
-/// Directory holding the bind-mounted namespace files (same as iproute2;
-/// `/var/run` is a symlink to `/run` on every modern distribution).
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub use crate::core::model::{NETNS_RUN_DIR, named_path};
 
 /// The network namespace of the *calling thread*. Unlike `/proc/self/ns/net`
 /// (which names the thread-group leader's namespace) this is correct on a
 /// thread that has setns'ed.
 pub const THREAD_SELF_NET: &str = "/proc/thread-self/ns/net";
-
-/// Path of the named namespace `name`: `/run/netns/NAME`.
-pub fn named_path(name: &str) -> PathBuf {
-    Path::new(NETNS_RUN_DIR).join(name)
-}
 
 /// Reject names that would escape [`NETNS_RUN_DIR`] or that iproute2 refuses.
 fn validate_name(name: &str) -> Result<()> {
@@ -321,6 +314,7 @@ pub(crate) mod sandbox {
 mod tests {
     use super::*;
     use anyhow::anyhow;
+    use std::path::PathBuf;
 
     use super::sandbox::ip;
 

@@ -229,7 +229,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
     }
 
     // The firewall.
-    let fw = firewall::observe().context("read netloom's nft table")?;
+    let fw = crate::host::nft::observe().context("read netloom's nft table")?;
     st.firewall = fw.as_ref().map(|o| FirewallState {
         fw: o.fw.clone(),
         skeleton_ok: o.skeleton_ok,

@@ -7,7 +7,7 @@ const SAMPLE_INET: &str = include_str!("fixtures/sample_inet.json");
 const SAMPLE_BRIDGE: &str = include_str!("fixtures/sample_bridge.json");
 const FLUSHED_CHAIN_INET: &str = include_str!("fixtures/flushed_chain_inet.json");
 
-pub(super) fn net(bridge: &str, subnet: &str) -> FwNetwork {
+pub(crate) fn net(bridge: &str, subnet: &str) -> FwNetwork {
     FwNetwork {
         bridge: bridge.to_string(),
         subnet: subnet.parse().expect("test subnet"),
@@ -17,7 +17,7 @@ pub(super) fn net(bridge: &str, subnet: &str) -> FwNetwork {
     }
 }
 
-pub(super) fn port(container: &str, ip: &str, host_port: u16, container_port: u16) -> FwPort {
+pub(crate) fn port(container: &str, ip: &str, host_port: u16, container_port: u16) -> FwPort {
     FwPort {
         container: container.to_string(),
         network: "bridge".to_string(),
@@ -32,7 +32,7 @@ pub(super) fn port(container: &str, ip: &str, host_port: u16, container_port: u1
 }
 
 /// The state the fixtures were captured from.
-pub(super) fn sample() -> Firewall {
+pub(crate) fn sample() -> Firewall {
     let mut fw = Firewall::default();
     fw.networks.insert(
         "bridge".into(),

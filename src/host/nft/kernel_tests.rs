@@ -9,12 +9,14 @@
 //! where they fail.
 
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::tests::{net, port, sample};
 use super::*;
+use crate::core::firewall::tests::{net, port, sample};
+use crate::core::firewall::*;
 
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
