@@ -110,7 +110,7 @@ impl Executor {
     /// Runs one operation. Removals of what is already gone succeed.
     pub async fn run(&mut self, op: &Op, owned: &mut Owned) -> Result<()> {
         match op {
-            Op::Sysctl { key, value } => netlink::write_sysctl(None, key, value)?,
+            Op::Sysctl { key, value } => crate::host::sysctl::write_sysctl(None, key, value)?,
             Op::CreateBridge { name, mtu, alias } => {
                 let idx = self.host.create_bridge(name, Some(*mtu), alias).await?;
                 owned.bridges.insert(name.clone());

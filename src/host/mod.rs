@@ -16,3 +16,4 @@ pub mod observe;
 pub mod portprobe;
 pub mod sdnotify;
 pub mod state;
+pub mod sysctl;

@@ -223,7 +223,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
         .collect();
     for key in keys {
-        if let Ok(v) = netlink::read_sysctl(None, key) {
+        if let Ok(v) = crate::host::sysctl::read_sysctl(None, key) {
             st.sysctls.insert(key.clone(), v.trim().to_string());
         }
     }

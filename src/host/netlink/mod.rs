@@ -1,6 +1,7 @@
 //! rtnetlink access for netloom: full dumps of links, addresses and routes of
 //! one network namespace, and the handful of writes the reconciler needs
-//! (bridges, veth pairs, link settings, addresses, routes), plus sysctls.
+//! (bridges, veth pairs, link settings, addresses, routes). Sysctls are
+//! [`crate::host::sysctl`].
 //!
 //! Design notes:
 //! * One [`Netlink`] talks to one namespace. A netlink socket is bound for its
@@ -22,10 +23,9 @@
 //!   interrupted dumps and read extended-ACK messages, none of which the
 //!   builders expose.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +50,13 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 
 use crate::host::netns;
+
+mod error;
+mod msg;
+
+use error::ext_ack_message;
+pub use error::{KernelError, is_errno};
+use msg::*;
 
 /// Number of netlink requests sent through a [`Netlink`] (and its clones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -127,44 +134,6 @@ pub struct LinkChange {
     pub alias: Option<String>,
     /// Bridge ports: let frames leave by the port they came in by.
     pub hairpin: Option<bool>,
-}
-
-/// An `NLMSG_ERROR` from the kernel: the (positive) errno plus the extended
-/// ACK message if the kernel sent one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelError {
-    pub errno: i32,
-    pub message: Option<String>,
-}
-
-impl fmt::Display for KernelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let desc = nix::errno::Errno::from_raw(self.errno).desc();
-        match &self.message {
-            Some(msg) => write!(f, "{desc} ({msg})"),
-            None => f.write_str(desc),
-        }
-    }
-}
-
-impl std::error::Error for KernelError {}
-
-/// Whether `err` was caused by the OS error `errno` (e.g. `libc::EEXIST`),
-/// whether it came from netlink, a syscall via nix, or std I/O.
-pub fn is_errno(err: &anyhow::Error, errno: i32) -> bool {
-    err.chain().any(|cause| {
-        if let Some(e) = cause.downcast_ref::<KernelError>() {
-            e.errno == errno
-        } else if let Some(e) = cause.downcast_ref::<nix::errno::Errno>() {
-            *e as i32 == errno
-        } else if let Some(e) = cause.downcast_ref::<std::io::Error>() {
-            e.raw_os_error() == Some(errno)
-        } else if let Some(rtnetlink::Error::NetlinkError(e)) = cause.downcast_ref() {
-            e.raw_code().abs() == errno
-        } else {
-            false
-        }
-    })
 }
 
 /// A connection to rtnetlink in one network namespace. Cheap to clone;
@@ -636,329 +605,11 @@ impl Netlink {
     }
 }
 
-fn inner_messages(replies: Vec<NetlinkMessage<RouteNetlinkMessage>>) -> Vec<RouteNetlinkMessage> {
-    replies
-        .into_iter()
-        .filter_map(|m| match m.payload {
-            NetlinkPayload::InnerMessage(inner) => Some(inner),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The link called `name` among echoed/answered messages.
-fn echoed_link(msgs: Vec<RouteNetlinkMessage>, name: &str) -> Option<Link> {
-    msgs.into_iter().find_map(|m| match m {
-        RouteNetlinkMessage::NewLink(link) => {
-            let link = parse_link(&link);
-            (link.name == name).then_some(link)
-        }
-        _ => None,
-    })
-}
-
-/// Extract the extended-ACK text (`NLMSGERR_ATTR_MSG`) from the payload of
-/// an `NLMSG_ERROR` after its errno: the offending request's header (only the
-/// header if `NLM_F_CAPPED`, else the whole request), then TLVs if
-/// `NLM_F_ACK_TLVS`.
-fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
-    const NLMSGHDR_LEN: usize = 16;
-    const NLMSGERR_ATTR_MSG: u16 = 1;
-    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < NLMSGHDR_LEN {
-        return None;
-    }
-    let mut offset = if flags & NLM_F_CAPPED != 0 {
-        NLMSGHDR_LEN
-    } else {
-        let len = u32::from_ne_bytes(payload[0..4].try_into().ok()?) as usize;
-        len.checked_add(3)? & !3
-    };
-    while offset + 4 <= payload.len() {
-        let len = u16::from_ne_bytes(payload[offset..offset + 2].try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(payload[offset + 2..offset + 4].try_into().ok()?) & 0x3fff;
-        if len < 4 || offset + len > payload.len() {
-            return None;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &payload[offset + 4..offset + len];
-            let text = text.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        offset += (len + 3) & !3;
-    }
-    None
-}
-
-fn parse_link(msg: &LinkMessage) -> Link {
-    let mut link = Link {
-        index: msg.header.index,
-        name: String::new(),
-        kind: None,
-        master: None,
-        mtu: 0,
-        mac: None,
-        up: msg.header.flags.contains(LinkFlags::Up),
-        alias: None,
-        peer_index: None,
-        link_netnsid: None,
-        hairpin: None,
-    };
-    let mut iflink = None;
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(name) => link.name.clone_from(name),
-            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
-            LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
-            LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
-            LinkAttribute::Controller(master) => link.master = Some(*master),
-            LinkAttribute::Link(index) => iflink = Some(*index),
-            LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    match info {
-                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
-                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
-                            link.hairpin = port.iter().find_map(|p| match p {
-                                InfoBridgePort::HairpinMode(on) => Some(*on),
-                                _ => None,
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    // IFLA_LINK means "parent device" for vlan/macvlan/tunnels; only for veth
-    // is it the peer.
-    if link.kind.as_deref() == Some("veth") {
-        link.peer_index = iflink;
-    }
-    link
-}
-
-fn is_ipv6_link_local(ip: &Ipv6Addr) -> bool {
-    ip.segments()[0] & 0xffc0 == 0xfe80
-}
-
-fn parse_addr(msg: &AddressMessage) -> Option<Addr> {
-    let mut local = None;
-    let mut address = None;
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            _ => {}
-        }
-    }
-    // IFA_LOCAL is the interface's own address; IFA_ADDRESS differs from it
-    // only for point-to-point peers, and IPv6 sends only IFA_ADDRESS.
-    let ip = local.or(address)?;
-    if let IpAddr::V6(v6) = ip {
-        if is_ipv6_link_local(&v6) {
-            return None;
-        }
-    }
-    Some(Addr {
-        index: msg.header.index,
-        ip,
-        prefix: msg.header.prefix_len,
-    })
-}
-
-fn route_address(addr: &RouteAddress) -> Option<IpAddr> {
-    match addr {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-fn parse_route(msg: &RouteMessage) -> Option<Route> {
-    let unspecified = match msg.header.address_family {
-        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        _ => return None,
-    };
-    if msg.header.kind != RouteType::Unicast {
-        return None;
-    }
-    let mut table = u32::from(msg.header.table);
-    let mut dst = None;
-    let mut gateway = None;
-    let mut oif = None;
-    for attr in &msg.attributes {
-        match attr {
-            // RTA_TABLE carries the full 32-bit id; the header only 8 bits.
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(a) => dst = route_address(a),
-            RouteAttribute::Gateway(a) => gateway = route_address(a),
-            RouteAttribute::Via(RouteVia::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
-            RouteAttribute::Via(RouteVia::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
-            RouteAttribute::Oif(index) => oif = Some(*index),
-            _ => {}
-        }
-    }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-        return None;
-    }
-    let dst = dst.unwrap_or(unspecified);
-    let prefix = msg.header.destination_prefix_length;
-    if let IpAddr::V6(v6) = dst {
-        if prefix >= 10 && is_ipv6_link_local(&v6) {
-            return None;
-        }
-    }
-    Some(Route {
-        dst,
-        prefix,
-        gateway,
-        oif,
-        protocol: u8::from(msg.header.protocol),
-    })
-}
-
-fn check_prefix(ip: IpAddr, prefix: u8) -> Result<()> {
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        bail!("invalid prefix length /{prefix} for {ip}");
-    }
-    Ok(())
-}
-
-fn address_message(index: u32, ip: IpAddr, prefix: u8, adding: bool) -> Result<AddressMessage> {
-    check_prefix(ip, prefix)?;
-    let mut msg = AddressMessage::default();
-    msg.header.index = index;
-    msg.header.prefix_len = prefix;
-    msg.header.family = match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
-    msg.attributes.push(AddressAttribute::Local(ip));
-    msg.attributes.push(AddressAttribute::Address(ip));
-    if ip.is_ipv6() && adding {
-        // Like Docker: the address is usable at once instead of staying
-        // tentative for a second of duplicate address detection; IPAM
-        // already guarantees it is unique on the network.
-        msg.header.flags = AddressHeaderFlags::Nodad;
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    }
-    if let IpAddr::V4(v4) = ip {
-        // Same rule as iproute2's `brd +`: no broadcast on /31 and /32.
-        if adding && prefix <= 30 {
-            let host_mask = u32::MAX >> prefix;
-            msg.attributes
-                .push(AddressAttribute::Broadcast(Ipv4Addr::from(
-                    u32::from(v4) | host_mask,
-                )));
-        }
-    }
-    Ok(msg)
-}
-
-/// Main-table route message with destination, gateway and oif; the caller
-/// sets protocol, scope and type.
-fn route_message(
-    dst: IpAddr,
-    prefix: u8,
-    gateway: Option<IpAddr>,
-    oif: Option<u32>,
-) -> Result<RouteMessage> {
-    check_prefix(dst, prefix)?;
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = match dst {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
-    msg.header.destination_prefix_length = prefix;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    if prefix > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
-    }
-    if let Some(gw) = gateway {
-        if gw.is_ipv4() != dst.is_ipv4() {
-            bail!("gateway {gw} is not of the same family as {dst}");
-        }
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
-    }
-    if let Some(oif) = oif {
-        msg.attributes.push(RouteAttribute::Oif(oif));
-    }
-    Ok(msg)
-}
-
-fn describe_route(dst: IpAddr, prefix: u8, gateway: Option<IpAddr>, oif: Option<u32>) -> String {
-    let mut s = format!("{dst}/{prefix}");
-    if let Some(gw) = gateway {
-        s.push_str(&format!(" via {gw}"));
-    }
-    if let Some(oif) = oif {
-        s.push_str(&format!(" dev #{oif}"));
-    }
-    s
-}
-
-/// `/proc/sys` path of a sysctl key, using sysctl(8)'s convention: dots
-/// separate components and a `/` inside a key stands for a literal dot
-/// (`net.ipv4.conf.eth0/100.forwarding` is interface `eth0.100`).
-fn sysctl_path(key: &str) -> Result<PathBuf> {
-    let rel: String = key
-        .chars()
-        .map(|c| match c {
-            '.' => '/',
-            '/' => '.',
-            c => c,
-        })
-        .collect();
-    if key.is_empty()
-        || rel
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        bail!("invalid sysctl key {key:?}");
-    }
-    Ok(Path::new("/proc/sys").join(rel))
-}
-
-/// Read a sysctl (e.g. `net.ipv4.ip_forward`), without the trailing newline.
-/// With `ns`, it is read inside that network namespace (`net.*` keys are
-/// per-namespace); with `None`, in the calling thread's namespace.
-pub fn read_sysctl(ns: Option<&Path>, key: &str) -> Result<String> {
-    let path = sysctl_path(key)?;
-    let key_name = key.to_string();
-    let read = move || {
-        let value =
-            std::fs::read_to_string(&path).with_context(|| format!("read sysctl {key_name}"))?;
-        Ok(value.trim_end_matches('\n').to_string())
-    };
-    match ns {
-        None => read(),
-        Some(ns) => netns::run_in(ns, read),
-    }
-}
-
-/// Write a sysctl, inside network namespace `ns` if given (see
-/// [`read_sysctl`]).
-pub fn write_sysctl(ns: Option<&Path>, key: &str, value: &str) -> Result<()> {
-    let path = sysctl_path(key)?;
-    let what = format!("write sysctl {key}={value}");
-    let value = value.to_string();
-    let write = move || std::fs::write(&path, value.as_bytes()).context(what);
-    match ns {
-        None => write(),
-        Some(ns) => netns::run_in(ns, write),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::host::netns::sandbox::{self, ip};
+    use crate::host::sysctl::{read_sysctl, write_sysctl};
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;
@@ -1014,22 +665,6 @@ mod tests {
         );
         assert_eq!(ext_ack_message(NLM_F_CAPPED, &payload), None);
         assert_eq!(ext_ack_message(flags, &payload[..10]), None);
-    }
-
-    #[test]
-    fn sysctl_paths() -> Result<()> {
-        assert_eq!(
-            sysctl_path("net.ipv4.ip_forward")?,
-            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
-        );
-        assert_eq!(
-            sysctl_path("net.ipv4.conf.eth0/100.forwarding")?,
-            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
-        );
-        for bad in ["", "net..ipv4", ".net", "net.ipv4.", "net/../x"] {
-            assert!(sysctl_path(bad).is_err(), "{bad:?} accepted");
-        }
-        Ok(())
     }
 
     #[test]
