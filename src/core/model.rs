@@ -141,6 +141,30 @@ pub struct FirewallState {
     /// Chains, rules and sets exactly as netloom renders them (false after
     /// someone flushed a chain, for instance).
     pub skeleton_ok: bool,
+    /// Whether `table bridge netloom` exists (desired: while a network has
+    /// `icc = false`).
+    #[serde(default)]
+    pub bridge_table: bool,
+    /// Why the skeleton is not ok (observed only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Elements in netloom's sets and maps that no network or port of
+    /// [`Self::fw`] explains, e.g. one added by hand (observed only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strays: Vec<crate::core::firewall::Stray>,
+}
+
+impl FirewallState {
+    /// The desired firewall state for `fw`.
+    pub fn desired(fw: Firewall) -> Self {
+        FirewallState {
+            bridge_table: crate::core::firewall::bridge_table_needed(&fw),
+            fw,
+            skeleton_ok: true,
+            problems: Vec::new(),
+            strays: Vec::new(),
+        }
+    }
 }
 
 /// The desired state plus what the file says that the kernel does not hold.
@@ -396,10 +420,7 @@ pub fn resolve(
         for (k, v) in crate::core::firewall::required_sysctls(&fw) {
             st.sysctls.insert(k, v);
         }
-        st.firewall = Some(FirewallState {
-            fw,
-            skeleton_ok: true,
-        });
+        st.firewall = Some(FirewallState::desired(fw));
     }
 
     // Names: hosts files, resolv.conf and DNS zones.

@@ -233,6 +233,9 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
     st.firewall = fw.as_ref().map(|o| FirewallState {
         fw: o.fw.clone(),
         skeleton_ok: o.skeleton_ok,
+        bridge_table: o.bridge_present(),
+        problems: o.problems.clone(),
+        strays: o.strays.clone(),
     });
 
     // Files netloom owns or will own.

@@ -109,7 +109,7 @@ use render::*;
 use skeleton::*;
 
 pub use elements::{required_sysctls, validate};
-pub use parse::{Observed, parse_items, parse_observed, port_counters};
+pub use parse::{Observed, Stray, parse_items, parse_observed, port_counters};
 pub use render::render;
 pub use skeleton::DNAT_MARK;
 pub use transaction::{FwOp, Transaction, delete_script, plan_transaction};
@@ -197,4 +197,18 @@ pub struct FwPort {
     /// Range length, 1 for a single port.
     pub count: u16,
     pub proto: Proto,
+}
+
+/// Whether `fw` needs `table bridge netloom` (some network has `icc = false`).
+pub fn bridge_table_needed(fw: &Firewall) -> bool {
+    fw.networks.values().any(|n| !n.icc)
+}
+
+/// The (set, key) of every element `fw` puts into netloom's sets and maps,
+/// keys in nft syntax as [`Stray::key`] has them.
+pub fn element_keys(fw: &Firewall) -> BTreeSet<(String, String)> {
+    desired_elements(fw)
+        .into_keys()
+        .map(|(set, key)| (set.name().to_string(), key.to_string()))
+        .collect()
 }

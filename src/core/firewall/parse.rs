@@ -17,6 +17,8 @@ pub struct Observed {
     pub problems: Vec<String>,
     /// Version of nft that produced the listing.
     pub nft_version: Option<String>,
+    /// Elements that [`Self::fw`] does not explain (see [`Stray`]).
+    pub strays: Vec<Stray>,
     pub(super) inet: Option<TableState>,
     pub(super) bridge: Option<TableState>,
     pub(super) elements: Elements,
@@ -41,6 +43,40 @@ impl Observed {
     pub fn element_count(&self) -> usize {
         self.elements.len()
     }
+}
+
+/// An element of netloom's sets or maps that the firewall rebuilt from
+/// the element comments does not contain: added by hand (`nft add element
+/// inet netloom dnat_any { tcp . 2222 : 8.8.8.8 . 22 }`), or edited so that
+/// its value or comment no longer matches. Such an element is drift: it is
+/// shown and removed, or anyone who can write the map gets a silent port
+/// forward under netloom's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stray {
+    /// `inet` or `bridge`.
+    pub family: String,
+    /// Set or map name, e.g. `dnat_any`.
+    pub set: String,
+    /// The element key in nft syntax, e.g. `tcp . 2222`.
+    pub key: String,
+    /// The whole element in nft syntax (key, comment, value).
+    pub text: String,
+}
+
+/// The elements of `o` that `fw` (rebuilt from their comments) does not
+/// render identically.
+fn strays_of(o: &Observed) -> Vec<Stray> {
+    let want = desired_elements(&o.fw);
+    o.elements
+        .iter()
+        .filter(|(k, d)| want.get(k) != Some(d))
+        .map(|((set, key), d)| Stray {
+            family: set.family().name().to_string(),
+            set: set.name().to_string(),
+            key: key.to_string(),
+            text: elem_text(key, d),
+        })
+        .collect()
 }
 
 /// Packets and bytes per port key (client-to-container direction), summed
@@ -358,6 +394,7 @@ pub fn parse_items(items: &[Value]) -> Observed {
         })
         .collect();
     o.fw = firewall_from_elements(&o.elements);
+    o.strays = strays_of(&o);
     o.text = observed_text(&o);
     o
 }

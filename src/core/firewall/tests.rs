@@ -355,3 +355,64 @@ fn firewall_serde_round_trip() {
     let back: Firewall = serde_json::from_str(&s).expect("deserialize");
     assert_eq!(back, fw);
 }
+
+/// The sample listing with `extra` appended to map `dnat_any`'s elements.
+fn with_dnat_any_elem(extra: Value) -> Observed {
+    let mut inet: Value = serde_json::from_str(SAMPLE_INET).expect("fixture JSON");
+    for item in inet["nftables"].as_array_mut().expect("fixture array") {
+        if item["map"]["name"] == "dnat_any" {
+            item["map"]["elem"]
+                .as_array_mut()
+                .expect("elements")
+                .push(extra.clone());
+        }
+    }
+    parse_observed(&sample_doc(&inet.to_string(), Some(SAMPLE_BRIDGE))).expect("parse")
+}
+
+#[test]
+fn a_fixture_has_no_strays() {
+    assert!(sample_observed().strays.is_empty());
+}
+
+#[test]
+fn a_hand_added_element_is_a_stray_and_deleted() {
+    // `nft add element inet netloom dnat_any { tcp . 2222 : 8.8.8.8 . 22 }`
+    let o = with_dnat_any_elem(json!([{"concat": ["tcp", 2222]}, {"concat": ["8.8.8.8", 22]}]));
+    assert!(o.skeleton_ok);
+    assert_eq!(o.fw, sample(), "the stray explains no port");
+    assert_eq!(o.strays.len(), 1, "{:?}", o.strays);
+    assert_eq!(o.strays[0].set, "dnat_any");
+    assert_eq!(o.strays[0].key, "tcp . 2222");
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(
+        tx.script()
+            .contains("delete element inet netloom dnat_any { tcp . 2222 }"),
+        "{}",
+        tx.script()
+    );
+    assert_eq!(tx.elements_removed(), 1);
+    assert_eq!(tx.elements_added(), 0);
+}
+
+#[test]
+fn an_element_with_a_borrowed_comment_is_a_stray() {
+    // Someone copies a real port's comment onto their own forward: the
+    // port now looks like a range of two, which the file does not say.
+    let o = with_dnat_any_elem(json!([
+        {"elem": {"val": {"concat": ["tcp", 8081]}, "comment": "nginx.8080/tcp nginx bridge docker0"}},
+        {"concat": ["8.8.8.8", 22]}
+    ]));
+    assert!(!o.strays.is_empty());
+    assert_ne!(o.fw, sample());
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(tx.script().contains("tcp . 8081"), "{}", tx.script());
+}
+
+#[test]
+fn element_keys_cover_every_desired_element() {
+    let keys = element_keys(&sample());
+    assert!(keys.contains(&("dnat_any".to_string(), "tcp . 8080".to_string())));
+    assert!(keys.contains(&("bridges".to_string(), "\"docker0\"".to_string())));
+    assert!(bridge_table_needed(&sample()));
+}

@@ -67,9 +67,41 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
             }),
             Some(o) if !o.skeleton_ok => out.push(Drift {
                 address: "nft.table.netloom".into(),
-                what: "chains or rules changed outside netloom".into(),
+                what: if o.problems.is_empty() {
+                    "chains or rules changed outside netloom".into()
+                } else {
+                    format!(
+                        "chains or rules changed outside netloom: {}",
+                        o.problems.join("; ")
+                    )
+                },
             }),
-            Some(_) => {}
+            Some(o) => {
+                let had_bridge = crate::core::firewall::bridge_table_needed(&a.fw);
+                match (had_bridge, o.bridge_table) {
+                    (true, false) => out.push(Drift {
+                        address: BRIDGE_TABLE_ADDR.into(),
+                        what: "deleted outside netloom".into(),
+                    }),
+                    (false, true) => out.push(Drift {
+                        address: BRIDGE_TABLE_ADDR.into(),
+                        what: "added outside netloom".into(),
+                    }),
+                    _ => {}
+                }
+                let applied_keys = crate::core::firewall::element_keys(&a.fw);
+                for s in &o.strays {
+                    let how = if applied_keys.contains(&(s.set.clone(), s.key.clone())) {
+                        "changed"
+                    } else {
+                        "added"
+                    };
+                    out.push(Drift {
+                        address: element_addr(s),
+                        what: format!("{how} outside netloom: {}", s.text),
+                    });
+                }
+            }
         }
         if observed.firewall.is_some() {
             let op = fw_ports(observed);

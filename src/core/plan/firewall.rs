@@ -1,6 +1,8 @@
 //! The nft table, networks' firewall data and published ports.
 
 use super::*;
+use crate::core::firewall::Stray;
+use crate::core::model::FirewallState;
 
 pub(super) fn port_summary(p: &FwPort) -> String {
     let host = p
@@ -68,6 +70,12 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
             }],
         )),
         _ => {}
+    }
+    if let (Some(w), Some(h)) = (&d.firewall, &o.firewall)
+        && h.skeleton_ok
+    {
+        diff_bridge_table(&w.fw, h, out);
+        diff_strays(&w.fw, &h.fw, &h.strays, out);
     }
     // Per-network firewall data (set elements), then per-port map elements.
     for (net, w) in &want.networks {
@@ -153,6 +161,65 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
                 }],
             ));
         }
+    }
+}
+
+/// `table bridge netloom` exists exactly while a network has `icc = false`
+/// (when the inet skeleton is broken, its rebuild settles this too).
+fn diff_bridge_table(want: &Firewall, have: &FirewallState, out: &mut Vec<Change>) {
+    let needed = crate::core::firewall::bridge_table_needed(want);
+    let (action, what) = match (needed, have.bridge_table) {
+        (true, false) => (
+            Action::Create,
+            "add table bridge netloom (icc = false isolation)",
+        ),
+        (false, true) => (Action::Delete, "delete table bridge netloom"),
+        _ => return,
+    };
+    out.push(change(
+        BRIDGE_TABLE_ADDR.into(),
+        action,
+        P_NFT_TABLE,
+        "table bridge netloom".into(),
+        vec![Op::Nft { what: what.into() }],
+    ));
+}
+
+/// Plan address of `table bridge netloom`.
+pub(super) const BRIDGE_TABLE_ADDR: &str = "nft.table.bridge.netloom";
+
+/// Plan address of one element of netloom's sets and maps.
+pub(super) fn element_addr(s: &Stray) -> String {
+    format!("nft.element.{}.{}[{}]", s.family, s.set, s.key)
+}
+
+/// Elements no network or port explains: each is deleted by the
+/// transaction, so each is listed. A stray whose key a desired element
+/// will take over is already covered by that port's or network's change,
+/// unless the firewall otherwise matches (then it is listed as changed).
+fn diff_strays(want: &Firewall, have: &Firewall, strays: &[Stray], out: &mut Vec<Change>) {
+    let wanted = crate::core::firewall::element_keys(want);
+    for s in strays {
+        let taken = wanted.contains(&(s.set.clone(), s.key.clone()));
+        if taken && want != have {
+            continue;
+        }
+        let (action, what) = if taken {
+            (Action::Update, "replace element")
+        } else {
+            (Action::Delete, "delete element")
+        };
+        let mut c = change(
+            element_addr(s),
+            action,
+            P_PORT,
+            s.text.clone(),
+            vec![Op::Nft {
+                what: format!("{what} {} netloom {} {{ {} }}", s.family, s.set, s.key),
+            }],
+        );
+        c.reason = Some("not made by netloom from the file".into());
+        out.push(c);
     }
 }
 
