@@ -238,15 +238,16 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
         status.stdout
     );
 
-    // SIGTERM: gone within a second, the network and names stay.
+    // SIGTERM: the agent exits (after pointing resolv.conf away from the
+    // DNS it no longer serves); the network and names stay.
     h.sh(&format!("kill -TERM {pid}")).ok();
     // Exited (a zombie until the test reaps it, hence the state check).
     let gone = format!(
         "st=$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null); [ -z \"$st\" ] || [ \"$st\" = Z ]"
     );
     assert!(
-        wait(|| h.sh(&gone).code == 0, Duration::from_secs(1)).is_some(),
-        "agent did not stop within a second"
+        wait(|| h.sh(&gone).code == 0, Duration::from_secs(30)).is_some(),
+        "agent did not stop after SIGTERM"
     );
     assert!(read_log().contains("stopping"), "{}", read_log());
     assert!(h.sh("ip netns list").ok().stdout.contains("tomcat5"));

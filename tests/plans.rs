@@ -14,6 +14,8 @@ fn host() -> HostInfo {
     HostInfo {
         upstream_dns: vec!["10.99.0.2:53".parse().unwrap()],
         state_dir: PathBuf::from("/var/lib/netloom"),
+        // The golden plans are those of a host where the agent runs.
+        agent_dns: true,
     }
 }
 

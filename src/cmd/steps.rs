@@ -18,7 +18,7 @@ use crate::core::render::{self, Style};
 use crate::core::spec::{self, Spec};
 use crate::host::nft;
 use crate::host::observe::{self, Observation};
-use crate::host::state::{Record, StateDir};
+use crate::host::state::{AgentStatus, Record, StateDir};
 
 /// How long a command waits for another run (e.g. the agent) to release
 /// the state dir.
@@ -79,9 +79,15 @@ fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
     let upstream_dns = std::fs::read_to_string("/etc/resolv.conf")
         .map(|t| model::upstreams_from_resolv_conf(&t))
         .unwrap_or_default();
+    let state_dir = state_dir(cli, Some(spec));
+    // While an agent runs it serves the DNS its resolv.conf files name, and
+    // a command run meanwhile must render them the same way; the agent
+    // sets this for itself.
+    let agent_dns = AgentStatus::read(&state_dir).is_some_and(|a| a.alive());
     HostInfo {
         upstream_dns,
-        state_dir: state_dir(cli, Some(spec)),
+        state_dir,
+        agent_dns,
     }
 }
 

@@ -79,9 +79,12 @@ struct Agent {
 
 pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     steps::require_root("watch")?;
-    let Some(loaded) = steps::load(cli)? else {
+    let Some(mut loaded) = steps::load(cli)? else {
         return Ok(Exit::Error);
     };
+    // This agent serves the embedded DNS: resolv.conf files name the
+    // gateways from its first reconcile on.
+    loaded.host.agent_dns = true;
     let text = std::fs::read(&cli.config).unwrap_or_default();
     let dns = DnsServer::new(upstreams(&loaded));
     let state_dir = loaded.host.state_dir.clone();
@@ -109,6 +112,9 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     spawn_signals(tx.clone())?;
     spawn_resync(tx.clone(), resync);
 
+    // The pid first: a command run during the first reconcile must already
+    // see an agent serving DNS, or it would render resolv.conf without it.
+    agent.write_status();
     agent.reconcile(&Trigger::Start).await;
     sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
 
@@ -175,6 +181,10 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     }
     sdnotify::notify("STOPPING=1");
     info!("stopping; the network stays as it is");
+    // Nobody will answer on the gateways any more: point resolv.conf at
+    // the upstream servers only, while the DNS server still answers.
+    agent.loaded.host.agent_dns = false;
+    agent.reconcile(&Trigger::Stop).await;
     agent.dns.shutdown().await;
     Ok(Exit::Ok)
 }

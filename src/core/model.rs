@@ -185,6 +185,12 @@ pub struct HostInfo {
     /// Upstream DNS servers when the file names none.
     pub upstream_dns: Vec<SocketAddr>,
     pub state_dir: PathBuf,
+    /// An agent serves the embedded DNS on this host: resolv.conf names
+    /// the gateway of the container's first DNS-enabled network before
+    /// the upstream servers. Without one, resolv.conf lists only the
+    /// upstream servers, so that no lookup waits on a resolver that is not
+    /// running (the agent turns it on when it starts, off when it stops).
+    pub agent_dns: bool,
 }
 
 /// Path of the named namespace `name`: `/run/netns/NAME`.
@@ -449,7 +455,7 @@ pub fn resolve(
             continue;
         };
         let hosts = hosts_file(c, &by_name, &networks, &addrs_on);
-        let resolv = resolv_file(c, &networks, &upstream);
+        let resolv = resolv_file(c, &networks, &upstream, host.agent_dns);
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
         }
@@ -579,13 +585,16 @@ fn resolv_file(
     c: &ContainerSpec,
     networks: &BTreeMap<String, NetworkSpec>,
     upstream: &[SocketAddr],
+    agent_dns: bool,
 ) -> String {
     let mut out = String::from("# Written by netloom.\n");
+    // One gateway is enough: it answers for every network the container
+    // is on (the server knows the asker by its source address).
     if let Some(n) = c
         .endpoints
         .iter()
         .filter_map(|e| networks.get(&e.network))
-        .find(|n| n.dns)
+        .find(|n| n.dns && agent_dns)
     {
         out.push_str(&format!("nameserver {}\n", n.gateway));
     }
@@ -622,4 +631,63 @@ pub fn with_user_block(desired: &str, on_disk: Option<&str>) -> String {
 /// Whether `p` is a file netloom writes (used by `down`).
 pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
     p.starts_with(ETC_NETNS) || p.starts_with(state_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `api` on frontend and backend, `web` on the default bridge only.
+    const CONFIG: &str = r#"
+[settings]
+upstream_dns = ["10.99.0.2"]
+
+[networks.frontend]
+subnet = "10.10.0.0/24"
+
+[networks.backend]
+subnet = "10.20.0.0/24"
+
+[containers.api]
+networks = ["frontend", "backend"]
+
+[containers.web]
+"#;
+
+    fn resolv_conf(agent_dns: bool, container: &str) -> String {
+        let spec = crate::core::spec::load("t.toml", CONFIG).expect("valid config");
+        let host = HostInfo {
+            upstream_dns: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/netloom"),
+            agent_dns,
+        };
+        let desired = resolve(&spec, &Allocations::default(), &host).expect("resolves");
+        desired
+            .state
+            .files
+            .get(&format!("{ETC_NETNS}/{container}/resolv.conf"))
+            .cloned()
+            .expect("resolv.conf rendered")
+    }
+
+    fn nameservers(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("nameserver "))
+            .collect()
+    }
+
+    #[test]
+    fn resolv_conf_names_the_gateway_only_while_an_agent_serves_dns() {
+        // With the agent: the first DNS-enabled network's gateway (which
+        // answers for both networks), then the upstream.
+        assert_eq!(
+            nameservers(&resolv_conf(true, "api")),
+            ["10.10.0.1", "10.99.0.2"]
+        );
+        // Without it: only servers that answer, so lookups never wait on
+        // a gateway nobody listens on.
+        assert_eq!(nameservers(&resolv_conf(false, "api")), ["10.99.0.2"]);
+        // The default bridge has no embedded DNS either way.
+        assert_eq!(nameservers(&resolv_conf(true, "web")), ["10.99.0.2"]);
+    }
 }

@@ -439,6 +439,7 @@ mod tests {
         let host = HostInfo {
             upstream_dns: Vec::new(),
             state_dir: "/var/lib/netloom".into(),
+            agent_dns: true,
         };
         resolve(&spec, &Default::default(), &host).unwrap().state
     }

@@ -228,10 +228,26 @@ impl AgentStatus {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Whether the agent that wrote this status still runs (signal 0).
+    /// Whether the agent that wrote this status still runs (signal 0). An
+    /// agent that exited but was not yet reaped by its parent (a zombie)
+    /// serves nothing and does not count.
     pub fn alive(&self) -> bool {
-        i32::try_from(self.pid).is_ok_and(|p| {
+        let signalled = i32::try_from(self.pid).is_ok_and(|p| {
             p > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-        })
+        });
+        signalled && !is_zombie(self.pid)
     }
+}
+
+/// Whether /proc says `pid` has exited and waits to be reaped (state `Z`).
+/// The state follows the command name, which is in parentheses and may
+/// itself contain spaces or parentheses.
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|st| st == "Z")
+        })
+        .unwrap_or(false)
 }
