@@ -93,7 +93,7 @@ fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
 
 /// Resolves the loaded file against the recorded allocations.
 pub fn resolve(l: &Loaded, record: &Record) -> Result<Desired> {
-    model::resolve(&l.spec, &record.allocations, &l.host).map_err(|e| anyhow!("{e}"))
+    Ok(model::resolve(&l.spec, &record.allocations, &l.host)?)
 }
 
 /// Prints a plan on stdout, in colour only on a terminal.

@@ -44,18 +44,53 @@ impl fmt::Display for PortRange {
     }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+/// Why a `-p` value or a port range is not valid; the message is shown at
+/// the value's position in the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// Not digits.
+    #[error("`{0}` is not a port number")]
+    NotANumber(String),
+    /// 0 or above 65535.
+    #[error("port {0} is out of range 1-65535")]
+    OutOfRange(String),
+    /// `N-M` with `N > M`.
+    #[error("port range {0} is reversed")]
+    Reversed(String),
+    /// After the `/`.
+    #[error("unknown protocol `{0}` (expected tcp, udp or sctp)")]
+    UnknownProtocol(String),
+    /// `[v6]:…` host addresses.
+    #[error("IPv6 host addresses are not supported in port mappings yet")]
+    Ipv6HostIp,
+    /// Too many or too few `:`-separated parts.
+    #[error("`{0}` is not [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]")]
+    Syntax(String),
+    /// The part before the host port.
+    #[error("`{0}` is not an IPv4 host address")]
+    BadHostIp(String),
+    /// `8080-8081:80`.
+    #[error("host ports {host} and container ports {container} are ranges of different length")]
+    LengthMismatch {
+        /// The host side.
+        host: PortRange,
+        /// The container side.
+        container: PortRange,
+    },
+}
+
+fn parse_port(s: &str) -> Result<u16, PortError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("`{s}` is not a port number"));
+        return Err(PortError::NotANumber(s.into()));
     }
     match s.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        _ => Err(format!("port {s} is out of range 1-65535")),
+        _ => Err(PortError::OutOfRange(s.into())),
     }
 }
 
 /// Parses `N` or `N-M` (`N <= M`).
-pub fn parse_range(s: &str) -> Result<PortRange, String> {
+pub fn parse_range(s: &str) -> Result<PortRange, PortError> {
     let (a, b) = match s.split_once('-') {
         Some((a, b)) => (parse_port(a)?, parse_port(b)?),
         None => {
@@ -64,23 +99,23 @@ pub fn parse_range(s: &str) -> Result<PortRange, String> {
         }
     };
     if a > b {
-        return Err(format!("port range {s} is reversed"));
+        return Err(PortError::Reversed(s.into()));
     }
     Ok(PortRange { start: a, end: b })
 }
 
 /// Parses one `-p` value.
-pub fn parse(s: &str) -> Result<PortSpec, String> {
+pub fn parse(s: &str) -> Result<PortSpec, PortError> {
     let (rest, proto) = match s.rsplit_once('/') {
         Some((r, p)) => (
             r,
             p.parse::<Proto>()
-                .map_err(|_| format!("unknown protocol `{p}` (expected tcp, udp or sctp)"))?,
+                .map_err(|_| PortError::UnknownProtocol(p.into()))?,
         ),
         None => (s, Proto::Tcp),
     };
     if rest.starts_with('[') {
-        return Err("IPv6 host addresses are not supported in port mappings yet".into());
+        return Err(PortError::Ipv6HostIp);
     }
     let parts: Vec<&str> = rest.split(':').collect();
     let (ip, host, container) = match parts.as_slice() {
@@ -88,16 +123,14 @@ pub fn parse(s: &str) -> Result<PortSpec, String> {
         [h, c] => (None, Some(*h), *c),
         [ip, h, c] => (Some(*ip), if h.is_empty() { None } else { Some(*h) }, *c),
         _ => {
-            return Err(format!(
-                "`{s}` is not [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]"
-            ));
+            return Err(PortError::Syntax(s.into()));
         }
     };
     let host_ip = match ip {
         None => None,
         Some(ip) => Some(
             ip.parse::<Ipv4Addr>()
-                .map_err(|_| format!("`{ip}` is not an IPv4 host address"))?,
+                .map_err(|_| PortError::BadHostIp(ip.into()))?,
         ),
     };
     let container = parse_range(container)?;
@@ -107,9 +140,7 @@ pub fn parse(s: &str) -> Result<PortSpec, String> {
     };
     if let Some(h) = host {
         if h.len() != container.len() {
-            return Err(format!(
-                "host ports {h} and container ports {container} are ranges of different length"
-            ));
+            return Err(PortError::LengthMismatch { host: h, container });
         }
     }
     Ok(PortSpec {
@@ -150,17 +181,31 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(parse("0:80").is_err());
-        assert!(parse("65536:80").is_err());
+        assert_eq!(parse("0:80"), Err(PortError::OutOfRange("0".into())));
+        assert_eq!(
+            parse("65536:80"),
+            Err(PortError::OutOfRange("65536".into()))
+        );
+        assert!(matches!(
+            parse("8000-8001:80"),
+            Err(PortError::LengthMismatch { .. })
+        ));
         assert!(
             parse("8000-8001:80")
                 .unwrap_err()
+                .to_string()
                 .contains("different length")
         );
-        assert!(parse("80/icmp").unwrap_err().contains("protocol"));
-        assert!(parse("a:b:c:d").is_err());
-        assert!(parse("300.0.0.1:80:80").is_err());
-        assert!(parse("90-80").unwrap_err().contains("reversed"));
-        assert!(parse("").is_err());
+        assert_eq!(
+            parse("80/icmp"),
+            Err(PortError::UnknownProtocol("icmp".into()))
+        );
+        assert_eq!(parse("a:b:c:d"), Err(PortError::Syntax("a:b:c:d".into())));
+        assert_eq!(
+            parse("300.0.0.1:80:80"),
+            Err(PortError::BadHostIp("300.0.0.1".into()))
+        );
+        assert_eq!(parse("90-80"), Err(PortError::Reversed("90-80".into())));
+        assert_eq!(parse(""), Err(PortError::NotANumber("".into())));
     }
 }
