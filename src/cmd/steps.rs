@@ -52,7 +52,7 @@ pub struct Loaded {
 /// Reads and validates the file; `None` after printing its errors.
 pub fn load(cli: &Cli) -> Result<Option<Loaded>> {
     let path = cli.config.clone();
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_config(&path).with_context(|| format!("cannot read {}", path.display()))?;
     match spec::load_bytes(&path.display().to_string(), &bytes) {
         Ok(spec) => {
             let host = host_info(cli, &spec);
@@ -64,6 +64,18 @@ pub fn load(cli: &Cli) -> Result<Option<Loaded>> {
             Ok(None)
         }
     }
+}
+
+/// Reads the file, but never more than one byte past the size limit: a
+/// huge file (or `/dev/zero`) is refused by the loader without being read
+/// into memory whole.
+pub fn read_config(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(spec::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The state dir: `--state-dir`/`NETLOOM_STATE_DIR`, else the file's

@@ -85,7 +85,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     // This agent serves the embedded DNS: resolv.conf files name the
     // gateways from its first reconcile on.
     loaded.host.agent_dns = true;
-    let text = std::fs::read(&cli.config).unwrap_or_default();
+    let text = steps::read_config(&cli.config).unwrap_or_default();
     let dns = DnsServer::new(upstreams(&loaded));
     let state_dir = loaded.host.state_dir.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
@@ -192,7 +192,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
 impl Agent {
     /// Re-reads the file; returns whether a new valid config is in force.
     fn reload_file(&mut self, force: bool) -> bool {
-        let text = match std::fs::read(&self.config) {
+        let text = match steps::read_config(&self.config) {
             Ok(t) => t,
             Err(e) => {
                 warn!(

@@ -210,9 +210,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered<T>, A::Error> {
                 let mut out: Vec<(Spanned<String>, Spanned<T>)> = Vec::new();
+                // A set beside the list keeps the duplicate check linear
+                // for files with many thousands of containers.
+                let mut seen = std::collections::HashSet::new();
                 while let Some(k) = map.next_key::<Spanned<String>>()? {
                     let v = map.next_value::<Spanned<T>>()?;
-                    if out.iter().any(|(o, _)| o.get_ref() == k.get_ref()) {
+                    if !seen.insert(k.get_ref().clone()) {
                         return Err(de::Error::custom(format!(
                             "duplicate key `{}`",
                             k.get_ref()

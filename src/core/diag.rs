@@ -29,10 +29,13 @@ impl Diagnostics {
     pub fn render(path: &str, text: &str, mut diags: Vec<Diag>) -> Self {
         diags.sort_by_key(|d| d.span.start);
         diags.dedup();
+        // One pass over the text for all diagnostics (they are sorted), so
+        // that a file with an error on every line stays linear.
+        let mut cursor = Cursor::default();
         let lines = diags
             .iter()
             .map(|d| {
-                let (line, col) = line_col(text, d.span.start);
+                let (line, col) = cursor.advance(text, d.span.start);
                 format!("{path}:{line}:{col}: {}", d.message)
             })
             .collect();
@@ -50,6 +53,36 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// Walks the text forward, counting lines, for offsets given in order.
+#[derive(Default)]
+struct Cursor {
+    offset: usize,
+    line: usize,
+    line_start: usize,
+}
+
+impl Cursor {
+    fn advance(&mut self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        if offset < self.offset {
+            return line_col(text, offset);
+        }
+        let seen = &text[self.offset..offset];
+        self.line += seen.matches('\n').count();
+        if let Some(i) = seen.rfind('\n') {
+            self.line_start = self.offset + i + 1;
+        }
+        self.offset = offset;
+        (
+            self.line + 1,
+            text[self.line_start..offset].chars().count() + 1,
+        )
+    }
+}
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -5,7 +5,7 @@
 //! state (from [`crate::host::observe`]), so that a plan is a diff of two values of
 //! one type. Everything in it is keyed by the plan address it belongs to.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -205,6 +205,64 @@ pub fn veth_name(container: &str, network: &str) -> String {
     format!("veth{:07x}", h & 0x0fff_ffff)
 }
 
+/// Host-side veth names of every endpoint of `spec`, by (container,
+/// network): [`veth_name`], except where two endpoints hash to the same
+/// name (28 bits: likely somewhere among tens of thousands of endpoints)
+/// or a hash equals a bridge's name. Then the endpoint whose
+/// `container\0network` sorts first keeps the plain name and each other
+/// one takes the first free `veth_name` of `container\0network\0K`
+/// (K = 1, 2, ...). Deterministic: the same set of endpoints gives the
+/// same names whatever the file's order, so plans can still name veths
+/// before they exist.
+pub fn veth_names(spec: &Spec) -> HashMap<(String, String), String> {
+    let mut keys: Vec<(&str, &str)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.endpoints
+                .iter()
+                .map(move |e| (c.name.as_str(), e.network.as_str()))
+        })
+        .collect();
+    keys.sort_unstable();
+    let bridges: HashSet<&str> = spec.networks.values().map(|n| n.bridge.as_str()).collect();
+    let plain: Vec<String> = keys.iter().map(|(c, n)| veth_name(c, n)).collect();
+    // Every plain name is reserved first, so a probe never takes the name
+    // an endpoint has on its own.
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in plain.iter().enumerate() {
+        if !bridges.contains(name.as_str()) {
+            taken.entry(name.as_str()).or_insert(i);
+        }
+    }
+    let mut extra: HashSet<String> = HashSet::new();
+    let mut out = HashMap::with_capacity(keys.len());
+    for (i, (c, n)) in keys.iter().enumerate() {
+        let name = if taken.get(plain[i].as_str()) == Some(&i) {
+            plain[i].clone()
+        } else {
+            (1u32..)
+                .map(|k| salted_veth_name(c, n, k))
+                .find(|v| {
+                    !taken.contains_key(v.as_str())
+                        && !bridges.contains(v.as_str())
+                        && !extra.contains(v)
+                })
+                .unwrap_or_else(|| plain[i].clone())
+        };
+        if name != plain[i] {
+            extra.insert(name.clone());
+        }
+        out.insert((c.to_string(), n.to_string()), name);
+    }
+    out
+}
+
+fn salted_veth_name(container: &str, network: &str, k: u32) -> String {
+    let h = crate::core::hash::fnv64(format!("{container}\0{network}\0{k}").as_bytes());
+    format!("veth{:07x}", h & 0x0fff_ffff)
+}
+
 /// Docker's MAC scheme: `02:42:` + the four IPv4 bytes.
 pub fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
@@ -278,12 +336,13 @@ pub fn resolve(
     host: &HostInfo,
 ) -> Result<Desired, ipam::IpamError> {
     let alloc = ipam::allocate(spec, prev)?;
-    let by_name: std::collections::HashMap<&str, &ContainerSpec> = spec
+    let by_name: HashMap<&str, &ContainerSpec> = spec
         .containers
         .iter()
         .map(|c| (c.name.as_str(), c))
         .collect();
     let mut st = State::default();
+    let veths = veth_names(spec);
 
     // Bridges: only networks some container uses, like Docker's default
     // network; a declared user-defined network exists even when empty.
@@ -353,7 +412,10 @@ pub fn resolve(
                     network: e.network.clone(),
                     netns: ns.clone(),
                     ifname: ifname.clone(),
-                    host_veth: veth_name(&c.name, &e.network),
+                    host_veth: veths
+                        .get(&(c.name.clone(), e.network.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| veth_name(&c.name, &e.network)),
                     bridge: Some(net.bridge.clone()),
                     addrs,
                     mac: mac_string(&e.mac.unwrap_or_else(|| docker_mac(ip))),

@@ -1,5 +1,6 @@
 //! Docker's `-p` syntax: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp]`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -149,6 +150,111 @@ pub fn parse(s: &str) -> Result<PortSpec, PortError> {
         container,
         proto,
     })
+}
+
+/// Host ports in use, as disjoint ranges merged with their neighbours, so
+/// that finding the lowest free run of ports skips whole taken blocks.
+#[derive(Clone, Debug, Default)]
+pub struct BusyPorts {
+    /// start -> end, inclusive, disjoint and never adjacent.
+    ranges: BTreeMap<u32, u32>,
+}
+
+impl BusyPorts {
+    /// Marks `start..=end` as taken.
+    pub fn insert(&mut self, start: u32, end: u32) {
+        let (mut s, mut e) = (start, end);
+        // Absorb every range that overlaps or touches [s, e].
+        while let Some((&a, &b)) = self.ranges.range(..=e.saturating_add(1)).next_back() {
+            if b.saturating_add(1) < s {
+                break;
+            }
+            self.ranges.remove(&a);
+            s = s.min(a);
+            e = e.max(b);
+        }
+        self.ranges.insert(s, e);
+    }
+
+    /// The taken range that overlaps `start..=end`, if any (at most one
+    /// needs checking: ranges are disjoint and sorted).
+    fn blocker(&self, start: u32, end: u32) -> Option<u32> {
+        let (_, &b) = self.ranges.range(..=end).next_back()?;
+        (b >= start).then_some(b)
+    }
+
+    /// Whether `start..=end` is entirely free.
+    pub fn is_free(&self, start: u32, end: u32) -> bool {
+        self.blocker(start, end).is_none()
+    }
+
+    /// The lowest `s >= first` with `s..s+len` free and inside `..=last`.
+    pub fn first_free(&self, first: u32, last: u32, len: u16) -> Option<u32> {
+        let len = u32::from(len.max(1));
+        let mut s = first;
+        loop {
+            let e = s.checked_add(len - 1)?;
+            if e > last {
+                return None;
+            }
+            match self.blocker(s, e) {
+                Some(b) => s = b.checked_add(1)?,
+                None => return Some(s),
+            }
+        }
+    }
+}
+
+/// Key of an auto-published mapping: `container/raw`.
+pub fn port_key(container: &str, raw: &str) -> String {
+    format!("{container}/{raw}")
+}
+
+/// Why [`allocate_auto`] failed: the key of the first mapping left without
+/// host ports, and how many consecutive ports it needed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoRoom {
+    pub key: String,
+    pub len: u16,
+}
+
+/// Host ports for mappings without HOST_PORT (Docker's `-P`), first fit in
+/// `first..=last`, avoiding `busy` (every explicitly published range).
+/// `wanted` is (key, number of ports) in file order; a port `prev` gave a
+/// key is kept when it is still free. Pure, so validation can run it
+/// against an empty history and IPAM against the recorded one.
+pub fn allocate_auto(
+    (first, last): (u16, u16),
+    mut busy: BusyPorts,
+    wanted: &[(String, u16)],
+    prev: &BTreeMap<String, u16>,
+) -> Result<BTreeMap<String, u16>, NoRoom> {
+    let (first, last) = (u32::from(first), u32::from(last));
+    let mut out = BTreeMap::new();
+    for (key, len) in wanted {
+        if let Some(&p) = prev.get(key) {
+            let (s, e) = (u32::from(p), u32::from(p) + u32::from(*len) - 1);
+            if s >= first && e <= last && busy.is_free(s, e) {
+                busy.insert(s, e);
+                out.insert(key.clone(), p);
+            }
+        }
+    }
+    for (key, len) in wanted {
+        if out.contains_key(key) {
+            continue;
+        }
+        let Some(s) = busy.first_free(first, last, *len) else {
+            return Err(NoRoom {
+                key: key.clone(),
+                len: *len,
+            });
+        };
+        busy.insert(s, s + u32::from(*len) - 1);
+        // `s <= last <= 65535`: the conversion cannot fail.
+        out.insert(key.clone(), u16::try_from(s).unwrap_or(u16::MAX));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! of errors (TOML syntax, unknown keys, wrong types and every semantic
 //! check), each at the position of the offending value.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::core::config::{self, ConfigFile, NetworkConfig};
 use crate::core::diag::{Diag, Diagnostics, hint_unknown_field, suggest};
+use crate::core::firewall::{self, Proto};
 use crate::core::ports::{self, PortSpec};
 
 /// Name of Docker's default network.
@@ -142,10 +143,28 @@ pub fn default_bridge_name(network: &str) -> String {
     )
 }
 
+/// The largest file netloom reads: 64 MiB holds several hundred thousand
+/// containers; anything larger is a mistake (or an attack on the agent's
+/// memory), refused before it is parsed.
+pub const MAX_FILE_BYTES: usize = 64 << 20;
+
+/// The error for a file over [`MAX_FILE_BYTES`] (`len` bytes, or more).
+pub fn too_large(path: &str, len: usize) -> Diagnostics {
+    Diagnostics {
+        lines: vec![format!(
+            "{path}:1:1: the file is {len} bytes or more; netloom reads files of at most {} bytes (64 MiB)",
+            MAX_FILE_BYTES
+        )],
+    }
+}
+
 /// Validates the file's raw bytes: text that is not UTF-8 is an error at
 /// the first offending byte, like any other error of the file. The CLI and
 /// the agent both load through here, so they accept exactly the same files.
 pub fn load_bytes(path: &str, bytes: &[u8]) -> Result<Spec, Diagnostics> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(too_large(path, bytes.len()));
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => load(path, text),
         Err(e) => {
@@ -174,6 +193,12 @@ pub fn load(path: &str, text: &str) -> Result<Spec, Diagnostics> {
     };
     let mut v = Validator::default();
     let spec = v.check(&file);
+    if v.diags.is_empty() {
+        // A file whose addresses or ports cannot all be handed out would
+        // only fail at plan time: run the allocator (pure) as a fresh host
+        // would.
+        v.check_allocations(&file, &spec);
+    }
     if v.diags.is_empty() {
         Ok(spec)
     } else {
@@ -269,12 +294,19 @@ impl Validator {
                 .iter()
                 .find(|(_, n)| n.subnet.overlaps(implicit.subnet) || n.bridge == implicit.bridge)
             {
+                // At the value that clashes: the subnet, else the bridge.
                 let span = f
                     .networks
-                    .0
-                    .iter()
-                    .find(|(k, _)| k.get_ref() == &other.name)
-                    .map(|(_, v)| sp(v))
+                    .get(&other.name)
+                    .map(|v| {
+                        let n = v.get_ref();
+                        let value = if other.subnet.overlaps(implicit.subnet) {
+                            n.subnet.as_ref()
+                        } else {
+                            n.bridge.as_ref()
+                        };
+                        value.map(sp).unwrap_or_else(|| sp(v))
+                    })
                     .unwrap_or(0..0);
                 self.err(
                     span,
@@ -294,6 +326,94 @@ impl Validator {
             upstream_dns,
             networks,
             containers,
+        }
+    }
+
+    /// Allocation errors at the value that cannot be satisfied: the
+    /// subnet that is too small, the `port_range` (or, without one, the
+    /// mapping) that has no room left. What IPAM would do on a fresh host:
+    /// addresses by count (fixed ones are distinct and usable by now, so
+    /// every member gets one exactly when they fit), ports by running the
+    /// same first-fit allocator.
+    fn check_allocations(&mut self, f: &ConfigFile, spec: &Spec) {
+        let mut members: HashMap<&str, (u128, &str)> = HashMap::new();
+        for c in &spec.containers {
+            for e in &c.endpoints {
+                let m = members
+                    .entry(e.network.as_str())
+                    .or_insert((0, c.name.as_str()));
+                m.0 += 1;
+                m.1 = c.name.as_str();
+            }
+        }
+        let container_span = |name: &str| {
+            f.containers
+                .0
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(k, _)| sp(k))
+                .unwrap_or(0..0)
+        };
+        for net in spec.networks.values() {
+            let Some(&(count, last)) = members.get(net.name.as_str()) else {
+                continue;
+            };
+            // Host addresses minus the gateway (v4 also minus broadcast).
+            let room4 = (1u128 << (32 - u32::from(net.subnet.prefix()))) - 3;
+            let room6 = net
+                .subnet6
+                .map(|s| (1u128 << (128 - u32::from(s.prefix()).max(1))).saturating_sub(2));
+            let cfg = f.networks.get(&net.name).map(|n| n.get_ref());
+            for (key, room, subnet, value) in [
+                (
+                    "subnet",
+                    Some(room4),
+                    net.subnet.to_string(),
+                    cfg.and_then(|n| n.subnet.as_ref()),
+                ),
+                (
+                    "subnet6",
+                    room6,
+                    net.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+                    cfg.and_then(|n| n.subnet6.as_ref()),
+                ),
+            ] {
+                let Some(room) = room else { continue };
+                if count > room {
+                    self.err(
+                        value.map(sp).unwrap_or_else(|| container_span(last)),
+                        format!(
+                            "{key} {subnet} of network `{}` is too small for its {count} containers: it has {room} addresses for them",
+                            net.name
+                        ),
+                    );
+                }
+            }
+        }
+        let (busy, wanted) = auto_port_inputs(spec);
+        if let Err(e) = ports::allocate_auto(spec.port_range, busy, &wanted, &BTreeMap::new()) {
+            let (container, raw) = e.key.split_once('/').unwrap_or((e.key.as_str(), ""));
+            let span = match &f.settings.port_range {
+                Some(r) => sp(r),
+                None => f
+                    .containers
+                    .get(container)
+                    .and_then(|c| c.get_ref().ports.iter().find(|p| p.get_ref() == raw))
+                    .map(sp)
+                    .unwrap_or_else(|| container_span(container)),
+            };
+            let what = if e.len == 1 {
+                "free port".to_string()
+            } else {
+                format!("{} free consecutive ports", e.len)
+            };
+            let (first, last) = spec.port_range;
+            self.err(
+                span,
+                format!(
+                    "port_range {first}-{last} is too small for the auto-published ports: it has no {what} left for `{raw}` of container `{container}`"
+                ),
+            );
         }
     }
 
@@ -343,6 +463,12 @@ impl Validator {
                             net.prefix()
                         ),
                     );
+                    ok = false;
+                    net
+                }
+                Ok(net) if unusable_v4(net).is_some() => {
+                    let why = unusable_v4(net).unwrap_or_default();
+                    self.err(sp(s), format!("subnet {} {why}", s.get_ref()));
                     ok = false;
                     net
                 }
@@ -420,6 +546,12 @@ impl Validator {
                         ok = false;
                         (None, None)
                     }
+                    Ok(net) if unusable_v6(net).is_some() => {
+                        let why = unusable_v6(net).unwrap_or_default();
+                        self.err(sp(s), format!("subnet6 {} {why}", s.get_ref()));
+                        ok = false;
+                        (None, None)
+                    }
                     Ok(net) => (
                         Some(net),
                         Some(Ipv6Addr::from(u128::from(net.network()) + 1)),
@@ -460,16 +592,26 @@ impl Validator {
             for b in &list[i + 1..] {
                 let (first, second) = order_by_span(a, b, &span_of);
                 if a.bridge == b.bridge {
-                    let s = f
-                        .networks
-                        .get(&second.name)
-                        .and_then(|n| n.get_ref().bridge.as_ref().map(sp))
-                        .unwrap_or_else(|| span_of(&second.name));
+                    // Both positions: either value may be the one to change
+                    // (a derived `br-` name is at the network's header).
+                    let bridge_span = |name: &str| {
+                        f.networks
+                            .get(name)
+                            .and_then(|n| n.get_ref().bridge.as_ref().map(sp))
+                            .unwrap_or_else(|| span_of(name))
+                    };
                     self.err(
-                        s,
+                        bridge_span(&second.name),
                         format!(
                             "bridge `{}` of network `{}` is already used by network `{}`",
                             a.bridge, second.name, first.name
+                        ),
+                    );
+                    self.err(
+                        bridge_span(&first.name),
+                        format!(
+                            "bridge `{}` of network `{}` is also the bridge of network `{}`",
+                            a.bridge, first.name, second.name
                         ),
                     );
                 }
@@ -490,7 +632,10 @@ impl Validator {
                 if let (Some(x), Some(y)) = (a.subnet6, b.subnet6) {
                     if x.overlaps(y) {
                         self.err(
-                            span_of(&second.name),
+                            f.networks
+                                .get(&second.name)
+                                .and_then(|n| n.get_ref().subnet6.as_ref().map(sp))
+                                .unwrap_or_else(|| span_of(&second.name)),
                             format!(
                                 "subnet6 of network `{}` overlaps that of network `{}`",
                                 second.name, first.name
@@ -508,17 +653,17 @@ impl Validator {
         nets: &BTreeMap<String, NetworkSpec>,
     ) -> Vec<ContainerSpec> {
         let declared: Vec<&str> = f.containers.iter().map(|(k, _)| k).collect();
+        // Membership tests go through the set: a file may declare 100k.
+        let declared_set: HashSet<&str> = declared.iter().copied().collect();
         let mut out = Vec::new();
         let mut netns_names: HashMap<String, String> = HashMap::new();
+        // Normalized namespace path -> (container, span of its netns value).
+        let mut ns_paths: HashMap<String, (String, Range<usize>)> = HashMap::new();
+        // The entries of `ns_paths` that came from a `netns` name.
+        let mut ns_named: HashSet<String> = HashSet::new();
         // (network, ip) -> container, for duplicate fixed addresses.
         let mut fixed: HashMap<(String, IpAddr), String> = HashMap::new();
-        // (host ip, proto) -> [(range, container, span)] for port claims.
-        let mut claims: Vec<(
-            Option<Ipv4Addr>,
-            crate::core::firewall::Proto,
-            ports::PortRange,
-            String,
-        )> = Vec::new();
+        let mut claims = PortClaims::default();
 
         for (key, c) in f.containers.0.iter() {
             let name = key.get_ref().clone();
@@ -533,7 +678,7 @@ impl Validator {
                     "none" => Mode::None,
                     "host" => Mode::Host,
                     other => match other.strip_prefix("container:") {
-                        Some(t) if declared.contains(&t) && t != name => {
+                        Some(t) if declared_set.contains(t) && t != name => {
                             Mode::Container(t.to_string())
                         }
                         Some(t) if t == name => {
@@ -621,6 +766,46 @@ impl Validator {
                         s,
                         format!("netns `{n}` is already used by container `{other}`"),
                     );
+                }
+            }
+            // Two containers in one namespace by path (or a path to another
+            // container's named namespace) would fight over its eth0: the
+            // same namespace given twice. Textual here; the plan compares
+            // the namespaces themselves (device and inode).
+            if let Some(ns) = &netns {
+                let (norm, span) = match ns {
+                    NetnsSpec::Named(n) => (
+                        format!("/run/netns/{n}"),
+                        cfg.netns.as_ref().map(sp).unwrap_or_else(|| sp(key)),
+                    ),
+                    NetnsSpec::Path(p) => (
+                        normalize_ns_path(&p.to_string_lossy()),
+                        cfg.netns_path.as_ref().map(sp).unwrap_or_else(|| sp(key)),
+                    ),
+                };
+                match ns_paths.get(&norm) {
+                    // Two equal `netns` names: reported just above.
+                    Some(_)
+                        if matches!(ns, NetnsSpec::Named(_)) && named_first(&ns_named, &norm) => {}
+                    Some((other, other_span)) => {
+                        let (other, other_span) = (other.clone(), other_span.clone());
+                        self.err(
+                            span,
+                            format!(
+                                "{norm} is already the network namespace of container `{other}`"
+                            ),
+                        );
+                        self.err(
+                            other_span,
+                            format!("{norm} is also given as the network namespace of container `{name}`"),
+                        );
+                    }
+                    None => {
+                        if matches!(ns, NetnsSpec::Named(_)) {
+                            ns_named.insert(norm.clone());
+                        }
+                        ns_paths.insert(norm, (name.clone(), span));
+                    }
                 }
             }
             let hostname = match &cfg.hostname {
@@ -765,16 +950,27 @@ impl Validator {
                             }
                         }
                         if let Some(h) = ps.host {
-                            let clash = claims.iter().find(|(ip, proto, r, _)| {
-                                *proto == ps.proto
-                                    && r.overlaps(&h)
-                                    && (ip.is_none() || ps.host_ip.is_none() || *ip == ps.host_ip)
-                            });
-                            if let Some((ip, _, r, other)) = clash {
+                            if let Some((ip, r, other)) =
+                                claims.claim(ps.host_ip, ps.proto, h, &name)
+                            {
                                 let at = ip.map(|i| format!("{i}:")).unwrap_or_default();
                                 self.err(sp(p), format!("host port {h}/{} is already published by container `{other}` ({at}{r})", ps.proto));
-                            } else {
-                                claims.push((ps.host_ip, ps.proto, h, name.clone()));
+                            }
+                        }
+                        if let Some(net) = endpoints.first().and_then(|ep| nets.get(&ep.network)) {
+                            let len = port_comment_len(&name, &ps, net);
+                            if len > firewall::COMMENT_MAX {
+                                let room =
+                                    (firewall::COMMENT_MAX + name.len() * 2).saturating_sub(len);
+                                self.err(
+                                    sp(key),
+                                    format!(
+                                        "container name `{name}` is too long to publish `{}`: the firewall keeps the mapping in an nft comment of at most {} bytes, and this one would take {len}; use a name of at most {} characters",
+                                        p.get_ref(),
+                                        firewall::COMMENT_MAX,
+                                        room / 2
+                                    ),
+                                );
                             }
                         }
                         port_specs.push((p.get_ref().clone(), ps));
@@ -789,7 +985,7 @@ impl Validator {
                     Some((t, a)) => (t.to_string(), Some(a.to_string())),
                     None => (l.get_ref().clone(), None),
                 };
-                if !declared.contains(&target.as_str()) {
+                if !declared_set.contains(target.as_str()) {
                     let hint = suggest(&target, declared.iter().copied())
                         .map(|s| format!("; did you mean `{s}`?"))
                         .unwrap_or_default();
@@ -830,30 +1026,47 @@ impl Validator {
     fn check_container_graph(&mut self, f: &ConfigFile, list: &[ContainerSpec]) {
         let by_name: HashMap<&str, &ContainerSpec> =
             list.iter().map(|c| (c.name.as_str(), c)).collect();
+        // Each chain of `container:` modes is walked once: a name's verdict
+        // (ends at a namespace, or runs into a cycle) is remembered, so a
+        // long chain costs its length, not its length squared.
+        let mut verdict: HashMap<&str, bool> = HashMap::new();
         for c in list {
             if let Mode::Container(_) = c.mode {
-                let mut seen = BTreeSet::new();
+                let mut path: Vec<&str> = Vec::new();
+                let mut on_path = HashSet::new();
                 let mut cur = c;
-                while let Mode::Container(t) = &cur.mode {
-                    if !seen.insert(cur.name.as_str()) {
-                        let span = f
-                            .containers
-                            .get(&c.name)
-                            .and_then(|x| x.get_ref().network_mode.as_ref().map(sp))
-                            .unwrap_or(0..0);
-                        self.err(
-                            span,
-                            format!(
-                                "network_mode of `{}` forms a cycle of container: references",
-                                c.name
-                            ),
-                        );
-                        break;
+                let cyclic = loop {
+                    if let Some(v) = verdict.get(cur.name.as_str()) {
+                        break *v;
                     }
+                    let Mode::Container(t) = &cur.mode else {
+                        break false;
+                    };
+                    if !on_path.insert(cur.name.as_str()) {
+                        break true;
+                    }
+                    path.push(cur.name.as_str());
                     match by_name.get(t.as_str()) {
                         Some(n) => cur = n,
-                        None => break,
+                        None => break false,
                     }
+                };
+                for n in path {
+                    verdict.insert(n, cyclic);
+                }
+                if cyclic {
+                    let span = f
+                        .containers
+                        .get(&c.name)
+                        .and_then(|x| x.get_ref().network_mode.as_ref().map(sp))
+                        .unwrap_or(0..0);
+                    self.err(
+                        span,
+                        format!(
+                            "network_mode of `{}` forms a cycle of container: references",
+                            c.name
+                        ),
+                    );
                 }
             }
             for (target, _) in &c.links {
@@ -917,6 +1130,191 @@ fn order_by_span<'a>(
         (a, b)
     } else {
         (b, a)
+    }
+}
+
+/// The largest IPv4 subnet a network may have: a /8 already holds 16
+/// million addresses; anything larger reaches into address space that is
+/// certainly routed elsewhere (`0.0.0.0/0` would swallow every route).
+pub const MIN_PREFIX_V4: u8 = 8;
+/// The largest IPv6 subnet (`subnet6`) a network may have.
+pub const MIN_PREFIX_V6: u8 = 32;
+
+/// Why an IPv4 subnet can never be a bridge network, if it cannot: too
+/// large, or overlapping address space with a fixed meaning (this-network,
+/// loopback, link-local, multicast, reserved and broadcast).
+pub fn unusable_v4(net: Ipv4Network) -> Option<String> {
+    if net.prefix() < MIN_PREFIX_V4 {
+        return Some(format!(
+            "is too large: a network's subnet may be at most a /{MIN_PREFIX_V4}"
+        ));
+    }
+    const SPECIAL: [([u8; 4], u8, &str); 5] = [
+        ([0, 0, 0, 0], 8, "\"this network\" addresses (0.0.0.0/8)"),
+        ([127, 0, 0, 0], 8, "loopback addresses (127.0.0.0/8)"),
+        (
+            [169, 254, 0, 0],
+            16,
+            "link-local addresses (169.254.0.0/16)",
+        ),
+        ([224, 0, 0, 0], 4, "multicast addresses (224.0.0.0/4)"),
+        (
+            [240, 0, 0, 0],
+            4,
+            "reserved and broadcast addresses (240.0.0.0/4)",
+        ),
+    ];
+    SPECIAL.iter().find_map(|(ip, prefix, what)| {
+        let special = Ipv4Network::new(Ipv4Addr::from(*ip), *prefix).ok()?;
+        special
+            .overlaps(net)
+            .then(|| format!("overlaps {what}, which cannot be a bridge network"))
+    })
+}
+
+/// Like [`unusable_v4`] for `subnet6`: too large, or overlapping the
+/// unspecified and loopback addresses, IPv4-mapped, link-local or
+/// multicast space.
+pub fn unusable_v6(net: Ipv6Network) -> Option<String> {
+    if net.prefix() < MIN_PREFIX_V6 {
+        return Some(format!(
+            "is too large: a network's subnet6 may be at most a /{MIN_PREFIX_V6}"
+        ));
+    }
+    const SPECIAL: [(u128, u8, &str); 4] = [
+        (0, 127, "the unspecified and loopback addresses (::/127)"),
+        (
+            0xffff_0000_0000,
+            96,
+            "IPv4-mapped addresses (::ffff:0:0/96)",
+        ),
+        (0xfe80 << 112, 10, "link-local addresses (fe80::/10)"),
+        (0xff00 << 112, 8, "multicast addresses (ff00::/8)"),
+    ];
+    SPECIAL.iter().find_map(|(ip, prefix, what)| {
+        let special = Ipv6Network::new(Ipv6Addr::from(*ip), *prefix).ok()?;
+        special
+            .overlaps(net)
+            .then(|| format!("overlaps {what}, which cannot be a bridge network"))
+    })
+}
+
+/// Claimed ranges of one (protocol, host address): start -> (end, owner).
+type ClaimGroup = BTreeMap<u16, (u16, String)>;
+
+/// Host ports claimed so far, for clashes between explicit mappings.
+///
+/// Accepted claims of one (protocol, host address) never overlap, so each
+/// group is a map of disjoint ranges by start: a clash test is a lookup of
+/// the neighbour, not a scan of every earlier mapping. A claim on every
+/// address (no HOST_IP) clashes with each group of its protocol.
+#[derive(Default)]
+struct PortClaims {
+    groups: HashMap<(Proto, Option<Ipv4Addr>), ClaimGroup>,
+    /// Host addresses with claims, per protocol.
+    addrs: HashMap<Proto, BTreeSet<Option<Ipv4Addr>>>,
+}
+
+impl PortClaims {
+    /// Records the claim, or returns the one it clashes with.
+    fn claim(
+        &mut self,
+        ip: Option<Ipv4Addr>,
+        proto: Proto,
+        r: ports::PortRange,
+        owner: &str,
+    ) -> Option<(Option<Ipv4Addr>, ports::PortRange, String)> {
+        // 0.0.0.0 is every address, as in the firewall.
+        let ip = ip.filter(|i| !i.is_unspecified());
+        let addrs = self.addrs.entry(proto).or_default();
+        let check: Vec<Option<Ipv4Addr>> = match ip {
+            None => addrs.iter().copied().collect(),
+            Some(_) => [None, ip]
+                .into_iter()
+                .filter(|a| addrs.contains(a))
+                .collect(),
+        };
+        for a in check {
+            let Some(g) = self.groups.get(&(proto, a)) else {
+                continue;
+            };
+            if let Some((start, (end, who))) = g.range(..=r.end).next_back() {
+                if *end >= r.start {
+                    let other = ports::PortRange {
+                        start: *start,
+                        end: *end,
+                    };
+                    return Some((a, other, who.clone()));
+                }
+            }
+        }
+        addrs.insert(ip);
+        self.groups
+            .entry((proto, ip))
+            .or_default()
+            .insert(r.start, (r.end, owner.to_string()));
+        None
+    }
+}
+
+/// Length of the nft element comment that will carry this mapping (see
+/// [`firewall::port_comment_text`]), with the widest host port where
+/// netloom picks it.
+fn port_comment_len(container: &str, p: &PortSpec, net: &NetworkSpec) -> usize {
+    let count = p.container.len();
+    let range = match p.host {
+        Some(h) if count == 1 => h.start.to_string(),
+        Some(h) => format!("{}-{}", h.start, u32::from(h.start) + u32::from(count) - 1),
+        None if count == 1 => "65535".into(),
+        None => "65535-65535".into(),
+    };
+    let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+    let key = format!("{container}.{ip}{range}/{}", p.proto);
+    firewall::port_comment_text(&key, container, &net.name, &net.bridge).len()
+}
+
+/// Every explicitly published host range, and the auto-published
+/// mappings as (key, number of ports) in file order: the inputs of
+/// [`ports::allocate_auto`].
+pub fn auto_port_inputs(spec: &Spec) -> (ports::BusyPorts, Vec<(String, u16)>) {
+    let mut busy = ports::BusyPorts::default();
+    for c in &spec.containers {
+        for (_, p) in &c.ports {
+            if let Some(h) = p.host {
+                busy.insert(u32::from(h.start), u32::from(h.end));
+            }
+        }
+    }
+    let wanted = spec
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.ports
+                .iter()
+                .filter(|(_, p)| p.host.is_none())
+                .map(move |(raw, p)| (ports::port_key(&c.name, raw), p.container.len()))
+        })
+        .collect();
+    (busy, wanted)
+}
+
+/// Whether the first container to claim `norm` did so with a `netns` name.
+fn named_first(ns_named: &HashSet<String>, norm: &str) -> bool {
+    ns_named.contains(norm)
+}
+
+/// A namespace path in one spelling: `/var/run` is `/run`, no repeated or
+/// trailing slashes, no `.` components. Textual only (no symlinks are
+/// followed: the core does no I/O).
+pub fn normalize_ns_path(p: &str) -> String {
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let joined = format!("/{}", parts.join("/"));
+    match joined.strip_prefix("/var/run/") {
+        Some(rest) => format!("/run/{rest}"),
+        None => joined,
     }
 }
 

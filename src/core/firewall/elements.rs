@@ -192,10 +192,20 @@ pub(super) fn network_comment(name: &str, n: &FwNetwork) -> String {
     )
 }
 
+/// The longest element comment nft accepts ("comment too long, 128
+/// characters maximum allowed").
+pub const COMMENT_MAX: usize = 128;
+
 pub(super) fn port_comment(key: &str, p: &FwPort) -> String {
+    port_comment_text(key, &p.container, &p.network, &p.bridge)
+}
+
+/// The comment of a port mapping's elements, from which observe rebuilds
+/// the mapping. Validation measures it against [`COMMENT_MAX`].
+pub fn port_comment_text(key: &str, container: &str, network: &str, bridge: &str) -> String {
     // Parsed from the right (see `parse_port_comment`): names cannot contain
     // spaces, the key might.
-    format!("{key} {} {} {}", p.container, p.network, p.bridge)
+    format!("{key} {container} {network} {bridge}")
 }
 
 pub(super) fn parse_port_comment(c: &str) -> Option<(&str, &str, &str, &str)> {
@@ -292,7 +302,7 @@ pub fn validate(fw: &Firewall) -> Vec<String> {
         if last > 65535 || last_c > 65535 {
             errs.push(format!("port {key}: range runs past 65535"));
         }
-        if port_comment(key, p).len() > 255 {
+        if port_comment(key, p).len() > COMMENT_MAX {
             errs.push(format!("port {key}: names too long for an nft comment"));
         }
         if !fw.networks.contains_key(&p.network) {

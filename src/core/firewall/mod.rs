@@ -108,7 +108,7 @@ use elements::*;
 use render::*;
 use skeleton::*;
 
-pub use elements::{required_sysctls, validate};
+pub use elements::{COMMENT_MAX, port_comment_text, required_sysctls, validate};
 pub use parse::{Observed, Stray, parse_items, parse_observed, port_counters};
 pub use render::render;
 pub use skeleton::DNAT_MARK;
