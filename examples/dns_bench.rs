@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use netloom::dns::{DnsServer, Member, Zone};
+use netloom::core::dns::{Member, Zone};
+use netloom::host::dns::DnsServer;
 use tokio::net::UdpSocket;
 
 const PORT: u16 = 15354;

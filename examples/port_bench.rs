@@ -19,9 +19,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netloom::firewall::{
-    Firewall, FwNetwork, FwPort, Proto, apply, delete_tables, observe, plan_transaction,
-};
+use netloom::core::firewall::{Firewall, FwNetwork, FwPort, Proto, plan_transaction};
+use netloom::host::nft::{apply, delete_tables, observe};
 
 const SIZES: [u32; 3] = [100, 1000, 10000];
 const RUNS: usize = 5;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = netloom::cli::Cli::parse();
+    let cli = netloom::cmd::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -24,8 +24,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(netloom::engine::run(cli)) {
-        Ok(code) => ExitCode::from(code as u8),
+    match rt.block_on(netloom::cmd::run(cli)) {
+        Ok(code) => code.into(),
         Err(e) => {
             eprintln!("netloom: error: {e:#}");
             ExitCode::from(1)

@@ -270,7 +270,8 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
         status.stdout
     );
 
-    // SIGTERM: the agent exits; the network and names stay.
+    // SIGTERM: the agent exits (after pointing resolv.conf away from the
+    // DNS it no longer serves); the network and names stay.
     h.sh(&format!("kill -TERM {pid}")).ok();
     // Exited (a zombie until the test reaps it, hence the state check).
     let gone = format!(

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::NETLOOM;
-use netloom::spec;
+use netloom::core::spec;
 
 /// Errors of `text` as `LINE:COL: message` (the file name stripped).
 fn errors(text: &str) -> Vec<String> {
@@ -30,7 +30,7 @@ fn position(text: &str, at: &str) -> String {
     let off = text
         .rfind(at)
         .unwrap_or_else(|| panic!("{at:?} not in {text:?}"));
-    let (l, c) = netloom::diag::line_col(text, off);
+    let (l, c) = netloom::core::diag::line_col(text, off);
     format!("{l}:{c}")
 }
 
@@ -85,7 +85,7 @@ fn every_example_validates() {
 fn committed_schema_is_current() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/netloom.schema.json");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
-    let current = netloom::config::schema_json();
+    let current = netloom::core::config::schema_json();
     if common::update_requested("UPDATE_SCHEMA") {
         std::fs::write(path, &current).unwrap();
         return;

@@ -313,3 +313,116 @@ fn a_host_port_in_use_is_a_conflict() {
         "a refused apply changed something"
     );
 }
+
+/// Anything in netloom's tables that the file does not explain is drift:
+/// a hand-added DNAT element (a silent port forward under netloom's name),
+/// an edited element, an extra chain, a deleted or foreign `bridge` table.
+/// `plan` lists each, `status` exits 2, `apply` removes it.
+#[test]
+fn hand_made_nft_objects_are_drift_and_removed() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let h = Host::new();
+    let cfg = h.config(
+        "s.toml",
+        "[containers.web]\nports = [\"8080:80\"]\n\n[networks.quiet]\nsubnet = \"10.80.0.0/24\"\nicc = false\n\n[containers.q1]\nnetworks = [\"quiet\"]\n",
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    assert!(
+        h.netloom(&cfg, &["plan"])
+            .ok()
+            .stdout
+            .contains("No changes."),
+        "not converged"
+    );
+
+    // A silent port forward, added by hand.
+    h.sh("nft add element inet netloom dnat_any '{ tcp . 2222 : 8.8.8.8 . 22 }'")
+        .ok();
+    let plan = h.netloom(&cfg, &["plan"]);
+    plan.ok();
+    assert!(
+        plan.stdout
+            .contains("nft.element.inet.dnat_any[tcp . 2222]: added outside netloom"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to add, 0 to change, 1 to destroy."),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(h.netloom(&cfg, &["status"]).code, 2);
+    h.netloom(&cfg, &["apply"]).ok();
+    assert!(
+        !h.sh("nft list map inet netloom dnat_any")
+            .ok()
+            .stdout
+            .contains("2222"),
+        "stray element survived apply"
+    );
+    assert_eq!(h.netloom(&cfg, &["status"]).code, 0);
+
+    // A subnet slipped into the masquerade set, and netloom's own port
+    // element redirected elsewhere.
+    h.sh("nft add element inet netloom masq_subnets '{ 10.99.0.0/16 }'")
+        .ok();
+    h.sh("nft delete element inet netloom dnat_any '{ tcp . 8080 }' && nft add element inet netloom dnat_any '{ tcp . 8080 : 8.8.8.8 . 80 }'")
+        .ok();
+    let plan = h.netloom(&cfg, &["plan"]);
+    assert!(
+        plan.stdout
+            .contains("nft.element.inet.masq_subnets[10.99.0.0/16]"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("port.web.8080/tcp"), "{}", plan.stdout);
+    h.netloom(&cfg, &["apply"]).ok();
+    let map = h
+        .sh("nft list map inet netloom dnat_any")
+        .ok()
+        .stdout
+        .clone();
+    assert!(
+        map.contains("172.17.0.2 . 80") && !map.contains("8.8.8.8"),
+        "{map}"
+    );
+    assert!(
+        !h.sh("nft list set inet netloom masq_subnets")
+            .ok()
+            .stdout
+            .contains("10.99.0.0"),
+    );
+
+    // An extra chain in netloom's table: the table is re-created.
+    h.sh("nft add chain inet netloom sneaky").ok();
+    let plan = h.netloom(&cfg, &["plan"]);
+    assert!(
+        plan.stdout.contains("unexpected chain sneaky"),
+        "{}",
+        plan.stdout
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    assert!(
+        !h.sh("nft list table inet netloom")
+            .ok()
+            .stdout
+            .contains("sneaky")
+    );
+
+    // The icc=false table deleted by hand.
+    h.sh("nft delete table bridge netloom").ok();
+    let plan = h.netloom(&cfg, &["plan"]);
+    assert!(
+        plan.stdout
+            .contains("nft.table.bridge.netloom: deleted outside netloom"),
+        "{}",
+        plan.stdout
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    assert_eq!(h.sh("nft list table bridge netloom").code, 0);
+    assert_eq!(h.netloom(&cfg, &["status"]).code, 0);
+    h.netloom(&cfg, &["down"]).ok();
+}

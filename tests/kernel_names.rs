@@ -196,14 +196,15 @@ fn hand_edits_are_drift_and_the_user_block_survives() {
     );
     assert_eq!(h.netloom(&cfg, &["plan", "--detailed-exitcode"]).code, 0);
 
-    // resolv.conf: the gateway of a DNS-enabled network first, then upstream.
+    // resolv.conf: with no agent serving the embedded DNS, only the
+    // upstream servers (tests/kernel_dns.rs covers the agent's side).
     let r4 = h
         .sh("cat /etc/netns/tomcat4/resolv.conf")
         .ok()
         .stdout
         .clone();
     let lines: Vec<&str> = r4.lines().filter(|l| l.starts_with("nameserver")).collect();
-    assert_eq!(lines.first(), Some(&"nameserver 192.168.0.1"), "{r4}");
+    assert_eq!(lines, ["nameserver 10.99.0.2"], "{r4}");
     assert!(r4.contains("options ndots:0"), "{r4}");
     let rweb = h.sh("cat /etc/netns/web/resolv.conf").ok().stdout.clone();
     assert!(

@@ -16,18 +16,20 @@ mod fake_kernel;
 use std::path::{Path, PathBuf};
 
 use fake_kernel::FakeKernel;
-use netloom::firewall;
-use netloom::ipam::Allocations;
-use netloom::model::{self, HostInfo, State};
-use netloom::plan::Plan;
-use netloom::state::Owned;
-use netloom::{plan, render, spec};
+use netloom::core::firewall;
+use netloom::core::ipam::Allocations;
+use netloom::core::model::{self, HostInfo, State};
+use netloom::core::plan::Plan;
+use netloom::core::{plan, render, spec};
+use netloom::host::state::Owned;
 use proptest::prelude::*;
 
 fn host() -> HostInfo {
     HostInfo {
         upstream_dns: vec!["10.99.0.2:53".parse().unwrap()],
         state_dir: PathBuf::from("/var/lib/netloom"),
+        // The golden plans are those of a host where the agent runs.
+        agent_dns: true,
     }
 }
 
@@ -122,7 +124,7 @@ fn apply_fake(kernel: &mut FakeKernel, want: &State, p: &Plan) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let out = rt.block_on(netloom::apply::execute_with(
+    let out = rt.block_on(netloom::host::apply::execute_with(
         kernel,
         p,
         Some(&tx),

@@ -1,7 +1,7 @@
 //! A fake kernel for plan tests: a [`Runner`] that carries out plan
 //! operations on an in-memory model of links, namespaces, routes, sysctls,
 //! files and netloom's nft table, and an `observe` that reads that model
-//! back into a [`State`] the way `netloom::observe` reads the real host.
+//! back into a [`State`] the way `netloom::host::observe` reads the real host.
 //!
 //! The recording `Runner` of `src/apply.rs` only records operation texts,
 //! which is not enough to observe anything afterwards, so this one keeps
@@ -29,12 +29,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::{Result, anyhow, bail};
-use netloom::apply::Runner;
-use netloom::firewall::Transaction;
-use netloom::model::{self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State};
-use netloom::netlink::Counters;
-use netloom::plan::Op;
-use netloom::state::Owned;
+use netloom::core::firewall::Transaction;
+use netloom::core::model::{
+    self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State,
+};
+use netloom::core::plan::Op;
+use netloom::host::apply::Runner;
+use netloom::host::netlink::Counters;
+use netloom::host::state::Owned;
 
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -315,7 +317,7 @@ impl FakeKernel {
         Ok(())
     }
 
-    /// Reads the fake host back, as `netloom::observe::observe` reads the
+    /// Reads the fake host back, as `netloom::host::observe::observe` reads the
     /// real one: the namespaces of `desired` and of the state record.
     pub fn observe(&self, desired: &State) -> State {
         let mut st = State::default();

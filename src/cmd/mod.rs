@@ -1,0 +1,48 @@
+//! The commands: the only code that prints.
+//!
+//! [`run`] dispatches a parsed command line to one module per command;
+//! [`steps`] holds what they share (loading, planning, applying).
+
+pub mod cli;
+pub mod down;
+pub mod plan_apply;
+pub mod status;
+pub mod steps;
+pub mod watch;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cmd::cli::{Cli, Command};
+pub use crate::cmd::steps::Exit;
+
+/// Runs one command; errors are printed by the caller and exit 1.
+pub async fn run(cli: Cli) -> Result<Exit> {
+    match &cli.command {
+        Command::Schema => {
+            print!("{}", crate::core::config::schema_json());
+            Ok(Exit::Ok)
+        }
+        Command::Validate => plan_apply::validate(&cli),
+        Command::Plan {
+            offline: true,
+            detailed_exitcode,
+            format,
+        } => plan_apply::plan_offline(&cli, *detailed_exitcode, *format),
+        Command::Plan {
+            offline: false,
+            detailed_exitcode,
+            format,
+        } => plan_apply::apply_cmd(&cli, true, *detailed_exitcode, *format).await,
+        Command::Apply {
+            dry_run,
+            detailed_exitcode,
+            format,
+        } => plan_apply::apply_cmd(&cli, *dry_run, *detailed_exitcode, *format).await,
+        Command::Status { format } => status::status(&cli, *format).await,
+        Command::Inspect { network, format } => status::inspect(&cli, network, *format).await,
+        Command::Down => down::down(&cli).await,
+        Command::Watch { resync } => watch::watch(&cli, Duration::from_secs(*resync)).await,
+    }
+}

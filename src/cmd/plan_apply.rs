@@ -1,0 +1,65 @@
+//! `validate`, `plan` and `apply`.
+
+use anyhow::Result;
+
+use crate::cmd::cli::{Cli, Format};
+use crate::cmd::steps::{
+    Exit, LOCK_WAIT, apply_planned, load, plan_exit, plan_live, print_plan, record_converged,
+    require_root, resolve,
+};
+use crate::core::model::State;
+use crate::core::plan;
+use crate::host::state::{Record, StateDir};
+
+pub fn validate(cli: &Cli) -> Result<Exit> {
+    let Some(l) = load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    println!(
+        "{}: valid ({} network(s), {} container(s))",
+        l.path.display(),
+        l.spec.networks.len(),
+        l.spec.containers.len()
+    );
+    Ok(Exit::Ok)
+}
+
+/// `plan --offline`: the plan against an empty host, without reading the
+/// kernel or the state dir (no privileges needed).
+pub fn plan_offline(cli: &Cli, detailed: bool, format: Format) -> Result<Exit> {
+    let Some(l) = load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    let desired = resolve(&l, &Record::default())?;
+    let plan = plan::diff(&desired.state, &State::default(), None);
+    print_plan(&plan, format);
+    Ok(plan_exit(&plan, detailed))
+}
+
+/// `plan` and `apply [--dry-run]` against the live host.
+pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> Result<Exit> {
+    let Some(l) = load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    require_root(if dry_run { "plan" } else { "apply" })?;
+    let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
+    let mut record = sd.load()?;
+    let p = plan_live(&l, &record).await?;
+    print_plan(&p.plan, format);
+    if dry_run || p.plan.is_empty() {
+        if !dry_run {
+            let c = p.observation.counters;
+            eprintln!(
+                "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
+                c.dumps, c.writes
+            );
+        }
+        if !dry_run {
+            record_converged(&sd, &mut record, &p)?;
+        }
+        return Ok(plan_exit(&p.plan, detailed));
+    }
+    let report = apply_planned(&sd, &mut record, &p).await?;
+    eprintln!("{report}");
+    Ok(if detailed { Exit::Changes } else { Exit::Ok })
+}

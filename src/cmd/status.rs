@@ -1,0 +1,272 @@
+//! `status` (what netloom owns, live, with drift and port counters) and
+//! `inspect` (Docker's `network inspect` fields).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Result, anyhow};
+use serde_json::json;
+
+use crate::cmd::cli::{Cli, Format};
+use crate::cmd::steps::{self, Exit, LOCK_WAIT};
+use crate::host::state::{AgentStatus, StateDir};
+
+pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
+    let Some(l) = steps::load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
+    let record = sd.load()?;
+    let p = steps::plan_live(&l, &record).await?;
+    let counters = p
+        .observation
+        .firewall
+        .as_ref()
+        .map(crate::core::firewall::port_counters)
+        .unwrap_or_default();
+    let agent = AgentStatus::read(sd.path());
+    drop(sd);
+    let pending: BTreeMap<&str, &str> = p
+        .plan
+        .changes
+        .iter()
+        .map(|c| (c.address.as_str(), c.action.symbol()))
+        .collect();
+    let state_of = |addr: &str| match pending.get(addr) {
+        None => "in sync".to_string(),
+        Some(&"+") => "missing".to_string(),
+        Some(&"-") => "to remove".to_string(),
+        Some(_) => "drift".to_string(),
+    };
+    let obs = &p.observation.state;
+    let want = &p.desired.state;
+    let in_sync = p.plan.is_empty();
+    if format == Format::Json {
+        let networks: Vec<_> = want
+            .bridges
+            .iter()
+            .map(|(n, b)| json!({"address": format!("network.{n}"), "name": n, "bridge": b.name, "addresses": b.addrs, "state": state_of(&format!("network.{n}"))}))
+            .collect();
+        let endpoints: Vec<_> = want
+            .endpoints
+            .iter()
+            .map(|(k, e)| {
+                let live = obs.endpoints.get(k);
+                json!({"address": format!("container.{k}"), "container": e.container, "network": e.network, "interface": e.ifname, "host_veth": e.host_veth, "addresses": e.addrs, "mac": e.mac, "live_addresses": live.map(|l| &l.addrs), "state": state_of(&format!("container.{k}"))})
+            })
+            .collect();
+        let fw = want.firewall.as_ref().map(|f| &f.fw.ports);
+        let ports: Vec<_> = fw
+            .into_iter()
+            .flatten()
+            .map(|(k, pm)| {
+                let (pk, by) = counters.get(k).copied().unwrap_or((0, 0));
+                json!({"address": format!("port.{k}"), "container": pm.container, "host_ip": pm.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()), "host_port": pm.host_port, "container_ip": pm.container_ip.to_string(), "container_port": pm.container_port, "count": pm.count, "proto": pm.proto.to_string(), "packets": pk, "bytes": by, "state": state_of(&format!("port.{k}"))})
+            })
+            .collect();
+        let doc = json!({
+            "in_sync": in_sync,
+            "networks": networks,
+            "endpoints": endpoints,
+            "ports": ports,
+            "files": want.files.keys().map(|f| json!({"path": f, "state": state_of(&format!("file.{f}"))})).collect::<Vec<_>>(),
+            "external_hosts_files": p.desired.external_files,
+            "drift": p.plan.drift,
+            "pending": p.plan.changes.iter().map(|c| json!({"address": c.address, "action": c.action})).collect::<Vec<_>>(),
+            "agent": agent,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(if in_sync { Exit::Ok } else { Exit::Changes });
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "NETWORK            BRIDGE           ADDRESSES                     STATE"
+    );
+    for (n, b) in &want.bridges {
+        let addrs: Vec<&str> = b.addrs.iter().map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "{:<18} {:<16} {:<29} {}",
+            n,
+            b.name,
+            addrs.join(","),
+            state_of(&format!("network.{n}"))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nENDPOINT           VETH         ADDRESSES                     MAC                STATE"
+    );
+    for (k, e) in &want.endpoints {
+        let addrs: Vec<&str> = e.addrs.iter().map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "{:<18} {:<12} {:<29} {:<18} {}",
+            k,
+            e.host_veth,
+            addrs.join(","),
+            e.mac,
+            state_of(&format!("container.{k}"))
+        );
+    }
+    if let Some(ports) = want
+        .firewall
+        .as_ref()
+        .map(|f| &f.fw.ports)
+        .filter(|p| !p.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "\nPORT                          TARGET                     PKTS      BYTES  STATE"
+        );
+        for (k, pm) in ports {
+            let (pk, by) = counters.get(k).copied().unwrap_or((0, 0));
+            let target = format!("{}:{}/{}", pm.container_ip, pm.container_port, pm.proto);
+            let _ = writeln!(
+                out,
+                "{:<29} {:<22} {:>8} {:>10}  {}",
+                k,
+                target,
+                pk,
+                by,
+                state_of(&format!("port.{k}"))
+            );
+        }
+    }
+    for (c, path) in &p.desired.external_files {
+        let _ = writeln!(
+            out,
+            "\nhosts file of {c} (netns_path; bind-mount it on the container's /etc/hosts): {path}"
+        );
+    }
+    if !p.plan.drift.is_empty() {
+        let _ = writeln!(out, "\nDrift (changed outside netloom):");
+        for d in &p.plan.drift {
+            let _ = writeln!(out, "  ! {}: {}", d.address, d.what);
+        }
+    }
+    if let Some(a) = &agent {
+        let state = if a.alive() { "running" } else { "not running" };
+        let summary = if a.summary.is_empty() {
+            "(no runs recorded)"
+        } else {
+            &a.summary
+        };
+        let _ = writeln!(out, "\nAgent (pid {}, {state}): {summary}", a.pid);
+        if let Some(e) = &a.config_error {
+            let _ = writeln!(
+                out,
+                "  the agent keeps its last good configuration; the file has errors:\n{e}"
+            );
+        }
+    }
+    let s = p.plan.summary();
+    if in_sync {
+        let _ = writeln!(out, "\nIn sync: no changes pending.");
+    } else {
+        let _ = writeln!(
+            out,
+            "\nNot in sync: {} to add, {} to change, {} to destroy (run `netloom plan`).",
+            s.add, s.change, s.destroy
+        );
+    }
+    print!("{out}");
+    Ok(if in_sync { Exit::Ok } else { Exit::Changes })
+}
+
+/// A stable 64-hex-digit id for a name (Docker shows ids of that shape).
+pub fn id_of(kind: &str, name: &str) -> String {
+    (0..4u8)
+        .map(|i| {
+            format!(
+                "{:016x}",
+                crate::core::hash::fnv64(format!("{kind}\0{name}\0{i}").as_bytes())
+            )
+        })
+        .collect()
+}
+
+pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
+    let Some(l) = steps::load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    let Some(net) = l.spec.networks.get(network).cloned() else {
+        let known: Vec<&str> = l.spec.networks.keys().map(String::as_str).collect();
+        return Err(anyhow!(
+            "unknown network `{network}` (declared: {})",
+            known.join(", ")
+        ));
+    };
+    let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
+    let record = sd.load()?;
+    let desired = steps::resolve(&l, &record)?;
+    let observation = crate::host::observe::observe(&desired.state, &record).await?;
+    drop(sd);
+    let mut containers = serde_json::Map::new();
+    for e in observation
+        .state
+        .endpoints
+        .values()
+        .filter(|e| e.network == network)
+    {
+        let v4 = e
+            .addrs
+            .iter()
+            .find(|a| !a.contains(':'))
+            .cloned()
+            .unwrap_or_default();
+        let v6 = e
+            .addrs
+            .iter()
+            .find(|a| a.contains(':'))
+            .cloned()
+            .unwrap_or_default();
+        containers.insert(
+            id_of("container", &e.container),
+            json!({"Name": e.container, "EndpointID": id_of("endpoint", &format!("{}.{}", e.container, e.ifname)), "MacAddress": e.mac, "IPv4Address": v4, "IPv6Address": v6}),
+        );
+    }
+    let mut config =
+        vec![json!({"Subnet": net.subnet.to_string(), "Gateway": net.gateway.to_string()})];
+    if let (Some(s6), Some(g6)) = (net.subnet6, net.gateway6) {
+        config.push(json!({"Subnet": s6.to_string(), "Gateway": g6.to_string()}));
+    }
+    let doc = json!([{
+        "Name": net.name,
+        "Id": id_of("network", &net.name),
+        "Scope": "local",
+        "Driver": "bridge",
+        "EnableIPv6": net.subnet6.is_some(),
+        "IPAM": {"Driver": "default", "Options": {}, "Config": config},
+        "Internal": net.internal,
+        "Attachable": false,
+        "Containers": containers,
+        "Options": {
+            "com.docker.network.bridge.name": net.bridge,
+            "com.docker.network.bridge.enable_ip_masquerade": net.masquerade.to_string(),
+            "com.docker.network.bridge.enable_icc": net.icc.to_string(),
+            "com.docker.network.driver.mtu": net.mtu.to_string(),
+        },
+        "Labels": {}
+    }]);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Format::Text => {
+            println!(
+                "Name:    {}\nDriver:  bridge\nBridge:  {}\nSubnet:  {}\nGateway: {}\nInternal: {}",
+                net.name, net.bridge, net.subnet, net.gateway, net.internal
+            );
+            println!("Containers:");
+            for v in containers.values() {
+                println!(
+                    "  {:<16} {:<20} {}",
+                    v["Name"].as_str().unwrap_or(""),
+                    v["IPv4Address"].as_str().unwrap_or(""),
+                    v["MacAddress"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,606 @@
+//! `netloom watch`: the agent.
+//!
+//! It applies at start, then whenever the file changes (debounced, by
+//! content hash, atomic renames included), when the kernel reports a change
+//! to one of netloom's interfaces, every resync period (with jitter, which
+//! also catches what has no cheap event, such as a flushed nft table), and
+//! at once on SIGHUP. One reconcile runs at a time; triggers that arrive
+//! during one coalesce into one more. It serves the embedded DNS of the
+//! DNS-enabled networks and updates its records in the same reconcile that
+//! changes an address. SIGTERM/SIGINT stop it and leave the network up.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::cmd::cli::Cli;
+use crate::cmd::steps::{self, Exit, LOCK_WAIT, Loaded};
+use crate::host::dns::DnsServer;
+use crate::host::events::{self, KernelEvent};
+use crate::host::sdnotify;
+use crate::host::state::{AgentStatus, Run, StateDir};
+
+/// Editors write a file in several steps; wait this long for the last one.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Runs kept in the agent's status file.
+const KEPT_RUNS: usize = 20;
+
+/// Why a reconcile runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    File,
+    Kernel(KernelEvent),
+    /// An event inside a container's namespace.
+    NsKernel(String, KernelEvent),
+    /// The kernel events of one batch that are drift, described.
+    Drift(String),
+    Resync,
+    Reload,
+    Stop,
+}
+
+impl Trigger {
+    fn name(&self) -> String {
+        match self {
+            Trigger::Start => "start".into(),
+            Trigger::File => "file".into(),
+            Trigger::Kernel(ev) => format!("kernel ({})", describe(ev)),
+            Trigger::NsKernel(c, ev) => format!("kernel ({c}: {})", describe(ev)),
+            Trigger::Drift(what) => format!("kernel ({what})"),
+            Trigger::Resync => "resync".into(),
+            Trigger::Reload => "SIGHUP".into(),
+            Trigger::Stop => "stop".into(),
+        }
+    }
+}
+
+struct Agent {
+    config: PathBuf,
+    state_dir: PathBuf,
+    loaded: Loaded,
+    /// Hash of the file content last seen (valid or not).
+    seen: u64,
+    dns: DnsServer,
+    /// Names and indexes of netloom's host interfaces, to filter events.
+    owned_names: HashSet<String>,
+    owned_indexes: HashSet<u32>,
+    owned_veths: HashSet<String>,
+    /// Event subscriptions inside container namespaces, by container, with
+    /// the identity (dev, inode) of the namespace they watch.
+    ns_watch: HashMap<String, ((u64, u64), tokio::task::JoinHandle<()>)>,
+    tx: mpsc::UnboundedSender<Trigger>,
+    status: AgentStatus,
+}
+
+pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
+    steps::require_root("watch")?;
+    let Some(mut loaded) = steps::load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    // This agent serves the embedded DNS: resolv.conf files name the
+    // gateways from its first reconcile on.
+    loaded.host.agent_dns = true;
+    let text = steps::read_config(&cli.config).unwrap_or_default();
+    let dns = DnsServer::new(upstreams(&loaded));
+    let state_dir = loaded.host.state_dir.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
+    let mut agent = Agent {
+        config: cli.config.clone(),
+        state_dir,
+        loaded,
+        seen: crate::core::hash::fnv64(&text),
+        dns,
+        owned_names: HashSet::new(),
+        owned_indexes: HashSet::new(),
+        owned_veths: HashSet::new(),
+        ns_watch: HashMap::new(),
+        tx: tx.clone(),
+        status: AgentStatus {
+            pid: std::process::id(),
+            started: now_rfc3339(),
+            ..Default::default()
+        },
+    };
+
+    let _watcher = watch_file(&cli.config, tx.clone())?;
+    spawn_kernel_events(tx.clone())?;
+    spawn_signals(tx.clone())?;
+    spawn_resync(tx.clone(), resync);
+
+    // The pid first: a command run during the first reconcile must already
+    // see an agent serving DNS, or it would render resolv.conf without it.
+    agent.write_status();
+    // Whether the last reconcile changed the kernel, so that the next kernel
+    // events are (at least partly) its echo.
+    let mut echo_expected = agent.reconcile(&Trigger::Start, false).await;
+    sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
+
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        if batch.contains(&Trigger::File) {
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+        while let Ok(t) = rx.try_recv() {
+            batch.push(t);
+        }
+        if batch.contains(&Trigger::Stop) {
+            break;
+        }
+        let reload = batch.contains(&Trigger::Reload);
+        if reload {
+            sdnotify::notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                sdnotify::monotonic_usec()
+            ));
+        }
+        let file_changed = agent.reload_file(reload);
+        // Every drift event of the batch, for the log line.
+        let mut drift: Vec<String> = Vec::new();
+        for t in &batch {
+            let d = match t {
+                Trigger::Kernel(ev) if agent.is_ours(ev) => describe(ev),
+                Trigger::NsKernel(c, ev) if is_drift_inside(ev) => format!("{c}: {}", describe(ev)),
+                _ => continue,
+            };
+            if !drift.contains(&d) {
+                drift.push(d);
+            }
+        }
+        let trigger = if reload {
+            Some(Trigger::Reload)
+        } else if file_changed {
+            Some(Trigger::File)
+        } else if !drift.is_empty() {
+            Some(Trigger::Drift(drift.join("; ")))
+        } else if batch.contains(&Trigger::Resync) {
+            Some(Trigger::Resync)
+        } else {
+            None
+        };
+        if let Some(t) = trigger {
+            // Our own changes echo back as kernel events. They are not
+            // discarded (real drift may arrive among them): the events after
+            // a change lead to one more reconcile, which compares the kernel
+            // with the file again. Finding nothing to do, it was only the
+            // echo and stays quiet; anything real is healed and reported.
+            let quiet = echo_expected && matches!(t, Trigger::Drift(_));
+            let changed = agent.reconcile(&t, quiet).await;
+            echo_expected = changed;
+        }
+        if reload {
+            sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
+        }
+    }
+    sdnotify::notify("STOPPING=1");
+    info!("stopping; the network stays as it is");
+    // Nobody will answer on the gateways any more: point resolv.conf at
+    // the upstream servers only, while the DNS server still answers.
+    agent.loaded.host.agent_dns = false;
+    agent.reconcile(&Trigger::Stop, false).await;
+    agent.dns.shutdown().await;
+    Ok(Exit::Ok)
+}
+
+impl Agent {
+    /// Re-reads the file; returns whether a new valid config is in force.
+    fn reload_file(&mut self, force: bool) -> bool {
+        let text = match steps::read_config(&self.config) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(
+                    "cannot read {}: {e}; keeping the last good configuration",
+                    self.config.display()
+                );
+                return false;
+            }
+        };
+        let h = crate::core::hash::fnv64(&text);
+        if h == self.seen && !force {
+            return false;
+        }
+        self.seen = h;
+        let shown = self.config.display().to_string();
+        match crate::core::spec::load_bytes(&shown, &text) {
+            Ok(spec) => {
+                // The state dir stays the agent's for its lifetime: moving
+                // it under a running agent would orphan the ownership record.
+                let host = self.loaded.host.clone();
+                self.loaded = Loaded {
+                    path: self.config.clone(),
+                    spec,
+                    host,
+                };
+                self.status.config_error = None;
+                self.dns.set_upstreams(upstreams(&self.loaded));
+                true
+            }
+            Err(d) => {
+                for l in &d.lines {
+                    error!("{l}");
+                }
+                error!("invalid configuration; the last good one stays in force");
+                self.status.config_error = Some(d.to_string());
+                self.write_status();
+                false
+            }
+        }
+    }
+
+    /// Whether a kernel event is drift of one of netloom's interfaces: one
+    /// of them removed or set down, a veth released from its bridge (bridges
+    /// have no master), one of their addresses removed. What the kernel does
+    /// on its own after netloom's changes (carrier and operstate updates,
+    /// IPv6 link-local addresses) is not drift.
+    fn is_ours(&self, ev: &KernelEvent) -> bool {
+        let owned = |index: &u32, name: &Option<String>| {
+            self.owned_indexes.contains(index)
+                || name.as_ref().is_some_and(|n| self.owned_names.contains(n))
+        };
+        match ev {
+            KernelEvent::Link {
+                index,
+                name,
+                removed: true,
+                ..
+            }
+            | KernelEvent::Link {
+                index,
+                name,
+                up: false,
+                ..
+            } => owned(index, name),
+            KernelEvent::Link {
+                name, master: None, ..
+            } => name.as_ref().is_some_and(|n| self.owned_veths.contains(n)),
+            KernelEvent::Address {
+                index,
+                removed: true,
+                link_local: false,
+            } => self.owned_indexes.contains(index),
+            _ => false,
+        }
+    }
+
+    /// One reconcile; returns whether it changed anything. With `quiet`, a
+    /// reconcile that finds nothing to do is neither logged nor recorded
+    /// (the check that follows the agent's own changes).
+    async fn reconcile(&mut self, trigger: &Trigger, quiet: bool) -> bool {
+        let start = Instant::now();
+        let result = self.reconcile_inner().await;
+        let millis = start.elapsed().as_millis() as u64;
+        let (summary, changed) = match &result {
+            Ok(s) => (*s, s.add + s.change + s.destroy > 0),
+            Err(_) => (Default::default(), false),
+        };
+        if quiet && result.is_ok() && !changed {
+            debug!("kernel events after our own changes: nothing to do ({millis} ms)");
+            return false;
+        }
+        let run = Run {
+            time: now_rfc3339(),
+            trigger: trigger.name(),
+            added: summary.add,
+            changed: summary.change,
+            destroyed: summary.destroy,
+            millis,
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        };
+        match &run.error {
+            None => info!(
+                trigger = %run.trigger,
+                "reconciled in {millis} ms: {} added, {} changed, {} destroyed",
+                run.added, run.changed, run.destroyed
+            ),
+            Some(e) => error!(trigger = %run.trigger, "reconcile failed after {millis} ms: {e}"),
+        }
+        self.status.summary = match &run.error {
+            None => format!(
+                "last reconcile {} ({}): {} added, {} changed, {} destroyed",
+                run.time, run.trigger, run.added, run.changed, run.destroyed
+            ),
+            Some(e) => format!("last reconcile {} ({}) failed: {e}", run.time, run.trigger),
+        };
+        sdnotify::notify(&format!("STATUS={}", self.status.summary));
+        self.status.runs.push(run);
+        let n = self.status.runs.len();
+        if n > KEPT_RUNS {
+            self.status.runs.drain(..n - KEPT_RUNS);
+        }
+        self.write_status();
+        changed
+    }
+
+    async fn reconcile_inner(&mut self) -> Result<crate::core::plan::Summary> {
+        let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
+        let mut record = sd.load()?;
+        let p = steps::plan_live(&self.loaded, &record).await?;
+        let summary = p.plan.summary();
+        if !p.plan.is_empty() {
+            steps::apply_planned(&sd, &mut record, &p).await?;
+        } else {
+            steps::record_converged(&sd, &mut record, &p)?;
+        }
+        drop(sd);
+        self.owned_names = p
+            .desired
+            .state
+            .bridges
+            .values()
+            .map(|b| b.name.clone())
+            .chain(
+                p.desired
+                    .state
+                    .endpoints
+                    .values()
+                    .map(|e| e.host_veth.clone()),
+            )
+            .collect();
+        self.owned_veths = p
+            .desired
+            .state
+            .endpoints
+            .values()
+            .map(|e| e.host_veth.clone())
+            .collect();
+        self.owned_indexes = p
+            .observation
+            .host
+            .links
+            .iter()
+            .filter(|l| self.owned_names.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        self.watch_namespaces(&p.desired.state);
+        self.dns
+            .update(p.desired.zones.clone())
+            .await
+            .context("update the embedded DNS server")?;
+        Ok(summary)
+    }
+
+    /// Keeps one event subscription per container namespace. A subscription
+    /// holds its namespace alive, so one whose namespace was replaced (the
+    /// path now names another inode) or dropped is closed, not kept.
+    fn watch_namespaces(&mut self, desired: &crate::core::model::State) {
+        use std::os::unix::fs::MetadataExt;
+        let mut keep = HashSet::new();
+        for (container, ns) in &desired.namespaces {
+            let path = ns.netns.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if self
+                .ns_watch
+                .get(container)
+                .is_some_and(|(cur, _)| *cur == id)
+            {
+                keep.insert(container.clone());
+                continue;
+            }
+            match events::subscribe_in(&path) {
+                Ok(mut rx) => {
+                    let tx = self.tx.clone();
+                    let c = container.clone();
+                    let task = tokio::spawn(async move {
+                        while let Some(ev) = rx.recv().await {
+                            if tx.send(Trigger::NsKernel(c.clone(), ev)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    if let Some((_, old)) = self.ns_watch.insert(container.clone(), (id, task)) {
+                        old.abort();
+                    }
+                    keep.insert(container.clone());
+                }
+                Err(e) => warn!(
+                    "no kernel events from {}: {e:#}; the resync covers it",
+                    ns.netns
+                ),
+            }
+        }
+        self.ns_watch.retain(|c, (_, task)| {
+            let k = keep.contains(c);
+            if !k {
+                task.abort();
+            }
+            k
+        });
+    }
+
+    fn write_status(&self) {
+        if let Err(e) = self.status.write(&self.state_dir) {
+            warn!("{e:#}");
+        }
+    }
+}
+
+/// Upstream servers for the embedded DNS: the file's, else the host's
+/// resolv.conf (loopback resolvers included: the agent runs on the host).
+fn upstreams(l: &Loaded) -> Vec<std::net::SocketAddr> {
+    if let Some(u) = &l.spec.upstream_dns {
+        return u.clone();
+    }
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| crate::host::dns::parse_resolv_conf(&t))
+        .unwrap_or_default()
+}
+
+/// Watches the file's directory (editors replace files by rename) and
+/// sends [`Trigger::File`] for events on the file's name.
+fn watch_file(
+    config: &Path,
+    tx: mpsc::UnboundedSender<Trigger>,
+) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let abs =
+        std::path::absolute(config).with_context(|| format!("resolve {}", config.display()))?;
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("{} has no parent directory", abs.display()))?;
+    let name = abs
+        .file_name()
+        .map(|n| n.to_os_string())
+        .ok_or_else(|| anyhow!("{} has no file name", abs.display()))?;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+            {
+                let _ = tx.send(Trigger::File);
+            }
+        }
+    })
+    .context("start the file watcher")?;
+    w.watch(&dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watch {}", dir.display()))?;
+    Ok(w)
+}
+
+/// Inside a container's namespace everything but the kernel's own
+/// housekeeping is netloom's: a link removed or down, an address (not IPv6
+/// link-local) removed, a route removed.
+fn is_drift_inside(ev: &KernelEvent) -> bool {
+    matches!(
+        ev,
+        KernelEvent::Link { removed: true, .. }
+            | KernelEvent::Link { up: false, .. }
+            | KernelEvent::Address {
+                removed: true,
+                link_local: false,
+                ..
+            }
+            | KernelEvent::Route { removed: true }
+    )
+}
+
+/// Forwards kernel events as [`Trigger::Kernel`]; [`Agent::is_ours`]
+/// decides which of them are drift.
+fn spawn_kernel_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
+    let mut rx = events::subscribe()?;
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if tx.send(Trigger::Kernel(ev)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A kernel event for the log line of the reconcile it triggered.
+fn describe(ev: &KernelEvent) -> String {
+    match ev {
+        KernelEvent::Link {
+            name,
+            removed: true,
+            ..
+        } => {
+            format!("{} removed", name.as_deref().unwrap_or("link"))
+        }
+        KernelEvent::Link {
+            name, up: false, ..
+        } => {
+            format!("{} down", name.as_deref().unwrap_or("link"))
+        }
+        KernelEvent::Link {
+            name, master: None, ..
+        } => {
+            format!("{} left its bridge", name.as_deref().unwrap_or("link"))
+        }
+        KernelEvent::Link { name, .. } => format!("{} changed", name.as_deref().unwrap_or("link")),
+        KernelEvent::Address { index, removed, .. } => format!(
+            "address {} on ifindex {index}",
+            if *removed { "removed" } else { "added" }
+        ),
+        KernelEvent::Route { removed } => {
+            format!("route {}", if *removed { "removed" } else { "added" })
+        }
+    }
+}
+
+fn spawn_signals(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::spawn(async move {
+        loop {
+            let t = tokio::select! {
+                _ = hup.recv() => Trigger::Reload,
+                _ = term.recv() => Trigger::Stop,
+                _ = int.recv() => Trigger::Stop,
+            };
+            if tx.send(t).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_resync(tx: mpsc::UnboundedSender<Trigger>, period: Duration) {
+    if period.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            // Up to 10% jitter, so that agents on many hosts do not resync
+            // in lockstep.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let jitter = period.mul_f64(f64::from(nanos % 1000) / 10_000.0);
+            tokio::time::sleep(period + jitter).await;
+            if tx.send(Trigger::Resync).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_format() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 20);
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+}

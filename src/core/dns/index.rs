@@ -1,0 +1,207 @@
+//! Lookup tables built from the zones, once per reconcile.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::Ipv4Network;
+
+use super::Zone;
+use super::name::{normalize, valid_target};
+
+/// Why zones cannot be served together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexError {
+    /// Two zones would listen on the same address.
+    #[error("two networks use the gateway {0}")]
+    DuplicateGateway(Ipv4Addr),
+}
+
+/// The lookup tables of one zone.
+#[derive(Debug)]
+pub(super) struct Net {
+    pub(super) network: String,
+    pub(super) gateway: Ipv4Addr,
+    pub(super) subnet: Ipv4Network,
+    /// Lookup-form name (`web`, `web.green`) -> indexes into `addrs`.
+    pub(super) names: HashMap<Box<str>, Box<[u32]>>,
+    /// Addresses of each member, in the zone's order.
+    pub(super) addrs: Vec<(Ipv4Addr, Option<Ipv6Addr>)>,
+    /// Absolute PTR targets (`web.`) by address: the member's own name
+    /// first, then its aliases, then other members sharing the address.
+    pub(super) ptr4: HashMap<Ipv4Addr, Vec<Box<str>>>,
+    pub(super) ptr6: HashMap<Ipv6Addr, Vec<Box<str>>>,
+}
+
+/// All zones of the host, ready to answer.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub(super) nets: Vec<Net>,
+    by_gateway: HashMap<Ipv4Addr, u32>,
+    /// A member's address (any network) -> its container's entry in
+    /// `containers`: how the asker of a query is recognised.
+    sources: HashMap<IpAddr, u32>,
+    /// Per container: the indexes in `nets` of its DNS-enabled networks.
+    containers: Vec<Box<[u32]>>,
+    skipped: Vec<String>,
+}
+
+/// What one asker may see: the networks whose members it resolves, the
+/// listener's own network first.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'i> {
+    pub(super) first: u32,
+    /// The asker's networks (may include `first`, skipped when iterating).
+    others: &'i [u32],
+}
+
+impl View<'_> {
+    /// Indexes of the networks in the view, `first` first, no repeats.
+    pub(super) fn nets(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.first)
+            .chain(self.others.iter().copied().filter(|n| *n != self.first))
+            .map(|n| n as usize)
+    }
+}
+
+impl Index {
+    /// Builds the tables of `zones`. Names that cannot be PTR targets are
+    /// left out of the PTR tables and listed by [`Index::skipped`].
+    pub fn build(zones: &[Zone]) -> Result<Index, IndexError> {
+        let mut index = Index::default();
+        let mut container_ids: HashMap<&str, u32> = HashMap::new();
+        let mut container_nets: Vec<Vec<u32>> = Vec::new();
+        for (n, zone) in zones.iter().enumerate() {
+            let n = n as u32;
+            if index.by_gateway.insert(zone.gateway, n).is_some() {
+                return Err(IndexError::DuplicateGateway(zone.gateway));
+            }
+            let net = index.net(zone);
+            index.nets.push(net);
+            for m in &zone.members {
+                let next = container_ids.len() as u32;
+                let id = *container_ids.entry(m.name.as_str()).or_insert(next);
+                if id == next {
+                    container_nets.push(Vec::new());
+                }
+                let nets = &mut container_nets[id as usize];
+                if !nets.contains(&n) {
+                    nets.push(n);
+                }
+                index.sources.insert(IpAddr::V4(m.ipv4), id);
+                if let Some(v6) = m.ipv6 {
+                    index.sources.insert(IpAddr::V6(v6), id);
+                }
+            }
+        }
+        index.containers = container_nets
+            .into_iter()
+            .map(Vec::into_boxed_slice)
+            .collect();
+        Ok(index)
+    }
+
+    fn net(&mut self, zone: &Zone) -> Net {
+        let network = normalize(&zone.network);
+        let mut names: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut ptr4: HashMap<Ipv4Addr, Vec<Box<str>>> = HashMap::new();
+        let mut ptr6: HashMap<Ipv6Addr, Vec<Box<str>>> = HashMap::new();
+        let mut addrs = Vec::with_capacity(zone.members.len());
+        for (idx, member) in zone.members.iter().enumerate() {
+            let idx = idx as u32;
+            addrs.push((member.ipv4, member.ipv6));
+            let mut targets: Vec<Box<str>> = Vec::new();
+            for label in std::iter::once(&member.name).chain(&member.aliases) {
+                let key = normalize(label);
+                if key.is_empty() {
+                    continue;
+                }
+                let qualified = (!network.is_empty()).then(|| format!("{key}.{network}"));
+                for k in std::iter::once(key).chain(qualified) {
+                    let entry = names.entry(k.into_boxed_str()).or_default();
+                    if !entry.contains(&idx) {
+                        entry.push(idx);
+                    }
+                }
+                // The PTR target keeps the name as configured (case
+                // included) but is made absolute so resolvers do not
+                // append a search domain to it.
+                if !valid_target(label) {
+                    self.skipped.push(label.clone());
+                    continue;
+                }
+                let target: Box<str> = format!("{}.", label.trim_end_matches('.')).into();
+                if !targets.contains(&target) {
+                    targets.push(target);
+                }
+            }
+            extend_unique(ptr4.entry(member.ipv4).or_default(), &targets);
+            if let Some(v6) = member.ipv6 {
+                extend_unique(ptr6.entry(v6).or_default(), &targets);
+            }
+        }
+        Net {
+            network: zone.network.clone(),
+            gateway: zone.gateway,
+            subnet: zone.subnet,
+            names: names
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
+            addrs,
+            ptr4,
+            ptr6,
+        }
+    }
+
+    /// What `src` may see when it asks the listener on `gateway`; `None`
+    /// when no zone listens there or `src` is outside its subnet (such
+    /// packets are dropped without a reply: answering would make the
+    /// gateway a reflector, and legitimate clients never come from
+    /// outside). An IPv4-mapped IPv6 source counts as its IPv4 address.
+    pub fn view(&self, gateway: Ipv4Addr, src: IpAddr) -> Option<View<'_>> {
+        let first = *self.by_gateway.get(&gateway)?;
+        let src = match src {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(src, IpAddr::V4),
+            v4 => v4,
+        };
+        let IpAddr::V4(v4) = src else { return None };
+        if !self.nets[first as usize].subnet.contains(v4) {
+            return None;
+        }
+        let others = self
+            .sources
+            .get(&src)
+            .map_or(&[][..], |id| &self.containers[*id as usize]);
+        Some(View { first, others })
+    }
+
+    /// Whether a zone listens on `gateway`.
+    pub fn serves(&self, gateway: Ipv4Addr) -> bool {
+        self.by_gateway.contains_key(&gateway)
+    }
+
+    /// The listeners: each zone's gateway and network name.
+    pub fn listeners(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
+        self.nets.iter().map(|n| (n.gateway, n.network.as_str()))
+    }
+
+    /// The network name of the listener on `gateway`.
+    pub fn network_of(&self, gateway: Ipv4Addr) -> Option<&str> {
+        let n = *self.by_gateway.get(&gateway)?;
+        Some(self.nets[n as usize].network.as_str())
+    }
+
+    /// Configured names left out of the PTR tables (not valid DNS names).
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+}
+
+/// Appends the names of `more` not yet in `list`, keeping order.
+fn extend_unique(list: &mut Vec<Box<str>>, more: &[Box<str>]) {
+    for name in more {
+        if !list.contains(name) {
+            list.push(name.clone());
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Sets and elements: what of the configuration lives in nft's sets and
+//! maps, one element per bridge, subnet or published port.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Family {
+    Inet,
+    Bridge,
+}
+
+impl Family {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
+/// netloom's sets and maps, in declaration order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum SetId {
+    Bridges,
+    IntraBridge,
+    InternalBridges,
+    Subnets,
+    MasqSubnets,
+    DnatAny,
+    DnatHostIp,
+    IsolatedSubnets,
+}
+
+pub(super) const ALL_SETS: [SetId; 8] = [
+    SetId::Bridges,
+    SetId::IntraBridge,
+    SetId::InternalBridges,
+    SetId::Subnets,
+    SetId::MasqSubnets,
+    SetId::DnatAny,
+    SetId::DnatHostIp,
+    SetId::IsolatedSubnets,
+];
+
+/// Data type of map values (both DNAT maps).
+pub(super) const DNAT_DATA: &str = "ipv4_addr . inet_service";
+
+impl SetId {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            SetId::Bridges => "bridges",
+            SetId::IntraBridge => "intra_bridge",
+            SetId::InternalBridges => "internal_bridges",
+            SetId::Subnets => "subnets",
+            SetId::MasqSubnets => "masq_subnets",
+            SetId::DnatAny => "dnat_any",
+            SetId::DnatHostIp => "dnat_hostip",
+            SetId::IsolatedSubnets => "isolated_subnets",
+        }
+    }
+
+    pub(super) fn family(self) -> Family {
+        match self {
+            SetId::IsolatedSubnets => Family::Bridge,
+            _ => Family::Inet,
+        }
+    }
+
+    /// Key type as nft prints it.
+    pub(super) fn key_type(self) -> &'static str {
+        match self {
+            SetId::Bridges | SetId::InternalBridges => "ifname",
+            SetId::IntraBridge => "ifname . ifname",
+            SetId::Subnets | SetId::MasqSubnets | SetId::IsolatedSubnets => "ipv4_addr",
+            SetId::DnatAny => "inet_proto . inet_service",
+            SetId::DnatHostIp => "ipv4_addr . inet_proto . inet_service",
+        }
+    }
+
+    pub(super) fn is_map(self) -> bool {
+        matches!(self, SetId::DnatAny | SetId::DnatHostIp)
+    }
+
+    pub(super) fn is_interval(self) -> bool {
+        matches!(
+            self,
+            SetId::Subnets | SetId::MasqSubnets | SetId::IsolatedSubnets
+        )
+    }
+
+    pub(super) fn comment(self) -> &'static str {
+        match self {
+            SetId::Bridges => "bridge of every netloom network",
+            SetId::IntraBridge => "forwarding within one network: BRIDGE . BRIDGE",
+            SetId::InternalBridges => "bridges of internal networks",
+            SetId::Subnets => "subnet of every netloom network",
+            SetId::MasqSubnets => "subnets masqueraded when leaving by a non-bridge interface",
+            SetId::DnatAny => "ports published on every host address",
+            SetId::DnatHostIp => "ports published on one host address",
+            SetId::IsolatedSubnets => "subnets of icc=false networks",
+        }
+    }
+
+    pub(super) fn from_name(family: &str, name: &str) -> Option<SetId> {
+        ALL_SETS
+            .into_iter()
+            .find(|s| s.family().name() == family && s.name() == name)
+    }
+
+    /// The declaration exactly as `nft -j list table` (1.0.6) prints it,
+    /// without handle and elements.
+    pub(super) fn expected_json(self) -> Value {
+        let ty = match self.key_type().split(" . ").collect::<Vec<_>>() {
+            parts if parts.len() == 1 => json!(parts[0]),
+            parts => json!(parts),
+        };
+        let mut v = json!({
+            "family": self.family().name(),
+            "name": self.name(),
+            "table": TABLE,
+            "type": ty,
+            "comment": self.comment(),
+        });
+        if self.is_interval() {
+            v["flags"] = json!(["interval"]);
+        }
+        if self.is_map() {
+            v["map"] = json!(DNAT_DATA);
+            v["stmt"] = json!([{"counter": null}]);
+        }
+        v
+    }
+}
+
+/// The key of one set or map element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum ElemKey {
+    Ifname(String),
+    IfnamePair(String, String),
+    Prefix(Ipv4Network),
+    Port(Proto, u16),
+    HostPort(Ipv4Addr, Proto, u16),
+}
+
+impl fmt::Display for ElemKey {
+    /// nft syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ElemKey::Ifname(n) => write!(f, "\"{}\"", quote_safe(n)),
+            ElemKey::IfnamePair(a, b) => write!(f, "\"{}\" . \"{}\"", quote_safe(a), quote_safe(b)),
+            ElemKey::Prefix(p) => write!(f, "{}/{}", p.network(), p.prefix()),
+            ElemKey::Port(proto, port) => write!(f, "{proto} . {port}"),
+            ElemKey::HostPort(ip, proto, port) => write!(f, "{ip} . {proto} . {port}"),
+        }
+    }
+}
+
+/// What an element holds besides its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ElemData {
+    /// Map value (DNAT target), None for plain sets.
+    pub(super) target: Option<(Ipv4Addr, u16)>,
+    pub(super) comment: String,
+}
+
+pub(super) type Elements = BTreeMap<(SetId, ElemKey), ElemData>;
+
+/// nft strings cannot contain a double quote, and comments are at most 128
+/// bytes of user data in practice; names from the config never hit either,
+/// but a bad key must not break the whole transaction's syntax.
+pub(super) fn quote_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+pub(super) fn normalize_subnet(n: Ipv4Network) -> Ipv4Network {
+    // nft stores the network address; 172.17.0.1/16 comes back as 172.17.0.0/16.
+    Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)
+}
+
+pub(super) fn network_comment(name: &str, n: &FwNetwork) -> String {
+    format!(
+        "{name} masquerade={} internal={} icc={}",
+        n.masquerade, n.internal, n.icc
+    )
+}
+
+/// The longest element comment nft accepts ("comment too long, 128
+/// characters maximum allowed").
+pub const COMMENT_MAX: usize = 128;
+
+pub(super) fn port_comment(key: &str, p: &FwPort) -> String {
+    port_comment_text(key, &p.container, &p.network, &p.bridge)
+}
+
+/// The comment of a port mapping's elements, from which observe rebuilds
+/// the mapping. Validation measures it against [`COMMENT_MAX`].
+pub fn port_comment_text(key: &str, container: &str, network: &str, bridge: &str) -> String {
+    // Parsed from the right (see `parse_port_comment`): names cannot contain
+    // spaces, the key might.
+    format!("{key} {container} {network} {bridge}")
+}
+
+pub(super) fn parse_port_comment(c: &str) -> Option<(&str, &str, &str, &str)> {
+    let mut it = c.rsplitn(4, ' ');
+    let bridge = it.next()?;
+    let network = it.next()?;
+    let container = it.next()?;
+    let key = it.next()?;
+    Some((key, container, network, bridge))
+}
+
+/// Host-side key of each port of a mapping, with its container port.
+pub(super) fn port_elements(p: &FwPort) -> impl Iterator<Item = (ElemKey, (Ipv4Addr, u16))> + '_ {
+    (0..p.count.max(1)).filter_map(move |i| {
+        let hp = p.host_port.checked_add(i)?;
+        let cp = p.container_port.checked_add(i)?;
+        let key = match p.host_ip {
+            Some(ip) if !ip.is_unspecified() => ElemKey::HostPort(ip, p.proto, hp),
+            _ => ElemKey::Port(p.proto, hp),
+        };
+        Some((key, (p.container_ip, cp)))
+    })
+}
+
+pub(super) fn set_of(key: &ElemKey) -> SetId {
+    match key {
+        ElemKey::HostPort(..) => SetId::DnatHostIp,
+        _ => SetId::DnatAny,
+    }
+}
+
+/// Every element the desired state needs.
+pub(super) fn desired_elements(fw: &Firewall) -> Elements {
+    let mut out = Elements::new();
+    let mut put = |set: SetId, key: ElemKey, target, comment: String| {
+        out.insert(
+            (set, key),
+            ElemData {
+                target,
+                comment: quote_safe(&comment),
+            },
+        );
+    };
+    for (name, n) in &fw.networks {
+        let subnet = ElemKey::Prefix(normalize_subnet(n.subnet));
+        put(
+            SetId::Bridges,
+            ElemKey::Ifname(n.bridge.clone()),
+            None,
+            network_comment(name, n),
+        );
+        put(
+            SetId::IntraBridge,
+            ElemKey::IfnamePair(n.bridge.clone(), n.bridge.clone()),
+            None,
+            name.clone(),
+        );
+        put(SetId::Subnets, subnet.clone(), None, name.clone());
+        if n.internal {
+            put(
+                SetId::InternalBridges,
+                ElemKey::Ifname(n.bridge.clone()),
+                None,
+                name.clone(),
+            );
+        } else if n.masquerade {
+            put(SetId::MasqSubnets, subnet.clone(), None, name.clone());
+        }
+        if !n.icc {
+            put(SetId::IsolatedSubnets, subnet, None, name.clone());
+        }
+    }
+    for (key, p) in &fw.ports {
+        let comment = port_comment(key, p);
+        for (k, target) in port_elements(p) {
+            put(set_of(&k), k, Some(target), comment.clone());
+        }
+    }
+    out
+}
+
+/// Problems in a desired firewall that nft would reject or that would make
+/// two objects share one element (the later one would silently win).
+/// The model should refuse such a state; `plan_transaction` does not check.
+pub fn validate(fw: &Firewall) -> Vec<String> {
+    let mut errs = Vec::new();
+    let mut owner: BTreeMap<ElemKey, &str> = BTreeMap::new();
+    for (key, p) in &fw.ports {
+        if p.count == 0 {
+            errs.push(format!("port {key}: count is 0"));
+        }
+        let last = u32::from(p.host_port) + u32::from(p.count.max(1)) - 1;
+        let last_c = u32::from(p.container_port) + u32::from(p.count.max(1)) - 1;
+        if last > 65535 || last_c > 65535 {
+            errs.push(format!("port {key}: range runs past 65535"));
+        }
+        if port_comment(key, p).len() > COMMENT_MAX {
+            errs.push(format!("port {key}: names too long for an nft comment"));
+        }
+        if !fw.networks.contains_key(&p.network) {
+            errs.push(format!("port {key}: unknown network {:?}", p.network));
+        }
+        for (k, _) in port_elements(p) {
+            if let Some(other) = owner.insert(k.clone(), key) {
+                errs.push(format!("port {key}: host port {k} is also used by {other}"));
+            }
+        }
+    }
+    // An "any address" port and a HOST_IP port on the same port clash too:
+    // which DNAT applies would depend on rule order.
+    for (k, key) in &owner {
+        if let ElemKey::HostPort(_, proto, port) = k
+            && let Some(other) = owner.get(&ElemKey::Port(*proto, *port))
+        {
+            errs.push(format!(
+                "port {key}: host port {port}/{proto} is also used by {other}"
+            ));
+        }
+    }
+    let nets: Vec<_> = fw.networks.iter().collect();
+    for (i, (a, na)) in nets.iter().enumerate() {
+        for (b, nb) in &nets[i + 1..] {
+            if na.subnet.overlaps(nb.subnet) {
+                errs.push(format!(
+                    "network {a}: subnet {} overlaps network {b}",
+                    na.subnet
+                ));
+            }
+            if na.bridge == nb.bridge {
+                errs.push(format!(
+                    "network {a}: bridge {} is also used by {b}",
+                    na.bridge
+                ));
+            }
+        }
+    }
+    for name in fw.networks.keys() {
+        if name.contains(char::is_whitespace) || quote_safe(name) != *name {
+            errs.push(format!(
+                "network {name:?}: name not usable in an nft comment"
+            ));
+        }
+    }
+    errs
+}
+
+/// Sysctls the firewall relies on, as (key, value). The caller sets them
+/// (per network namespace) before or right after applying.
+pub fn required_sysctls(fw: &Firewall) -> Vec<(String, String)> {
+    let mut out = BTreeSet::new();
+    if !fw.networks.is_empty() {
+        out.insert(("net.ipv4.ip_forward".to_string(), "1".to_string()));
+    }
+    for p in fw.ports.values() {
+        // Reaching a port via 127.0.0.1 routes a packet with a loopback
+        // source out of the bridge; the kernel allows that only with
+        // route_localnet on the outgoing interface.
+        let via_loopback = match p.host_ip {
+            None => true,
+            Some(ip) => ip.is_unspecified() || ip.is_loopback(),
+        };
+        if via_loopback {
+            out.insert((
+                format!("net.ipv4.conf.{}.route_localnet", p.bridge),
+                "1".to_string(),
+            ));
+        }
+    }
+    out.into_iter().collect()
+}

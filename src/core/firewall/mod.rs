@@ -1,0 +1,214 @@
+//! netloom's firewall: one owned nftables table (`inet netloom`, plus
+//! `bridge netloom` while some network has `icc = false`) that gives
+//! container networks outbound NAT, published ports and isolation.
+//!
+//! # Shape: a fixed skeleton plus data in sets and maps
+//!
+//! The chains and rules never depend on the configuration. Everything that
+//! does (bridges, subnets, published ports) lives in named sets and maps, so
+//! publishing one more port is one more map element, and a converged host is
+//! changed with `add element` / `delete element` only. The skeleton is
+//! rewritten only when it differs from what this module renders (first run,
+//! a flushed ruleset, a newer netloom); that rewrite deletes and re-creates
+//! the whole table in one atomic nft transaction, so no packet ever sees half
+//! a table.
+//!
+//! ```text
+//! table inet netloom {
+//!     set bridges           ifname                   every network's bridge; comment: "NETWORK masquerade=B internal=B icc=B"
+//!     set intra_bridge      ifname . ifname          BRIDGE . BRIDGE per network; comment: NETWORK
+//!     set internal_bridges  ifname                   bridges of internal networks
+//!     set subnets           ipv4_addr (interval)     every network's subnet
+//!     set masq_subnets      ipv4_addr (interval)     subnets masqueraded on the way out
+//!     map dnat_any          inet_proto . inet_service : ipv4_addr . inet_service             (counter)
+//!     map dnat_hostip       ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service (counter)
+//!                           one element per host port; comment: "PORTKEY CONTAINER NETWORK BRIDGE"
+//!
+//!     chain prerouting_filter  filter prerouting  dstnat - 10 (-110)  loopback guard, port counters
+//!     chain prerouting_nat     nat    prerouting  dstnat (-100)       DNAT of published ports
+//!     chain prerouting_mark    filter prerouting  dstnat + 10 (-90)   mark DNATed packets (DNAT_MARK)
+//!     chain output_filter      filter output      -110                port counters (host-originated)
+//!     chain output_nat         nat    output      -100                DNAT for the host itself (incl. 127.0.0.1)
+//!     chain forward_filter     filter forward     filter (0)          isolation, internal networks
+//!     chain postrouting_nat    nat    postrouting srcnat (100)        outbound and hairpin masquerade
+//! }
+//! table bridge netloom {                                  only while a network has icc = false
+//!     set isolated_subnets  ipv4_addr (interval)
+//!     chain forward            filter forward     filter (-200)       drop IPv4 between members, unless DNAT_MARK
+//! }
+//! ```
+//!
+//! [`render`] prints the exact rules. Element comments carry what the
+//! element's value cannot (port key, container, network, network flags), so
+//! [`observe`] can rebuild a [`Firewall`] from the kernel alone.
+//!
+//! # Counters
+//!
+//! Every map element has its own counter (`counter` in the map declaration).
+//! The nat chains look a flow up only for its first packet, so the filter
+//! chains at priority -110 look up the *later* packets of DNATed flows
+//! (`ct status dnat`, original direction) in the same maps; together an
+//! element counts every client-to-container packet of that mapping, like
+//! Docker's `iptables -nvL DOCKER`. Replies are not counted.
+//!
+//! # Living beside other rules
+//!
+//! netloom reads, writes and deletes only its own tables; it never lists or
+//! flushes the ruleset. To add your own rules, use your own table: a base
+//! chain on the same hook runs independently of ours (in priority order),
+//! and a packet passes only if every table accepts it. So:
+//! - to filter published-port traffic before netloom sees it, hook
+//!   `forward` at a priority below 0 (or `prerouting` below -110);
+//! - a `policy drop` forward chain elsewhere (ufw, firewalld) must accept
+//!   netloom's traffic itself, e.g. `oifname "docker0" accept` or by a
+//!   packet mark you set earlier;
+//! - netloom ORs bit 0x10000000 ([`DNAT_MARK`]) into the packet mark of
+//!   DNATed packets and leaves other bits alone; keep that bit free;
+//! - do not add rules into `table inet netloom`: the next apply sees a
+//!   changed skeleton and re-creates the table without them.
+//!
+//! # Requirements on the rest of netloom
+//!
+//! - the sysctls of [`required_sysctls`] (`ip_forward`, and `route_localnet`
+//!   on bridges whose ports are reachable via 127.0.0.1);
+//! - hairpin mode on each container's bridge port (`ip link set VETH type
+//!   bridge_slave hairpin on`, Docker does the same without userland proxy):
+//!   with `br_netfilter` loaded, a container's packets to its own published
+//!   port come back through the port they arrived on;
+//! - IPv4 only: nothing here handles IPv6 (`subnet6`).
+//!
+//! # Why nft text for writing
+//!
+//! nft 1.0.6's JSON *input* cannot declare a map with concatenated data
+//! (`"map": [...]` is silently ignored and a plain set is created, and a
+//! rule using it then crashes nft) and drops set comments. Reading uses
+//! `nft -j list table` (its JSON output is complete); writing sends one nft
+//! script to one `nft -f -`, which is atomic all the same.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnetwork::Ipv4Network;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+mod elements;
+mod parse;
+mod render;
+mod skeleton;
+#[cfg(test)]
+pub(crate) mod tests;
+mod transaction;
+
+use elements::*;
+use render::*;
+use skeleton::*;
+
+pub use elements::{COMMENT_MAX, port_comment_text, required_sysctls, validate};
+pub use parse::{Observed, Stray, parse_items, parse_observed, port_counters};
+pub use render::render;
+pub use skeleton::DNAT_MARK;
+pub use transaction::{FwOp, Transaction, delete_script, plan_transaction};
+
+/// Name of netloom's tables (in both the `inet` and `bridge` families).
+pub const TABLE: &str = "netloom";
+
+/// Transport protocol of a published port.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
+            _ => bail!("unknown protocol {s:?} (expected tcp, udp or sctp)"),
+        }
+    }
+}
+
+/// The firewall part of the desired (or observed) state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firewall {
+    /// Key: network name.
+    pub networks: BTreeMap<String, FwNetwork>,
+    /// Key: the port's plan address, e.g. "nginx.8080/tcp", "nginx.127.0.0.1:8080/tcp".
+    pub ports: BTreeMap<String, FwPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwNetwork {
+    pub bridge: String,
+    #[serde(with = "subnet_serde")]
+    pub subnet: Ipv4Network,
+    pub masquerade: bool,
+    pub internal: bool,
+    pub icc: bool,
+}
+
+/// ipnetwork's serde support is an optional feature the crate does not
+/// enable; a subnet is (de)serialized as its "a.b.c.d/len" string.
+mod subnet_serde {
+    use ipnetwork::Ipv4Network;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &Ipv4Network, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(n)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Network, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwPort {
+    pub container: String,
+    pub network: String,
+    pub bridge: String,
+    /// None (or 0.0.0.0): every host address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+    /// Range length, 1 for a single port.
+    pub count: u16,
+    pub proto: Proto,
+}
+
+/// Whether `fw` needs `table bridge netloom` (some network has `icc = false`).
+pub fn bridge_table_needed(fw: &Firewall) -> bool {
+    fw.networks.values().any(|n| !n.icc)
+}
+
+/// The (set, key) of every element `fw` puts into netloom's sets and maps,
+/// keys in nft syntax as [`Stray::key`] has them.
+pub fn element_keys(fw: &Firewall) -> BTreeSet<(String, String)> {
+    desired_elements(fw)
+        .into_keys()
+        .map(|(set, key)| (set.name().to_string(), key.to_string()))
+        .collect()
+}

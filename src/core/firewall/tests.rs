@@ -1,0 +1,418 @@
+//! Pure tests: no root, no kernel. Fixtures were captured from nft 1.0.6
+//! (`nft -j list table inet|bridge netloom` after applying `sample()`).
+
+use super::*;
+
+const SAMPLE_INET: &str = include_str!("fixtures/sample_inet.json");
+const SAMPLE_BRIDGE: &str = include_str!("fixtures/sample_bridge.json");
+const FLUSHED_CHAIN_INET: &str = include_str!("fixtures/flushed_chain_inet.json");
+
+pub(crate) fn net(bridge: &str, subnet: &str) -> FwNetwork {
+    FwNetwork {
+        bridge: bridge.to_string(),
+        subnet: subnet.parse().expect("test subnet"),
+        masquerade: true,
+        internal: false,
+        icc: true,
+    }
+}
+
+pub(crate) fn port(container: &str, ip: &str, host_port: u16, container_port: u16) -> FwPort {
+    FwPort {
+        container: container.to_string(),
+        network: "bridge".to_string(),
+        bridge: "docker0".to_string(),
+        host_ip: None,
+        host_port,
+        container_ip: ip.parse().expect("test ip"),
+        container_port,
+        count: 1,
+        proto: Proto::Tcp,
+    }
+}
+
+/// The state the fixtures were captured from.
+pub(crate) fn sample() -> Firewall {
+    let mut fw = Firewall::default();
+    fw.networks.insert(
+        "bridge".into(),
+        FwNetwork {
+            icc: false,
+            ..net("docker0", "172.17.0.0/16")
+        },
+    );
+    fw.networks.insert(
+        "two".into(),
+        FwNetwork {
+            internal: true,
+            ..net("br-two", "172.18.0.0/16")
+        },
+    );
+    fw.ports.insert(
+        "nginx.8080/tcp".into(),
+        port("nginx", "172.17.0.2", 8080, 80),
+    );
+    fw.ports.insert(
+        "nginx.127.0.0.1:9000-9002/udp".into(),
+        FwPort {
+            host_ip: Some(Ipv4Addr::LOCALHOST),
+            count: 3,
+            proto: Proto::Udp,
+            ..port("nginx", "172.17.0.2", 9000, 9000)
+        },
+    );
+    fw
+}
+
+/// Both tables' listings joined, as `observe` does.
+fn sample_doc(inet: &str, bridge: Option<&str>) -> String {
+    let mut items = Vec::new();
+    for doc in std::iter::once(inet).chain(bridge) {
+        let v: Value = serde_json::from_str(doc).expect("fixture JSON");
+        items.extend(
+            v["nftables"]
+                .as_array()
+                .expect("fixture array")
+                .iter()
+                .cloned(),
+        );
+    }
+    json!({ "nftables": items }).to_string()
+}
+
+fn sample_observed() -> Observed {
+    parse_observed(&sample_doc(SAMPLE_INET, Some(SAMPLE_BRIDGE))).expect("fixture parses")
+}
+
+#[test]
+fn proto_display_and_parse() {
+    for p in [Proto::Tcp, Proto::Udp, Proto::Sctp] {
+        assert_eq!(p.to_string().parse::<Proto>().expect("round trip"), p);
+    }
+    assert!("icmp".parse::<Proto>().is_err());
+    assert_eq!(
+        serde_json::to_string(&Proto::Sctp).expect("json"),
+        "\"sctp\""
+    );
+}
+
+#[test]
+fn render_is_stable_and_ordered() {
+    let fw = sample();
+    let a = render(&fw);
+    assert_eq!(a, render(&fw.clone()));
+    // Elements of a range are listed in port order, one per line.
+    let p9000 = a.find("udp . 9000").expect("9000 rendered");
+    let p9002 = a.find("udp . 9002").expect("9002 rendered");
+    assert!(p9000 < p9002);
+    assert!(a.contains("table bridge netloom"));
+    // Without icc=false there is no bridge table at all.
+    let mut fw2 = fw.clone();
+    fw2.networks.get_mut("bridge").expect("bridge").icc = true;
+    assert!(!render(&fw2).contains("table bridge netloom {"));
+}
+
+#[test]
+fn every_rule_has_a_comment_and_chain() {
+    for r in rules() {
+        assert!(!r.comment.is_empty(), "{}", r.text);
+        assert!(
+            CHAINS
+                .iter()
+                .any(|c| c.family == r.family && c.name == r.chain),
+            "{}",
+            r.chain
+        );
+    }
+}
+
+#[test]
+fn fixture_round_trips() {
+    let o = sample_observed();
+    assert!(o.skeleton_ok, "{:?}", o.problems);
+    assert!(o.problems.is_empty());
+    assert_eq!(o.nft_version.as_deref(), Some("1.0.6"));
+    assert_eq!(o.fw, sample());
+    assert_eq!(o.text, render(&sample()));
+    assert!(plan_transaction(&sample(), Some(&o)).is_empty());
+    let counters = port_counters(&o);
+    assert_eq!(counters.get("nginx.8080/tcp"), Some(&(0, 0)));
+    assert_eq!(counters.len(), 2);
+}
+
+#[test]
+fn equal_states_plan_nothing() {
+    let o = sample_observed();
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(tx.is_empty());
+    assert_eq!((tx.elements_added(), tx.elements_removed()), (0, 0));
+    assert!(!tx.full_rebuild());
+    assert!(tx.ops().is_empty());
+}
+
+#[test]
+fn adding_one_port_adds_one_element() {
+    let o = sample_observed();
+    let mut fw = sample();
+    fw.ports
+        .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
+    let tx = plan_transaction(&fw, Some(&o));
+    assert!(!tx.full_rebuild());
+    assert_eq!((tx.elements_added(), tx.elements_removed()), (1, 0));
+    assert_eq!(
+        tx.script(),
+        "add element inet netloom dnat_any { tcp . 8081 comment \"web.8081/tcp web bridge docker0\" : 172.17.0.3 . 80 }\n"
+    );
+    let json: Value = serde_json::from_str(&tx.to_json()).expect("tx json");
+    assert_eq!(json["elements_added"], 1);
+    assert_eq!(json["ops"][0]["op"], "add_element");
+}
+
+#[test]
+fn a_port_range_is_one_element_per_port() {
+    let o = sample_observed();
+    let mut fw = sample();
+    fw.ports.insert(
+        "web.8000-8009/udp".into(),
+        FwPort {
+            count: 10,
+            proto: Proto::Udp,
+            ..port("web", "172.17.0.3", 8000, 7000)
+        },
+    );
+    let tx = plan_transaction(&fw, Some(&o));
+    assert_eq!((tx.elements_added(), tx.elements_removed()), (10, 0));
+    assert!(tx.script().contains("udp . 8009 comment"));
+    assert!(tx.script().contains(": 172.17.0.3 . 7009"));
+}
+
+#[test]
+fn removing_ports_and_networks_deletes_elements() {
+    let o = sample_observed();
+    let mut fw = sample();
+    fw.ports.remove("nginx.127.0.0.1:9000-9002/udp");
+    let tx = plan_transaction(&fw, Some(&o));
+    assert_eq!((tx.elements_added(), tx.elements_removed()), (0, 3));
+    assert_eq!(
+        tx.script(),
+        "delete element inet netloom dnat_hostip { 127.0.0.1 . udp . 9000, 127.0.0.1 . udp . 9001, 127.0.0.1 . udp . 9002 }\n"
+    );
+
+    // Dropping the internal network removes its 4 elements (bridges,
+    // intra_bridge, internal_bridges, subnets) and nothing else.
+    let mut fw = sample();
+    fw.networks.remove("two");
+    let tx = plan_transaction(&fw, Some(&o));
+    assert_eq!((tx.elements_added(), tx.elements_removed()), (0, 4));
+}
+
+#[test]
+fn changed_target_replaces_the_element() {
+    let o = sample_observed();
+    let mut fw = sample();
+    fw.ports
+        .get_mut("nginx.8080/tcp")
+        .expect("port")
+        .container_ip = "172.17.0.9".parse().expect("ip");
+    let tx = plan_transaction(&fw, Some(&o));
+    assert_eq!((tx.elements_added(), tx.elements_removed()), (1, 1));
+    let del = tx.script().find("delete element").expect("delete");
+    let add = tx.script().find("add element").expect("add");
+    assert!(del < add, "deletions must come first");
+}
+
+#[test]
+fn icc_toggle_creates_or_deletes_the_bridge_table_only() {
+    let o = sample_observed();
+    let mut fw = sample();
+    fw.networks.get_mut("bridge").expect("bridge").icc = true;
+    let tx = plan_transaction(&fw, Some(&o));
+    // The network's flags live in its `bridges` comment: one replaced element.
+    assert!(!tx.full_rebuild());
+    assert!(tx.script().contains("delete table bridge netloom"));
+    assert!(!tx.script().contains("delete table inet"));
+
+    let o = parse_observed(&sample_doc(SAMPLE_INET, None)).expect("inet only");
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(tx.full_rebuild());
+    assert!(tx.script().contains("table bridge netloom {"));
+    assert!(!tx.script().contains("table inet netloom {"));
+}
+
+#[test]
+fn missing_table_is_a_full_rebuild() {
+    let fw = sample();
+    let tx = plan_transaction(&fw, None);
+    assert!(tx.full_rebuild());
+    assert_eq!(tx.elements_added(), desired_elements(&fw).len());
+    assert!(
+        tx.script()
+            .starts_with("add table inet netloom\ndelete table inet netloom\n")
+    );
+    assert!(tx.script().contains(&render(&fw)[..40]));
+}
+
+#[test]
+fn changed_skeleton_is_detected_and_rebuilt() {
+    let o = parse_observed(&sample_doc(FLUSHED_CHAIN_INET, Some(SAMPLE_BRIDGE))).expect("parses");
+    assert!(!o.skeleton_ok);
+    assert!(
+        o.problems.iter().any(|p| p.contains("forward_filter")),
+        "{:?}",
+        o.problems
+    );
+    // The data is still read, so status can show ports and counters.
+    assert_eq!(o.fw, sample());
+    assert!(o.text.contains("# skeleton differs: chain forward_filter"));
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(tx.full_rebuild());
+    // Only the broken table is rebuilt; the bridge table is fine.
+    assert!(!tx.script().contains("delete table bridge"));
+    assert_eq!(tx.elements_removed(), o.element_count() - 1);
+}
+
+#[test]
+fn unexpected_objects_break_the_skeleton() {
+    let mut v: Value = serde_json::from_str(SAMPLE_INET).expect("fixture");
+    let items = v["nftables"].as_array_mut().expect("array");
+    items.push(
+        json!({"rule": {"family": "inet", "table": "netloom", "chain": "forward_filter",
+        "handle": 99, "expr": [{"accept": null}]}}),
+    );
+    let o = parse_observed(&v.to_string()).expect("parses");
+    assert!(!o.skeleton_ok);
+    assert!(parse_observed("{}").is_err());
+    assert!(parse_observed("not json").is_err());
+}
+
+#[test]
+fn counters_sum_over_a_range() {
+    let mut v: Value = serde_json::from_str(SAMPLE_INET).expect("fixture");
+    for item in v["nftables"].as_array_mut().expect("array") {
+        if let Some(m) = item.get_mut("map")
+            && m["name"] == "dnat_hostip"
+        {
+            for e in m["elem"].as_array_mut().expect("elems") {
+                e[0]["elem"]["counter"] = json!({"packets": 2, "bytes": 100});
+            }
+        }
+    }
+    let o = parse_observed(&v.to_string()).expect("parses");
+    assert_eq!(
+        port_counters(&o).get("nginx.127.0.0.1:9000-9002/udp"),
+        Some(&(6, 300))
+    );
+}
+
+#[test]
+fn sysctls() {
+    let s = required_sysctls(&sample());
+    assert!(s.contains(&("net.ipv4.ip_forward".into(), "1".into())));
+    assert!(s.contains(&("net.ipv4.conf.docker0.route_localnet".into(), "1".into())));
+    let mut fw = sample();
+    for p in fw.ports.values_mut() {
+        p.host_ip = Some("10.0.0.1".parse().expect("ip"));
+    }
+    assert_eq!(required_sysctls(&fw).len(), 1);
+    assert!(required_sysctls(&Firewall::default()).is_empty());
+}
+
+#[test]
+fn validate_finds_clashes() {
+    assert!(validate(&sample()).is_empty(), "{:?}", validate(&sample()));
+    let mut fw = sample();
+    fw.ports.insert(
+        "other.8080/tcp".into(),
+        port("other", "172.17.0.5", 8080, 80),
+    );
+    fw.networks
+        .insert("three".into(), net("br-3", "172.17.128.0/24"));
+    fw.ports.insert(
+        "x.65535/tcp".into(),
+        FwPort {
+            count: 2,
+            ..port("x", "172.17.0.6", 65535, 80)
+        },
+    );
+    let errs = validate(&fw);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+}
+
+#[test]
+fn port_comment_parses_from_the_right() {
+    assert_eq!(
+        parse_port_comment("a key with spaces c n b"),
+        Some(("a key with spaces", "c", "n", "b"))
+    );
+    assert_eq!(parse_port_comment("too short"), None);
+}
+
+#[test]
+fn firewall_serde_round_trip() {
+    let fw = sample();
+    let s = serde_json::to_string(&fw).expect("serialize");
+    assert!(s.contains("\"172.17.0.0/16\""));
+    let back: Firewall = serde_json::from_str(&s).expect("deserialize");
+    assert_eq!(back, fw);
+}
+
+/// The sample listing with `extra` appended to map `dnat_any`'s elements.
+fn with_dnat_any_elem(extra: Value) -> Observed {
+    let mut inet: Value = serde_json::from_str(SAMPLE_INET).expect("fixture JSON");
+    for item in inet["nftables"].as_array_mut().expect("fixture array") {
+        if item["map"]["name"] == "dnat_any" {
+            item["map"]["elem"]
+                .as_array_mut()
+                .expect("elements")
+                .push(extra.clone());
+        }
+    }
+    parse_observed(&sample_doc(&inet.to_string(), Some(SAMPLE_BRIDGE))).expect("parse")
+}
+
+#[test]
+fn a_fixture_has_no_strays() {
+    assert!(sample_observed().strays.is_empty());
+}
+
+#[test]
+fn a_hand_added_element_is_a_stray_and_deleted() {
+    // `nft add element inet netloom dnat_any { tcp . 2222 : 8.8.8.8 . 22 }`
+    let o = with_dnat_any_elem(json!([{"concat": ["tcp", 2222]}, {"concat": ["8.8.8.8", 22]}]));
+    assert!(o.skeleton_ok);
+    assert_eq!(o.fw, sample(), "the stray explains no port");
+    assert_eq!(o.strays.len(), 1, "{:?}", o.strays);
+    assert_eq!(o.strays[0].set, "dnat_any");
+    assert_eq!(o.strays[0].key, "tcp . 2222");
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(
+        tx.script()
+            .contains("delete element inet netloom dnat_any { tcp . 2222 }"),
+        "{}",
+        tx.script()
+    );
+    assert_eq!(tx.elements_removed(), 1);
+    assert_eq!(tx.elements_added(), 0);
+}
+
+#[test]
+fn an_element_with_a_borrowed_comment_is_a_stray() {
+    // Someone copies a real port's comment onto their own forward: the
+    // port now looks like a range of two, which the file does not say.
+    let o = with_dnat_any_elem(json!([
+        {"elem": {"val": {"concat": ["tcp", 8081]}, "comment": "nginx.8080/tcp nginx bridge docker0"}},
+        {"concat": ["8.8.8.8", 22]}
+    ]));
+    assert!(!o.strays.is_empty());
+    assert_ne!(o.fw, sample());
+    let tx = plan_transaction(&sample(), Some(&o));
+    assert!(tx.script().contains("tcp . 8081"), "{}", tx.script());
+}
+
+#[test]
+fn element_keys_cover_every_desired_element() {
+    let keys = element_keys(&sample());
+    assert!(keys.contains(&("dnat_any".to_string(), "tcp . 8080".to_string())));
+    assert!(keys.contains(&("bridges".to_string(), "\"docker0\"".to_string())));
+    assert!(bridge_table_needed(&sample()));
+}

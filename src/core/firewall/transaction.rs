@@ -1,0 +1,225 @@
+//! Planning: the minimal nft transaction from what is to what should be.
+
+use super::*;
+
+/// One kernel operation of a [`Transaction`], for plan listings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FwOp {
+    /// Delete (if present) and create the table with every element.
+    RebuildTable {
+        family: String,
+    },
+    DeleteTable {
+        family: String,
+    },
+    AddElement {
+        family: String,
+        set: String,
+        element: String,
+        /// The element comment: port key or network it belongs to.
+        owner: String,
+    },
+    DeleteElement {
+        family: String,
+        set: String,
+        element: String,
+        owner: String,
+    },
+}
+
+/// The minimal change from the observed to the desired firewall, applied as
+/// one atomic nft transaction.
+#[derive(Clone, Debug, Default)]
+pub struct Transaction {
+    pub(super) script: String,
+    pub(super) ops: Vec<FwOp>,
+    pub(super) rebuilt: Vec<Family>,
+    pub(super) added: usize,
+    pub(super) removed: usize,
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.script.is_empty()
+    }
+    /// Set/map elements written (on a rebuild: every element of the table).
+    pub fn elements_added(&self) -> usize {
+        self.added
+    }
+    /// Set/map elements deleted (on a rebuild: those the old table held).
+    pub fn elements_removed(&self) -> usize {
+        self.removed
+    }
+    /// Whether a table is (re)created rather than edited element-wise.
+    pub fn full_rebuild(&self) -> bool {
+        !self.rebuilt.is_empty()
+    }
+    pub fn ops(&self) -> &[FwOp] {
+        &self.ops
+    }
+    /// The nft script given to `nft -f -`.
+    pub fn script(&self) -> &str {
+        &self.script
+    }
+    /// JSON for `plan --format json`: counts, operations and the script.
+    /// (Not an `nft -j` document: nft 1.0.6 cannot read back concatenated
+    /// map types from JSON, see the module doc.)
+    pub fn to_json(&self) -> String {
+        json!({
+            "full_rebuild": self.full_rebuild(),
+            "elements_added": self.added,
+            "elements_removed": self.removed,
+            "ops": self.ops,
+            "nft_script": self.script,
+        })
+        .to_string()
+    }
+}
+
+pub(super) fn rebuild(
+    tx: &mut Transaction,
+    family: Family,
+    desired: &Elements,
+    observed: Option<&Observed>,
+) {
+    let fam = family.name();
+    // `add` first so `delete` cannot fail on a table that vanished since
+    // it was observed.
+    let _ = writeln!(
+        tx.script,
+        "add table {fam} {TABLE}\ndelete table {fam} {TABLE}"
+    );
+    tx.script.push_str(&render_table(family, desired));
+    tx.ops.push(FwOp::RebuildTable {
+        family: fam.to_string(),
+    });
+    for ((set, key), d) in desired {
+        tx.ops.push(FwOp::AddElement {
+            family: fam.to_string(),
+            set: set.name().to_string(),
+            element: elem_text(key, d),
+            owner: d.comment.clone(),
+        });
+    }
+    tx.rebuilt.push(family);
+    tx.added += desired.len();
+    tx.removed += observed.map_or(0, |o| elements_of(&o.elements, family).len());
+}
+
+pub(super) fn diff_elements(tx: &mut Transaction, desired: &Elements, observed: &Elements) {
+    let mut dels: BTreeMap<SetId, Vec<(&ElemKey, &ElemData)>> = BTreeMap::new();
+    let mut adds: BTreeMap<SetId, Vec<(&ElemKey, &ElemData)>> = BTreeMap::new();
+    for ((set, key), d) in desired {
+        match observed.get(&(*set, key.clone())) {
+            Some(o) if o == d => {}
+            Some(o) => {
+                // A changed value or comment: replace the element.
+                dels.entry(*set).or_default().push((key, o));
+                adds.entry(*set).or_default().push((key, d));
+            }
+            None => adds.entry(*set).or_default().push((key, d)),
+        }
+    }
+    for ((set, key), o) in observed {
+        if !desired.contains_key(&(*set, key.clone())) {
+            dels.entry(*set).or_default().push((key, o));
+        }
+    }
+    // Deletions first: a replaced element or a subnet that shrank must be
+    // gone before its successor is added.
+    for (set, list) in &dels {
+        let fam = set.family().name();
+        let keys: Vec<String> = list.iter().map(|(k, _)| k.to_string()).collect();
+        let _ = writeln!(
+            tx.script,
+            "delete element {fam} {TABLE} {} {{ {} }}",
+            set.name(),
+            keys.join(", ")
+        );
+        for (k, d) in list {
+            tx.ops.push(FwOp::DeleteElement {
+                family: fam.to_string(),
+                set: set.name().to_string(),
+                element: elem_text(k, d),
+                owner: d.comment.clone(),
+            });
+        }
+        tx.removed += list.len();
+    }
+    for (set, list) in &adds {
+        let fam = set.family().name();
+        let elems: Vec<String> = list.iter().map(|(k, d)| elem_text(k, d)).collect();
+        let _ = writeln!(
+            tx.script,
+            "add element {fam} {TABLE} {} {{ {} }}",
+            set.name(),
+            elems.join(", ")
+        );
+        for (k, d) in list {
+            tx.ops.push(FwOp::AddElement {
+                family: fam.to_string(),
+                set: set.name().to_string(),
+                element: elem_text(k, d),
+                owner: d.comment.clone(),
+            });
+        }
+        tx.added += list.len();
+    }
+}
+
+/// The minimal transaction from `observed` to `desired`: a table whose
+/// skeleton is missing or differs is re-created whole; otherwise only
+/// elements are added and deleted. Pure.
+pub fn plan_transaction(desired: &Firewall, observed: Option<&Observed>) -> Transaction {
+    let want = desired_elements(desired);
+    let mut tx = Transaction::default();
+
+    let want_inet = elements_of(&want, Family::Inet);
+    match observed.and_then(|o| o.inet.as_ref().map(|s| (o, s))) {
+        Some((o, s)) if s.skeleton_ok => {
+            diff_elements(&mut tx, &want_inet, &elements_of(&o.elements, Family::Inet));
+        }
+        _ => rebuild(&mut tx, Family::Inet, &want_inet, observed),
+    }
+
+    let want_bridge = elements_of(&want, Family::Bridge);
+    let have_bridge = observed.and_then(|o| o.bridge.as_ref().map(|s| (o, s)));
+    match (needs_bridge_table(&want), have_bridge) {
+        (true, Some((o, s))) if s.skeleton_ok => {
+            diff_elements(
+                &mut tx,
+                &want_bridge,
+                &elements_of(&o.elements, Family::Bridge),
+            );
+        }
+        (true, _) => rebuild(&mut tx, Family::Bridge, &want_bridge, observed),
+        (false, Some((o, _))) => {
+            let _ = writeln!(
+                tx.script,
+                "add table bridge {TABLE}\ndelete table bridge {TABLE}"
+            );
+            tx.ops.push(FwOp::DeleteTable {
+                family: "bridge".to_string(),
+            });
+            tx.removed += elements_of(&o.elements, Family::Bridge).len();
+        }
+        (false, None) => {}
+    }
+    tx
+}
+
+/// The script that deletes netloom's tables that `o` shows present (for
+/// `netloom down`), in one transaction. Other tables are not touched.
+pub fn delete_script(o: &Observed) -> String {
+    let mut script = String::new();
+    for (family, present) in [("inet", o.inet.is_some()), ("bridge", o.bridge.is_some())] {
+        if present {
+            let _ = writeln!(
+                script,
+                "add table {family} {TABLE}\ndelete table {family} {TABLE}"
+            );
+        }
+    }
+    script
+}

@@ -1,0 +1,19 @@
+//! The functional core: from the file to a plan, with no I/O.
+//!
+//! Nothing here touches the machine: no tokio, nix, rtnetlink, notify or
+//! hickory, no processes, files or sockets (a structural test in
+//! `tests/structure.rs` fails on such an import). Every function is a
+//! function of its arguments, so the behaviour of netloom is tested here
+//! without root.
+
+pub mod config;
+pub mod diag;
+pub mod dns;
+pub mod firewall;
+pub mod hash;
+pub mod ipam;
+pub mod model;
+pub mod plan;
+pub mod ports;
+pub mod render;
+pub mod spec;

@@ -1,0 +1,755 @@
+//! The resolved state: what the kernel, the firewall and the files should
+//! hold, computed with no I/O.
+//!
+//! [`State`] is both the desired state (from [`resolve`]) and the observed
+//! state (from [`crate::host::observe`]), so that a plan is a diff of two values of
+//! one type. Everything in it is keyed by the plan address it belongs to.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::firewall::{Firewall, FwNetwork, FwPort};
+use crate::core::ipam::{self, Allocations};
+use crate::core::spec::{ContainerSpec, NetnsSpec, NetworkSpec, Spec};
+
+/// Marks netloom's host-side interfaces (`ifalias`), so that observe and
+/// `down` recognise them, and nothing else, as netloom's.
+pub const ALIAS_PREFIX: &str = "netloom:";
+/// Where `ip netns exec` finds per-namespace files.
+pub const ETC_NETNS: &str = "/etc/netns";
+/// Directory holding the bind-mounted namespace files (same as iproute2;
+/// `/var/run` is a symlink to `/run` on every modern distribution).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// Everything below this line of a hosts file is the user's.
+pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
+
+/// The whole state of one host, desired or observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Host sysctls netloom needs, e.g. `net.ipv4.ip_forward = 1`.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// By network name.
+    #[serde(default)]
+    pub bridges: BTreeMap<String, Bridge>,
+    /// By container name: the namespaces netloom creates or attaches.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// By `container.ethN`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// netloom's nft table(s); `None` when absent.
+    #[serde(default)]
+    pub firewall: Option<FirewallState>,
+    /// Files netloom owns, by path.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bridge {
+    /// Linux interface name.
+    pub name: String,
+    /// `address/prefix`, IPv4 and IPv6.
+    pub addrs: BTreeSet<String>,
+    pub mtu: u32,
+    /// Set explicitly: a bridge without one takes the lowest MAC of its
+    /// ports, so adding a container would change the gateway's MAC under
+    /// every neighbour's ARP cache. Docker's scheme applied to the gateway.
+    #[serde(default)]
+    pub mac: String,
+    pub up: bool,
+}
+
+/// Where a namespace lives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NsRef {
+    /// `/run/netns/NAME`, created (and deleted) by netloom.
+    Named(String),
+    /// An existing namespace at a path; never deleted.
+    Path(PathBuf),
+}
+
+impl NsRef {
+    pub fn path(&self) -> PathBuf {
+        match self {
+            NsRef::Named(n) => named_path(n),
+            NsRef::Path(p) => p.clone(),
+        }
+    }
+    /// How to run `ip` in it, for plan output.
+    pub fn ip_cmd(&self) -> String {
+        match self {
+            NsRef::Named(n) => format!("ip -n {n}"),
+            NsRef::Path(p) => format!("nsenter --net={} ip", p.display()),
+        }
+    }
+}
+
+impl fmt::Display for NsRef {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            NsRef::Named(n) => write!(f, "netns {n}"),
+            NsRef::Path(p) => write!(f, "netns at {}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub netns: NsRef,
+    pub lo_up: bool,
+}
+
+/// One veth pair: host end on a bridge, the other end in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub container: String,
+    pub network: String,
+    pub netns: NsRef,
+    /// Name inside the namespace: `eth0`, `eth1`, ...
+    pub ifname: String,
+    /// Host-side veth name.
+    pub host_veth: String,
+    /// Bridge the host end is enslaved to (`None` observed: no master).
+    pub bridge: Option<String>,
+    /// `address/prefix` inside the namespace.
+    pub addrs: BTreeSet<String>,
+    pub mac: String,
+    pub mtu: u32,
+    /// Default route via this gateway (first network only).
+    pub gateway: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// Both ends administratively up.
+    pub up: bool,
+    /// Hairpin mode on the bridge port, so that a container reaching its
+    /// own published port through a host address gets the reply (with
+    /// br_netfilter the frame must leave by the port it came in by).
+    #[serde(default)]
+    pub hairpin: bool,
+}
+
+/// The firewall as netloom sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallState {
+    pub fw: Firewall,
+    /// Chains, rules and sets exactly as netloom renders them (false after
+    /// someone flushed a chain, for instance).
+    pub skeleton_ok: bool,
+    /// Whether `table bridge netloom` exists (desired: while a network has
+    /// `icc = false`).
+    #[serde(default)]
+    pub bridge_table: bool,
+    /// Why the skeleton is not ok (observed only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Elements in netloom's sets and maps that no network or port of
+    /// [`Self::fw`] explains, e.g. one added by hand (observed only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strays: Vec<crate::core::firewall::Stray>,
+}
+
+impl FirewallState {
+    /// The desired firewall state for `fw`.
+    pub fn desired(fw: Firewall) -> Self {
+        FirewallState {
+            bridge_table: crate::core::firewall::bridge_table_needed(&fw),
+            fw,
+            skeleton_ok: true,
+            problems: Vec::new(),
+            strays: Vec::new(),
+        }
+    }
+}
+
+/// The desired state plus what the file says that the kernel does not hold.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub state: State,
+    pub allocations: Allocations,
+    pub networks: BTreeMap<String, NetworkSpec>,
+    /// DNS zones of the DNS-enabled networks, for the agent.
+    pub zones: Vec<crate::core::dns::Zone>,
+    /// Hosts files of `netns_path` containers, for `status` to point at.
+    pub external_files: BTreeMap<String, String>,
+}
+
+/// Inputs of [`resolve`] that come from the host.
+#[derive(Clone, Debug, Default)]
+pub struct HostInfo {
+    /// Upstream DNS servers when the file names none.
+    pub upstream_dns: Vec<SocketAddr>,
+    pub state_dir: PathBuf,
+    /// An agent serves the embedded DNS on this host: resolv.conf names
+    /// the gateway of the container's first DNS-enabled network before
+    /// the upstream servers. Without one, resolv.conf lists only the
+    /// upstream servers, so that no lookup waits on a resolver that is not
+    /// running (the agent turns it on when it starts, off when it stops).
+    pub agent_dns: bool,
+}
+
+/// Path of the named namespace `name`: `/run/netns/NAME`.
+pub fn named_path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// The host-side veth name: `veth` + 7 hex digits, stable for a
+/// (container, network) pair so that plans can name it before it exists.
+pub fn veth_name(container: &str, network: &str) -> String {
+    let h = crate::core::hash::fnv64(format!("{container}\0{network}").as_bytes());
+    format!("veth{:07x}", h & 0x0fff_ffff)
+}
+
+/// Host-side veth names of every endpoint of `spec`, by (container,
+/// network): [`veth_name`], except where two endpoints hash to the same
+/// name (28 bits: likely somewhere among tens of thousands of endpoints)
+/// or a hash equals a bridge's name. Then the endpoint whose
+/// `container\0network` sorts first keeps the plain name and each other
+/// one takes the first free `veth_name` of `container\0network\0K`
+/// (K = 1, 2, ...). Deterministic: the same set of endpoints gives the
+/// same names whatever the file's order, so plans can still name veths
+/// before they exist.
+pub fn veth_names(spec: &Spec) -> HashMap<(String, String), String> {
+    let mut keys: Vec<(&str, &str)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.endpoints
+                .iter()
+                .map(move |e| (c.name.as_str(), e.network.as_str()))
+        })
+        .collect();
+    keys.sort_unstable();
+    let bridges: HashSet<&str> = spec.networks.values().map(|n| n.bridge.as_str()).collect();
+    let plain: Vec<String> = keys.iter().map(|(c, n)| veth_name(c, n)).collect();
+    // Every plain name is reserved first, so a probe never takes the name
+    // an endpoint has on its own.
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in plain.iter().enumerate() {
+        if !bridges.contains(name.as_str()) {
+            taken.entry(name.as_str()).or_insert(i);
+        }
+    }
+    let mut extra: HashSet<String> = HashSet::new();
+    let mut out = HashMap::with_capacity(keys.len());
+    for (i, (c, n)) in keys.iter().enumerate() {
+        let name = if taken.get(plain[i].as_str()) == Some(&i) {
+            plain[i].clone()
+        } else {
+            (1u32..)
+                .map(|k| salted_veth_name(c, n, k))
+                .find(|v| {
+                    !taken.contains_key(v.as_str())
+                        && !bridges.contains(v.as_str())
+                        && !extra.contains(v)
+                })
+                .unwrap_or_else(|| plain[i].clone())
+        };
+        if name != plain[i] {
+            extra.insert(name.clone());
+        }
+        out.insert((c.to_string(), n.to_string()), name);
+    }
+    out
+}
+
+fn salted_veth_name(container: &str, network: &str, k: u32) -> String {
+    let h = crate::core::hash::fnv64(format!("{container}\0{network}\0{k}").as_bytes());
+    format!("veth{:07x}", h & 0x0fff_ffff)
+}
+
+/// Docker's MAC scheme: `02:42:` + the four IPv4 bytes.
+pub fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+pub fn mac_string(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The alias that marks a host-side veth as netloom's.
+pub fn veth_alias(container: &str, network: &str, ifname: &str) -> String {
+    format!("{ALIAS_PREFIX}endpoint {container}.{ifname} {network}")
+}
+
+/// The alias that marks a bridge as netloom's.
+pub fn bridge_alias(network: &str) -> String {
+    format!("{ALIAS_PREFIX}network {network}")
+}
+
+/// Parses an alias written by [`veth_alias`] or [`bridge_alias`].
+pub fn parse_alias(alias: &str) -> Option<AliasMark> {
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?;
+    let mut w = rest.split(' ');
+    match (w.next()?, w.next()?, w.next()) {
+        ("network", n, None) => Some(AliasMark::Network(n.to_string())),
+        ("endpoint", key, Some(net)) => {
+            let (c, ifname) = key.rsplit_once('.')?;
+            Some(AliasMark::Endpoint {
+                container: c.to_string(),
+                ifname: ifname.to_string(),
+                network: net.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AliasMark {
+    Network(String),
+    Endpoint {
+        container: String,
+        ifname: String,
+        network: String,
+    },
+}
+
+/// Path of a container's netloom-owned file (`hosts` or `resolv.conf`).
+pub fn file_path(host: &HostInfo, c: &ContainerSpec, file: &str) -> Option<String> {
+    match c.netns.as_ref()? {
+        NetnsSpec::Named(n) => Some(format!("{ETC_NETNS}/{n}/{file}")),
+        NetnsSpec::Path(_) => Some(
+            host.state_dir
+                .join("files")
+                .join(&c.name)
+                .join(file)
+                .display()
+                .to_string(),
+        ),
+    }
+}
+
+/// Computes the desired state. Fails only when IPAM runs out of addresses.
+pub fn resolve(
+    spec: &Spec,
+    prev: &Allocations,
+    host: &HostInfo,
+) -> Result<Desired, ipam::IpamError> {
+    let alloc = ipam::allocate(spec, prev)?;
+    let by_name: HashMap<&str, &ContainerSpec> = spec
+        .containers
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let mut st = State::default();
+    let veths = veth_names(spec);
+
+    // Bridges: only networks some container uses, like Docker's default
+    // network; a declared user-defined network exists even when empty.
+    let used: BTreeSet<&str> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.network.as_str()))
+        .collect();
+    for net in spec.networks.values() {
+        if net.name == crate::core::spec::DEFAULT_NETWORK && !used.contains(net.name.as_str()) {
+            continue;
+        }
+        let mut addrs = BTreeSet::from([format!("{}/{}", net.gateway, net.subnet.prefix())]);
+        if let (Some(g6), Some(s6)) = (net.gateway6, net.subnet6) {
+            addrs.insert(format!("{g6}/{}", s6.prefix()));
+        }
+        st.bridges.insert(
+            net.name.clone(),
+            Bridge {
+                name: net.bridge.clone(),
+                addrs,
+                mtu: net.mtu,
+                mac: mac_string(&docker_mac(net.gateway)),
+                up: true,
+            },
+        );
+    }
+    let networks: BTreeMap<String, NetworkSpec> = spec
+        .networks
+        .iter()
+        .filter(|(n, _)| st.bridges.contains_key(*n))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    // Namespaces and endpoints.
+    for c in &spec.containers {
+        let Some(ns) = c.netns.as_ref().map(nsref) else {
+            continue;
+        };
+        st.namespaces.insert(
+            c.name.clone(),
+            Namespace {
+                netns: ns.clone(),
+                lo_up: true,
+            },
+        );
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let Some(net) = networks.get(&e.network) else {
+                continue;
+            };
+            let ifname = format!("eth{i}");
+            let ip = alloc.ipv4[&e.network][&c.name];
+            let mut addrs = BTreeSet::from([format!("{ip}/{}", net.subnet.prefix())]);
+            let ip6 = alloc
+                .ipv6
+                .get(&e.network)
+                .and_then(|m| m.get(&c.name))
+                .copied();
+            if let (Some(ip6), Some(s6)) = (ip6, net.subnet6) {
+                addrs.insert(format!("{ip6}/{}", s6.prefix()));
+            }
+            let first = i == 0 && !net.internal;
+            st.endpoints.insert(
+                format!("{}.{ifname}", c.name),
+                Endpoint {
+                    container: c.name.clone(),
+                    network: e.network.clone(),
+                    netns: ns.clone(),
+                    ifname: ifname.clone(),
+                    host_veth: veths
+                        .get(&(c.name.clone(), e.network.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| veth_name(&c.name, &e.network)),
+                    bridge: Some(net.bridge.clone()),
+                    addrs,
+                    mac: mac_string(&e.mac.unwrap_or_else(|| docker_mac(ip))),
+                    mtu: net.mtu,
+                    gateway: first.then_some(net.gateway),
+                    gateway6: if first {
+                        net.gateway6.filter(|_| ip6.is_some())
+                    } else {
+                        None
+                    },
+                    up: true,
+                    hairpin: true,
+                },
+            );
+        }
+    }
+
+    // Firewall.
+    let mut fw = Firewall::default();
+    for net in networks.values() {
+        fw.networks.insert(
+            net.name.clone(),
+            FwNetwork {
+                bridge: net.bridge.clone(),
+                subnet: net.subnet,
+                masquerade: net.masquerade,
+                internal: net.internal,
+                icc: net.icc,
+            },
+        );
+    }
+    for c in &spec.containers {
+        let Some(ep) = c.endpoints.first() else {
+            continue;
+        };
+        let Some(net) = networks.get(&ep.network) else {
+            continue;
+        };
+        let cip = alloc.ipv4[&ep.network][&c.name];
+        for (raw, p) in &c.ports {
+            let host_port = match p.host {
+                Some(h) => h.start,
+                None => alloc.ports[&ipam::port_key(&c.name, raw)],
+            };
+            let count = p.container.len();
+            let range = if count == 1 {
+                host_port.to_string()
+            } else {
+                format!("{host_port}-{}", host_port + (count - 1))
+            };
+            let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+            fw.ports.insert(
+                format!("{}.{ip}{range}/{}", c.name, p.proto),
+                FwPort {
+                    container: c.name.clone(),
+                    network: ep.network.clone(),
+                    bridge: net.bridge.clone(),
+                    host_ip: p.host_ip,
+                    host_port,
+                    container_ip: cip,
+                    container_port: p.container.start,
+                    count,
+                    proto: p.proto,
+                },
+            );
+        }
+    }
+    if !networks.is_empty() {
+        st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        for (k, v) in crate::core::firewall::required_sysctls(&fw) {
+            st.sysctls.insert(k, v);
+        }
+        st.firewall = Some(FirewallState::desired(fw));
+    }
+
+    // Names: hosts files, resolv.conf and DNS zones.
+    let addr_on = |c: &str, net: &str| alloc.ipv4.get(net).and_then(|m| m.get(c)).copied();
+    // Every address of a container on a network, IPv4 first.
+    let addrs_on = |c: &str, net: &str| -> Vec<IpAddr> {
+        let v4 = addr_on(c, net).map(IpAddr::V4);
+        let v6 = alloc
+            .ipv6
+            .get(net)
+            .and_then(|m| m.get(c))
+            .copied()
+            .map(IpAddr::V6);
+        v4.into_iter().chain(v6).collect()
+    };
+    let upstream: Vec<SocketAddr> = spec
+        .upstream_dns
+        .clone()
+        .unwrap_or_else(|| host.upstream_dns.clone());
+    let mut external_files = BTreeMap::new();
+    for c in &spec.containers {
+        let (Some(hosts_path), Some(resolv_path)) = (
+            file_path(host, c, "hosts"),
+            file_path(host, c, "resolv.conf"),
+        ) else {
+            continue;
+        };
+        let hosts = hosts_file(c, &by_name, &networks, &addrs_on);
+        let resolv = resolv_file(c, &networks, &upstream, host.agent_dns);
+        if matches!(c.netns, Some(NetnsSpec::Path(_))) {
+            external_files.insert(c.name.clone(), hosts_path.clone());
+        }
+        st.files.insert(hosts_path, hosts);
+        st.files.insert(resolv_path, resolv);
+    }
+    let zones = networks
+        .values()
+        .filter(|n| n.dns)
+        .map(|n| crate::core::dns::Zone {
+            network: n.name.clone(),
+            gateway: n.gateway,
+            subnet: n.subnet,
+            members: spec
+                .containers
+                .iter()
+                .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
+                .filter(|(_, e)| e.network == n.name)
+                .filter_map(|(c, e)| {
+                    Some(crate::core::dns::Member {
+                        name: c.name.clone(),
+                        aliases: e.aliases.clone(),
+                        ipv4: addr_on(&c.name, &n.name)?,
+                        ipv6: alloc
+                            .ipv6
+                            .get(&n.name)
+                            .and_then(|m| m.get(&c.name))
+                            .copied(),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Desired {
+        state: st,
+        allocations: alloc,
+        networks,
+        zones,
+        external_files,
+    })
+}
+
+fn nsref(n: &NetnsSpec) -> NsRef {
+    match n {
+        NetnsSpec::Named(s) => NsRef::Named(s.clone()),
+        NetnsSpec::Path(p) => NsRef::Path(p.clone()),
+    }
+}
+
+/// `/etc/hosts` of a container, as the seed's `cat /etc/hosts` shows it,
+/// with names that follow addresses (never stale).
+fn hosts_file(
+    c: &ContainerSpec,
+    by_name: &std::collections::HashMap<&str, &ContainerSpec>,
+    networks: &BTreeMap<String, NetworkSpec>,
+    addrs_on: &dyn Fn(&str, &str) -> Vec<IpAddr>,
+) -> String {
+    let mut out = String::from(
+        "# Written by netloom; edits above the user marker are replaced.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n",
+    );
+    let mut own_names = vec![c.hostname.clone()];
+    if c.name != c.hostname {
+        own_names.push(c.name.clone());
+    }
+    for e in &c.endpoints {
+        for ip in addrs_on(&c.name, &e.network) {
+            out.push_str(&format!("{ip}\t{}\n", own_names.join(" ")));
+        }
+    }
+    // Links: one way, to the target's address on a network both share.
+    let mut lines: Vec<(IpAddr, Vec<String>)> = Vec::new();
+    for (target, alias) in &c.links {
+        let Some(t) = by_name.get(target.as_str()) else {
+            continue;
+        };
+        let t = crate::core::spec::resolve_shared(t, by_name);
+        let shared = c
+            .endpoints
+            .iter()
+            .find(|e| t.endpoints.iter().any(|o| o.network == e.network));
+        let Some(e) = shared else { continue };
+        let ips = addrs_on(&t.name, &e.network);
+        let mut names = vec![target.clone()];
+        names.extend(alias.iter().cloned());
+        lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
+    }
+    // User-defined networks: every other member, both ways.
+    for e in &c.endpoints {
+        if e.network == crate::core::spec::DEFAULT_NETWORK {
+            continue;
+        }
+        let Some(net) = networks.get(&e.network) else {
+            continue;
+        };
+        for other in by_name.values() {
+            if other.name == c.name {
+                continue;
+            }
+            let Some(oe) = other.endpoints.iter().find(|x| x.network == net.name) else {
+                continue;
+            };
+            let ips = addrs_on(&other.name, &net.name);
+            let mut names = vec![other.name.clone(), format!("{}.{}", other.name, net.name)];
+            for a in &oe.aliases {
+                names.push(a.clone());
+            }
+            lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
+        }
+    }
+    lines.sort();
+    lines.dedup();
+    for (ip, names) in lines {
+        out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+    }
+    out.push_str(USER_MARKER);
+    out.push('\n');
+    out
+}
+
+fn resolv_file(
+    c: &ContainerSpec,
+    networks: &BTreeMap<String, NetworkSpec>,
+    upstream: &[SocketAddr],
+    agent_dns: bool,
+) -> String {
+    let mut out = String::from("# Written by netloom.\n");
+    // One gateway is enough: it answers for every network the container
+    // is on (the server knows the asker by its source address).
+    if let Some(n) = c
+        .endpoints
+        .iter()
+        .filter_map(|e| networks.get(&e.network))
+        .find(|n| n.dns && agent_dns)
+    {
+        out.push_str(&format!("nameserver {}\n", n.gateway));
+    }
+    for u in upstream.iter().filter(|u| u.port() == 53) {
+        out.push_str(&format!("nameserver {}\n", u.ip()));
+    }
+    out.push_str("options ndots:0 timeout:1 attempts:2\n");
+    out
+}
+
+/// Nameservers of a resolv.conf usable from inside a namespace (loopback
+/// resolvers such as systemd-resolved's 127.0.0.53 are not reachable there).
+pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Joins the netloom part of a hosts file with the user's block of the
+/// file currently on disk.
+pub fn with_user_block(desired: &str, on_disk: Option<&str>) -> String {
+    match on_disk.and_then(|d| d.split_once(USER_MARKER)) {
+        Some((_, tail)) if desired.ends_with(&format!("{USER_MARKER}\n")) => {
+            let tail = tail.strip_prefix('\n').unwrap_or(tail);
+            format!("{desired}{tail}")
+        }
+        _ => desired.to_string(),
+    }
+}
+
+/// Whether `p` is a file netloom writes (used by `down`).
+pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
+    p.starts_with(ETC_NETNS) || p.starts_with(state_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `api` on frontend and backend, `web` on the default bridge only.
+    const CONFIG: &str = r#"
+[settings]
+upstream_dns = ["10.99.0.2"]
+
+[networks.frontend]
+subnet = "10.10.0.0/24"
+
+[networks.backend]
+subnet = "10.20.0.0/24"
+
+[containers.api]
+networks = ["frontend", "backend"]
+
+[containers.web]
+"#;
+
+    fn resolv_conf(agent_dns: bool, container: &str) -> String {
+        let spec = crate::core::spec::load("t.toml", CONFIG).expect("valid config");
+        let host = HostInfo {
+            upstream_dns: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/netloom"),
+            agent_dns,
+        };
+        let desired = resolve(&spec, &Allocations::default(), &host).expect("resolves");
+        desired
+            .state
+            .files
+            .get(&format!("{ETC_NETNS}/{container}/resolv.conf"))
+            .cloned()
+            .expect("resolv.conf rendered")
+    }
+
+    fn nameservers(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("nameserver "))
+            .collect()
+    }
+
+    #[test]
+    fn resolv_conf_names_the_gateway_only_while_an_agent_serves_dns() {
+        // With the agent: the first DNS-enabled network's gateway (which
+        // answers for both networks), then the upstream.
+        assert_eq!(
+            nameservers(&resolv_conf(true, "api")),
+            ["10.10.0.1", "10.99.0.2"]
+        );
+        // Without it: only servers that answer, so lookups never wait on
+        // a gateway nobody listens on.
+        assert_eq!(nameservers(&resolv_conf(false, "api")), ["10.99.0.2"]);
+        // The default bridge has no embedded DNS either way.
+        assert_eq!(nameservers(&resolv_conf(true, "web")), ["10.99.0.2"]);
+    }
+}

@@ -1,0 +1,246 @@
+//! Endpoints: a container's veth pair on one network, its addresses,
+//! MAC and routes.
+
+use super::*;
+
+pub(super) fn endpoint_summary(e: &Endpoint) -> String {
+    let addrs: Vec<&str> = e.addrs.iter().map(String::as_str).collect();
+    format!(
+        "{} on {} via {} ({}, {})",
+        e.ifname,
+        e.network,
+        e.host_veth,
+        addrs.join(" "),
+        e.mac
+    )
+}
+
+pub(super) fn endpoint_create_ops(e: &Endpoint) -> Vec<Op> {
+    let ns = Some(e.netns.clone());
+    let mut ops = vec![Op::CreateVeth {
+        host: e.host_veth.clone(),
+        peer: e.ifname.clone(),
+        netns: e.netns.clone(),
+        mac: e.mac.clone(),
+        mtu: e.mtu,
+        alias: model::veth_alias(&e.container, &e.network, &e.ifname),
+    }];
+    if let Some(b) = &e.bridge {
+        ops.push(Op::SetMaster {
+            name: e.host_veth.clone(),
+            bridge: b.clone(),
+        });
+        if e.hairpin {
+            ops.push(Op::SetHairpin {
+                name: e.host_veth.clone(),
+            });
+        }
+    }
+    ops.push(Op::LinkUp {
+        netns: None,
+        name: e.host_veth.clone(),
+    });
+    ops.extend(e.addrs.iter().map(|a| Op::AddAddr {
+        netns: ns.clone(),
+        dev: e.ifname.clone(),
+        addr: a.clone(),
+    }));
+    ops.push(Op::LinkUp {
+        netns: ns.clone(),
+        name: e.ifname.clone(),
+    });
+    if let Some(g) = e.gateway {
+        ops.push(Op::AddDefaultRoute {
+            netns: e.netns.clone(),
+            dev: e.ifname.clone(),
+            gateway: IpAddr::V4(g),
+        });
+    }
+    if let Some(g) = e.gateway6 {
+        ops.push(Op::AddDefaultRoute {
+            netns: e.netns.clone(),
+            dev: e.ifname.clone(),
+            gateway: IpAddr::V6(g),
+        });
+    }
+    ops
+}
+
+pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
+    for (key, want) in &d.endpoints {
+        let addr = format!("container.{key}");
+        let Some(have) = o.endpoints.get(key) else {
+            out.push(change(
+                addr,
+                Action::Create,
+                P_ENDPOINT,
+                endpoint_summary(want),
+                endpoint_create_ops(want),
+            ));
+            continue;
+        };
+        let forced = if have.ifname != want.ifname {
+            Some(format!("{} is missing inside {}", want.ifname, want.netns))
+        } else if have.netns != want.netns {
+            Some(format!("namespace {} -> {}", have.netns, want.netns))
+        } else if have.network != want.network {
+            Some(format!("network {} -> {}", have.network, want.network))
+        } else if have.host_veth != want.host_veth {
+            Some(format!("veth {} -> {}", have.host_veth, want.host_veth))
+        } else {
+            None
+        };
+        if let Some(reason) = forced {
+            let mut ops = vec![Op::DeleteLink {
+                netns: None,
+                name: have.host_veth.clone(),
+            }];
+            ops.extend(endpoint_create_ops(want));
+            let mut c = change(
+                addr,
+                Action::Replace,
+                P_ENDPOINT,
+                endpoint_summary(want),
+                ops,
+            );
+            c.reason = Some(reason);
+            out.push(c);
+            continue;
+        }
+        let ns = Some(want.netns.clone());
+        let mut ops = Vec::new();
+        let mut what = Vec::new();
+        if have.bridge != want.bridge {
+            if let Some(b) = &want.bridge {
+                ops.push(Op::SetMaster {
+                    name: want.host_veth.clone(),
+                    bridge: b.clone(),
+                });
+                what.push(format!("master {}", b));
+            }
+        }
+        // A port that joined a bridge anew starts without hairpin.
+        if want.hairpin && (!have.hairpin || have.bridge != want.bridge) {
+            ops.push(Op::SetHairpin {
+                name: want.host_veth.clone(),
+            });
+            if have.bridge == want.bridge {
+                what.push("hairpin on".into());
+            }
+        }
+        if have.mtu != want.mtu {
+            ops.push(Op::SetMtu {
+                netns: None,
+                name: want.host_veth.clone(),
+                mtu: want.mtu,
+            });
+            ops.push(Op::SetMtu {
+                netns: ns.clone(),
+                name: want.ifname.clone(),
+                mtu: want.mtu,
+            });
+            what.push(format!("mtu {} -> {}", have.mtu, want.mtu));
+        }
+        if have.mac != want.mac {
+            ops.push(Op::SetMac {
+                netns: Some(want.netns.clone()),
+                name: want.ifname.clone(),
+                mac: want.mac.clone(),
+            });
+            what.push(format!("mac {} -> {}", have.mac, want.mac));
+        }
+        // Routes go before their addresses are removed (the kernel drops a
+        // route whose gateway becomes unreachable) and after new ones exist.
+        if have.gateway != want.gateway {
+            if let Some(g) = have.gateway {
+                ops.push(Op::DelDefaultRoute {
+                    netns: want.netns.clone(),
+                    gateway: IpAddr::V4(g),
+                });
+            }
+        }
+        if have.gateway6 != want.gateway6 {
+            if let Some(g) = have.gateway6 {
+                ops.push(Op::DelDefaultRoute {
+                    netns: want.netns.clone(),
+                    gateway: IpAddr::V6(g),
+                });
+            }
+        }
+        addr_ops(
+            ns.as_ref(),
+            &want.ifname,
+            &want.addrs,
+            &have.addrs,
+            &mut ops,
+            &mut what,
+        );
+        if !have.up {
+            ops.push(Op::LinkUp {
+                netns: None,
+                name: want.host_veth.clone(),
+            });
+            ops.push(Op::LinkUp {
+                netns: ns.clone(),
+                name: want.ifname.clone(),
+            });
+            what.push("down -> up".into());
+        }
+        // An address change removes the routes through it: re-add.
+        let readdressed = have.addrs != want.addrs;
+        if have.gateway != want.gateway || (readdressed && want.gateway.is_some()) {
+            if let Some(g) = want.gateway {
+                ops.push(Op::AddDefaultRoute {
+                    netns: want.netns.clone(),
+                    dev: want.ifname.clone(),
+                    gateway: IpAddr::V4(g),
+                });
+            }
+            if have.gateway != want.gateway {
+                what.push(format!(
+                    "default route {} -> {}",
+                    have.gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    want.gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "none".into())
+                ));
+            }
+        }
+        if have.gateway6 != want.gateway6 || (readdressed && want.gateway6.is_some()) {
+            if let Some(g) = want.gateway6 {
+                ops.push(Op::AddDefaultRoute {
+                    netns: want.netns.clone(),
+                    dev: want.ifname.clone(),
+                    gateway: IpAddr::V6(g),
+                });
+            }
+        }
+        if !ops.is_empty() {
+            let mut c = change(
+                addr,
+                Action::Update,
+                P_ENDPOINT,
+                endpoint_summary(want),
+                ops,
+            );
+            c.reason = Some(what.join(", "));
+            out.push(c);
+        }
+    }
+    for (key, have) in &o.endpoints {
+        if !d.endpoints.contains_key(key) {
+            out.push(change(
+                format!("container.{key}"),
+                Action::Delete,
+                P_ENDPOINT,
+                endpoint_summary(have),
+                vec![Op::DeleteLink {
+                    netns: None,
+                    name: have.host_veth.clone(),
+                }],
+            ));
+        }
+    }
+}

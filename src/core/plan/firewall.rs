@@ -1,0 +1,238 @@
+//! The nft table, networks' firewall data and published ports.
+
+use super::*;
+use crate::core::firewall::Stray;
+use crate::core::model::FirewallState;
+
+pub(super) fn port_summary(p: &FwPort) -> String {
+    let host = p
+        .host_ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "0.0.0.0".into());
+    let range = |s: u16| {
+        if p.count == 1 {
+            s.to_string()
+        } else {
+            format!("{s}-{}", s + (p.count - 1))
+        }
+    };
+    format!(
+        "{host}:{} -> {}:{}/{} ({})",
+        range(p.host_port),
+        p.container_ip,
+        range(p.container_port),
+        p.proto,
+        p.container
+    )
+}
+
+pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
+    let empty = Firewall::default();
+    let want = d.firewall.as_ref().map(|f| &f.fw).unwrap_or(&empty);
+    let have = o.firewall.as_ref().map(|f| &f.fw).unwrap_or(&empty);
+    let table_addr = "nft.table.netloom".to_string();
+    match (&d.firewall, &o.firewall) {
+        (Some(_), None) => out.push(change(
+            table_addr,
+            Action::Create,
+            P_NFT_TABLE,
+            "table inet netloom".into(),
+            vec![Op::Nft {
+                what: "add table inet netloom with its chains, sets and maps".into(),
+            }],
+        )),
+        (Some(w), Some(h)) if !h.skeleton_ok => {
+            let mut c = change(
+                table_addr,
+                Action::Replace,
+                P_NFT_TABLE,
+                "table inet netloom".into(),
+                vec![Op::Nft {
+                    what: "delete and re-add table inet netloom in one transaction".into(),
+                }],
+            );
+            c.reason = Some("chains or rules changed outside netloom".into());
+            c.diff = Some(unified(
+                "nft (live)",
+                "nft (netloom)",
+                &crate::core::firewall::render(&h.fw),
+                &crate::core::firewall::render(&w.fw),
+            ));
+            out.push(c);
+        }
+        (None, Some(_)) => out.push(change(
+            table_addr,
+            Action::Delete,
+            P_NFT_TABLE,
+            "table inet netloom".into(),
+            vec![Op::Nft {
+                what: "delete table inet netloom".into(),
+            }],
+        )),
+        _ => {}
+    }
+    if let (Some(w), Some(h)) = (&d.firewall, &o.firewall)
+        && h.skeleton_ok
+    {
+        diff_bridge_table(&w.fw, h, out);
+        diff_strays(&w.fw, &h.fw, &h.strays, out);
+    }
+    // Per-network firewall data (set elements), then per-port map elements.
+    for (net, w) in &want.networks {
+        match have.networks.get(net) {
+            None => out.push(change(
+                format!("nft.network.{net}"),
+                Action::Create,
+                P_NFT_NETWORK,
+                format!("{} {}", w.bridge, w.subnet),
+                vec![Op::Nft {
+                    what: fw_network_what(w),
+                }],
+            )),
+            Some(h) if h != w => {
+                let mut c = change(
+                    format!("nft.network.{net}"),
+                    Action::Update,
+                    P_NFT_NETWORK,
+                    format!("{} {}", w.bridge, w.subnet),
+                    vec![Op::Nft {
+                        what: fw_network_what(w),
+                    }],
+                );
+                c.reason = Some(format!("{} -> {}", fw_network_what(h), fw_network_what(w)));
+                out.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    for (net, h) in &have.networks {
+        if !want.networks.contains_key(net) {
+            out.push(change(
+                format!("nft.network.{net}"),
+                Action::Delete,
+                P_NFT_NETWORK,
+                format!("{} {}", h.bridge, h.subnet),
+                vec![Op::Nft {
+                    what: format!("remove {} from the network sets", h.bridge),
+                }],
+            ));
+        }
+    }
+    for (key, w) in &want.ports {
+        let what = format!(
+            "map {}/{} -> {}:{}",
+            w.host_port, w.proto, w.container_ip, w.container_port
+        );
+        match have.ports.get(key) {
+            None => out.push(change(
+                format!("port.{key}"),
+                Action::Create,
+                P_PORT,
+                port_summary(w),
+                vec![Op::Nft {
+                    what: format!("add element: {what}"),
+                }],
+            )),
+            Some(h) if h != w => {
+                let mut c = change(
+                    format!("port.{key}"),
+                    Action::Update,
+                    P_PORT,
+                    port_summary(w),
+                    vec![Op::Nft {
+                        what: format!("replace element: {what}"),
+                    }],
+                );
+                c.reason = Some(format!("{} -> {}", port_summary(h), port_summary(w)));
+                out.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, h) in &have.ports {
+        if !want.ports.contains_key(key) {
+            out.push(change(
+                format!("port.{key}"),
+                Action::Delete,
+                P_PORT,
+                port_summary(h),
+                vec![Op::Nft {
+                    what: format!("delete element: map {}/{}", h.host_port, h.proto),
+                }],
+            ));
+        }
+    }
+}
+
+/// `table bridge netloom` exists exactly while a network has `icc = false`
+/// (when the inet skeleton is broken, its rebuild settles this too).
+fn diff_bridge_table(want: &Firewall, have: &FirewallState, out: &mut Vec<Change>) {
+    let needed = crate::core::firewall::bridge_table_needed(want);
+    let (action, what) = match (needed, have.bridge_table) {
+        (true, false) => (
+            Action::Create,
+            "add table bridge netloom (icc = false isolation)",
+        ),
+        (false, true) => (Action::Delete, "delete table bridge netloom"),
+        _ => return,
+    };
+    out.push(change(
+        BRIDGE_TABLE_ADDR.into(),
+        action,
+        P_NFT_TABLE,
+        "table bridge netloom".into(),
+        vec![Op::Nft { what: what.into() }],
+    ));
+}
+
+/// Plan address of `table bridge netloom`.
+pub(super) const BRIDGE_TABLE_ADDR: &str = "nft.table.bridge.netloom";
+
+/// Plan address of one element of netloom's sets and maps.
+pub(super) fn element_addr(s: &Stray) -> String {
+    format!("nft.element.{}.{}[{}]", s.family, s.set, s.key)
+}
+
+/// Elements no network or port explains: each is deleted by the
+/// transaction, so each is listed. A stray whose key a desired element
+/// will take over is already covered by that port's or network's change,
+/// unless the firewall otherwise matches (then it is listed as changed).
+fn diff_strays(want: &Firewall, have: &Firewall, strays: &[Stray], out: &mut Vec<Change>) {
+    let wanted = crate::core::firewall::element_keys(want);
+    for s in strays {
+        let taken = wanted.contains(&(s.set.clone(), s.key.clone()));
+        if taken && want != have {
+            continue;
+        }
+        let (action, what) = if taken {
+            (Action::Update, "replace element")
+        } else {
+            (Action::Delete, "delete element")
+        };
+        let mut c = change(
+            element_addr(s),
+            action,
+            P_PORT,
+            s.text.clone(),
+            vec![Op::Nft {
+                what: format!("{what} {} netloom {} {{ {} }}", s.family, s.set, s.key),
+            }],
+        );
+        c.reason = Some("not made by netloom from the file".into());
+        out.push(c);
+    }
+}
+
+pub(super) fn fw_network_what(n: &crate::core::firewall::FwNetwork) -> String {
+    let mut flags = Vec::new();
+    if n.masquerade {
+        flags.push("masquerade");
+    }
+    if n.internal {
+        flags.push("internal");
+    }
+    if !n.icc {
+        flags.push("no-icc");
+    }
+    format!("{} {} [{}]", n.bridge, n.subnet, flags.join(","))
+}

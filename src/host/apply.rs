@@ -1,0 +1,523 @@
+//! Executing a plan: netlink operations in plan order, the firewall as one
+//! nft transaction, files written atomically.
+//!
+//! A failure stops at the failing operation and is reported with what was
+//! and was not done; ownership of everything created so far is recorded by
+//! the caller either way, so the next `apply` converges from there.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::core::firewall;
+use crate::core::model::{NsRef, State};
+use crate::core::plan::{Change, Op, Plan};
+use crate::core::spec::parse_mac;
+use crate::host::netlink::{self, Counters, LinkChange, Netlink};
+use crate::host::netns;
+use crate::host::state::{Owned, write_atomic};
+
+/// Runs operations against the kernel, caching netlink sockets and
+/// interface indexes per namespace.
+pub struct Executor {
+    host: Netlink,
+    ns: HashMap<PathBuf, Netlink>,
+    /// (namespace or host, name) -> ifindex
+    index: HashMap<(Option<PathBuf>, String), u32>,
+    retired: Counters,
+}
+
+/// What an apply did, for the report.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub done: Vec<String>,
+    pub failed: Option<(String, String)>,
+    pub not_done: Vec<String>,
+    pub nft_transactions: u32,
+    pub nft_elements: usize,
+    pub counters: Counters,
+}
+
+impl Executor {
+    pub fn new() -> Result<Executor> {
+        Ok(Executor {
+            host: netlink::open_host().context("open netlink socket in the host namespace")?,
+            ns: HashMap::new(),
+            index: HashMap::new(),
+            retired: Counters::default(),
+        })
+    }
+
+    fn handle(&mut self, ns: Option<&NsRef>) -> Result<&Netlink> {
+        match ns {
+            None => Ok(&self.host),
+            Some(ns) => {
+                let p = ns.path();
+                if !self.ns.contains_key(&p) {
+                    let nl = netlink::open_in(&p)
+                        .with_context(|| format!("open netlink socket in {ns}"))?;
+                    self.ns.insert(p.clone(), nl);
+                }
+                Ok(&self.ns[&p])
+            }
+        }
+    }
+
+    /// ifindex of `name`, from the cache or one links dump of that namespace.
+    async fn index_of(&mut self, ns: Option<&NsRef>, name: &str) -> Result<Option<u32>> {
+        let key = (ns.map(NsRef::path), name.to_string());
+        if let Some(i) = self.index.get(&key) {
+            return Ok(Some(*i));
+        }
+        let links = self.handle(ns)?.links().await?;
+        let nspath = ns.map(NsRef::path);
+        self.index.retain(|(n, _), _| *n != nspath);
+        for l in links {
+            self.index.insert((nspath.clone(), l.name), l.index);
+        }
+        Ok(self.index.get(&key).copied())
+    }
+
+    async fn require_index(&mut self, ns: Option<&NsRef>, name: &str) -> Result<u32> {
+        self.index_of(ns, name).await?.ok_or_else(|| {
+            anyhow!(
+                "interface {name} not found in {}",
+                ns.map(|n| n.to_string())
+                    .unwrap_or_else(|| "the host namespace".into())
+            )
+        })
+    }
+
+    fn forget(&mut self, ns: Option<&NsRef>, name: &str) {
+        self.index.remove(&(ns.map(NsRef::path), name.to_string()));
+    }
+
+    /// Netlink requests sent so far.
+    pub fn counters(&self) -> Counters {
+        let mut c = self.host.counters();
+        for n in self.ns.values() {
+            let x = n.counters();
+            c.dumps += x.dumps;
+            c.writes += x.writes;
+        }
+        c.dumps += self.retired.dumps;
+        c.writes += self.retired.writes;
+        c
+    }
+
+    /// Runs one operation. Removals of what is already gone succeed.
+    pub async fn run(&mut self, op: &Op, owned: &mut Owned) -> Result<()> {
+        match op {
+            Op::Sysctl { key, value } => crate::host::sysctl::write_sysctl(None, key, value)?,
+            Op::CreateBridge { name, mtu, alias } => {
+                let idx = self.host.create_bridge(name, Some(*mtu), alias).await?;
+                owned.bridges.insert(name.clone());
+                self.index.insert((None, name.clone()), idx);
+            }
+            Op::DeleteLink { netns, name } => {
+                if let Some(idx) = self.index_of(netns.as_ref(), name).await? {
+                    let r = self.handle(netns.as_ref())?.delete_link(idx).await;
+                    ignore_errno(r, libc::ENODEV)?;
+                }
+                // A veth's peer goes with it: drop cached indexes wholesale.
+                self.index.clear();
+                if netns.is_none() {
+                    owned.bridges.remove(name);
+                }
+            }
+            Op::LinkUp { netns, name } => {
+                let idx = self.require_index(netns.as_ref(), name).await?;
+                let ch = LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                };
+                self.handle(netns.as_ref())?.set_link(idx, &ch).await?;
+            }
+            Op::SetMtu { netns, name, mtu } => {
+                let idx = self.require_index(netns.as_ref(), name).await?;
+                let ch = LinkChange {
+                    mtu: Some(*mtu),
+                    ..Default::default()
+                };
+                self.handle(netns.as_ref())?.set_link(idx, &ch).await?;
+            }
+            Op::SetMaster { name, bridge } => {
+                let idx = self.require_index(None, name).await?;
+                let br = self.require_index(None, bridge).await?;
+                let ch = LinkChange {
+                    master: Some(br),
+                    ..Default::default()
+                };
+                self.host.set_link(idx, &ch).await?;
+            }
+            Op::SetHairpin { name } => {
+                let idx = self.require_index(None, name).await?;
+                let ch = LinkChange {
+                    hairpin: Some(true),
+                    ..Default::default()
+                };
+                self.host.set_link(idx, &ch).await?;
+            }
+            Op::SetMac { netns, name, mac } => {
+                let idx = self.require_index(netns.as_ref(), name).await?;
+                let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
+                let ch = LinkChange {
+                    mac: Some(m),
+                    ..Default::default()
+                };
+                self.handle(netns.as_ref())?.set_link(idx, &ch).await?;
+            }
+            Op::AddAddr { netns, dev, addr } => {
+                let idx = self.require_index(netns.as_ref(), dev).await?;
+                let (ip, prefix) = parse_cidr(addr)?;
+                let r = self
+                    .handle(netns.as_ref())?
+                    .add_address(idx, ip, prefix)
+                    .await;
+                ignore_errno(r, libc::EEXIST)?;
+            }
+            Op::DelAddr { netns, dev, addr } => {
+                if let Some(idx) = self.index_of(netns.as_ref(), dev).await? {
+                    let (ip, prefix) = parse_cidr(addr)?;
+                    let r = self
+                        .handle(netns.as_ref())?
+                        .delete_address(idx, ip, prefix)
+                        .await;
+                    ignore_errno(r, libc::EADDRNOTAVAIL)?;
+                }
+            }
+            Op::CreateNetns { name } => {
+                netns::create_named(name)?;
+                owned.netns.insert(name.clone());
+            }
+            Op::DeleteNetns { name } => {
+                let p = netns::named_path(name);
+                if let Some(nl) = self.ns.remove(&p) {
+                    let c = nl.counters();
+                    self.retired.dumps += c.dumps;
+                    self.retired.writes += c.writes;
+                }
+                self.index.clear();
+                if p.exists() {
+                    netns::delete_named(name)?;
+                }
+                owned.netns.remove(name);
+            }
+            Op::CreateVeth {
+                host,
+                peer,
+                netns: ns,
+                mac,
+                mtu,
+                alias,
+            } => {
+                let fd = netns::open(&ns.path())?;
+                let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
+                use std::os::fd::AsFd;
+                let index = self
+                    .host
+                    .create_veth(host, peer, fd.as_fd(), Some(*mtu), Some(m), alias)
+                    .await?;
+                // The echoed index saves a dump of the host's links before
+                // the next operation on this veth.
+                match index {
+                    Some(i) => {
+                        self.index.insert((None, host.clone()), i);
+                    }
+                    None => self.forget(None, host),
+                }
+                self.forget(Some(ns), peer);
+            }
+            Op::AddDefaultRoute {
+                netns: ns,
+                dev,
+                gateway,
+            } => {
+                let idx = self.require_index(Some(ns), dev).await?;
+                let dst = match gateway {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                let r = self
+                    .handle(Some(ns))?
+                    .add_route(dst, 0, Some(*gateway), Some(idx))
+                    .await;
+                ignore_errno(r, libc::EEXIST)?;
+            }
+            Op::DelDefaultRoute { netns: ns, gateway } => {
+                let nl = self.handle(Some(ns))?;
+                let routes = nl.routes().await?;
+                for r in routes
+                    .iter()
+                    .filter(|r| r.prefix == 0 && r.gateway == Some(*gateway))
+                {
+                    let res = nl.delete_route(r).await;
+                    ignore_errno(res, libc::ESRCH)?;
+                }
+            }
+            Op::Nft { .. } => bail!("nft operations run as one transaction, not one by one"),
+            Op::WriteFile { path, content } => {
+                write_atomic(std::path::Path::new(path), content.as_bytes())?;
+                owned.files.insert(path.clone());
+            }
+            Op::RemoveFile { path } => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("remove {path}")),
+                }
+                owned.files.remove(path);
+                // Leave /etc/netns/NAME behind only if someone else put files there.
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ignore_errno(r: Result<()>, errno: i32) -> Result<()> {
+    match r {
+        Err(e) if netlink::is_errno(&e, errno) => Ok(()),
+        other => other,
+    }
+}
+
+/// Parses `address/prefix`.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("{s} is not address/prefix"))?;
+    Ok((
+        a.parse().with_context(|| format!("{s}: bad address"))?,
+        p.parse().with_context(|| format!("{s}: bad prefix"))?,
+    ))
+}
+
+/// What carries out plan operations: the kernel ([`Executor`]) or, in the
+/// tests of plan and apply order, a recorder.
+#[allow(async_fn_in_trait)] // awaited on the caller's task; no Send bound needed
+pub trait Runner {
+    /// One netlink, namespace, sysctl or file operation.
+    async fn run(&mut self, op: &Op, owned: &mut Owned) -> Result<()>;
+    /// The apply's one nft transaction.
+    fn nft(&mut self, tx: &firewall::Transaction) -> Result<()>;
+    /// Netlink requests sent so far.
+    fn counters(&self) -> Counters;
+}
+
+impl Runner for Executor {
+    async fn run(&mut self, op: &Op, owned: &mut Owned) -> Result<()> {
+        Executor::run(self, op, owned).await
+    }
+    fn nft(&mut self, tx: &firewall::Transaction) -> Result<()> {
+        crate::host::nft::apply(tx)
+    }
+    fn counters(&self) -> Counters {
+        Executor::counters(self)
+    }
+}
+
+/// Executes `plan` against the kernel. The firewall part runs as one
+/// transaction, `fw_tx`, at the position of the first change that needs it.
+pub async fn execute(
+    plan: &Plan,
+    fw_tx: Option<&firewall::Transaction>,
+    owned: &mut Owned,
+) -> Outcome {
+    match Executor::new() {
+        Ok(mut exec) => execute_with(&mut exec, plan, fw_tx, owned).await,
+        Err(e) => Outcome {
+            failed: Some(("(start)".into(), format!("{e:#}"))),
+            not_done: plan.changes.iter().map(|c| c.address.clone()).collect(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Executes `plan` in order with `runner`, stopping at the first failure.
+pub async fn execute_with<R: Runner>(
+    runner: &mut R,
+    plan: &Plan,
+    fw_tx: Option<&firewall::Transaction>,
+    owned: &mut Owned,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut fw_done = false;
+    let mut iter = plan.changes.iter();
+    for c in iter.by_ref() {
+        match run_change(runner, c, fw_tx, &mut fw_done, owned, &mut out).await {
+            Ok(()) => out.done.push(c.address.clone()),
+            Err(e) => {
+                out.failed = Some((c.address.clone(), format!("{e:#}")));
+                break;
+            }
+        }
+    }
+    out.not_done = iter.map(|c| c.address.clone()).collect();
+    out.counters = runner.counters();
+    out
+}
+
+async fn run_change<R: Runner>(
+    runner: &mut R,
+    c: &Change,
+    fw_tx: Option<&firewall::Transaction>,
+    fw_done: &mut bool,
+    owned: &mut Owned,
+    out: &mut Outcome,
+) -> Result<()> {
+    for op in &c.ops {
+        if let Op::Nft { .. } = op {
+            if !*fw_done {
+                if let Some(tx) = fw_tx.filter(|t| !t.is_empty()) {
+                    runner.nft(tx).context("nft transaction")?;
+                    out.nft_transactions += 1;
+                    out.nft_elements += tx.elements_added() + tx.elements_removed();
+                }
+                *fw_done = true;
+            }
+            continue;
+        }
+        runner
+            .run(op, owned)
+            .await
+            .with_context(|| format!("{op}"))?;
+    }
+    Ok(())
+}
+
+/// Removes everything netloom owns, given the observed state: used by
+/// `down`. Foreign objects are not in `observed` and so are not touched.
+pub fn teardown_plan(observed: &State) -> Plan {
+    crate::core::plan::diff(&State::default(), observed, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{HostInfo, resolve};
+
+    /// Records operations instead of running them; fails on the first
+    /// operation whose text contains `fail_on`.
+    #[derive(Default)]
+    struct Recorder {
+        ops: Vec<String>,
+        nft_calls: usize,
+        fail_on: Option<String>,
+    }
+
+    impl Runner for Recorder {
+        async fn run(&mut self, op: &Op, _owned: &mut Owned) -> Result<()> {
+            let text = op.to_string();
+            if self
+                .fail_on
+                .as_ref()
+                .is_some_and(|f| text.contains(f.as_str()))
+            {
+                anyhow::bail!("injected failure");
+            }
+            self.ops.push(text);
+            Ok(())
+        }
+        fn nft(&mut self, _tx: &firewall::Transaction) -> Result<()> {
+            self.nft_calls += 1;
+            self.ops.push("NFT TRANSACTION".into());
+            Ok(())
+        }
+        fn counters(&self) -> Counters {
+            Counters::default()
+        }
+    }
+
+    fn tutorial() -> State {
+        let text = include_str!("../../examples/docker-tutorial.toml");
+        let spec = crate::core::spec::load("t.toml", text).unwrap();
+        let host = HostInfo {
+            upstream_dns: Vec::new(),
+            state_dir: "/var/lib/netloom".into(),
+            agent_dns: true,
+        };
+        resolve(&spec, &Default::default(), &host).unwrap().state
+    }
+
+    fn position(ops: &[String], needle: &str) -> usize {
+        ops.iter()
+            .position(|o| o.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not run: {ops:#?}"))
+    }
+
+    fn run(plan: &Plan, rec: &mut Recorder) -> Outcome {
+        let fw = tutorial().firewall.unwrap().fw;
+        let tx = firewall::plan_transaction(&fw, None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(execute_with(rec, plan, Some(&tx), &mut Owned::default()))
+    }
+
+    #[test]
+    fn creation_runs_in_dependency_order_with_one_nft_transaction() {
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
+        let mut rec = Recorder::default();
+        let out = run(&plan, &mut rec);
+        assert!(out.failed.is_none() && out.not_done.is_empty());
+        assert_eq!(out.done.len(), plan.changes.len());
+        assert_eq!(rec.nft_calls, 1, "one transaction for all firewall changes");
+        let ops = &rec.ops;
+        let bridge = position(ops, "ip link add docker0");
+        let netns = position(ops, "ip netns add web");
+        let veth = position(ops, "peer name eth0 netns web");
+        let addr = position(ops, "ip -n web addr add 172.17.0.2/16");
+        let route = position(ops, "ip -n web route add default");
+        let nft = position(ops, "NFT TRANSACTION");
+        let file = position(ops, "write /etc/netns/web/hosts");
+        assert!(
+            bridge < netns
+                && netns < veth
+                && veth < addr
+                && addr < route
+                && route < nft
+                && nft < file,
+            "{ops:#?}"
+        );
+        // route_localnet needs the bridge: set after the networks exist.
+        assert!(position(ops, "route_localnet") > bridge);
+    }
+
+    #[test]
+    fn a_failure_stops_and_says_what_was_and_was_not_done() {
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
+        let mut rec = Recorder {
+            fail_on: Some("peer name eth0 netns tomcat2".into()),
+            ..Default::default()
+        };
+        let out = run(&plan, &mut rec);
+        let (failed, err) = out.failed.clone().unwrap();
+        assert_eq!(failed, "container.tomcat2.eth0");
+        assert!(err.contains("injected failure"), "{err}");
+        assert!(out.done.contains(&"network.bridge".to_string()));
+        assert!(out.done.contains(&"container.tomcat1.eth0".to_string()));
+        assert!(out.not_done.contains(&"port.web.8080/tcp".to_string()));
+        assert!(!out.not_done.contains(&failed));
+        assert_eq!(out.done.len() + 1 + out.not_done.len(), plan.changes.len());
+        assert_eq!(rec.nft_calls, 0, "the firewall comes after the interfaces");
+    }
+
+    #[test]
+    fn teardown_removes_interfaces_before_namespaces_before_bridges() {
+        let plan = teardown_plan(&tutorial());
+        let mut rec = Recorder::default();
+        let out = run(&plan, &mut rec);
+        assert!(out.failed.is_none());
+        let ops = &rec.ops;
+        let file = position(ops, "rm /etc/netns/web/hosts");
+        let veth = position(ops, "ip link del veth");
+        let netns = position(ops, "ip netns del web");
+        let bridge = position(ops, "ip link del docker0");
+        assert!(file < veth && veth < netns && netns < bridge, "{ops:#?}");
+    }
+}

@@ -1,0 +1,19 @@
+//! The imperative shell: the only code that touches the machine.
+//!
+//! It reads the live host into the core's types ([`observe`]), carries a
+//! plan out ([`apply`]) through netlink ([`netlink`], [`netns`]), one nft
+//! transaction ([`nft`]) and file writes, and runs the agent's long-lived
+//! parts: kernel events ([`events`]) and the embedded DNS server ([`dns`]).
+//! It imports the core, never the commands.
+
+pub mod apply;
+pub mod dns;
+pub mod events;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod observe;
+pub mod portprobe;
+pub mod sdnotify;
+pub mod state;
+pub mod sysctl;

@@ -1,0 +1,1176 @@
+//! rtnetlink access for netloom: full dumps of links, addresses and routes of
+//! one network namespace, and the handful of writes the reconciler needs
+//! (bridges, veth pairs, link settings, addresses, routes). Sysctls are
+//! [`crate::host::sysctl`].
+//!
+//! Design notes:
+//! * One [`Netlink`] talks to one namespace. A netlink socket is bound for its
+//!   whole life to the namespace it was *created* in, so [`open_in`] creates
+//!   the socket on a short-lived std thread that has setns'ed (see
+//!   [`crate::host::netns::run_in`]) and only then hands the fd to tokio. No tokio
+//!   worker thread ever changes namespace.
+//! * Observation is by dump only: one request per kind ([`Netlink::links`],
+//!   [`Netlink::addresses`], [`Netlink::routes`]) regardless of how many
+//!   objects exist, never one request per object. [`Counters`] counts every
+//!   request sent so callers (and tests) can check that budget.
+//! * Every write is a single request with `NLM_F_ACK`, so failures surface
+//!   with the kernel's errno; the errno is kept in the error chain as a
+//!   [`KernelError`] (test it with [`is_errno`]) under a context naming the
+//!   object, e.g. `create bridge docker0: File exists`.
+//! * Messages are built from `netlink-packet-route` types and sent through
+//!   `rtnetlink::Handle::request` directly instead of rtnetlink's request
+//!   builders: that lets us count requests, set `NLM_F_ECHO`, detect
+//!   interrupted dumps and read extended-ACK messages, none of which the
+//!   builders expose.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO,
+    NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteVia,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
+
+use crate::host::netns;
+
+mod error;
+mod msg;
+
+use error::ext_ack_message;
+pub use error::{KernelError, is_errno};
+use msg::*;
+
+/// Number of netlink requests sent through a [`Netlink`] (and its clones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Dump requests (`NLM_F_DUMP`), plus single-object lookups.
+    pub dumps: u64,
+    /// Requests that change kernel state.
+    pub writes: u64,
+}
+
+#[derive(Debug, Default)]
+struct SharedCounters {
+    dumps: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A link as seen in an `RTM_GETLINK` dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND`: "bridge", "veth", ...; `None` for e.g. `lo`, physical NICs.
+    pub kind: Option<String>,
+    /// `IFLA_MASTER`: ifindex of the bridge this link is enslaved to.
+    pub master: Option<u32>,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    /// Administrative state (`IFF_UP`), not carrier.
+    pub up: bool,
+    /// `IFLA_IFALIAS`; netloom uses it to mark links it owns.
+    pub alias: Option<String>,
+    /// veth only: ifindex of the peer (`IFLA_LINK`), in the namespace given by
+    /// `link_netnsid` if that is set, else in this one.
+    pub peer_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: nsid (relative to this namespace) of the
+    /// namespace holding the peer.
+    pub link_netnsid: Option<i32>,
+    /// Bridge ports only: `IFLA_BRPORT_MODE` (hairpin), from the port data.
+    pub hairpin: Option<bool>,
+}
+
+/// An interface address (IPv6 link-local addresses are not reported).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+/// A unicast route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// Network address; `0.0.0.0` / `::` with prefix 0 for the default route.
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// `rtm_protocol`: kernel=2, boot=3 (`ip route add`), static=4 (netloom).
+    pub protocol: u8,
+}
+
+/// Protocol number netloom's own routes carry ([`Netlink::add_route`]).
+pub const RTPROT_STATIC: u8 = 4;
+
+/// Changes applied by [`Netlink::set_link`]; `None` fields are left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkChange {
+    pub up: Option<bool>,
+    /// Enslave to this ifindex; `Some(0)` releases the link from its master.
+    pub master: Option<u32>,
+    pub name: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    /// `Some("")` removes the alias.
+    pub alias: Option<String>,
+    /// Bridge ports: let frames leave by the port they came in by.
+    pub hairpin: Option<bool>,
+}
+
+/// A connection to rtnetlink in one network namespace. Cheap to clone;
+/// clones share the connection and the [`Counters`].
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    counters: Arc<SharedCounters>,
+}
+
+/// Open rtnetlink in the calling thread's current network namespace. Must be
+/// called from within a tokio runtime, which will drive the connection; the
+/// runtime must have I/O enabled (tokio panics otherwise).
+pub fn open_host() -> Result<Netlink> {
+    let rt = current_runtime()?;
+    Netlink::from_socket(&rt, new_socket()?)
+}
+
+/// Open rtnetlink in the network namespace at `ns` (e.g. `/run/netns/NAME`,
+/// `/proc/PID/ns/net`). The socket is created on a helper thread inside `ns`
+/// (this blocks the caller for the duration of one thread spawn); the
+/// connection is then driven by the calling tokio runtime.
+pub fn open_in(ns: &Path) -> Result<Netlink> {
+    let rt = current_runtime()?;
+    let socket = netns::run_in(ns, new_socket)
+        .with_context(|| format!("open netlink in {}", ns.display()))?;
+    Netlink::from_socket(&rt, socket)
+}
+
+fn current_runtime() -> Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().context("open netlink: not inside a tokio runtime")
+}
+
+/// A plain (blocking, unregistered) rtnetlink socket in the calling thread's
+/// namespace.
+fn new_socket() -> Result<Socket> {
+    let socket = Socket::new(NETLINK_ROUTE).context("create netlink socket")?;
+    // Ask for textual error explanations (extended ACK) and for error replies
+    // that do not echo our whole request back. Both are optional, so old
+    // kernels that refuse them are fine.
+    let _ = socket.set_ext_ack(true);
+    let _ = socket.set_cap_ack(true);
+    Ok(socket)
+}
+
+impl Netlink {
+    fn from_socket(rt: &tokio::runtime::Handle, socket: Socket) -> Result<Netlink> {
+        let _enter = rt.enter();
+        socket
+            .set_non_blocking(true)
+            .context("set netlink socket non-blocking")?;
+        // SAFETY: `into_raw_fd` hands over sole ownership of a valid, open
+        // netlink socket fd, which TokioSocket takes over. (Like every tokio
+        // I/O type it panics if the runtime was built without I/O enabled.)
+        let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+        let (mut conn, handle, _unsolicited) = rtnetlink::from_socket(socket);
+        // Forward NLMSG_DONE so dumps can see NLM_F_DUMP_INTR on it.
+        conn.set_forward_done(true);
+        // The task ends when the last clone of `handle` is dropped.
+        rt.spawn(conn);
+        Ok(Netlink {
+            handle,
+            counters: Arc::default(),
+        })
+    }
+
+    /// Requests sent so far by this connection and all its clones.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            dumps: self.counters.dumps.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Send one request and collect every reply message up to the end of the
+    /// exchange (ACK or NLMSG_DONE). A kernel error becomes a [`KernelError`].
+    async fn exchange(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req)?;
+        let mut out = Vec::new();
+        while let Some(reply) = replies.next().await {
+            match &reply.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(KernelError {
+                        errno: e.raw_code().abs(),
+                        message: ext_ack_message(reply.header.flags, &e.header),
+                    }
+                    .into());
+                }
+                NetlinkPayload::Overrun(_) => bail!("netlink receive buffer overrun"),
+                _ => out.push(reply),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dump request; retried (and counted again) if the kernel reports that
+    /// the dump was interrupted by a concurrent change, so callers always get
+    /// a consistent snapshot.
+    async fn dump(&self, msg: RouteNetlinkMessage, what: &str) -> Result<Vec<RouteNetlinkMessage>> {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            self.counters.dumps.fetch_add(1, Ordering::Relaxed);
+            let replies = self
+                .exchange(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)
+                .await
+                .with_context(|| format!("dump {what}"))?;
+            if replies
+                .iter()
+                .any(|m| m.header.flags & NLM_F_DUMP_INTR != 0)
+            {
+                continue;
+            }
+            return Ok(inner_messages(replies));
+        }
+        bail!("dump {what}: interrupted by concurrent changes {ATTEMPTS} times in a row")
+    }
+
+    /// Write request with ACK; returns any messages echoed back (`NLM_F_ECHO`).
+    async fn write(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        what: impl FnOnce() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let replies = self
+            .exchange(msg, NLM_F_REQUEST | NLM_F_ACK | flags)
+            .await
+            .with_context(what)?;
+        Ok(inner_messages(replies))
+    }
+
+    /// All links of the namespace (one dump).
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs = self
+            .dump(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                "links",
+            )
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(parse_link(&link)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// All IPv4 and IPv6 addresses except IPv6 link-local (one dump).
+    pub async fn addresses(&self) -> Result<Vec<Addr>> {
+        // AF_UNSPEC in the request dumps every family in one go.
+        let msgs = self
+            .dump(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                "addresses",
+            )
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(addr) => parse_addr(&addr),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Unicast routes of the main table, IPv4 and IPv6 (one dump). IPv6
+    /// link-local prefix routes (`fe80::/64`, added by the kernel on every
+    /// interface) are not reported.
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        // AF_UNSPEC dumps all families; without NETLINK_GET_STRICT_CHK the
+        // kernel ignores header filters, so table/type are filtered here.
+        let msgs = self
+            .dump(
+                RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+                "routes",
+            )
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(route) => parse_route(&route),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Create bridge `name` (admin down) and return its ifindex. `alias`
+    /// (if not empty) becomes its `IFLA_IFALIAS`.
+    ///
+    /// The create is one write; `NLM_F_ECHO` makes the kernel send the new
+    /// link back, which gives the ifindex without a lookup (older kernels
+    /// that do not echo cost one extra lookup, counted as a dump). The kernel
+    /// ignores `IFLA_IFALIAS` when creating a link (checked on 6.18), so a
+    /// non-empty alias costs a second write unless the echo shows it applied.
+    /// If that second write fails, the bridge stays, without alias.
+    pub async fn create_bridge(&self, name: &str, mtu: Option<u32>, alias: &str) -> Result<u32> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if !alias.is_empty() {
+            msg.attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
+        }
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        let echoed = self
+            .write(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+                || format!("create bridge {name}"),
+            )
+            .await?;
+        let created = self
+            .echoed_or_looked_up(echoed, name)
+            .await
+            .with_context(|| format!("create bridge {name}"))?;
+        self.ensure_alias(&created, alias)
+            .await
+            .with_context(|| format!("create bridge {name}"))?;
+        Ok(created.index)
+    }
+
+    /// Create a veth pair: `host_name` in this namespace, `peer_name` born
+    /// directly inside the namespace `peer_ns` (so it never appears here and
+    /// needs no rename or move), with `peer_mac` if given. `mtu` applies to
+    /// both ends; `alias` (if not empty) is set on the host end, which takes
+    /// a second write (see [`Netlink::create_bridge`]). Both ends start admin
+    /// down. Returns the host end's ifindex when the kernel echoes it.
+    pub async fn create_veth(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer_ns: BorrowedFd<'_>,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+        alias: &str,
+    ) -> Result<Option<u32>> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        // The fd only needs to stay open until the kernel has processed the
+        // request, which the borrow guarantees (we await the ACK below).
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        if let Some(mac) = peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(mtu) = mtu {
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(host_name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if !alias.is_empty() {
+            msg.attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        let what = || format!("create veth {host_name} (peer {peer_name})");
+        let echoed = self
+            .write(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+                what,
+            )
+            .await?;
+        let link = echoed_link(echoed, host_name);
+        let index = link.as_ref().map(|l| l.index);
+        if alias.is_empty() {
+            return Ok(index);
+        }
+        match link {
+            Some(link) => self.ensure_alias(&link, alias).await,
+            // No echo (old kernel): address the link by name instead.
+            None => {
+                let mut msg = LinkMessage::default();
+                msg.attributes
+                    .push(LinkAttribute::IfName(host_name.to_string()));
+                msg.attributes
+                    .push(LinkAttribute::IfAlias(alias.to_string()));
+                self.write(RouteNetlinkMessage::NewLink(msg), 0, || {
+                    format!("set alias on {host_name}")
+                })
+                .await
+                .map(drop)
+            }
+        }
+        .with_context(what)?;
+        Ok(index)
+    }
+
+    /// Set the alias of a just-created link unless the kernel already did.
+    async fn ensure_alias(&self, link: &Link, alias: &str) -> Result<()> {
+        if alias.is_empty() || link.alias.as_deref() == Some(alias) {
+            return Ok(());
+        }
+        let change = LinkChange {
+            alias: Some(alias.to_string()),
+            ..LinkChange::default()
+        };
+        self.set_link(link.index, &change).await
+    }
+
+    /// Look one link up by name (one request, counted as a dump).
+    /// The link `name` from the echo of its creation or, on kernels that
+    /// do not echo RTM_NEWLINK (before 6.3), from a lookup (one dump).
+    async fn echoed_or_looked_up(
+        &self,
+        echoed: Vec<RouteNetlinkMessage>,
+        name: &str,
+    ) -> Result<Link> {
+        match echoed_link(echoed, name) {
+            Some(link) => Ok(link),
+            None => self.link_by_name(name).await,
+        }
+    }
+
+    async fn link_by_name(&self, name: &str) -> Result<Link> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.counters.dumps.fetch_add(1, Ordering::Relaxed);
+        let replies = self
+            .exchange(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)
+            .await
+            .with_context(|| format!("get link {name}"))?;
+        echoed_link(inner_messages(replies), name)
+            .ok_or_else(|| anyhow!("get link {name}: no answer from the kernel"))
+    }
+
+    /// Apply all set fields of `change` to link `index` in one request
+    /// (`RTM_NEWLINK` without `NLM_F_CREATE`, like `ip link set`). The kernel
+    /// applies a rename before the up/down change, so renaming a down link
+    /// and setting it up in one call works even on kernels that refuse to
+    /// rename a link that is up (EBUSY; recent kernels allow it). An empty
+    /// change sends nothing.
+    pub async fn set_link(&self, index: u32, change: &LinkChange) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        if let Some(up) = change.up {
+            msg.header.change_mask |= LinkFlags::Up;
+            if up {
+                msg.header.flags |= LinkFlags::Up;
+            }
+        }
+        if let Some(name) = &change.name {
+            msg.attributes.push(LinkAttribute::IfName(name.clone()));
+        }
+        if let Some(mac) = change.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(mtu) = change.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(alias) = &change.alias {
+            msg.attributes.push(LinkAttribute::IfAlias(alias.clone()));
+        }
+        if let Some(master) = change.master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        if let Some(on) = change.hairpin {
+            // Bridge-port options travel as the port's slave data.
+            msg.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    on,
+                )])),
+            ]));
+        }
+        if change.up.is_none() && msg.attributes.is_empty() {
+            return Ok(());
+        }
+        self.write(RouteNetlinkMessage::NewLink(msg), 0, || {
+            format!("set link {index}")
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Delete link `index` (for a veth, the peer goes too).
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.write(RouteNetlinkMessage::DelLink(msg), 0, || {
+            format!("delete link {index}")
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Add `ip/prefix` to link `index`; IPv4 addresses get the broadcast
+    /// address derived from the prefix (like `ip addr add ... brd +`).
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        let msg = address_message(index, ip, prefix, true)?;
+        self.write(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("add address {ip}/{prefix} to link {index}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Remove `ip/prefix` from link `index`.
+    pub async fn delete_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        let msg = address_message(index, ip, prefix, false)?;
+        self.write(RouteNetlinkMessage::DelAddress(msg), 0, || {
+            format!("delete address {ip}/{prefix} from link {index}")
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Add a unicast route to the main table with protocol static (4). With
+    /// no gateway an IPv4 route gets link scope, like `ip route add ... dev`.
+    /// A gateway without `oif` lets the kernel pick the interface.
+    pub async fn add_route(
+        &self,
+        dst: IpAddr,
+        prefix: u8,
+        gateway: Option<IpAddr>,
+        oif: Option<u32>,
+    ) -> Result<()> {
+        let what = || format!("add route {}", describe_route(dst, prefix, gateway, oif));
+        let mut msg = route_message(dst, prefix, gateway, oif).with_context(what)?;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = if gateway.is_none() && dst.is_ipv4() {
+            RouteScope::Link
+        } else {
+            RouteScope::Universe
+        };
+        self.write(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            what,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Delete the main-table route `r` as returned by [`Netlink::routes`];
+    /// gateway, oif and protocol must match too.
+    pub async fn delete_route(&self, r: &Route) -> Result<()> {
+        let what = || {
+            format!(
+                "delete route {}",
+                describe_route(r.dst, r.prefix, r.gateway, r.oif)
+            )
+        };
+        let mut msg = route_message(r.dst, r.prefix, r.gateway, r.oif).with_context(what)?;
+        msg.header.protocol = RouteProtocol::from(r.protocol);
+        // Like `ip route del`: any scope and type, the rest must match.
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.kind = RouteType::Unspec;
+        self.write(RouteNetlinkMessage::DelRoute(msg), 0, what)
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::netns::sandbox::{self, ip};
+    use crate::host::sysctl::{read_sysctl, write_sysctl};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Command;
+
+    const CTR_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x1e, 0x00, 0x02];
+
+    /// Run an async test body on a current-thread runtime inside a sandbox
+    /// (fresh network + mount namespace, tmpfs on /run).
+    fn sandboxed<F>(body: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        sandbox::run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(body())
+        });
+    }
+
+    /// Whether the running kernel echoes RTM_NEWLINK on NLM_F_ECHO (Linux
+    /// 6.3 and later), read from its release string.
+    fn kernel_echoes_new_links() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .expect("read /proc/sys/kernel/osrelease");
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        version >= (6, 3)
+    }
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().expect("test literal"))
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        IpAddr::V6(s.parse().expect("test literal"))
+    }
+
+    fn by_name<'a>(links: &'a [Link], name: &str) -> Result<&'a Link> {
+        links
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| anyhow!("no link {name} in {links:#?}"))
+    }
+
+    fn host_links(kind: &str) -> String {
+        ip(&["-o", "link", "show", "type", kind]).unwrap_or_default()
+    }
+
+    #[test]
+    fn ext_ack_parsing() {
+        // Capped error: 16-byte request header, then one NLMSGERR_ATTR_MSG.
+        let mut payload = vec![0u8; 16];
+        let text = b"Unknown device type\0";
+        let len = (4 + text.len()) as u16;
+        payload.extend_from_slice(&len.to_ne_bytes());
+        payload.extend_from_slice(&1u16.to_ne_bytes());
+        payload.extend_from_slice(text);
+        let flags = NLM_F_CAPPED | NLM_F_ACK_TLVS;
+        assert_eq!(
+            ext_ack_message(flags, &payload).as_deref(),
+            Some("Unknown device type")
+        );
+        assert_eq!(ext_ack_message(NLM_F_CAPPED, &payload), None);
+        assert_eq!(ext_ack_message(flags, &payload[..10]), None);
+    }
+
+    #[test]
+    fn open_outside_runtime_is_an_error() {
+        assert!(open_host().is_err());
+        assert!(open_in(Path::new(netns::THREAD_SELF_NET)).is_err());
+    }
+
+    /// The whole Docker-style wiring of one container, checked through our
+    /// own dumps and through iproute2.
+    #[test]
+    fn bridge_veth_addresses_routes() {
+        let before = (
+            host_links("bridge"),
+            host_links("veth"),
+            netns::list_named().ok(),
+        );
+        sandboxed(|| async {
+            let host = open_host()?;
+            let counting = host.clone();
+            assert_eq!(host.counters(), Counters::default());
+
+            // Bridge: one write when the kernel echoes the link; the alias
+            // needs a second one (the kernel ignores IFLA_IFALIAS on create).
+            let br = host
+                .create_bridge("nl-br0", Some(1400), "netloom:net1")
+                .await?;
+            let after_bridge = host.counters();
+            // Kernels before 6.3 do not echo: one lookup per bridge more.
+            let lookups = if kernel_echoes_new_links() { 0 } else { 1 };
+            assert_eq!(
+                after_bridge,
+                Counters {
+                    dumps: lookups,
+                    writes: 2
+                }
+            );
+            // Without an alias it is a single request.
+            let br_plain = host.create_bridge("nl-br1", None, "").await?;
+            assert_eq!(
+                host.counters(),
+                Counters {
+                    dumps: 2 * lookups,
+                    writes: 3
+                }
+            );
+            // The path for kernels that do not echo, whatever this one does:
+            // no echo means one lookup, which finds the link.
+            let looked_up = host.echoed_or_looked_up(Vec::new(), "nl-br0").await?;
+            assert_eq!((looked_up.index, looked_up.name.as_str()), (br, "nl-br0"));
+            assert_eq!(
+                host.counters(),
+                Counters {
+                    dumps: 2 * lookups + 1,
+                    writes: 3
+                }
+            );
+            let err = host
+                .echoed_or_looked_up(Vec::new(), "nl-nosuch")
+                .await
+                .expect_err("lookup of a missing link succeeded");
+            assert!(is_errno(&err, libc::ENODEV), "{err:#}");
+            host.delete_link(br_plain).await?;
+            let err = host
+                .create_bridge("nl-br0", None, "")
+                .await
+                .expect_err("duplicate bridge accepted");
+            assert!(is_errno(&err, libc::EEXIST), "{err:#}");
+            assert_eq!(format!("{err:#}"), "create bridge nl-br0: File exists");
+
+            // Container namespace and veth, the peer born inside as eth0.
+            netns::create_named("nl-ctr1")?;
+            let ctr_path = netns::named_path("nl-ctr1");
+            let ctr_fd = netns::open(&ctr_path)?;
+            let w0 = host.counters().writes;
+            host.create_veth(
+                "vethnl0",
+                "eth0",
+                ctr_fd.as_fd(),
+                Some(1400),
+                Some(CTR_MAC),
+                "netloom:ctr1",
+            )
+            .await?;
+            assert_eq!(host.counters().writes - w0, 2);
+            let err = host
+                .create_veth("vethnl0", "eth1", ctr_fd.as_fd(), None, None, "")
+                .await
+                .expect_err("duplicate veth accepted");
+            assert!(is_errno(&err, libc::EEXIST), "{err:#}");
+            assert!(format!("{err:#}").starts_with("create veth vethnl0 (peer eth1): "));
+
+            let links = host.links().await?;
+            let bridge = by_name(&links, "nl-br0")?;
+            assert_eq!(bridge.index, br);
+            assert_eq!(bridge.kind.as_deref(), Some("bridge"));
+            assert_eq!(bridge.mtu, 1400);
+            assert_eq!(bridge.alias.as_deref(), Some("netloom:net1"));
+            assert!(!bridge.up);
+            let veth = by_name(&links, "vethnl0")?.clone();
+            assert_eq!(veth.kind.as_deref(), Some("veth"));
+            assert_eq!(veth.alias.as_deref(), Some("netloom:ctr1"));
+            assert_eq!(veth.mtu, 1400);
+            assert_eq!(veth.master, None);
+            assert!(
+                veth.peer_index.is_some() && veth.link_netnsid.is_some(),
+                "{veth:?}"
+            );
+            assert!(
+                links.iter().all(|l| l.name != "eth0"),
+                "peer leaked into host ns"
+            );
+
+            // Enslave + up in one request each.
+            let d0 = host.counters();
+            host.set_link(
+                veth.index,
+                &LinkChange {
+                    up: Some(true),
+                    master: Some(br),
+                    ..LinkChange::default()
+                },
+            )
+            .await?;
+            host.set_link(
+                br,
+                &LinkChange {
+                    up: Some(true),
+                    ..LinkChange::default()
+                },
+            )
+            .await?;
+            host.set_link(br, &LinkChange::default()).await?; // no-op: no request
+            host.add_address(br, v4("172.30.0.1"), 16).await?;
+            host.add_address(br, v6("fd00:30::1"), 64).await?;
+            let d1 = host.counters();
+            assert_eq!(d1.writes - d0.writes, 4);
+            assert_eq!(d1.dumps, d0.dumps);
+            let err = host
+                .add_address(br, v4("172.30.0.1"), 16)
+                .await
+                .expect_err("duplicate address accepted");
+            assert!(is_errno(&err, libc::EEXIST), "{err:#}");
+            assert_eq!(
+                format!("{err:#}"),
+                format!(
+                    "add address 172.30.0.1/16 to link {br}: \
+                     File exists (ipv4: Address already assigned)"
+                )
+            );
+
+            let links = host.links().await?;
+            let veth = by_name(&links, "vethnl0")?;
+            assert_eq!(veth.master, Some(br));
+            assert!(veth.up);
+            assert!(by_name(&links, "nl-br0")?.up);
+            let addrs = host.addresses().await?;
+            assert!(addrs.contains(&Addr {
+                index: br,
+                ip: v4("172.30.0.1"),
+                prefix: 16
+            }));
+            assert!(addrs.contains(&Addr {
+                index: br,
+                ip: v6("fd00:30::1"),
+                prefix: 64
+            }));
+            let routes = host.routes().await?;
+            assert!(
+                routes.contains(&Route {
+                    dst: v4("172.30.0.0"),
+                    prefix: 16,
+                    gateway: None,
+                    oif: Some(br),
+                    protocol: 2,
+                }),
+                "{routes:#?}"
+            );
+
+            // Same facts through iproute2.
+            let shown = ip(&["-o", "link", "show", "vethnl0"])?;
+            assert!(shown.contains("master nl-br0"), "{shown}");
+            let shown = ip(&["-d", "link", "show", "nl-br0"])?;
+            assert!(shown.contains("alias netloom:net1"), "{shown}");
+            let shown = ip(&["-o", "-4", "addr", "show", "dev", "nl-br0"])?;
+            assert!(
+                shown.contains("inet 172.30.0.1/16 brd 172.30.255.255"),
+                "{shown}"
+            );
+
+            // Inside the container namespace, through open_in.
+            let ctr = open_in(&ctr_path)?;
+            let links = ctr.links().await?;
+            assert_eq!(links.len(), 2, "{links:#?}");
+            let eth0 = by_name(&links, "eth0")?.clone();
+            let lo = by_name(&links, "lo")?.clone();
+            assert_eq!(eth0.mac, Some(CTR_MAC));
+            assert_eq!(eth0.mtu, 1400);
+            assert_eq!(eth0.kind.as_deref(), Some("veth"));
+            assert!(eth0.link_netnsid.is_some());
+            assert_eq!(eth0.peer_index, Some(veth.index));
+            assert_eq!(eth0.alias, None);
+            assert!(!eth0.up);
+
+            ctr.set_link(
+                lo.index,
+                &LinkChange {
+                    up: Some(true),
+                    ..LinkChange::default()
+                },
+            )
+            .await?;
+            ctr.set_link(
+                eth0.index,
+                &LinkChange {
+                    up: Some(true),
+                    ..LinkChange::default()
+                },
+            )
+            .await?;
+            ctr.add_address(eth0.index, v4("172.30.0.2"), 16).await?;
+            ctr.add_address(eth0.index, v6("fd00:30::2"), 64).await?;
+            ctr.add_route(v4("0.0.0.0"), 0, Some(v4("172.30.0.1")), None)
+                .await?;
+            ctr.add_route(v6("::"), 0, Some(v6("fd00:30::1")), Some(eth0.index))
+                .await?;
+            ctr.add_route(v4("10.99.0.0"), 24, None, Some(eth0.index))
+                .await?;
+            assert_eq!(
+                ctr.counters(),
+                Counters {
+                    dumps: 1,
+                    writes: 7
+                }
+            );
+
+            let addrs = ctr.addresses().await?;
+            let mut expected = vec![
+                Addr {
+                    index: lo.index,
+                    ip: v4("127.0.0.1"),
+                    prefix: 8,
+                },
+                Addr {
+                    index: lo.index,
+                    ip: v6("::1"),
+                    prefix: 128,
+                },
+                Addr {
+                    index: eth0.index,
+                    ip: v4("172.30.0.2"),
+                    prefix: 16,
+                },
+                Addr {
+                    index: eth0.index,
+                    ip: v6("fd00:30::2"),
+                    prefix: 64,
+                },
+            ];
+            let mut got = addrs.clone();
+            got.sort();
+            expected.sort();
+            assert_eq!(got, expected, "link-local must be filtered");
+
+            let routes = ctr.routes().await?;
+            let default4 = Route {
+                dst: v4("0.0.0.0"),
+                prefix: 0,
+                gateway: Some(v4("172.30.0.1")),
+                oif: Some(eth0.index),
+                protocol: RTPROT_STATIC,
+            };
+            let default6 = Route {
+                dst: v6("::"),
+                prefix: 0,
+                gateway: Some(v6("fd00:30::1")),
+                oif: Some(eth0.index),
+                protocol: RTPROT_STATIC,
+            };
+            let onlink = Route {
+                dst: v4("10.99.0.0"),
+                prefix: 24,
+                gateway: None,
+                oif: Some(eth0.index),
+                protocol: RTPROT_STATIC,
+            };
+            for r in [&default4, &default6, &onlink] {
+                assert!(routes.contains(r), "{r:?} missing from {routes:#?}");
+            }
+            assert!(routes.iter().all(|r| match r.dst {
+                IpAddr::V6(v6) => !is_ipv6_link_local(&v6),
+                IpAddr::V4(_) => true,
+            }));
+            assert_eq!(
+                ctr.counters(),
+                Counters {
+                    dumps: 3,
+                    writes: 7
+                }
+            );
+
+            let shown = ip(&["-n", "nl-ctr1", "route", "show", "default"])?;
+            assert!(
+                shown.contains("default via 172.30.0.1 dev eth0 proto static"),
+                "{shown}"
+            );
+            let shown = ip(&["-n", "nl-ctr1", "route", "show", "10.99.0.0/24"])?;
+            assert!(
+                shown.contains("dev eth0 proto static scope link"),
+                "{shown}"
+            );
+            let shown = ip(&[
+                "netns", "exec", "nl-ctr1", "ip", "-o", "addr", "show", "dev", "eth0",
+            ])?;
+            assert!(
+                shown.contains("inet 172.30.0.2/16 brd 172.30.255.255"),
+                "{shown}"
+            );
+            let shown = ip(&["-n", "nl-ctr1", "link", "show", "eth0"])?;
+            assert!(shown.contains("link/ether 02:42:ac:1e:00:02"), "{shown}");
+
+            // End to end: the container reaches the bridge over the veth.
+            let ping = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "nl-ctr1",
+                    "ping",
+                    "-c1",
+                    "-W2",
+                    "172.30.0.1",
+                ])
+                .output()?;
+            assert!(
+                ping.status.success(),
+                "{}",
+                String::from_utf8_lossy(&ping.stdout)
+            );
+
+            // IPv6 route deletion, matched by gateway/oif/protocol.
+            ctr.delete_route(&default6).await?;
+            let routes = ctr.routes().await?;
+            assert!(!routes.contains(&default6) && routes.contains(&default4));
+
+            // Sysctls are per namespace.
+            write_sysctl(Some(&ctr_path), "net.ipv4.conf.eth0.route_localnet", "1")?;
+            assert_eq!(
+                read_sysctl(Some(&ctr_path), "net.ipv4.conf.eth0.route_localnet")?,
+                "1"
+            );
+            write_sysctl(None, "net.ipv4.ip_forward", "1")?;
+            assert_eq!(read_sysctl(None, "net.ipv4.ip_forward")?, "1");
+            assert_eq!(read_sysctl(Some(&ctr_path), "net.ipv4.ip_forward")?, "0");
+            let err = read_sysctl(Some(&ctr_path), "net.ipv4.conf.nl-br0.forwarding")
+                .expect_err("bridge is not in the container");
+            assert!(is_errno(&err, libc::ENOENT), "{err:#}");
+
+            // Renames/MAC/MTU/alias in one request; errors name the link.
+            let w = ctr.counters().writes;
+            ctr.set_link(
+                eth0.index,
+                &LinkChange {
+                    up: Some(false),
+                    name: Some("eth9".into()),
+                    mac: Some([0x02, 0, 0, 0, 0, 9]),
+                    mtu: Some(1300),
+                    alias: Some("renamed".into()),
+                    master: None,
+                    hairpin: None,
+                },
+            )
+            .await?;
+            assert_eq!(ctr.counters().writes, w + 1);
+            let links = ctr.links().await?;
+            let eth9 = by_name(&links, "eth9")?;
+            assert_eq!(
+                (
+                    eth9.index,
+                    eth9.mac,
+                    eth9.mtu,
+                    eth9.alias.as_deref(),
+                    eth9.up
+                ),
+                (
+                    eth0.index,
+                    Some([0x02, 0, 0, 0, 0, 9]),
+                    1300,
+                    Some("renamed"),
+                    false
+                )
+            );
+
+            // Deletes. The down link took its routes with it; delete the
+            // rest explicitly.
+            let routes = ctr.routes().await?;
+            assert!(!routes.contains(&default4), "{routes:#?}");
+            host.delete_address(br, v6("fd00:30::1"), 64).await?;
+            let err = host
+                .delete_address(br, v6("fd00:30::1"), 64)
+                .await
+                .expect_err("double delete accepted");
+            assert!(is_errno(&err, libc::EADDRNOTAVAIL), "{err:#}");
+            let host_route = Route {
+                dst: v4("172.30.0.0"),
+                prefix: 16,
+                gateway: None,
+                oif: Some(br),
+                protocol: 2,
+            };
+            host.delete_route(&host_route).await?;
+            assert!(!host.routes().await?.contains(&host_route));
+            let err = host
+                .delete_route(&host_route)
+                .await
+                .expect_err("double delete");
+            assert!(is_errno(&err, libc::ESRCH), "{err:#}");
+            assert!(format!("{err:#}").starts_with("delete route 172.30.0.0/16 dev #"));
+
+            // Deleting the host end removes the peer in the container.
+            host.delete_link(veth.index).await?;
+            let left: Vec<String> = ctr.links().await?.into_iter().map(|l| l.name).collect();
+            assert_eq!(left, vec!["lo".to_string()]);
+            host.delete_link(br).await?;
+            let err = host.delete_link(br).await.expect_err("double delete");
+            assert!(is_errno(&err, libc::ENODEV), "{err:#}");
+            assert_eq!(
+                format!("{err:#}"),
+                format!("delete link {br}: No such device")
+            );
+            let left: Vec<String> = host.links().await?.into_iter().map(|l| l.name).collect();
+            assert_eq!(left, vec!["lo".to_string()]);
+
+            // Clones count together.
+            assert_eq!(counting.counters(), host.counters());
+            drop(ctr_fd);
+            netns::delete_named("nl-ctr1")?;
+            Ok(())
+        });
+        let after = (
+            host_links("bridge"),
+            host_links("veth"),
+            netns::list_named().ok(),
+        );
+        assert_eq!(before, after, "the machine's own namespace was touched");
+    }
+
+    /// `open_in` from a multi-threaded runtime: the worker threads must stay
+    /// in their namespace while the socket lives in the other one.
+    #[test]
+    fn open_in_from_multi_thread_runtime() {
+        sandbox::run(|| {
+            let own = std::fs::metadata(netns::THREAD_SELF_NET)?.ino();
+            netns::create_named("nl-mt")?;
+            let path = netns::named_path("nl-mt");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let result = rt.block_on(async move {
+                let tasks: Vec<_> = (0..8)
+                    .map(|_| {
+                        let path = path.clone();
+                        tokio::spawn(async move {
+                            let nl = open_in(&path)?;
+                            let links = nl.links().await?;
+                            let worker = std::fs::metadata(netns::THREAD_SELF_NET)?.ino();
+                            Ok::<_, anyhow::Error>((links, worker))
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    let (links, worker) = task.await??;
+                    let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
+                    assert_eq!(names, ["lo"]);
+                    assert_eq!(worker, own, "a tokio worker changed namespace");
+                }
+                // The host handle sees the sandbox, not nl-mt.
+                let host = open_host()?;
+                assert!(host.links().await?.iter().all(|l| l.name == "lo"));
+                Ok::<_, anyhow::Error>(())
+            });
+            drop(rt);
+            netns::delete_named("nl-mt")?;
+            result
+        });
+    }
+}

@@ -1,0 +1,106 @@
+//! netloom's nft tables on the live host: read with `nft -j list table`,
+//! written with one `nft -f -` transaction. What the tables hold, how they
+//! are rendered and parsed, and how a transaction is planned is the core's
+//! [`crate::core::firewall`]; this module only talks to `nft`.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::core::firewall::{self, Observed, TABLE, Transaction};
+
+#[cfg(test)]
+mod kernel_tests;
+
+fn nft_list_table(family: &str) -> Result<Option<String>> {
+    let args = ["list", "table", family, TABLE];
+    match nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, args) {
+        Ok(out) => Ok(Some(out)),
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(None)
+        }
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. }) => {
+            bail!(
+                "nft -j list table {family} {TABLE} failed: {}",
+                stderr.trim()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("nft -j list table {family} {TABLE}")),
+    }
+}
+
+/// Read netloom's tables from the kernel; None when neither exists.
+/// Lists only netloom's own tables, never the whole ruleset.
+pub fn observe() -> Result<Option<Observed>> {
+    let mut items = Vec::new();
+    for family in ["inet", "bridge"] {
+        if let Some(out) = nft_list_table(family)? {
+            let doc: Value = serde_json::from_str(&out)
+                .with_context(|| format!("nft -j list table {family} {TABLE}: invalid JSON"))?;
+            match doc {
+                Value::Object(mut m) => match m.remove("nftables") {
+                    Some(Value::Array(a)) => items.extend(a),
+                    _ => bail!("nft -j list table {family} {TABLE}: no \"nftables\" array"),
+                },
+                _ => bail!("nft -j list table {family} {TABLE}: not a JSON object"),
+            }
+        }
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(firewall::parse_items(&items)))
+}
+
+fn run_nft_script(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run nft (is the nftables package installed?)")?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("nft: no stdin pipe"))?;
+    // Write from a thread: a large script must not deadlock against nft
+    // filling its stderr pipe while we are still writing.
+    let input = script.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().context("waiting for nft")?;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow!("nft stdin writer panicked"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "nft rejected the transaction ({}), nothing was changed:\n{}",
+            out.status,
+            stderr.trim()
+        );
+    }
+    written.context("writing the transaction to nft")?;
+    Ok(())
+}
+
+/// Apply a transaction: one `nft -f -` call, all or nothing.
+pub fn apply(tx: &Transaction) -> Result<()> {
+    if tx.is_empty() {
+        return Ok(());
+    }
+    run_nft_script(tx.script())
+}
+
+/// Deletes netloom's tables if present (for `netloom down`), atomically.
+/// Other tables are not touched.
+pub fn delete_tables() -> Result<()> {
+    let Some(o) = observe()? else {
+        return Ok(());
+    };
+    run_nft_script(&firewall::delete_script(&o)).context("deleting netloom's nft tables")
+}

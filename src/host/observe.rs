@@ -1,0 +1,368 @@
+//! Reading the live host into a [`State`]: one netlink dump per kind per
+//! namespace, `nft -j list table`, and the files netloom owns.
+//!
+//! Only netloom's objects become part of the observed state: bridges and
+//! veths carrying its `ifalias` mark, the namespaces the file or the state
+//! record name, its nft table and its files. Everything else is read only
+//! to detect clashes ([`Observation::foreign_conflicts`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::core::firewall;
+use crate::core::model::{
+    self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State,
+};
+use crate::host::netlink::{self, Addr, Counters, Link, Route};
+use crate::host::netns;
+use crate::host::state::Record;
+
+/// What a namespace holds, from one dump of each kind.
+#[derive(Clone, Debug, Default)]
+pub struct NsView {
+    pub links: Vec<Link>,
+    pub addrs: Vec<Addr>,
+    pub routes: Vec<Route>,
+}
+
+impl NsView {
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+    fn addrs_of(&self, index: u32) -> BTreeSet<String> {
+        self.addrs
+            .iter()
+            .filter(|a| a.index == index)
+            .filter(|a| !is_link_local(&a.ip))
+            .map(|a| format!("{}/{}", a.ip, a.prefix))
+            .collect()
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local(),
+    }
+}
+
+/// The observed state and the raw readings behind it.
+pub struct Observation {
+    pub state: State,
+    pub host: NsView,
+    /// Raw nft reading, input of the minimal transaction.
+    pub firewall: Option<firewall::Observed>,
+    /// Named namespaces present in /run/netns.
+    pub named_netns: BTreeSet<String>,
+    /// Netlink requests this observation sent.
+    pub counters: Counters,
+}
+
+/// Which namespaces to look into: container name -> namespace.
+fn namespaces_of_interest(desired: &State, record: &Record) -> BTreeMap<String, NsRef> {
+    let mut out = BTreeMap::new();
+    if let Some(applied) = &record.applied {
+        for (c, n) in &applied.namespaces {
+            out.insert(c.clone(), n.netns.clone());
+        }
+    }
+    for (c, n) in &desired.namespaces {
+        // The file's view wins for a container it declares, but a namespace
+        // netloom created under another name is still looked at (below).
+        out.insert(c.clone(), n.netns.clone());
+    }
+    let known: BTreeSet<NsRef> = out.values().cloned().collect();
+    for n in &record.owned.netns {
+        let r = NsRef::Named(n.clone());
+        if !known.contains(&r) {
+            out.entry(n.clone()).or_insert(r);
+        }
+    }
+    out
+}
+
+/// Reads the host. `desired` says which namespaces and files to look at,
+/// together with the state record.
+pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
+    let host_nl = netlink::open_host().context("open netlink socket in the host namespace")?;
+    let host = NsView {
+        links: host_nl.links().await.context("dump host links")?,
+        addrs: host_nl.addresses().await.context("dump host addresses")?,
+        routes: Vec::new(),
+    };
+    let mut counters = host_nl.counters();
+    let by_index: HashMap<u32, &Link> = host.links.iter().map(|l| (l.index, l)).collect();
+    let named_netns: BTreeSet<String> = netns::list_named()?.into_iter().collect();
+
+    let mut st = State::default();
+
+    // Bridges carrying netloom's mark.
+    for l in &host.links {
+        if l.kind.as_deref() != Some("bridge") {
+            continue;
+        }
+        if let Some(AliasMark::Network(net)) = l.alias.as_deref().and_then(model::parse_alias) {
+            st.bridges.insert(
+                net,
+                Bridge {
+                    name: l.name.clone(),
+                    addrs: host.addrs_of(l.index),
+                    mtu: l.mtu,
+                    mac: l.mac.map(|m| model::mac_string(&m)).unwrap_or_default(),
+                    up: l.up,
+                },
+            );
+        }
+    }
+
+    // Namespaces, and what is inside them.
+    let mut views: HashMap<NsRef, NsView> = HashMap::new();
+    for (container, ns) in namespaces_of_interest(desired, record) {
+        let exists = match &ns {
+            NsRef::Named(n) => named_netns.contains(n),
+            NsRef::Path(p) => is_netns(p),
+        };
+        if !exists {
+            continue;
+        }
+        if !views.contains_key(&ns) {
+            let view = read_ns(&ns.path(), &mut counters)
+                .await
+                .with_context(|| format!("read {ns}"))?;
+            views.insert(ns.clone(), view);
+        }
+        let lo_up = views[&ns].link("lo").is_some_and(|l| l.up);
+        st.namespaces
+            .insert(container, Namespace { netns: ns, lo_up });
+    }
+
+    // Endpoints: host veths carrying the mark, paired with their peer.
+    for l in &host.links {
+        if l.kind.as_deref() != Some("veth") {
+            continue;
+        }
+        let Some(AliasMark::Endpoint {
+            container,
+            ifname,
+            network,
+        }) = l.alias.as_deref().and_then(model::parse_alias)
+        else {
+            continue;
+        };
+        let master = l
+            .master
+            .and_then(|m| by_index.get(&m))
+            .map(|m| m.name.clone());
+        let ns = st.namespaces.get(&container).map(|n| n.netns.clone());
+        let peer = ns.as_ref().and_then(|ns| {
+            let v = views.get(ns)?;
+            let p = v.link(&ifname)?;
+            // The peer must be this veth's other end, not a namesake.
+            (l.peer_index.is_none_or(|i| i == p.index)).then_some((v, p))
+        });
+        let ep = match (ns, peer) {
+            (Some(ns), Some((v, p))) => {
+                let default_via = |v6: bool| {
+                    v.routes
+                        .iter()
+                        .filter(|r| r.prefix == 0 && r.oif == Some(p.index))
+                        .filter_map(|r| r.gateway)
+                        .find(|g| g.is_ipv6() == v6)
+                };
+                Endpoint {
+                    container: container.clone(),
+                    network,
+                    netns: ns,
+                    ifname: ifname.clone(),
+                    host_veth: l.name.clone(),
+                    bridge: master,
+                    addrs: v.addrs_of(p.index),
+                    mac: p.mac.map(|m| model::mac_string(&m)).unwrap_or_default(),
+                    mtu: l.mtu.min(p.mtu),
+                    gateway: default_via(false).and_then(|g| match g {
+                        IpAddr::V4(g) => Some(g),
+                        IpAddr::V6(_) => None,
+                    }),
+                    gateway6: default_via(true).and_then(|g| match g {
+                        IpAddr::V6(g) => Some(g),
+                        IpAddr::V4(_) => None,
+                    }),
+                    up: l.up && p.up,
+                    hairpin: l.hairpin.unwrap_or(false),
+                }
+            }
+            // The other end is gone or elsewhere: an endpoint that must be
+            // replaced (an empty ifname marks it).
+            (ns, _) => Endpoint {
+                container: container.clone(),
+                network,
+                netns: ns.unwrap_or_else(|| NsRef::Named(container.clone())),
+                ifname: String::new(),
+                host_veth: l.name.clone(),
+                bridge: master,
+                addrs: BTreeSet::new(),
+                mac: String::new(),
+                mtu: l.mtu,
+                gateway: None,
+                gateway6: None,
+                up: false,
+                hairpin: false,
+            },
+        };
+        st.endpoints.insert(format!("{container}.{ifname}"), ep);
+    }
+
+    // Sysctls netloom sets.
+    // Desired and applied name mostly the same keys: read each once.
+    let keys: BTreeSet<&String> = desired
+        .sysctls
+        .keys()
+        .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
+        .collect();
+    for key in keys {
+        if let Ok(v) = crate::host::sysctl::read_sysctl(None, key) {
+            st.sysctls.insert(key.clone(), v.trim().to_string());
+        }
+    }
+
+    // The firewall.
+    let fw = crate::host::nft::observe().context("read netloom's nft table")?;
+    st.firewall = fw.as_ref().map(|o| FirewallState {
+        fw: o.fw.clone(),
+        skeleton_ok: o.skeleton_ok,
+        bridge_table: o.bridge_present(),
+        problems: o.problems.clone(),
+        strays: o.strays.clone(),
+    });
+
+    // Files netloom owns or will own.
+    let paths: BTreeSet<&String> = desired
+        .files
+        .keys()
+        .chain(record.owned.files.iter())
+        .chain(record.applied.iter().flat_map(|a| a.files.keys()))
+        .collect();
+    for p in paths {
+        match std::fs::read_to_string(p) {
+            Ok(text) => {
+                st.files.insert(p.clone(), text);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("read {p}")),
+        }
+    }
+
+    Ok(Observation {
+        state: st,
+        host,
+        firewall: fw,
+        named_netns,
+        counters,
+    })
+}
+
+/// One dump of links, addresses and routes inside a namespace.
+async fn read_ns(path: &Path, counters: &mut Counters) -> Result<NsView> {
+    let nl = netlink::open_in(path)?;
+    let view = NsView {
+        links: nl.links().await?,
+        addrs: nl.addresses().await?,
+        routes: nl.routes().await?,
+    };
+    let c = nl.counters();
+    counters.dumps += c.dumps;
+    counters.writes += c.writes;
+    Ok(view)
+}
+
+impl Observation {
+    /// Objects the desired state needs whose names are taken by something
+    /// netloom does not own: an error naming each, never a takeover.
+    pub fn foreign_conflicts(&self, desired: &State, record: &Record) -> Vec<String> {
+        let mut out = Vec::new();
+        let ours: BTreeSet<&str> = self
+            .state
+            .bridges
+            .values()
+            .map(|b| b.name.as_str())
+            .chain(self.state.endpoints.values().map(|e| e.host_veth.as_str()))
+            .collect();
+        for (net, b) in &desired.bridges {
+            if let Some(l) = self.host.link(&b.name) {
+                let marked = self
+                    .state
+                    .bridges
+                    .get(net)
+                    .is_some_and(|o| o.name == b.name);
+                if !marked {
+                    let what = if ours.contains(b.name.as_str()) {
+                        "is netloom's but serves another network".to_string()
+                    } else {
+                        format!(
+                            "exists and is not netloom's ({})",
+                            l.kind.as_deref().unwrap_or("interface")
+                        )
+                    };
+                    out.push(format!(
+                        "network `{net}`: interface `{}` {what}; remove it or set another `bridge` name",
+                        b.name
+                    ));
+                }
+            }
+        }
+        for (key, e) in &desired.endpoints {
+            if self.host.link(&e.host_veth).is_some() && !ours.contains(e.host_veth.as_str()) {
+                out.push(format!(
+                    "container.{key}: interface `{}` exists and is not netloom's",
+                    e.host_veth
+                ));
+            }
+        }
+        for (c, n) in &desired.namespaces {
+            if let NsRef::Named(name) = &n.netns {
+                let exists = self.named_netns.contains(name);
+                let owned = record.owned.netns.contains(name);
+                if exists && !owned {
+                    out.push(format!(
+                        "container `{c}`: network namespace `{name}` exists in /run/netns and was not created by netloom; remove it, or attach it with netns_path = \"{}\"",
+                        netns::named_path(name).display()
+                    ));
+                }
+            }
+            if let NsRef::Path(p) = &n.netns {
+                if !p.exists() {
+                    out.push(format!(
+                        "container `{c}`: netns_path {} does not exist",
+                        p.display()
+                    ));
+                } else if !is_netns(p) {
+                    out.push(format!(
+                        "container `{c}`: netns_path {} is not a network namespace (expected e.g. /proc/PID/ns/net or /run/netns/NAME)",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The namespace paths netloom attached (for the ownership record).
+pub fn attached_paths(st: &State) -> BTreeSet<PathBuf> {
+    st.namespaces
+        .values()
+        .filter_map(|n| match &n.netns {
+            NsRef::Path(p) => Some(p.clone()),
+            NsRef::Named(_) => None,
+        })
+        .collect()
+}
+
+/// Whether `p` is a namespace file (nsfs), as `/proc/PID/ns/net` and the
+/// bind mounts in /run/netns are.
+fn is_netns(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}

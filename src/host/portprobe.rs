@@ -1,0 +1,64 @@
+//! Host ports already in use by a process on the host.
+//!
+//! A DNAT rule would silently shadow a local listener (or the listener would
+//! shadow the mapping for local clients), so a port that something on the
+//! host listens on is a conflict. The probe binds the port: only the
+//! kernel knows every listener, including ones in other processes.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+
+use crate::core::firewall::Proto;
+use crate::core::model::State;
+
+/// Messages for every newly published port whose host port is taken.
+pub fn conflicts(desired: &State, observed: &State) -> Vec<String> {
+    let Some(fw) = desired.firewall.as_ref().map(|f| &f.fw) else {
+        return Vec::new();
+    };
+    let live = observed.firewall.as_ref().map(|f| &f.fw.ports);
+    let mut out = Vec::new();
+    for (key, p) in &fw.ports {
+        // Ports netloom already publishes are its own, not a listener's.
+        if live.is_some_and(|l| l.get(key) == Some(p)) {
+            continue;
+        }
+        let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        for port in p.host_port..=p.host_port.saturating_add(p.count - 1) {
+            if in_use(ip, port, p.proto) {
+                out.push(format!(
+                    "port.{key}: host port {ip}:{port}/{} is already in use by a process on the host",
+                    p.proto
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Whether binding `ip:port` fails because something holds it.
+pub fn in_use(ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
+    let addr = SocketAddrV4::new(ip, port);
+    let err = match proto {
+        Proto::Tcp => TcpListener::bind(addr).err(),
+        Proto::Udp => UdpSocket::bind(addr).err(),
+        // No portable SCTP bind in std; SCTP listeners are rare enough on
+        // container hosts that netloom does not probe them.
+        Proto::Sctp => None,
+    };
+    err.is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_port_is_in_use() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(in_use(Ipv4Addr::LOCALHOST, port, Proto::Tcp));
+        drop(l);
+        assert!(!in_use(Ipv4Addr::LOCALHOST, port, Proto::Tcp));
+    }
+}
