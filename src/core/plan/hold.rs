@@ -273,6 +273,7 @@ mod tests {
         let host = model::HostInfo {
             upstream_dns: Vec::new(),
             state_dir: "/var/lib/netloom".into(),
+            agent_dns: true,
         };
         model::resolve(&spec, &Default::default(), &host)
             .unwrap()
