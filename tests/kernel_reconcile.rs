@@ -465,7 +465,9 @@ fn foreign_objects_are_left_alone() {
     assert_ne!(h.sh("ip link show docker0").code, 0);
     assert!(!h.sh("nft list tables").stdout.contains("netloom"));
 
-    // A foreign object in the way is an error naming it; nothing changes.
+    // A foreign object in the way is an error naming it: the network and
+    // its members are left as they are, nothing is taken over, and the
+    // independent user-defined network is applied.
     h.sh("ip link add docker0 type bridge && ip netns add web")
         .ok();
     let r = h.netloom(&cfg, &["apply"]);
@@ -476,8 +478,27 @@ fn foreign_objects_are_left_alone() {
         r.stderr
     );
     assert!(r.stderr.contains("namespace `web` exists"), "{}", r.stderr);
-    assert!(h.netns_list().lines().count() == 2);
+    assert!(r.stderr.contains("Failed: "), "{}", r.stderr);
     assert_eq!(h.sh("ip -o link show master docker0").stdout.trim(), "");
+    assert_eq!(
+        h.sh("ip netns exec web ip -o link show")
+            .stdout
+            .lines()
+            .count(),
+        1,
+        "the foreign namespace got an interface"
+    );
+    let ns = h.sh("ip netns list").stdout;
+    assert!(ns.contains("tomcat4") && !ns.contains("tomcat1"), "{ns}");
+    h.sh("ip netns exec tomcat4 ip -o addr show eth0").ok();
+    h.netloom(&cfg, &["down"]).ok();
+    let ns = h.sh("ip netns list").stdout;
+    assert!(ns.contains("web") && !ns.contains("tomcat4"), "{ns}");
+    assert_eq!(
+        h.sh("ip link show docker0").code,
+        0,
+        "the foreign bridge stays"
+    );
 }
 
 #[test]
@@ -506,32 +527,34 @@ fn a_failed_apply_reports_and_the_next_one_converges() {
         cfg.display()
     ));
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("apply failed at "), "{}", r.stderr);
+    assert!(r.stderr.contains("Apply incomplete:"), "{}", r.stderr);
     assert!(r.stderr.contains("simulated failure"), "{}", r.stderr);
     assert!(
-        r.stderr.contains("done: ") && r.stderr.contains("container.b.eth0"),
+        r.stderr.contains("Failed: nft.table.netloom."),
         "{}",
         r.stderr
     );
     assert!(
-        r.stderr.contains("not done: ") && r.stderr.contains("file./etc/netns/a/hosts"),
+        r.stderr.contains("Waiting for them: ") && r.stderr.contains("port.a.8080/tcp"),
         "{}",
         r.stderr
     );
-    // What was done is there.
-    h.sh("ip link show docker0 && ip netns exec b ip link show eth0")
+    // What does not need the firewall is there, files included.
+    h.sh("ip link show docker0 && ip netns exec b ip link show eth0 && grep -q netloom /etc/netns/a/hosts")
         .ok();
 
     // The next apply continues from there: only what was not done.
     let plan = h.netloom(&cfg, &["plan"]);
     let p = planned(&plan.stdout);
     assert!(
-        !p.contains("network.bridge") && !p.contains("container.a.eth0"),
+        !p.contains("network.bridge")
+            && !p.contains("container.a.eth0")
+            && !p.contains("file./etc/netns/a/hosts"),
         "{}",
         plan.stdout
     );
     assert!(
-        p.contains("port.a.8080/tcp") && p.contains("file./etc/netns/a/hosts"),
+        p.contains("port.a.8080/tcp") && p.contains("nft.table.netloom"),
         "{}",
         plan.stdout
     );
@@ -558,14 +581,15 @@ fn a_netns_path_that_is_no_namespace_is_refused() {
     let r = h.netloom(&cfg, &["apply"]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("is not a network namespace"),
+        r.stderr.contains("container.b: netns_path")
+            && r.stderr.contains("is not a network namespace"),
         "{}",
         r.stderr
     );
-    assert_ne!(
-        h.sh("ip link show docker0").code,
-        0,
-        "a refused apply changed something"
+    assert_eq!(
+        h.sh("ip -o link show type veth").stdout.trim(),
+        "",
+        "the refused container got an interface"
     );
 }
 

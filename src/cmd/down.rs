@@ -32,11 +32,18 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
             }
         )
     );
-    let outcome = crate::host::apply::execute(&plan, None, &mut record.owned).await;
-    if let Some((addr, err)) = outcome.failed {
+    // The table goes as a whole below: no element-wise transaction.
+    let outcome = crate::host::apply::execute(&plan, &|_| None, &mut record.owned).await;
+    if !outcome.failed.is_empty() {
         sd.save(&record)?;
+        let failed: Vec<String> = outcome
+            .failed
+            .iter()
+            .map(|(addr, f)| format!("{addr}: {}", f.error))
+            .collect();
         return Err(anyhow!(
-            "down failed at {addr}: {err}; run `netloom down` again"
+            "down failed: {}; run `netloom down` again",
+            failed.join("; ")
         ));
     }
     if observation.firewall.is_some() {

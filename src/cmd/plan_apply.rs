@@ -4,8 +4,8 @@ use anyhow::Result;
 
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::steps::{
-    Exit, LOCK_WAIT, apply_planned, load, plan_exit, plan_live, print_plan, record_converged,
-    require_root, resolve,
+    Exit, LOCK_WAIT, apply_planned, load, plan_exit, plan_live, print_held, print_plan,
+    record_converged, require_root, resolve,
 };
 use crate::core::model::State;
 use crate::core::plan;
@@ -46,6 +46,12 @@ pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format)
     let mut record = sd.load()?;
     let p = plan_live(&l, &record).await?;
     print_plan(&p.plan, format);
+    print_held(&p.held);
+    let held = if p.held.is_empty() {
+        None
+    } else {
+        Some(Exit::Error)
+    };
     if dry_run || p.plan.is_empty() {
         if !dry_run {
             let c = p.observation.counters;
@@ -53,13 +59,17 @@ pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format)
                 "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
                 c.dumps, c.writes
             );
-        }
-        if !dry_run {
             record_converged(&sd, &mut record, &p)?;
         }
-        return Ok(plan_exit(&p.plan, detailed));
+        return Ok(held.unwrap_or_else(|| plan_exit(&p.plan, detailed)));
     }
-    let report = apply_planned(&sd, &mut record, &p).await?;
-    eprintln!("{report}");
+    let applied = apply_planned(&sd, &mut record, &p).await?;
+    for (addr, f) in &applied.failed {
+        eprintln!("Error: {}: {addr} failed: {}", f.object, f.error);
+    }
+    eprintln!("{}", applied.report(&p.plan, &p.held));
+    if held.is_some() || !applied.failed.is_empty() {
+        return Ok(Exit::Error);
+    }
     Ok(if detailed { Exit::Changes } else { Exit::Ok })
 }

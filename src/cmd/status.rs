@@ -1,7 +1,7 @@
 //! `status` (what netloom owns, live, with drift and port counters) and
 //! `inspect` (Docker's `network inspect` fields).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::{Result, anyhow};
@@ -32,15 +32,44 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         .iter()
         .map(|c| (c.address.as_str(), c.action.symbol()))
         .collect();
-    let state_of = |addr: &str| match pending.get(addr) {
-        None => "in sync".to_string(),
-        Some(&"+") => "missing".to_string(),
-        Some(&"-") => "to remove".to_string(),
-        Some(_) => "drift".to_string(),
+    let drifted: BTreeSet<&str> = p.plan.drift.iter().map(|d| d.address.as_str()).collect();
+    let held: BTreeSet<&str> = p.held.iter().map(|f| f.object.as_str()).collect();
+    let want = &p.desired.state;
+    // A row belongs to a held object: it is left as it is, not pending.
+    let object_of = |addr: &str| -> String {
+        if let Some(k) = addr.strip_prefix("container.") {
+            if let Some(e) = want.endpoints.get(k) {
+                return format!("container.{}", e.container);
+            }
+        }
+        if let Some(k) = addr.strip_prefix("port.") {
+            if let Some(pm) = want.firewall.as_ref().and_then(|f| f.fw.ports.get(k)) {
+                return format!("container.{}", pm.container);
+            }
+        }
+        if let Some(path) = addr.strip_prefix("file.") {
+            if let Some(c) = crate::core::plan::file_owner(path, want) {
+                return format!("container.{c}");
+            }
+        }
+        addr.to_string()
+    };
+    let state_of = |addr: &str| {
+        if held.contains(object_of(addr).as_str()) {
+            return "failed".to_string();
+        }
+        match pending.get(addr) {
+            None => "in sync".to_string(),
+            // Changed outside netloom since its last apply.
+            Some(_) if drifted.contains(addr) => "drift".to_string(),
+            Some(&"+") => "missing".to_string(),
+            Some(&"-") => "to remove".to_string(),
+            // The file asks for a change not yet applied.
+            Some(_) => "pending".to_string(),
+        }
     };
     let obs = &p.observation.state;
-    let want = &p.desired.state;
-    let in_sync = p.plan.is_empty();
+    let in_sync = p.plan.is_empty() && p.held.is_empty();
     if format == Format::Json {
         let networks: Vec<_> = want
             .bridges
@@ -72,11 +101,12 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             "files": want.files.keys().map(|f| json!({"path": f, "state": state_of(&format!("file.{f}"))})).collect::<Vec<_>>(),
             "external_hosts_files": p.desired.external_files,
             "drift": p.plan.drift,
+            "failed": p.held,
             "pending": p.plan.changes.iter().map(|c| json!({"address": c.address, "action": c.action})).collect::<Vec<_>>(),
             "agent": agent,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(if in_sync { Exit::Ok } else { Exit::Changes });
+        return Ok(status_exit(&p));
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -161,6 +191,15 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             );
         }
     }
+    if !p.held.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nFailed (left as they are; everything else is applied):"
+        );
+        for f in &p.held {
+            let _ = writeln!(out, "  ! {}: {}", f.object, f.error);
+        }
+    }
     let s = p.plan.summary();
     if in_sync {
         let _ = writeln!(out, "\nIn sync: no changes pending.");
@@ -172,7 +211,18 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         );
     }
     print!("{out}");
-    Ok(if in_sync { Exit::Ok } else { Exit::Changes })
+    Ok(status_exit(&p))
+}
+
+/// 1 when an object cannot be applied, 2 on drift or pending changes.
+fn status_exit(p: &steps::Planned) -> Exit {
+    if !p.held.is_empty() {
+        Exit::Error
+    } else if p.plan.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Changes
+    }
 }
 
 /// A stable 64-hex-digit id for a name (Docker shows ids of that shape).

@@ -4,6 +4,7 @@
 //! `plan`, `apply`, `status`, `inspect` and the agent all go through these
 //! functions, so they load, plan and record in exactly the same way.
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +13,9 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::cmd::cli::{Cli, Format};
 use crate::core::firewall;
-use crate::core::model::{self, Desired, HostInfo};
-use crate::core::plan::{self, Plan};
+
+use crate::core::model::{self, Desired, HostInfo, State};
+use crate::core::plan::{self, Failure, Plan};
 use crate::core::render::{self, Style};
 use crate::core::spec::{self, Spec};
 use crate::host::nft;
@@ -146,92 +148,204 @@ pub fn require_root(what: &str) -> Result<()> {
 /// Everything a plan against the live host needs.
 pub struct Planned {
     pub desired: Desired,
+    /// The desired state with the held-back objects as they are: what
+    /// this run makes true.
+    pub target: State,
     pub observation: Observation,
     pub plan: Plan,
+    /// Objects held back before planning (a foreign name clash, a taken
+    /// host port, a vanished namespace): left as they are, with why.
+    pub held: Vec<Failure>,
 }
 
-/// Resolves, observes, checks for clashes, and plans.
+/// Resolves, observes, holds back the objects that cannot be changed
+/// (clashes, taken ports, vanished namespaces), and plans the rest.
 pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
     let desired = resolve(l, record)?;
     let observation = observe::observe(&desired.state, record).await?;
-    let mut problems = observation.foreign_conflicts(&desired.state, record);
-    problems.extend(crate::host::portprobe::conflicts(
+    let mut held = observation.foreign_conflicts(&desired.state, record);
+    held.extend(crate::host::portprobe::conflicts(
         &desired.state,
         &observation.state,
     ));
-    if !problems.is_empty() {
-        return Err(anyhow!("{}\nnothing was changed.", problems.join("\n")));
-    }
-    let plan = plan::diff(&desired.state, &observation.state, record.applied.as_ref());
+    let objects: BTreeSet<String> = held.iter().map(|f| f.object.clone()).collect();
+    let target = plan::hold_back(&desired.state, &observation.state, &objects);
+    let plan = plan::diff(&target, &observation.state, record.applied.as_ref());
     Ok(Planned {
         desired,
+        target,
         observation,
         plan,
+        held,
     })
+}
+
+/// Prints the held-back objects on stderr, one line each.
+pub fn print_held(held: &[Failure]) {
+    for f in held {
+        eprintln!(
+            "Error: {}: {} (left as it is; what depends on it waits)",
+            f.object, f.error
+        );
+    }
 }
 
 /// The host already matches (e.g. after a state-dir restore): remember
 /// it, so that later drift is measured from here.
 pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
-    if record.applied.as_ref() != Some(&p.desired.state) {
+    if record.applied.as_ref() != Some(&p.target) {
         record.allocations = p.desired.allocations.clone();
-        record.applied = Some(p.desired.state.clone());
+        record.applied = Some(p.target.clone());
         sd.save(record)?;
     }
     Ok(())
 }
 
-/// Applies a plan made by [`plan_live`], records ownership, verifies.
-/// Returns the report line; an error says what was and was not done.
-pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<String> {
-    let want_fw = p.desired.state.firewall.as_ref().map(|f| &f.fw);
-    let tx = want_fw.map(|fw| firewall::plan_transaction(fw, p.observation.firewall.as_ref()));
-    record.allocations = p.desired.allocations.clone();
-    let outcome = crate::host::apply::execute(&p.plan, tx.as_ref(), &mut record.owned).await;
-    let mut nft_tx = outcome.nft_transactions;
-    let mut result = Ok(());
-    if outcome.failed.is_none() && want_fw.is_none() && p.observation.firewall.is_some() {
-        result = nft::delete_tables().context("delete netloom's nft table");
-        nft_tx += 1;
+/// What [`apply_planned`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Addresses of the changes made.
+    pub done: Vec<String>,
+    /// Changes that failed (address), each failing its object.
+    pub failed: Vec<(String, Failure)>,
+    /// Changes that wait for a failed object.
+    pub not_done: Vec<String>,
+    pub netlink_writes: u64,
+    pub netlink_lookups: u64,
+    pub nft_transactions: u32,
+    pub nft_elements: usize,
+}
+
+impl Applied {
+    /// The objects that failed while applying, without repeats.
+    pub fn failed_objects(&self) -> Vec<&Failure> {
+        let mut seen = BTreeSet::new();
+        self.failed
+            .iter()
+            .map(|(_, f)| f)
+            .filter(|f| seen.insert(f.object.clone()))
+            .collect()
     }
-    record.owned.netns_paths = observe::attached_paths(&p.desired.state);
-    sd.save(record)?;
-    if let Some((addr, err)) = &outcome.failed {
-        let mut msg = format!("apply failed at {addr}: {err}\n");
-        if !outcome.done.is_empty() {
-            msg.push_str(&format!("done: {}\n", outcome.done.join(", ")));
+
+    /// The counts of the changes made.
+    pub fn made(&self, plan: &Plan) -> plan::Summary {
+        let done: BTreeSet<&str> = self.done.iter().map(String::as_str).collect();
+        let mut s = plan::Summary::default();
+        for c in plan
+            .changes
+            .iter()
+            .filter(|c| done.contains(c.address.as_str()))
+        {
+            match c.action {
+                plan::Action::Create => s.add += 1,
+                plan::Action::Update => s.change += 1,
+                plan::Action::Delete => s.destroy += 1,
+                plan::Action::Replace => {
+                    s.add += 1;
+                    s.destroy += 1;
+                }
+            }
         }
-        msg.push_str(&format!(
-            "not done: {}\n",
-            std::iter::once(addr.clone())
-                .chain(outcome.not_done.iter().cloned())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        msg.push_str("Fix the cause and run `netloom apply` again: it continues from here.");
-        return Err(anyhow!(msg));
+        s
     }
-    result?;
-    // Verify: read back; the plan must now be empty.
-    let again = observe::observe(&p.desired.state, record).await?;
-    let rest = plan::diff(&p.desired.state, &again.state, None);
-    if !rest.is_empty() {
-        return Err(anyhow!(
-            "apply did not converge; still different after applying:\n{}",
-            render::text(&rest, Style::default())
-        ));
+
+    /// The report line: counts of what was made, and what failed (while
+    /// applying, or `held` back before).
+    pub fn report(&self, plan: &Plan, held: &[Failure]) -> String {
+        let s = self.made(plan);
+        let head = if self.failed.is_empty() && held.is_empty() {
+            "Apply complete!"
+        } else {
+            "Apply incomplete:"
+        };
+        let mut line = format!(
+            "{head} {} added, {} changed, {} destroyed ({} netlink writes, {} nft transaction(s) with {} element(s); {} netlink lookups while applying).",
+            s.add,
+            s.change,
+            s.destroy,
+            self.netlink_writes,
+            self.nft_transactions,
+            self.nft_elements,
+            self.netlink_lookups
+        );
+        if !self.failed.is_empty() || !held.is_empty() {
+            let mut objs: Vec<&str> = held.iter().map(|f| f.object.as_str()).collect();
+            for f in self.failed_objects() {
+                if !objs.contains(&f.object.as_str()) {
+                    objs.push(f.object.as_str());
+                }
+            }
+            line.push_str(&format!(" Failed: {}.", objs.join(", ")));
+            if !self.not_done.is_empty() {
+                line.push_str(&format!(" Waiting for them: {}.", self.not_done.join(", ")));
+            }
+            line.push_str(" Fix the cause and run `netloom apply` again: it continues from here.");
+        }
+        line
     }
-    record.applied = Some(p.desired.state.clone());
+}
+
+/// Applies a plan made by [`plan_live`], records ownership, verifies what
+/// did not fail. A failed object is in [`Applied::failed`]; an error is
+/// returned only when the run itself could not go on (state dir, reading
+/// the host back).
+pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<Applied> {
+    let want_fw = p.target.firewall.as_ref().map(|f| &f.fw);
+    let fw_tx = |failed: &BTreeSet<String>| {
+        let t = plan::hold_back(&p.target, &p.observation.state, failed);
+        t.firewall
+            .as_ref()
+            .map(|f| firewall::plan_transaction(&f.fw, p.observation.firewall.as_ref()))
+    };
+    record.allocations = p.desired.allocations.clone();
+    let outcome = crate::host::apply::execute(&p.plan, &fw_tx, &mut record.owned).await;
+    let mut applied = Applied {
+        done: outcome.done,
+        failed: outcome.failed,
+        not_done: outcome.not_done,
+        netlink_writes: outcome.counters.writes,
+        netlink_lookups: outcome.counters.dumps,
+        nft_transactions: outcome.nft_transactions,
+        nft_elements: outcome.nft_elements,
+    };
+    if applied.failed.is_empty() && want_fw.is_none() && p.observation.firewall.is_some() {
+        applied.nft_transactions += 1;
+        if let Err(e) = nft::delete_tables() {
+            applied.failed.push((
+                plan::NFT_TABLE.into(),
+                Failure::new(
+                    plan::NFT_TABLE,
+                    format!("delete netloom's nft table: {e:#}"),
+                ),
+            ));
+        }
+    }
+    record.owned.netns_paths = observe::attached_paths(&p.target);
     sd.save(record)?;
-    let s = p.plan.summary();
-    Ok(format!(
-        "Apply complete! {} added, {} changed, {} destroyed ({} netlink writes, {} nft transaction(s) with {} element(s); {} netlink lookups while applying).",
-        s.add,
-        s.change,
-        s.destroy,
-        outcome.counters.writes,
-        nft_tx,
-        outcome.nft_elements,
-        outcome.counters.dumps
-    ))
+    // What this run made true: the target with the failed objects as they
+    // were.
+    let failed: BTreeSet<String> = applied
+        .failed
+        .iter()
+        .map(|(_, f)| f.object.clone())
+        .collect();
+    let made = plan::hold_back(&p.target, &p.observation.state, &failed);
+    // Verify: read back; what did not fail must now match.
+    let again = observe::observe(&p.target, record).await?;
+    let rest = plan::diff(&made, &again.state, None);
+    let rest: Vec<&plan::Change> = rest
+        .changes
+        .iter()
+        .filter(|c| !failed.contains(&c.object) && !c.needs.iter().any(|n| failed.contains(n)))
+        .collect();
+    if !rest.is_empty() {
+        let addrs: Vec<&str> = rest.iter().map(|c| c.address.as_str()).collect();
+        return Err(anyhow!(
+            "apply did not converge; still different after applying: {}",
+            addrs.join(", ")
+        ));
+    }
+    record.applied = Some(made);
+    sd.save(record)?;
+    Ok(applied)
 }

@@ -273,11 +273,13 @@ impl Agent {
         let start = Instant::now();
         let result = self.reconcile_inner().await;
         let millis = start.elapsed().as_millis() as u64;
-        let (summary, changed) = match &result {
-            Ok(s) => (*s, s.add + s.change + s.destroy > 0),
-            Err(_) => (Default::default(), false),
+        let (summary, failed) = match result {
+            Ok((s, f)) => ((s, Ok(())), f),
+            Err(e) => ((Default::default(), Err(e)), Vec::new()),
         };
-        if quiet && result.is_ok() && !changed {
+        let (summary, result): (crate::core::plan::Summary, Result<()>) = summary;
+        let changed = summary.add + summary.change + summary.destroy > 0;
+        if quiet && result.is_ok() && failed.is_empty() && !changed {
             debug!("kernel events after our own changes: nothing to do ({millis} ms)");
             return false;
         }
@@ -288,20 +290,39 @@ impl Agent {
             changed: summary.change,
             destroyed: summary.destroy,
             millis,
-            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            // One line per record: log parsers split on newlines.
+            error: result.err().map(|e| one_line(&format!("{e:#}"))),
+            failed,
         };
+        for f in &run.failed {
+            error!(
+                trigger = %run.trigger,
+                object = %f.object,
+                "{}: {} (left as it is; everything else was applied)",
+                f.object,
+                f.error
+            );
+        }
         match &run.error {
             None => info!(
                 trigger = %run.trigger,
-                "reconciled in {millis} ms: {} added, {} changed, {} destroyed",
-                run.added, run.changed, run.destroyed
+                "reconciled in {millis} ms: {} added, {} changed, {} destroyed{}",
+                run.added,
+                run.changed,
+                run.destroyed,
+                failed_note(&run.failed)
             ),
             Some(e) => error!(trigger = %run.trigger, "reconcile failed after {millis} ms: {e}"),
         }
         self.status.summary = match &run.error {
             None => format!(
-                "last reconcile {} ({}): {} added, {} changed, {} destroyed",
-                run.time, run.trigger, run.added, run.changed, run.destroyed
+                "last reconcile {} ({}): {} added, {} changed, {} destroyed{}",
+                run.time,
+                run.trigger,
+                run.added,
+                run.changed,
+                run.destroyed,
+                failed_note(&run.failed)
             ),
             Some(e) => format!("last reconcile {} ({}) failed: {e}", run.time, run.trigger),
         };
@@ -315,13 +336,21 @@ impl Agent {
         changed
     }
 
-    async fn reconcile_inner(&mut self) -> Result<crate::core::plan::Summary> {
+    /// Plans and applies; returns what was made and the objects that
+    /// failed (left as they are).
+    async fn reconcile_inner(
+        &mut self,
+    ) -> Result<(crate::core::plan::Summary, Vec<crate::core::plan::Failure>)> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = sd.load()?;
         let p = steps::plan_live(&self.loaded, &record).await?;
-        let summary = p.plan.summary();
+        let mut summary = crate::core::plan::Summary::default();
+        let mut failures = p.held.clone();
         if !p.plan.is_empty() {
-            steps::apply_planned(&sd, &mut record, &p).await?;
+            let applied = steps::apply_planned(&sd, &mut record, &p).await?;
+            summary = applied.made(&p.plan);
+            log_changes(&p.plan, &applied.done);
+            failures.extend(applied.failed_objects().into_iter().cloned());
         } else {
             steps::record_converged(&sd, &mut record, &p)?;
         }
@@ -360,7 +389,7 @@ impl Agent {
             .update(p.desired.zones.clone())
             .await
             .context("update the embedded DNS server")?;
-        Ok(summary)
+        Ok((summary, failures))
     }
 
     /// Keeps one event subscription per container namespace. A subscription
@@ -419,6 +448,44 @@ impl Agent {
             warn!("{e:#}");
         }
     }
+}
+
+/// One log line per change made, with its address (`+ container.web`).
+fn log_changes(plan: &crate::core::plan::Plan, done: &[String]) {
+    let done: HashSet<&str> = done.iter().map(String::as_str).collect();
+    for c in plan
+        .changes
+        .iter()
+        .filter(|c| done.contains(c.address.as_str()))
+    {
+        match &c.reason {
+            Some(r) => {
+                info!(address = %c.address, "{} {} ({})", c.action.symbol(), c.address, one_line(r))
+            }
+            None => info!(address = %c.address, "{} {}", c.action.symbol(), c.address),
+        }
+        for op in &c.ops {
+            debug!(address = %c.address, "  {}", one_line(&op.to_string()));
+        }
+    }
+}
+
+/// `; failed: container.a, container.b` when objects failed.
+fn failed_note(failed: &[crate::core::plan::Failure]) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = failed.iter().map(|f| f.object.as_str()).collect();
+    format!("; failed: {}", names.join(", "))
+}
+
+/// A message on one line: log records never span lines.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Upstream servers for the embedded DNS: the file's, else the host's

@@ -1,11 +1,13 @@
 //! Executing a plan: netlink operations in plan order, the firewall as one
 //! nft transaction, files written atomically.
 //!
-//! A failure stops at the failing operation and is reported with what was
-//! and was not done; ownership of everything created so far is recorded by
-//! the caller either way, so the next `apply` converges from there.
+//! A failing change fails its object (a container, a network): the
+//! object's other changes and the changes that need it wait, every
+//! independent change still runs (SPEC §2). The report says what was and
+//! was not done; ownership of everything created so far is recorded by the
+//! caller either way, so the next `apply` converges from there.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
@@ -13,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::core::firewall;
 use crate::core::model::{NsRef, State};
-use crate::core::plan::{Change, Op, Plan};
+use crate::core::plan::{Change, Failure, Op, Plan};
 use crate::core::spec::parse_mac;
 use crate::host::netlink::{self, Counters, LinkChange, Netlink};
 use crate::host::netns;
@@ -33,7 +35,9 @@ pub struct Executor {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub done: Vec<String>,
-    pub failed: Option<(String, String)>,
+    /// Changes that failed (their address), each failing its object.
+    pub failed: Vec<(String, Failure)>,
+    /// Changes not run because an object they belong to or need failed.
     pub not_done: Vec<String>,
     pub nft_transactions: u32,
     pub nft_elements: usize,
@@ -321,51 +325,76 @@ impl Runner for Executor {
     }
 }
 
+/// The apply's nft transaction, given the objects that failed before it
+/// runs (their ports and networks are left as they are).
+pub type FwTx<'a> = &'a dyn Fn(&BTreeSet<String>) -> Option<firewall::Transaction>;
+
 /// Executes `plan` against the kernel. The firewall part runs as one
-/// transaction, `fw_tx`, at the position of the first change that needs it.
-pub async fn execute(
-    plan: &Plan,
-    fw_tx: Option<&firewall::Transaction>,
-    owned: &mut Owned,
-) -> Outcome {
+/// transaction, from `fw_tx`, at the position of the first change that
+/// needs it.
+pub async fn execute(plan: &Plan, fw_tx: FwTx<'_>, owned: &mut Owned) -> Outcome {
     match Executor::new() {
         Ok(mut exec) => execute_with(&mut exec, plan, fw_tx, owned).await,
         Err(e) => Outcome {
-            failed: Some(("(start)".into(), format!("{e:#}"))),
+            failed: vec![("(start)".into(), Failure::new("(start)", format!("{e:#}")))],
             not_done: plan.changes.iter().map(|c| c.address.clone()).collect(),
             ..Default::default()
         },
     }
 }
 
-/// Executes `plan` in order with `runner`, stopping at the first failure.
+/// Executes `plan` in order with `runner`. A failed change fails its
+/// object; what belongs to or needs a failed object is skipped, the rest
+/// runs.
 pub async fn execute_with<R: Runner>(
     runner: &mut R,
     plan: &Plan,
-    fw_tx: Option<&firewall::Transaction>,
+    fw_tx: FwTx<'_>,
     owned: &mut Owned,
 ) -> Outcome {
     let mut out = Outcome::default();
     let mut fw_done = false;
-    let mut iter = plan.changes.iter();
-    for c in iter.by_ref() {
-        match run_change(runner, c, fw_tx, &mut fw_done, owned, &mut out).await {
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    for c in &plan.changes {
+        if failed.contains(&c.object) || c.needs.iter().any(|n| failed.contains(n)) {
+            out.not_done.push(c.address.clone());
+            continue;
+        }
+        match run_change(runner, c, fw_tx, &failed, &mut fw_done, owned, &mut out).await {
             Ok(()) => out.done.push(c.address.clone()),
             Err(e) => {
-                out.failed = Some((c.address.clone(), format!("{e:#}")));
-                break;
+                let object = if e.is::<NftFailed>() {
+                    crate::core::plan::NFT_TABLE.to_string()
+                } else {
+                    c.object.clone()
+                };
+                failed.insert(object.clone());
+                out.failed
+                    .push((c.address.clone(), Failure::new(object, format!("{e:#}"))));
             }
         }
     }
-    out.not_done = iter.map(|c| c.address.clone()).collect();
     out.counters = runner.counters();
     out
 }
 
+/// The nft transaction failed: every firewall change fails with it.
+#[derive(Debug)]
+struct NftFailed(anyhow::Error);
+
+impl std::fmt::Display for NftFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "nft transaction: {:#}", self.0)
+    }
+}
+
+impl std::error::Error for NftFailed {}
+
 async fn run_change<R: Runner>(
     runner: &mut R,
     c: &Change,
-    fw_tx: Option<&firewall::Transaction>,
+    fw_tx: FwTx<'_>,
+    failed: &BTreeSet<String>,
     fw_done: &mut bool,
     owned: &mut Owned,
     out: &mut Outcome,
@@ -373,8 +402,8 @@ async fn run_change<R: Runner>(
     for op in &c.ops {
         if let Op::Nft { .. } = op {
             if !*fw_done {
-                if let Some(tx) = fw_tx.filter(|t| !t.is_empty()) {
-                    runner.nft(tx).context("nft transaction")?;
+                if let Some(tx) = fw_tx(failed).filter(|t| !t.is_empty()) {
+                    runner.nft(&tx).map_err(NftFailed)?;
                     out.nft_transactions += 1;
                     out.nft_elements += tx.elements_added() + tx.elements_removed();
                 }
@@ -452,11 +481,11 @@ mod tests {
 
     fn run(plan: &Plan, rec: &mut Recorder) -> Outcome {
         let fw = tutorial().firewall.unwrap().fw;
-        let tx = firewall::plan_transaction(&fw, None);
+        let tx = |_: &BTreeSet<String>| Some(firewall::plan_transaction(&fw, None));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(execute_with(rec, plan, Some(&tx), &mut Owned::default()))
+        rt.block_on(execute_with(rec, plan, &tx, &mut Owned::default()))
     }
 
     #[test]
@@ -464,7 +493,7 @@ mod tests {
         let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
         let mut rec = Recorder::default();
         let out = run(&plan, &mut rec);
-        assert!(out.failed.is_none() && out.not_done.is_empty());
+        assert!(out.failed.is_empty() && out.not_done.is_empty());
         assert_eq!(out.done.len(), plan.changes.len());
         assert_eq!(rec.nft_calls, 1, "one transaction for all firewall changes");
         let ops = &rec.ops;
@@ -489,22 +518,55 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_stops_and_says_what_was_and_was_not_done() {
+    fn a_failure_holds_back_its_container_and_nothing_else() {
         let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
         let mut rec = Recorder {
             fail_on: Some("peer name eth0 netns tomcat2".into()),
             ..Default::default()
         };
         let out = run(&plan, &mut rec);
-        let (failed, err) = out.failed.clone().unwrap();
+        assert_eq!(out.failed.len(), 1, "{:?}", out.failed);
+        let (failed, f) = &out.failed[0];
         assert_eq!(failed, "container.tomcat2.eth0");
-        assert!(err.contains("injected failure"), "{err}");
+        assert_eq!(f.object, "container.tomcat2");
+        assert!(f.error.contains("injected failure"), "{}", f.error);
         assert!(out.done.contains(&"network.bridge".to_string()));
         assert!(out.done.contains(&"container.tomcat1.eth0".to_string()));
-        assert!(out.not_done.contains(&"port.web.8080/tcp".to_string()));
-        assert!(!out.not_done.contains(&failed));
+        // Independent changes after the failure still run.
+        assert!(out.done.contains(&"port.web.8080/tcp".to_string()));
+        assert!(out.done.contains(&"file./etc/netns/web/hosts".to_string()));
+        // What belongs to the failed container waits.
+        assert!(
+            out.not_done
+                .contains(&"file./etc/netns/tomcat2/hosts".to_string())
+        );
+        assert!(
+            !out.done
+                .iter()
+                .any(|a| a.contains("tomcat2.") || a.contains("tomcat2/")),
+            "{:?}",
+            out.done
+        );
         assert_eq!(out.done.len() + 1 + out.not_done.len(), plan.changes.len());
-        assert_eq!(rec.nft_calls, 0, "the firewall comes after the interfaces");
+        assert_eq!(rec.nft_calls, 1);
+    }
+
+    #[test]
+    fn a_failed_network_holds_back_its_members() {
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
+        let mut rec = Recorder {
+            fail_on: Some("ip link add docker0".into()),
+            ..Default::default()
+        };
+        let out = run(&plan, &mut rec);
+        assert_eq!(out.failed.len(), 1, "{:?}", out.failed);
+        assert_eq!(out.failed[0].1.object, "network.bridge");
+        assert!(out.not_done.contains(&"container.web.eth0".to_string()));
+        assert!(out.not_done.contains(&"port.web.8080/tcp".to_string()));
+        assert!(
+            out.done.contains(&"container.web".to_string()),
+            "the namespace does not need the bridge"
+        );
     }
 
     #[test]
@@ -512,7 +574,7 @@ mod tests {
         let plan = teardown_plan(&tutorial());
         let mut rec = Recorder::default();
         let out = run(&plan, &mut rec);
-        assert!(out.failed.is_none());
+        assert!(out.failed.is_empty());
         let ops = &rec.ops;
         let file = position(ops, "rm /etc/netns/web/hosts");
         let veth = position(ops, "ip link del veth");

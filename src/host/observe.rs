@@ -16,6 +16,7 @@ use crate::core::firewall;
 use crate::core::model::{
     self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State,
 };
+use crate::core::plan::Failure;
 use crate::host::netlink::{self, Addr, Counters, Link, Route};
 use crate::host::netns;
 use crate::host::state::Record;
@@ -122,7 +123,9 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
     let mut views: HashMap<NsRef, NsView> = HashMap::new();
     for (container, ns) in namespaces_of_interest(desired, record) {
         let exists = match &ns {
-            NsRef::Named(n) => named_netns.contains(n),
+            // A named namespace netloom did not create is foreign: never
+            // part of the observed state (a clash, reported as such).
+            NsRef::Named(n) => named_netns.contains(n) && record.owned.netns.contains(n),
             NsRef::Path(p) => is_netns(p),
         };
         if !exists {
@@ -281,7 +284,7 @@ async fn read_ns(path: &Path, counters: &mut Counters) -> Result<NsView> {
 impl Observation {
     /// Objects the desired state needs whose names are taken by something
     /// netloom does not own: an error naming each, never a takeover.
-    pub fn foreign_conflicts(&self, desired: &State, record: &Record) -> Vec<String> {
+    pub fn foreign_conflicts(&self, desired: &State, record: &Record) -> Vec<Failure> {
         let mut out = Vec::new();
         let ours: BTreeSet<&str> = self
             .state
@@ -306,18 +309,24 @@ impl Observation {
                             l.kind.as_deref().unwrap_or("interface")
                         )
                     };
-                    out.push(format!(
-                        "network `{net}`: interface `{}` {what}; remove it or set another `bridge` name",
-                        b.name
+                    out.push(Failure::new(
+                        format!("network.{net}"),
+                        format!(
+                            "interface `{}` {what}; remove it or set another `bridge` name",
+                            b.name
+                        ),
                     ));
                 }
             }
         }
         for (key, e) in &desired.endpoints {
             if self.host.link(&e.host_veth).is_some() && !ours.contains(e.host_veth.as_str()) {
-                out.push(format!(
-                    "container.{key}: interface `{}` exists and is not netloom's",
-                    e.host_veth
+                out.push(Failure::new(
+                    format!("container.{}", e.container),
+                    format!(
+                        "container.{key}: interface `{}` exists and is not netloom's",
+                        e.host_veth
+                    ),
                 ));
             }
         }
@@ -326,22 +335,31 @@ impl Observation {
                 let exists = self.named_netns.contains(name);
                 let owned = record.owned.netns.contains(name);
                 if exists && !owned {
-                    out.push(format!(
-                        "container `{c}`: network namespace `{name}` exists in /run/netns and was not created by netloom; remove it, or attach it with netns_path = \"{}\"",
-                        netns::named_path(name).display()
+                    out.push(Failure::new(
+                        format!("container.{c}"),
+                        format!(
+                            "network namespace `{name}` exists in /run/netns and was not created by netloom; remove it, or attach it with netns_path = \"{}\"",
+                            netns::named_path(name).display()
+                        ),
                     ));
                 }
             }
             if let NsRef::Path(p) = &n.netns {
                 if !p.exists() {
-                    out.push(format!(
-                        "container `{c}`: netns_path {} does not exist",
-                        p.display()
+                    out.push(Failure::new(
+                        format!("container.{c}"),
+                        format!(
+                            "netns_path {} does not exist (has the container's process exited?)",
+                            p.display()
+                        ),
                     ));
                 } else if !is_netns(p) {
-                    out.push(format!(
-                        "container `{c}`: netns_path {} is not a network namespace (expected e.g. /proc/PID/ns/net or /run/netns/NAME)",
-                        p.display()
+                    out.push(Failure::new(
+                        format!("container.{c}"),
+                        format!(
+                            "netns_path {} is not a network namespace (expected e.g. /proc/PID/ns/net or /run/netns/NAME)",
+                            p.display()
+                        ),
                     ));
                 }
             }

@@ -9,9 +9,10 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
 use crate::core::firewall::Proto;
 use crate::core::model::State;
+use crate::core::plan::Failure;
 
 /// Messages for every newly published port whose host port is taken.
-pub fn conflicts(desired: &State, observed: &State) -> Vec<String> {
+pub fn conflicts(desired: &State, observed: &State) -> Vec<Failure> {
     let Some(fw) = desired.firewall.as_ref().map(|f| &f.fw) else {
         return Vec::new();
     };
@@ -25,9 +26,12 @@ pub fn conflicts(desired: &State, observed: &State) -> Vec<String> {
         let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         for port in p.host_port..=p.host_port.saturating_add(p.count - 1) {
             if in_use(ip, port, p.proto) {
-                out.push(format!(
-                    "port.{key}: host port {ip}:{port}/{} is already in use by a process on the host",
-                    p.proto
+                out.push(Failure::new(
+                    format!("container.{}", p.container),
+                    format!(
+                        "port.{key}: host port {ip}:{port}/{} is already in use by a process on the host",
+                        p.proto
+                    ),
                 ));
                 break;
             }

@@ -202,6 +202,9 @@ pub struct Run {
     pub destroyed: usize,
     pub millis: u64,
     pub error: Option<String>,
+    /// Objects that failed and were left as they are (the rest was applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<crate::core::plan::Failure>,
 }
 
 /// The agent's status file.

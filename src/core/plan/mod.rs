@@ -17,6 +17,7 @@ mod drift;
 mod endpoint;
 mod files;
 mod firewall;
+mod hold;
 mod netns;
 mod network;
 mod sysctl;
@@ -26,6 +27,7 @@ use endpoint::*;
 pub use files::unified;
 use files::*;
 use firewall::*;
+pub use hold::{Failure, NFT_TABLE, file_owner, hold_back};
 use netns::*;
 use network::*;
 use sysctl::*;
@@ -220,6 +222,14 @@ pub struct Change {
     pub diff: Option<String>,
     #[serde(skip)]
     phase: u8,
+    /// The object this change belongs to (`container.NAME`,
+    /// `network.NAME`, or its own address): a failure holds back the
+    /// object's other changes.
+    #[serde(skip)]
+    pub object: String,
+    /// Other objects this change needs: it waits when one of them failed.
+    #[serde(skip)]
+    pub needs: Vec<String>,
 }
 
 /// Something changed outside netloom since its last apply.
@@ -295,6 +305,8 @@ pub(super) fn change(
         ops,
         diff: None,
         phase,
+        object: String::new(),
+        needs: Vec::new(),
     }
 }
 
@@ -318,6 +330,9 @@ pub fn diff(desired: &State, observed: &State, applied: Option<&State>) -> Plan 
         };
         key(a).cmp(&key(b)).then_with(|| a.address.cmp(&b.address))
     });
+    for c in &mut changes {
+        (c.object, c.needs) = hold::object_of(c, desired, observed);
+    }
     let drift = applied.map(|a| drift(a, observed)).unwrap_or_default();
     Plan { drift, changes }
 }
