@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cmd::cli::Cli;
 use crate::cmd::steps::{self, Exit, LOCK_WAIT, Loaded};
+use crate::host::agentlock::AgentLock;
 use crate::host::dns::DnsServer;
 use crate::host::events::{self, KernelEvent};
 use crate::host::sdnotify;
@@ -82,6 +83,10 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     let Some(mut loaded) = steps::load(cli)? else {
         return Ok(Exit::Error);
     };
+    // One agent per host: refuse before binding DNS or writing the status
+    // of the running one.
+    let started = now_rfc3339();
+    let _agent_lock = AgentLock::acquire(&loaded.host.state_dir, std::process::id(), &started)?;
     // This agent serves the embedded DNS: resolv.conf files name the
     // gateways from its first reconcile on.
     loaded.host.agent_dns = true;
@@ -102,7 +107,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         tx: tx.clone(),
         status: AgentStatus {
             pid: std::process::id(),
-            started: now_rfc3339(),
+            started,
             ..Default::default()
         },
     };

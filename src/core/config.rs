@@ -31,6 +31,45 @@ pub struct ConfigFile {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, ContainerConfig>")]
     pub containers: Ordered<ContainerConfig>,
+    /// Cluster mode (SPEC §4): where the desired state is stored.
+    #[schemars(with = "Option<ClusterConfig>")]
+    pub cluster: Option<Spanned<ClusterConfig>>,
+    /// Cluster mode: the hosts by name, each with its underlay address.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, HostConfig>")]
+    pub hosts: Ordered<HostConfig>,
+}
+
+/// `[cluster]`: the etcd cluster that holds the desired state.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints, e.g. `["http://10.0.0.1:2379"]` (or `NETLOOM_ETCD`;
+    /// `--etcd` overrides).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub etcd: Vec<Spanned<String>>,
+    /// Key prefix under which netloom keeps its keys (default `/netloom`).
+    #[schemars(with = "Option<String>")]
+    pub prefix: Option<Spanned<String>>,
+    /// CA certificate (PEM) that signed the etcd servers' certificates.
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
+    /// Client certificate (PEM) presented to etcd.
+    #[schemars(with = "Option<String>")]
+    pub cert_file: Option<Spanned<String>>,
+    /// Key (PEM) of the client certificate.
+    #[schemars(with = "Option<String>")]
+    pub key_file: Option<Spanned<String>>,
+}
+
+/// `[hosts.NAME]`: one machine of the cluster.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Underlay IPv4 address of the host: the local end of its VXLAN tunnels.
+    #[schemars(with = "String")]
+    pub address: Option<Spanned<String>>,
 }
 
 /// `[settings]`.
@@ -79,6 +118,14 @@ pub struct NetworkConfig {
     /// Optional IPv6 subnet (dual stack), e.g. `fd00:1::/64`.
     #[schemars(with = "Option<String>")]
     pub subnet6: Option<Spanned<String>>,
+    /// `local` (default): a bridge on one host; `cluster`: one L2 segment
+    /// across the hosts of the cluster over VXLAN.
+    #[schemars(with = "Option<String>")]
+    pub scope: Option<Spanned<String>>,
+    /// VXLAN network identifier of a cluster network, 1-16777215
+    /// (default: allocated by `netloom push` once and kept).
+    #[schemars(with = "Option<u32>")]
+    pub vni: Option<Spanned<i64>>,
 }
 
 /// `[containers.NAME]`: a network namespace attached to networks.
@@ -112,6 +159,10 @@ pub struct ContainerConfig {
     /// Host name written to the container's hosts file (default: its name).
     #[schemars(with = "Option<String>")]
     pub hostname: Option<Spanned<String>>,
+    /// Cluster mode: the host (a key of `[hosts]`) the container runs on;
+    /// required once the file has `[hosts]`.
+    #[schemars(with = "Option<String>")]
+    pub host: Option<Spanned<String>>,
 }
 
 /// Per-network options of a container's endpoint.

@@ -6,6 +6,7 @@
 //! function of its arguments, so the behaviour of netloom is tested here
 //! without root.
 
+pub mod cluster;
 pub mod config;
 pub mod diag;
 pub mod dns;
@@ -16,4 +17,5 @@ pub mod model;
 pub mod plan;
 pub mod ports;
 pub mod render;
+pub mod share;
 pub mod spec;

@@ -48,6 +48,46 @@ pub struct State {
     /// Files netloom owns, by path.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Cluster mode: the VXLAN device of each cluster network, by network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vxlans: BTreeMap<String, Vxlan>,
+}
+
+/// The kernel VXLAN device that extends a cluster network's bridge to the
+/// other hosts: static forwarding entries only, no learning, no multicast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vxlan {
+    /// Linux interface name ([`crate::core::cluster::vxlan_name`]).
+    pub name: String,
+    pub vni: u32,
+    /// This host's underlay address.
+    pub local: Ipv4Addr,
+    /// UDP destination port.
+    pub port: u16,
+    /// The bridge it is enslaved to (`None` observed: no master).
+    pub bridge: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    /// Forwarding entries as `MAC dst ADDRESS`: the all-zero MAC once per
+    /// other host with members (broadcast and unknown unicast), and each
+    /// remote member's MAC to its host.
+    pub fdb: BTreeSet<String>,
+}
+
+/// One forwarding entry of a [`Vxlan`], as kept in [`Vxlan::fdb`].
+pub fn fdb_entry(mac: &[u8; 6], dst: Ipv4Addr) -> String {
+    format!("{} dst {dst}", mac_string(mac))
+}
+
+/// Parses a [`fdb_entry`].
+pub fn parse_fdb_entry(s: &str) -> Option<([u8; 6], Ipv4Addr)> {
+    let (mac, dst) = s.split_once(" dst ")?;
+    Some((crate::core::spec::parse_mac(mac)?, dst.parse().ok()?))
+}
+
+/// The alias that marks a VXLAN device as netloom's.
+pub fn vxlan_alias(network: &str) -> String {
+    format!("{ALIAS_PREFIX}vxlan {network}")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +332,7 @@ pub fn parse_alias(alias: &str) -> Option<AliasMark> {
     let mut w = rest.split(' ');
     match (w.next()?, w.next()?, w.next()) {
         ("network", n, None) => Some(AliasMark::Network(n.to_string())),
+        ("vxlan", n, None) => Some(AliasMark::Vxlan(n.to_string())),
         ("endpoint", key, Some(net)) => {
             let (c, ifname) = key.rsplit_once('.')?;
             Some(AliasMark::Endpoint {
@@ -307,6 +348,8 @@ pub fn parse_alias(alias: &str) -> Option<AliasMark> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AliasMark {
     Network(String),
+    /// A cluster network's VXLAN device.
+    Vxlan(String),
     Endpoint {
         container: String,
         ifname: String,
@@ -376,6 +419,32 @@ pub fn resolve(
         .filter(|(n, _)| st.bridges.contains_key(*n))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let share = spec.cluster.as_ref().and_then(|c| c.share.as_ref());
+    if let Some(share) = share {
+        for (net, vx) in &share.vxlans {
+            let Some(n) = networks.get(net) else {
+                continue;
+            };
+            let mut fdb: BTreeSet<String> =
+                vx.peers.iter().map(|p| fdb_entry(&[0; 6], *p)).collect();
+            fdb.extend(vx.remote.iter().map(|m| fdb_entry(&m.mac, m.underlay)));
+            st.vxlans.insert(
+                net.clone(),
+                Vxlan {
+                    name: crate::core::cluster::vxlan_name(net),
+                    vni: vx.vni,
+                    local: share.address,
+                    port: crate::core::cluster::VXLAN_PORT,
+                    bridge: Some(n.bridge.clone()),
+                    mtu: n.mtu,
+                    up: true,
+                    fdb,
+                },
+            );
+        }
+    }
+    // Members of cluster networks on other hosts, for names.
+    let remote_of = |net: &str| remote_members(share, net);
 
     // Namespaces and endpoints.
     for c in &spec.containers {
@@ -516,7 +585,7 @@ pub fn resolve(
         ) else {
             continue;
         };
-        let hosts = hosts_file(c, &by_name, &networks, &addrs_on);
+        let hosts = hosts_file(c, &by_name, &networks, &addrs_on, &remote_of);
         let resolv = resolv_file(c, &networks, &upstream, host.agent_dns);
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
@@ -548,6 +617,12 @@ pub fn resolve(
                             .copied(),
                     })
                 })
+                .chain(remote_of(&n.name).iter().map(|m| crate::core::dns::Member {
+                    name: m.name.clone(),
+                    aliases: m.aliases.clone(),
+                    ipv4: m.ipv4,
+                    ipv6: m.ipv6,
+                }))
                 .collect(),
         })
         .collect();
@@ -567,13 +642,26 @@ fn nsref(n: &NetnsSpec) -> NsRef {
     }
 }
 
+/// Members of cluster network `net` on other hosts (none outside cluster
+/// mode).
+fn remote_members<'a>(
+    share: Option<&'a crate::core::cluster::Share>,
+    net: &str,
+) -> &'a [crate::core::cluster::RemoteMember] {
+    share
+        .and_then(|s| s.vxlans.get(net))
+        .map(|v| v.remote.as_slice())
+        .unwrap_or(&[])
+}
+
 /// `/etc/hosts` of a container, as the seed's `cat /etc/hosts` shows it,
 /// with names that follow addresses (never stale).
-fn hosts_file(
+fn hosts_file<'a>(
     c: &ContainerSpec,
     by_name: &std::collections::HashMap<&str, &ContainerSpec>,
     networks: &BTreeMap<String, NetworkSpec>,
     addrs_on: &dyn Fn(&str, &str) -> Vec<IpAddr>,
+    remote_of: &dyn for<'n> Fn(&'n str) -> &'a [crate::core::cluster::RemoteMember],
 ) -> String {
     let mut out = String::from(
         "# Written by netloom; edits above the user marker are replaced.\n\
@@ -631,6 +719,13 @@ fn hosts_file(
                 names.push(a.clone());
             }
             lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
+        }
+        // Cluster networks: the members on other hosts too.
+        for m in remote_of(&net.name) {
+            let mut names = vec![m.name.clone(), format!("{}.{}", m.name, net.name)];
+            names.extend(m.aliases.iter().cloned());
+            let ips = std::iter::once(IpAddr::V4(m.ipv4)).chain(m.ipv6.map(IpAddr::V6));
+            lines.extend(ips.map(|ip| (ip, names.clone())));
         }
     }
     lines.sort();

@@ -28,6 +28,8 @@ pub struct Spec {
     pub networks: BTreeMap<String, NetworkSpec>,
     /// In file order.
     pub containers: Vec<ContainerSpec>,
+    /// Cluster mode (SPEC §4); `None` for a single-host file.
+    pub cluster: Option<crate::core::cluster::ClusterSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,12 +322,32 @@ impl Validator {
         }
 
         let containers = self.containers(f, &networks);
+        let placed: Vec<crate::core::cluster::Placed> = containers
+            .iter()
+            .map(|c| crate::core::cluster::Placed {
+                name: &c.name,
+                networks: c
+                    .endpoints
+                    .iter()
+                    .map(|e| e.network.as_str())
+                    .filter(|n| *n != DEFAULT_NETWORK)
+                    .collect(),
+                shares: match &c.mode {
+                    Mode::Container(t) => Some(t),
+                    _ => None,
+                },
+                links: c.links.iter().map(|(t, _)| t.as_str()).collect(),
+            })
+            .collect();
+        let names = networks.keys().map(String::as_str).collect();
+        let cluster = crate::core::cluster::check(f, &names, &placed, &mut self.diags);
         Spec {
             state_dir,
             port_range,
             upstream_dns,
             networks,
             containers,
+            cluster,
         }
     }
 
@@ -663,7 +685,8 @@ impl Validator {
         let mut ns_named: HashSet<String> = HashSet::new();
         // (network, ip) -> container, for duplicate fixed addresses.
         let mut fixed: HashMap<(String, IpAddr), String> = HashMap::new();
-        let mut claims = PortClaims::default();
+        // Published ports clash only on one host (cluster mode: per host).
+        let mut claims: HashMap<Option<String>, PortClaims> = HashMap::new();
 
         for (key, c) in f.containers.0.iter() {
             let name = key.get_ref().clone();
@@ -950,8 +973,11 @@ impl Validator {
                             }
                         }
                         if let Some(h) = ps.host {
-                            if let Some((ip, r, other)) =
-                                claims.claim(ps.host_ip, ps.proto, h, &name)
+                            let on = cfg.host.as_ref().map(|h| h.get_ref().clone());
+                            if let Some((ip, r, other)) = claims
+                                .entry(on)
+                                .or_default()
+                                .claim(ps.host_ip, ps.proto, h, &name)
                             {
                                 let at = ip.map(|i| format!("{i}:")).unwrap_or_default();
                                 self.err(sp(p), format!("host port {h}/{} is already published by container `{other}` ({at}{r})", ps.proto));

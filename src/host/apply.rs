@@ -261,6 +261,36 @@ impl Executor {
                     ignore_errno(res, libc::ESRCH)?;
                 }
             }
+            Op::CreateVxlan {
+                name,
+                vni,
+                local,
+                port,
+                mtu,
+                alias,
+            } => {
+                let idx = self
+                    .host
+                    .create_vxlan(name, *vni, *local, *port, *mtu, alias)
+                    .await?;
+                // Host interfaces netloom made: the same record as bridges,
+                // which `DeleteLink` in the host namespace clears.
+                owned.bridges.insert(name.clone());
+                self.index.insert((None, name.clone()), idx);
+            }
+            Op::AddFdb { dev, mac, dst } => {
+                let idx = self.require_index(None, dev).await?;
+                let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
+                let r = self.host.add_fdb(idx, m, *dst).await;
+                ignore_errno(r, libc::EEXIST)?;
+            }
+            Op::DelFdb { dev, mac, dst } => {
+                if let Some(idx) = self.index_of(None, dev).await? {
+                    let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
+                    let r = self.host.delete_fdb(idx, m, *dst).await;
+                    ignore_errno(r, libc::ENOENT)?;
+                }
+            }
             Op::Nft { .. } => bail!("nft operations run as one transaction, not one by one"),
             Op::WriteFile { path, content } => {
                 write_atomic(std::path::Path::new(path), content.as_bytes())?;

@@ -6,6 +6,7 @@
 //! parts: kernel events ([`events`]) and the embedded DNS server ([`dns`]).
 //! It imports the core, never the commands.
 
+pub mod agentlock;
 pub mod apply;
 pub mod dns;
 pub mod events;

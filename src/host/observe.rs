@@ -119,6 +119,51 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         }
     }
 
+    // VXLAN devices of cluster networks carrying netloom's mark, with
+    // their forwarding entries (one dump, only when there are any).
+    let vxlans: Vec<&Link> = host
+        .links
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("vxlan"))
+        .filter(|l| {
+            matches!(
+                l.alias.as_deref().and_then(model::parse_alias),
+                Some(AliasMark::Vxlan(_))
+            )
+        })
+        .collect();
+    if !vxlans.is_empty() {
+        let fdb = host_nl.fdb().await.context("dump forwarding entries")?;
+        for l in vxlans {
+            let Some(AliasMark::Vxlan(net)) = l.alias.as_deref().and_then(model::parse_alias)
+            else {
+                continue;
+            };
+            let info = l.vxlan.clone().unwrap_or_default();
+            st.vxlans.insert(
+                net,
+                model::Vxlan {
+                    name: l.name.clone(),
+                    vni: info.vni,
+                    local: info.local.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    port: info.port,
+                    bridge: l
+                        .master
+                        .and_then(|m| by_index.get(&m))
+                        .map(|b| b.name.clone()),
+                    mtu: l.mtu,
+                    up: l.up,
+                    fdb: fdb
+                        .iter()
+                        .filter(|f| f.index == l.index)
+                        .map(|f| model::fdb_entry(&f.mac, f.dst))
+                        .collect(),
+                },
+            );
+        }
+        counters = host_nl.counters();
+    }
+
     // Namespaces, and what is inside them.
     let mut views: HashMap<NsRef, NsView> = HashMap::new();
     for (container, ns) in namespaces_of_interest(desired, record) {

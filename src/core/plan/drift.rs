@@ -35,6 +35,14 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
             observed.bridges.get(k).map(bridge_drift_view),
         );
     }
+    for (k, v) in &applied.vxlans {
+        cmp(
+            &mut out,
+            format!("vxlan.{k}"),
+            Some(vxlan_drift_view(v)),
+            observed.vxlans.get(k).map(vxlan_drift_view),
+        );
+    }
     for (k, n) in &applied.namespaces {
         cmp(
             &mut out,

@@ -21,6 +21,7 @@ mod hold;
 mod netns;
 mod network;
 mod sysctl;
+mod vxlan;
 
 pub use drift::drift;
 use endpoint::*;
@@ -31,6 +32,7 @@ pub use hold::{Failure, NFT_TABLE, file_owner, hold_back};
 use netns::*;
 use network::*;
 use sysctl::*;
+use vxlan::*;
 
 /// What happens to an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -128,6 +130,27 @@ pub enum Op {
     Nft {
         what: String,
     },
+    /// Cluster mode: a VXLAN device (no learning), admin down, no master.
+    CreateVxlan {
+        name: String,
+        vni: u32,
+        local: std::net::Ipv4Addr,
+        port: u16,
+        mtu: u32,
+        alias: String,
+    },
+    /// A static forwarding entry of a VXLAN device (appended: the all-zero
+    /// MAC has one entry per remote host).
+    AddFdb {
+        dev: String,
+        mac: String,
+        dst: std::net::Ipv4Addr,
+    },
+    DelFdb {
+        dev: String,
+        mac: String,
+        dst: std::net::Ipv4Addr,
+    },
     WriteFile {
         path: String,
         content: String,
@@ -199,6 +222,21 @@ impl std::fmt::Display for Op {
             Op::DelDefaultRoute { netns, gateway } => {
                 write!(f, "{} route del default via {gateway}", netns.ip_cmd())
             }
+            Op::CreateVxlan {
+                name,
+                vni,
+                local,
+                port,
+                mtu,
+                alias,
+            } => write!(
+                f,
+                "ip link add {name} mtu {mtu} type vxlan id {vni} local {local} dstport {port} nolearning && ip link set {name} alias \"{alias}\""
+            ),
+            Op::AddFdb { dev, mac, dst } => {
+                write!(f, "bridge fdb append {mac} dev {dev} dst {dst}")
+            }
+            Op::DelFdb { dev, mac, dst } => write!(f, "bridge fdb del {mac} dev {dev} dst {dst}"),
             Op::Nft { what } => write!(f, "nft: {what}"),
             Op::WriteFile { path, .. } => write!(f, "write {path}"),
             Op::RemoveFile { path } => write!(f, "rm {path}"),
@@ -316,6 +354,7 @@ pub fn diff(desired: &State, observed: &State, applied: Option<&State>) -> Plan 
     let mut changes = Vec::new();
     diff_sysctls(desired, observed, &mut changes);
     diff_bridges(desired, observed, &mut changes);
+    diff_vxlans(desired, observed, &mut changes);
     diff_namespaces(desired, observed, &mut changes);
     diff_endpoints(desired, observed, &mut changes);
     diff_firewall(desired, observed, &mut changes);

@@ -32,15 +32,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO,
-    NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -96,6 +99,25 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// Bridge ports only: `IFLA_BRPORT_MODE` (hairpin), from the port data.
     pub hairpin: Option<bool>,
+    /// VXLAN devices only: what was fixed at creation.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The creation attributes of a VXLAN device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub local: Option<Ipv4Addr>,
+    pub port: u16,
+    pub learning: bool,
+}
+
+/// A static forwarding entry of a VXLAN device (`bridge fdb ... dst`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fdb {
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub dst: Ipv4Addr,
 }
 
 /// An interface address (IPv6 link-local addresses are not reported).
@@ -367,6 +389,127 @@ impl Netlink {
             .await
             .with_context(|| format!("create bridge {name}"))?;
         Ok(created.index)
+    }
+
+    /// Create a VXLAN device (admin down, no learning, no multicast group:
+    /// forwarding comes from static entries) and return its ifindex. Like
+    /// [`Netlink::create_bridge`], the alias may cost a second write.
+    pub async fn create_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        port: u16,
+        mtu: u32,
+        alias: &str,
+    ) -> Result<u32> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        if !alias.is_empty() {
+            msg.attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(vni),
+                InfoVxlan::Local(local),
+                InfoVxlan::Port(port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        let echoed = self
+            .write(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+                || format!("create vxlan {name}"),
+            )
+            .await?;
+        let created = match echoed_link(echoed, name) {
+            Some(link) => link,
+            None => self
+                .link_by_name(name)
+                .await
+                .with_context(|| format!("create vxlan {name}"))?,
+        };
+        self.ensure_alias(&created, alias)
+            .await
+            .with_context(|| format!("create vxlan {name}"))?;
+        Ok(created.index)
+    }
+
+    /// Static forwarding entries with a remote destination of every device
+    /// (one dump of the bridge family).
+    pub async fn fdb(&self) -> Result<Vec<Fdb>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        let msgs = self
+            .dump(RouteNetlinkMessage::GetNeighbour(req), "forwarding entries")
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => {
+                    let mut mac = None;
+                    let mut dst = None;
+                    for a in &n.attributes {
+                        match a {
+                            NeighbourAttribute::LinkLayerAddress(l) => {
+                                mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                                dst = Some(*ip)
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Fdb {
+                        index: n.header.ifindex,
+                        mac: mac?,
+                        dst: dst?,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn fdb_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        m
+    }
+
+    /// Add a static forwarding entry to the VXLAN device `index`. Appended,
+    /// as `bridge fdb append` does: one MAC (the all-zero one) may point at
+    /// several hosts.
+    pub async fn add_fdb(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
+        self.write(
+            RouteNetlinkMessage::NewNeighbour(Self::fdb_message(index, mac, dst)),
+            NLM_F_CREATE | NLM_F_APPEND,
+            || format!("add forwarding entry {} dst {dst}", fmt_mac(&mac)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Remove one static forwarding entry (that MAC to that destination).
+    pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
+        self.write(
+            RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
+            0,
+            || format!("delete forwarding entry {} dst {dst}", fmt_mac(&mac)),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Create a veth pair: `host_name` in this namespace, `peer_name` born

@@ -26,6 +26,13 @@ pub(super) fn echoed_link(msgs: Vec<RouteNetlinkMessage>, name: &str) -> Option<
     })
 }
 
+pub(super) fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 pub(super) fn parse_link(msg: &LinkMessage) -> Link {
     let mut link = Link {
         index: msg.header.index,
@@ -39,6 +46,7 @@ pub(super) fn parse_link(msg: &LinkMessage) -> Link {
         peer_index: None,
         link_netnsid: None,
         hairpin: None,
+        vxlan: None,
     };
     let mut iflink = None;
     for attr in &msg.attributes {
@@ -54,6 +62,19 @@ pub(super) fn parse_link(msg: &LinkMessage) -> Link {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(attrs)) => {
+                            let mut v = VxlanInfo::default();
+                            for a in attrs {
+                                match a {
+                                    InfoVxlan::Id(id) => v.vni = *id,
+                                    InfoVxlan::Local(ip) => v.local = Some(*ip),
+                                    InfoVxlan::Port(p) => v.port = *p,
+                                    InfoVxlan::Learning(l) => v.learning = *l,
+                                    _ => {}
+                                }
+                            }
+                            link.vxlan = Some(v);
+                        }
                         LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
                             link.hairpin = port.iter().find_map(|p| match p {
                                 InfoBridgePort::HairpinMode(on) => Some(*on),
