@@ -65,7 +65,8 @@ fn mapping(i: u32) -> FwPort {
         bridge: "docker0".to_string(),
         host_ip: None,
         host_port: u16::try_from(20000 + i).unwrap_or(u16::MAX),
-        container_ip: ip,
+        container_ip: Some(ip),
+        container_ip6: None,
         container_port: 80,
         count: 1,
         proto: Proto::Tcp,
@@ -79,6 +80,7 @@ fn firewall(n: u32) -> Firewall {
         FwNetwork {
             bridge: "docker0".to_string(),
             subnet: "172.17.0.0/16".parse().expect("literal subnet"),
+            subnet6: None,
             masquerade: true,
             internal: false,
             icc: true,

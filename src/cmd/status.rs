@@ -90,7 +90,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             .flatten()
             .map(|(k, pm)| {
                 let (pk, by) = counters.get(k).copied().unwrap_or((0, 0));
-                json!({"address": format!("port.{k}"), "container": pm.container, "host_ip": pm.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()), "host_port": pm.host_port, "container_ip": pm.container_ip.to_string(), "container_port": pm.container_port, "count": pm.count, "proto": pm.proto.to_string(), "packets": pk, "bytes": by, "state": state_of(&format!("port.{k}"))})
+                json!({"address": format!("port.{k}"), "container": pm.container, "host_ip": pm.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()), "host_port": pm.host_port, "container_ip": pm.container_ip.map(|i| i.to_string()), "container_ip6": pm.container_ip6.map(|i| i.to_string()), "container_port": pm.container_port, "count": pm.count, "proto": pm.proto.to_string(), "packets": pk, "bytes": by, "state": state_of(&format!("port.{k}"))})
             })
             .collect();
         let doc = json!({
@@ -152,7 +152,12 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         );
         for (k, pm) in ports {
             let (pk, by) = counters.get(k).copied().unwrap_or((0, 0));
-            let target = format!("{}:{}/{}", pm.container_ip, pm.container_port, pm.proto);
+            let targets: Vec<String> = pm
+                .mappings()
+                .into_iter()
+                .map(|(_, t)| format!("{t}:{}", pm.container_port))
+                .collect();
+            let target = format!("{}/{}", targets.join(","), pm.proto);
             let _ = writeln!(
                 out,
                 "{:<29} {:<22} {:>8} {:>10}  {}",

@@ -1,16 +1,23 @@
 //! `netloom watch`: the agent.
 //!
 //! It applies at start, then whenever the file changes (debounced, by
-//! content hash, atomic renames included), when the kernel reports a change
-//! to one of netloom's interfaces, every resync period (with jitter, which
-//! also catches what has no cheap event, such as a flushed nft table), and
-//! at once on SIGHUP. One reconcile runs at a time; triggers that arrive
+//! content hash, atomic renames included), on drift, every resync period
+//! (with jitter; a safety net), and at once on SIGHUP. Drift is what the
+//! kernel and the filesystem report, judged against what the last
+//! reconcile made ([`expect`]), with no polling of the host: rtnetlink link
+//! and address events in the host and in every container namespace
+//! (removed, down, MAC, MTU, bridge port, an extra or missing address or
+//! route), nftables notifications for netloom's tables (an element, a
+//! table, a flushed ruleset), inotify on the directories of netloom's
+//! files and on /run/netns (an edited or deleted hosts file, `ip netns
+//! del`), and a 250 ms timer comparing the few sysctls netloom sets. One reconcile runs at a time; triggers that arrive
 //! during one coalesce into one more. It serves the embedded DNS of the
 //! DNS-enabled networks and updates its records in the same reconcile that
 //! changes an address. SIGTERM/SIGINT stop it and leave the network up.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
@@ -25,8 +32,13 @@ use crate::host::events::{self, KernelEvent};
 use crate::host::sdnotify;
 use crate::host::state::{AgentStatus, Run, StateDir};
 
+mod expect;
+use expect::Expect;
+
 /// Editors write a file in several steps; wait this long for the last one.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often the sysctls netloom sets are compared with their values.
+const SYSCTL_TICK: Duration = Duration::from_millis(250);
 /// Runs kept in the agent's status file.
 const KEPT_RUNS: usize = 20;
 
@@ -38,8 +50,18 @@ enum Trigger {
     Kernel(KernelEvent),
     /// An event inside a container's namespace.
     NsKernel(String, KernelEvent),
+    /// A file or directory changed in a directory netloom watches (its
+    /// files' directories, /run/netns).
+    Fs(PathBuf),
+    /// A change to netloom's nft tables (an nftables notification).
+    Nft(String),
+    /// A sysctl netloom sets no longer has its value.
+    Sysctl(String),
     /// The kernel events of one batch that are drift, described.
     Drift(String),
+    /// Drift-like events right after the agent's own changes: maybe its
+    /// echo, maybe real drift; checked by one more reconcile.
+    Echo(String),
     Resync,
     Reload,
     Stop,
@@ -52,7 +74,11 @@ impl Trigger {
             Trigger::File => "file".into(),
             Trigger::Kernel(ev) => format!("kernel ({})", describe(ev)),
             Trigger::NsKernel(c, ev) => format!("kernel ({c}: {})", describe(ev)),
+            Trigger::Fs(p) => format!("file ({})", p.display()),
+            Trigger::Nft(what) => format!("kernel ({what})"),
+            Trigger::Sysctl(what) => format!("kernel (sysctl {what})"),
             Trigger::Drift(what) => format!("kernel ({what})"),
+            Trigger::Echo(what) => format!("check after own changes ({what})"),
             Trigger::Resync => "resync".into(),
             Trigger::Reload => "SIGHUP".into(),
             Trigger::Stop => "stop".into(),
@@ -67,10 +93,12 @@ struct Agent {
     /// Hash of the file content last seen (valid or not).
     seen: u64,
     dns: DnsServer,
-    /// Names and indexes of netloom's host interfaces, to filter events.
-    owned_names: HashSet<String>,
-    owned_indexes: HashSet<u32>,
-    owned_veths: HashSet<String>,
+    /// What the host should look like, to judge events between reconciles.
+    expect: Expect,
+    /// The sysctls the ticker compares, shared with it.
+    sysctls: Arc<Mutex<Vec<(String, String)>>>,
+    /// Watches the directories of netloom's files and /run/netns.
+    fs_watch: FsWatch,
     /// Event subscriptions inside container namespaces, by container, with
     /// the identity (dev, inode) of the namespace they watch.
     ns_watch: HashMap<String, ((u64, u64), tokio::task::JoinHandle<()>)>,
@@ -100,9 +128,9 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         loaded,
         seen: crate::core::hash::fnv64(&text),
         dns,
-        owned_names: HashSet::new(),
-        owned_indexes: HashSet::new(),
-        owned_veths: HashSet::new(),
+        expect: Expect::default(),
+        sysctls: Arc::new(Mutex::new(Vec::new())),
+        fs_watch: FsWatch::new(tx.clone())?,
         ns_watch: HashMap::new(),
         tx: tx.clone(),
         status: AgentStatus {
@@ -114,15 +142,15 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
 
     let _watcher = watch_file(&cli.config, tx.clone())?;
     spawn_kernel_events(tx.clone())?;
+    spawn_nft_events(tx.clone())?;
+    spawn_sysctl_ticker(tx.clone(), agent.sysctls.clone());
     spawn_signals(tx.clone())?;
     spawn_resync(tx.clone(), resync);
 
     // The pid first: a command run during the first reconcile must already
     // see an agent serving DNS, or it would render resolv.conf without it.
     agent.write_status();
-    // Whether the last reconcile changed the kernel, so that the next kernel
-    // events are (at least partly) its echo.
-    let mut echo_expected = agent.reconcile(&Trigger::Start, false).await;
+    agent.reconcile(&Trigger::Start).await;
     sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
 
     while let Some(first) = rx.recv().await {
@@ -147,10 +175,8 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         // Every drift event of the batch, for the log line.
         let mut drift: Vec<String> = Vec::new();
         for t in &batch {
-            let d = match t {
-                Trigger::Kernel(ev) if agent.is_ours(ev) => describe(ev),
-                Trigger::NsKernel(c, ev) if is_drift_inside(ev) => format!("{c}: {}", describe(ev)),
-                _ => continue,
+            let Some(d) = agent.drift_of(t) else {
+                continue;
             };
             if !drift.contains(&d) {
                 drift.push(d);
@@ -168,14 +194,37 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
             None
         };
         if let Some(t) = trigger {
-            // Our own changes echo back as kernel events. They are not
-            // discarded (real drift may arrive among them): the events after
-            // a change lead to one more reconcile, which compares the kernel
-            // with the file again. Finding nothing to do, it was only the
-            // echo and stays quiet; anything real is healed and reported.
-            let quiet = echo_expected && matches!(t, Trigger::Drift(_));
-            let changed = agent.reconcile(&t, quiet).await;
-            echo_expected = changed;
+            let changed = agent.reconcile(&t).await;
+            if changed {
+                // Our own changes echo back as kernel, nft and file events;
+                // they are not drift. But real drift may hide among them
+                // (it happened during or just after the reconcile), so if
+                // any of them looks like drift, one more reconcile checks:
+                // it finds nothing to do unless something really changed.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut echoed = Vec::new();
+                while let Ok(t) = rx.try_recv() {
+                    match t {
+                        Trigger::Kernel(_)
+                        | Trigger::NsKernel(..)
+                        | Trigger::Fs(_)
+                        | Trigger::Nft(_) => {
+                            if let Some(d) = agent.drift_of(&t)
+                                && !echoed.contains(&d)
+                            {
+                                echoed.push(d);
+                            }
+                        }
+                        other => {
+                            let _ = tx.send(other);
+                            break;
+                        }
+                    }
+                }
+                if !echoed.is_empty() {
+                    let _ = tx.send(Trigger::Echo(echoed.join("; ")));
+                }
+            }
         }
         if reload {
             sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
@@ -186,7 +235,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     // Nobody will answer on the gateways any more: point resolv.conf at
     // the upstream servers only, while the DNS server still answers.
     agent.loaded.host.agent_dns = false;
-    agent.reconcile(&Trigger::Stop, false).await;
+    agent.reconcile(&Trigger::Stop).await;
     agent.dns.shutdown().await;
     Ok(Exit::Ok)
 }
@@ -236,45 +285,20 @@ impl Agent {
         }
     }
 
-    /// Whether a kernel event is drift of one of netloom's interfaces: one
-    /// of them removed or set down, a veth released from its bridge (bridges
-    /// have no master), one of their addresses removed. What the kernel does
-    /// on its own after netloom's changes (carrier and operstate updates,
-    /// IPv6 link-local addresses) is not drift.
-    fn is_ours(&self, ev: &KernelEvent) -> bool {
-        let owned = |index: &u32, name: &Option<String>| {
-            self.owned_indexes.contains(index)
-                || name.as_ref().is_some_and(|n| self.owned_names.contains(n))
-        };
-        match ev {
-            KernelEvent::Link {
-                index,
-                name,
-                removed: true,
-                ..
-            }
-            | KernelEvent::Link {
-                index,
-                name,
-                up: false,
-                ..
-            } => owned(index, name),
-            KernelEvent::Link {
-                name, master: None, ..
-            } => name.as_ref().is_some_and(|n| self.owned_veths.contains(n)),
-            KernelEvent::Address {
-                index,
-                removed: true,
-                link_local: false,
-            } => self.owned_indexes.contains(index),
-            _ => false,
+    /// The drift a trigger reports, described; None when it is not drift
+    /// (the kernel's housekeeping, another program's objects).
+    fn drift_of(&mut self, t: &Trigger) -> Option<String> {
+        match t {
+            Trigger::Kernel(ev) => self.expect.host_drift(ev),
+            Trigger::NsKernel(c, ev) => self.expect.ns_drift(c, ev).map(|d| format!("{c}: {d}")),
+            Trigger::Fs(p) => self.expect.fs_drift(p),
+            Trigger::Nft(d) | Trigger::Sysctl(d) | Trigger::Echo(d) => Some(d.clone()),
+            _ => None,
         }
     }
 
-    /// One reconcile; returns whether it changed anything. With `quiet`, a
-    /// reconcile that finds nothing to do is neither logged nor recorded
-    /// (the check that follows the agent's own changes).
-    async fn reconcile(&mut self, trigger: &Trigger, quiet: bool) -> bool {
+    /// One reconcile; returns whether it changed anything.
+    async fn reconcile(&mut self, trigger: &Trigger) -> bool {
         let start = Instant::now();
         let result = self.reconcile_inner().await;
         let millis = start.elapsed().as_millis() as u64;
@@ -284,10 +308,6 @@ impl Agent {
         };
         let (summary, result): (crate::core::plan::Summary, Result<()>) = summary;
         let changed = summary.add + summary.change + summary.destroy > 0;
-        if quiet && result.is_ok() && failed.is_empty() && !changed {
-            debug!("kernel events after our own changes: nothing to do ({millis} ms)");
-            return false;
-        }
         let run = Run {
             time: now_rfc3339(),
             trigger: trigger.name(),
@@ -360,35 +380,18 @@ impl Agent {
             steps::record_converged(&sd, &mut record, &p)?;
         }
         drop(sd);
-        self.owned_names = p
-            .desired
-            .state
-            .bridges
-            .values()
-            .map(|b| b.name.clone())
-            .chain(
-                p.desired
-                    .state
-                    .endpoints
-                    .values()
-                    .map(|e| e.host_veth.clone()),
-            )
-            .collect();
-        self.owned_veths = p
-            .desired
-            .state
-            .endpoints
-            .values()
-            .map(|e| e.host_veth.clone())
-            .collect();
-        self.owned_indexes = p
-            .observation
-            .host
-            .links
-            .iter()
-            .filter(|l| self.owned_names.contains(&l.name))
-            .map(|l| l.index)
-            .collect();
+        self.expect = Expect::new(
+            &p.desired.state,
+            p.observation
+                .host
+                .links
+                .iter()
+                .map(|l| (l.name.as_str(), l.index)),
+        );
+        if let Ok(mut s) = self.sysctls.lock() {
+            s.clone_from(&self.expect.sysctls);
+        }
+        self.fs_watch.update(&self.expect);
         self.watch_namespaces(&p.desired.state);
         self.dns
             .update(p.desired.zones.clone())
@@ -538,24 +541,7 @@ fn watch_file(
     Ok(w)
 }
 
-/// Inside a container's namespace everything but the kernel's own
-/// housekeeping is netloom's: a link removed or down, an address (not IPv6
-/// link-local) removed, a route removed.
-fn is_drift_inside(ev: &KernelEvent) -> bool {
-    matches!(
-        ev,
-        KernelEvent::Link { removed: true, .. }
-            | KernelEvent::Link { up: false, .. }
-            | KernelEvent::Address {
-                removed: true,
-                link_local: false,
-                ..
-            }
-            | KernelEvent::Route { removed: true }
-    )
-}
-
-/// Forwards kernel events as [`Trigger::Kernel`]; [`Agent::is_ours`]
+/// Forwards kernel events as [`Trigger::Kernel`]; [`Agent::drift_of`]
 /// decides which of them are drift.
 fn spawn_kernel_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
     let mut rx = events::subscribe()?;
@@ -596,6 +582,116 @@ fn describe(ev: &KernelEvent) -> String {
         ),
         KernelEvent::Route { removed } => {
             format!("route {}", if *removed { "removed" } else { "added" })
+        }
+    }
+}
+
+/// Forwards changes of netloom's nft tables as [`Trigger::Nft`].
+fn spawn_nft_events(tx: mpsc::UnboundedSender<Trigger>) -> Result<()> {
+    let mut rx = crate::host::nft::monitor::subscribe()?;
+    tokio::spawn(async move {
+        while let Some(what) = rx.recv().await {
+            if tx.send(Trigger::Nft(what)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Sysctls have no change notification; a few small reads on a short
+/// timer are cheap (microseconds) and find `ip_forward=0` within
+/// [`SYSCTL_TICK`]. Reported once per change, not on every tick.
+fn spawn_sysctl_ticker(
+    tx: mpsc::UnboundedSender<Trigger>,
+    want: Arc<Mutex<Vec<(String, String)>>>,
+) {
+    tokio::spawn(async move {
+        let mut reported: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(SYSCTL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let list = want.lock().map(|w| w.clone()).unwrap_or_default();
+            for (k, v) in list {
+                let Ok(got) = crate::host::sysctl::read_sysctl(None, &k) else {
+                    continue;
+                };
+                let got = got.trim();
+                if got == v {
+                    reported.remove(&k);
+                } else if reported.insert(k.clone())
+                    && tx.send(Trigger::Sysctl(format!("{k} = {got}"))).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// inotify on the directories of netloom's files (editors and `rm` act on
+/// names, so the directory is watched, not the file) and on /run/netns
+/// (`ip netns del`); events are judged by [`Expect::fs_drift`].
+struct FsWatch {
+    watcher: notify::RecommendedWatcher,
+    /// Watched directories with the (dev, inode) they had: a directory
+    /// removed and made again needs a new watch.
+    dirs: HashMap<PathBuf, (u64, u64)>,
+}
+
+impl FsWatch {
+    fn new(tx: mpsc::UnboundedSender<Trigger>) -> Result<FsWatch> {
+        use notify::EventKind;
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(ev) = res else { return };
+            // Reads (netloom's own observation) are not changes.
+            if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) {
+                return;
+            }
+            for p in ev.paths {
+                let _ = tx.send(Trigger::Fs(p));
+            }
+        })
+        .context("start the file watcher")?;
+        Ok(FsWatch {
+            watcher,
+            dirs: HashMap::new(),
+        })
+    }
+
+    /// Watches what `expect` names, and nothing else.
+    fn update(&mut self, expect: &Expect) {
+        use notify::Watcher;
+        use std::os::unix::fs::MetadataExt;
+        let mut want: HashSet<PathBuf> = expect
+            .files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        want.insert(PathBuf::from(crate::core::model::NETNS_RUN_DIR));
+        self.dirs.retain(|d, _| {
+            let keep = want.contains(d);
+            if !keep {
+                let _ = self.watcher.unwatch(d);
+            }
+            keep
+        });
+        for d in want {
+            let Ok(meta) = std::fs::metadata(&d) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if self.dirs.get(&d) == Some(&id) {
+                continue;
+            }
+            let _ = self.watcher.unwatch(&d);
+            match self.watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.dirs.insert(d, id);
+                }
+                Err(e) => warn!("cannot watch {}: {e}; the resync covers it", d.display()),
+            }
         }
     }
 }

@@ -510,6 +510,7 @@ pub fn resolve(
             FwNetwork {
                 bridge: net.bridge.clone(),
                 subnet: net.subnet,
+                subnet6: net.subnet6,
                 masquerade: net.masquerade,
                 internal: net.internal,
                 icc: net.icc,
@@ -524,6 +525,12 @@ pub fn resolve(
             continue;
         };
         let cip = alloc.ipv4[&ep.network][&c.name];
+        let cip6 = alloc
+            .ipv6
+            .get(&ep.network)
+            .and_then(|m| m.get(&c.name))
+            .copied()
+            .filter(|_| net.subnet6.is_some());
         for (raw, p) in &c.ports {
             let host_port = match p.host {
                 Some(h) => h.start,
@@ -535,7 +542,16 @@ pub fn resolve(
             } else {
                 format!("{host_port}-{}", host_port + (count - 1))
             };
-            let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+            let ip = p
+                .host_ip
+                .map(crate::core::spec::host_ip_prefix)
+                .unwrap_or_default();
+            // Which families the port is published on (see FwPort).
+            let (v4, v6) = match p.host_ip {
+                Some(IpAddr::V4(_)) => (Some(cip), None),
+                Some(IpAddr::V6(_)) => (None, cip6),
+                None => (Some(cip), cip6),
+            };
             fw.ports.insert(
                 format!("{}.{ip}{range}/{}", c.name, p.proto),
                 FwPort {
@@ -544,7 +560,8 @@ pub fn resolve(
                     bridge: net.bridge.clone(),
                     host_ip: p.host_ip,
                     host_port,
-                    container_ip: cip,
+                    container_ip: v4,
+                    container_ip6: v6,
                     container_port: p.container.start,
                     count,
                     proto: p.proto,
@@ -553,6 +570,7 @@ pub fn resolve(
         }
     }
     if !networks.is_empty() {
+        // required_sysctls adds net.ipv6.conf.all.forwarding for dual stack.
         st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
         for (k, v) in crate::core::firewall::required_sysctls(&fw) {
             st.sysctls.insert(k, v);

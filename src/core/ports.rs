@@ -1,15 +1,19 @@
-//! Docker's `-p` syntax: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp]`.
+//! Docker's `-p` syntax: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp]`,
+//! where an IPv6 HOST_IP is written in brackets: `[fd00::1]:8080:80`,
+//! `[::]:8080:80` (every IPv6 address only).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::core::firewall::Proto;
 
 /// One parsed `-p` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec {
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None`: every host address of both families (`0.0.0.0` is read as
+    /// that too); `Some(::)`: every IPv6 address only.
+    pub host_ip: Option<IpAddr>,
     /// `None`: pick from `port_range` (Docker's `-P`).
     pub host: Option<PortRange>,
     pub container: PortRange,
@@ -61,14 +65,14 @@ pub enum PortError {
     /// After the `/`.
     #[error("unknown protocol `{0}` (expected tcp, udp or sctp)")]
     UnknownProtocol(String),
-    /// `[v6]:…` host addresses.
-    #[error("IPv6 host addresses are not supported in port mappings yet")]
-    Ipv6HostIp,
+    /// `[…` without the closing bracket or the address is not IPv6.
+    #[error("`{0}` is not an IPv6 host address in brackets ([ADDR]:HOST_PORT:CONTAINER_PORT)")]
+    BadHostIp6(String),
     /// Too many or too few `:`-separated parts.
     #[error("`{0}` is not [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]")]
     Syntax(String),
     /// The part before the host port.
-    #[error("`{0}` is not an IPv4 host address")]
+    #[error("`{0}` is not an IPv4 host address (write IPv6 ones as [ADDR])")]
     BadHostIp(String),
     /// `8080-8081:80`.
     #[error("host ports {host} and container ports {container} are ranges of different length")]
@@ -115,24 +119,39 @@ pub fn parse(s: &str) -> Result<PortSpec, PortError> {
         ),
         None => (s, Proto::Tcp),
     };
-    if rest.starts_with('[') {
-        return Err(PortError::Ipv6HostIp);
-    }
+    // An IPv6 host address has colons of its own: take it out first.
+    let (v6, rest) = match rest.strip_prefix('[') {
+        Some(r) => {
+            let (ip, after) = r
+                .split_once(']')
+                .ok_or_else(|| PortError::BadHostIp6(rest.into()))?;
+            let ip = ip
+                .parse::<Ipv6Addr>()
+                .map_err(|_| PortError::BadHostIp6(format!("[{ip}]")))?;
+            let after = after
+                .strip_prefix(':')
+                .ok_or_else(|| PortError::Syntax(s.into()))?;
+            (Some(ip), after)
+        }
+        None => (None, rest),
+    };
     let parts: Vec<&str> = rest.split(':').collect();
-    let (ip, host, container) = match parts.as_slice() {
-        [c] => (None, None, *c),
-        [h, c] => (None, Some(*h), *c),
-        [ip, h, c] => (Some(*ip), if h.is_empty() { None } else { Some(*h) }, *c),
+    let (ip, host, container) = match (v6, parts.as_slice()) {
+        (None, [c]) => (None, None, *c),
+        (None, [h, c]) => (None, Some(*h), *c),
+        (None, [ip, h, c]) => (Some(*ip), if h.is_empty() { None } else { Some(*h) }, *c),
+        (Some(_), [h, c]) => (None, if h.is_empty() { None } else { Some(*h) }, *c),
         _ => {
             return Err(PortError::Syntax(s.into()));
         }
     };
-    let host_ip = match ip {
-        None => None,
-        Some(ip) => Some(
+    let host_ip = match (v6, ip) {
+        (Some(ip), _) => Some(IpAddr::V6(ip)),
+        (None, None) => None,
+        (None, Some(ip)) => Some(IpAddr::V4(
             ip.parse::<Ipv4Addr>()
                 .map_err(|_| PortError::BadHostIp(ip.into()))?,
-        ),
+        )),
     };
     let container = parse_range(container)?;
     let host = match host {
@@ -145,7 +164,9 @@ pub fn parse(s: &str) -> Result<PortSpec, PortError> {
         }
     }
     Ok(PortSpec {
-        host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
+        // 0.0.0.0 is "every address" (both families, as before IPv6 was
+        // published); [::] stays: every IPv6 address only.
+        host_ip: host_ip.filter(|ip| !(ip.is_ipv4() && ip.is_unspecified())),
         host,
         container,
         proto,
@@ -274,7 +295,7 @@ mod tests {
         assert_eq!(p.container.start, 80);
         assert_eq!(p.proto, Proto::Tcp);
         let p = parse("127.0.0.1:8080:80/udp").unwrap();
-        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.host_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(p.proto, Proto::Udp);
         let p = parse("127.0.0.1::80").unwrap();
         assert_eq!(p.host, None);
@@ -283,6 +304,32 @@ mod tests {
         let p = parse("8000-8010:9000-9010/sctp").unwrap();
         assert_eq!(p.container.len(), 11);
         assert_eq!(parse("0.0.0.0:80:80").unwrap().host_ip, None);
+    }
+
+    #[test]
+    fn ipv6_host_addresses() {
+        let p = parse("[fd00::1]:8080:80/udp").unwrap();
+        assert_eq!(p.host_ip, Some("fd00::1".parse().unwrap()));
+        assert_eq!(p.host.map(|h| h.start), Some(8080));
+        assert_eq!(p.container.start, 80);
+        assert_eq!(p.proto, Proto::Udp);
+        let p = parse("[fd00::1]::80").unwrap();
+        assert_eq!(p.host, None);
+        // [::] is "every IPv6 address", not both families.
+        assert_eq!(
+            parse("[::]:80:80").unwrap().host_ip,
+            Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+        );
+        assert!(matches!(
+            parse("[fd00::1:8080:80"),
+            Err(PortError::BadHostIp6(_))
+        ));
+        assert!(matches!(
+            parse("[10.0.0.1]:80:80"),
+            Err(PortError::BadHostIp6(_))
+        ));
+        assert!(matches!(parse("[fd00::1]:80"), Err(PortError::Syntax(_))));
+        assert!(matches!(parse("fd00::1:80:80"), Err(PortError::Syntax(_))));
     }
 
     #[test]

@@ -971,6 +971,17 @@ impl Validator {
                                     ),
                                 );
                             }
+                            if ps.host_ip.is_some_and(|ip| ip.is_ipv6())
+                                && nets.get(&ep.network).is_some_and(|n| n.subnet6.is_none())
+                            {
+                                self.err(
+                                    sp(p),
+                                    format!(
+                                        "an IPv6 host address needs an IPv6 container address: network `{}` has no subnet6",
+                                        ep.network
+                                    ),
+                                );
+                            }
                         }
                         if let Some(h) = ps.host {
                             let on = cfg.host.as_ref().map(|h| h.get_ref().clone());
@@ -979,7 +990,7 @@ impl Validator {
                                 .or_default()
                                 .claim(ps.host_ip, ps.proto, h, &name)
                             {
-                                let at = ip.map(|i| format!("{i}:")).unwrap_or_default();
+                                let at = ip.map(host_ip_prefix).unwrap_or_default();
                                 self.err(sp(p), format!("host port {h}/{} is already published by container `{other}` ({at}{r})", ps.proto));
                             }
                         }
@@ -1236,30 +1247,29 @@ type ClaimGroup = BTreeMap<u16, (u16, String)>;
 /// address (no HOST_IP) clashes with each group of its protocol.
 #[derive(Default)]
 struct PortClaims {
-    groups: HashMap<(Proto, Option<Ipv4Addr>), ClaimGroup>,
+    groups: HashMap<(Proto, Option<IpAddr>), ClaimGroup>,
     /// Host addresses with claims, per protocol.
-    addrs: HashMap<Proto, BTreeSet<Option<Ipv4Addr>>>,
+    addrs: HashMap<Proto, BTreeSet<Option<IpAddr>>>,
 }
 
 impl PortClaims {
     /// Records the claim, or returns the one it clashes with.
     fn claim(
         &mut self,
-        ip: Option<Ipv4Addr>,
+        ip: Option<IpAddr>,
         proto: Proto,
         r: ports::PortRange,
         owner: &str,
-    ) -> Option<(Option<Ipv4Addr>, ports::PortRange, String)> {
-        // 0.0.0.0 is every address, as in the firewall.
-        let ip = ip.filter(|i| !i.is_unspecified());
+    ) -> Option<(Option<IpAddr>, ports::PortRange, String)> {
+        // 0.0.0.0 is every address, as in the firewall; [::] is every IPv6
+        // address (see `host_ips_overlap`).
+        let ip = ip.filter(|i| !(i.is_ipv4() && i.is_unspecified()));
         let addrs = self.addrs.entry(proto).or_default();
-        let check: Vec<Option<Ipv4Addr>> = match ip {
-            None => addrs.iter().copied().collect(),
-            Some(_) => [None, ip]
-                .into_iter()
-                .filter(|a| addrs.contains(a))
-                .collect(),
-        };
+        let check: Vec<Option<IpAddr>> = addrs
+            .iter()
+            .copied()
+            .filter(|a| host_ips_overlap(*a, ip))
+            .collect();
         for a in check {
             let Some(g) = self.groups.get(&(proto, a)) else {
                 continue;
@@ -1294,7 +1304,7 @@ fn port_comment_len(container: &str, p: &PortSpec, net: &NetworkSpec) -> usize {
         None if count == 1 => "65535".into(),
         None => "65535-65535".into(),
     };
-    let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+    let ip = p.host_ip.map(host_ip_prefix).unwrap_or_default();
     let key = format!("{container}.{ip}{range}/{}", p.proto);
     firewall::port_comment_text(&key, container, &net.name, &net.bridge).len()
 }
@@ -1366,5 +1376,25 @@ pub fn implicit_default_network() -> NetworkSpec {
         mtu: 1500,
         subnet6: None,
         gateway6: None,
+    }
+}
+
+/// Whether two published host addresses can receive the same packet:
+/// `None` is every address of both families, `0.0.0.0`/`::` every address
+/// of one.
+fn host_ips_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            a.is_ipv4() == b.is_ipv4() && (a == b || a.is_unspecified() || b.is_unspecified())
+        }
+        _ => true,
+    }
+}
+
+/// A host address as written before `:PORT` in `-p` syntax.
+pub fn host_ip_prefix(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("{ip}:"),
+        IpAddr::V6(ip) => format!("[{ip}]:"),
     }
 }

@@ -32,6 +32,9 @@ pub enum KernelEvent {
         up: bool,
         /// The bridge it is enslaved to.
         master: Option<u32>,
+        /// Hardware address as `02:42:...`, when reported.
+        mac: Option<String>,
+        mtu: Option<u32>,
     },
     /// An address was added to or removed from a link.
     Address {
@@ -40,6 +43,8 @@ pub enum KernelEvent {
         /// IPv6 link-local addresses come and go with the kernel's own
         /// address configuration; they are never netloom's.
         link_local: bool,
+        /// `address/prefix`, as the model writes addresses.
+        addr: Option<String>,
     },
     /// A route was added or removed (netloom's routes are the default
     /// routes inside container namespaces).
@@ -141,10 +146,18 @@ impl Drop for Subscription {
 fn link_event(l: &LinkMessage, removed: bool) -> KernelEvent {
     let mut name = None;
     let mut master = None;
+    let mut mac = None;
+    let mut mtu = None;
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
             LinkAttribute::Controller(m) => master = Some(*m),
+            LinkAttribute::Address(bytes) => {
+                mac = <[u8; 6]>::try_from(bytes.as_slice())
+                    .ok()
+                    .map(|m| crate::core::model::mac_string(&m));
+            }
+            LinkAttribute::Mtu(m) => mtu = Some(*m),
             _ => {}
         }
     }
@@ -154,6 +167,8 @@ fn link_event(l: &LinkMessage, removed: bool) -> KernelEvent {
         removed,
         up: l.header.flags.contains(LinkFlags::Up),
         master,
+        mac,
+        mtu,
     }
 }
 
@@ -162,9 +177,25 @@ fn address_event(a: &AddressMessage, removed: bool) -> KernelEvent {
         AddressAttribute::Address(IpAddr::V6(v6)) => (v6.segments()[0] & 0xffc0) == 0xfe80,
         _ => false,
     });
+    // IPv4 reports the peer in Address and the local one in Local; for a
+    // plain address both are the same.
+    let ip = a
+        .attributes
+        .iter()
+        .find_map(|x| match x {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .or_else(|| {
+            a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
     KernelEvent::Address {
         index: a.header.index,
         removed,
         link_local,
+        addr: ip.map(|ip| format!("{ip}/{}", a.header.prefix_len)),
     }
 }

@@ -5,7 +5,7 @@
 //! host listens on is a conflict. The probe binds the port: only the
 //! kernel knows every listener, including ones in other processes.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 
 use crate::core::firewall::Proto;
 use crate::core::model::State;
@@ -23,17 +23,27 @@ pub fn conflicts(desired: &State, observed: &State) -> Vec<Failure> {
         if live.is_some_and(|l| l.get(key) == Some(p)) {
             continue;
         }
-        let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        for port in p.host_port..=p.host_port.saturating_add(p.count - 1) {
-            if in_use(ip, port, p.proto) {
-                out.push(Failure::new(
-                    format!("container.{}", p.container),
-                    format!(
-                        "port.{key}: host port {ip}:{port}/{} is already in use by a process on the host",
-                        p.proto
-                    ),
-                ));
-                break;
+        // Every family the port is published on; "every address" is
+        // 0.0.0.0 and, for a container with IPv6, [::].
+        let ips: Vec<IpAddr> = match p.host_ip {
+            Some(ip) => vec![ip],
+            None => std::iter::once(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                .chain(p.container_ip6.map(|_| IpAddr::V6(Ipv6Addr::UNSPECIFIED)))
+                .collect(),
+        };
+        'probe: for ip in ips {
+            for port in p.host_port..=p.host_port.saturating_add(p.count - 1) {
+                if in_use(ip, port, p.proto) {
+                    out.push(Failure::new(
+                        format!("container.{}", p.container),
+                        format!(
+                            "port.{key}: host port {}/{} is already in use by a process on the host",
+                            SocketAddr::new(ip, port),
+                            p.proto
+                        ),
+                    ));
+                    break 'probe;
+                }
             }
         }
     }
@@ -41,8 +51,8 @@ pub fn conflicts(desired: &State, observed: &State) -> Vec<Failure> {
 }
 
 /// Whether binding `ip:port` fails because something holds it.
-pub fn in_use(ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
-    let addr = SocketAddrV4::new(ip, port);
+pub fn in_use(ip: IpAddr, port: u16, proto: Proto) -> bool {
+    let addr = SocketAddr::new(ip, port);
     let err = match proto {
         Proto::Tcp => TcpListener::bind(addr).err(),
         Proto::Udp => UdpSocket::bind(addr).err(),
@@ -61,8 +71,8 @@ mod tests {
     fn a_bound_port_is_in_use() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        assert!(in_use(Ipv4Addr::LOCALHOST, port, Proto::Tcp));
+        assert!(in_use(Ipv4Addr::LOCALHOST.into(), port, Proto::Tcp));
         drop(l);
-        assert!(!in_use(Ipv4Addr::LOCALHOST, port, Proto::Tcp));
+        assert!(!in_use(Ipv4Addr::LOCALHOST.into(), port, Proto::Tcp));
     }
 }

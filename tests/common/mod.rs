@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub const NETLOOM: &str = env!("CARGO_BIN_EXE_netloom");
 pub const UPLINK_IP: &str = "10.99.0.1";
 pub const OUTSIDE_IP: &str = "10.99.0.2";
+/// [`Host::with_outside6`]: the host's and the outside's IPv6 uplink addresses.
+pub const UPLINK6: &str = "fd99::1";
+pub const OUTSIDE6: &str = "fd99::2";
 
 /// Whether kernel tests can run here; in CI (`CI=true`) a missing
 /// privilege or tool is a failure, elsewhere the test is skipped with a
@@ -170,6 +173,24 @@ impl Host {
              ip -n outside addr add {OUTSIDE_IP}/24 dev eth0 && \
              ip -n outside link set eth0 up && ip -n outside link set lo up && \
              ip -n outside route add default via {UPLINK_IP}"
+        ))
+        .ok();
+        h
+    }
+
+    /// A host with an "outside" namespace that has IPv6 only on its uplink
+    /// (host `uplink0` fd99::1/64, outside fd99::2/64, no IPv4 address at
+    /// all), to prove that IPv6 clients are served without any help from
+    /// IPv4.
+    pub fn with_outside6() -> Host {
+        let h = Host::new();
+        h.sh(&format!(
+            "ip netns add outside && \
+             ip link add uplink0 type veth peer name eth0 netns outside && \
+             ip addr add {UPLINK6}/64 dev uplink0 nodad && ip link set uplink0 up && \
+             ip -n outside addr add {OUTSIDE6}/64 dev eth0 nodad && \
+             ip -n outside link set eth0 up && ip -n outside link set lo up && \
+             ip -n outside -6 route add default via {UPLINK6}"
         ))
         .ok();
         h

@@ -26,24 +26,31 @@ pub(super) enum SetId {
     InternalBridges,
     Subnets,
     MasqSubnets,
+    Subnets6,
+    MasqSubnets6,
     DnatAny,
     DnatHostIp,
+    Dnat6Any,
+    Dnat6HostIp,
     IsolatedSubnets,
+    IsolatedSubnets6,
 }
 
-pub(super) const ALL_SETS: [SetId; 8] = [
+pub(super) const ALL_SETS: [SetId; 13] = [
     SetId::Bridges,
     SetId::IntraBridge,
     SetId::InternalBridges,
     SetId::Subnets,
     SetId::MasqSubnets,
+    SetId::Subnets6,
+    SetId::MasqSubnets6,
     SetId::DnatAny,
     SetId::DnatHostIp,
+    SetId::Dnat6Any,
+    SetId::Dnat6HostIp,
     SetId::IsolatedSubnets,
+    SetId::IsolatedSubnets6,
 ];
-
-/// Data type of map values (both DNAT maps).
-pub(super) const DNAT_DATA: &str = "ipv4_addr . inet_service";
 
 impl SetId {
     pub(super) fn name(self) -> &'static str {
@@ -53,15 +60,20 @@ impl SetId {
             SetId::InternalBridges => "internal_bridges",
             SetId::Subnets => "subnets",
             SetId::MasqSubnets => "masq_subnets",
+            SetId::Subnets6 => "subnets6",
+            SetId::MasqSubnets6 => "masq_subnets6",
             SetId::DnatAny => "dnat_any",
             SetId::DnatHostIp => "dnat_hostip",
+            SetId::Dnat6Any => "dnat6_any",
+            SetId::Dnat6HostIp => "dnat6_hostip",
             SetId::IsolatedSubnets => "isolated_subnets",
+            SetId::IsolatedSubnets6 => "isolated_subnets6",
         }
     }
 
     pub(super) fn family(self) -> Family {
         match self {
-            SetId::IsolatedSubnets => Family::Bridge,
+            SetId::IsolatedSubnets | SetId::IsolatedSubnets6 => Family::Bridge,
             _ => Family::Inet,
         }
     }
@@ -72,19 +84,35 @@ impl SetId {
             SetId::Bridges | SetId::InternalBridges => "ifname",
             SetId::IntraBridge => "ifname . ifname",
             SetId::Subnets | SetId::MasqSubnets | SetId::IsolatedSubnets => "ipv4_addr",
-            SetId::DnatAny => "inet_proto . inet_service",
+            SetId::Subnets6 | SetId::MasqSubnets6 | SetId::IsolatedSubnets6 => "ipv6_addr",
+            SetId::DnatAny | SetId::Dnat6Any => "inet_proto . inet_service",
             SetId::DnatHostIp => "ipv4_addr . inet_proto . inet_service",
+            SetId::Dnat6HostIp => "ipv6_addr . inet_proto . inet_service",
+        }
+    }
+
+    /// Data type of a map's values (the DNAT target), None for plain sets.
+    pub(super) fn data_type(self) -> Option<&'static str> {
+        match self {
+            SetId::DnatAny | SetId::DnatHostIp => Some("ipv4_addr . inet_service"),
+            SetId::Dnat6Any | SetId::Dnat6HostIp => Some("ipv6_addr . inet_service"),
+            _ => None,
         }
     }
 
     pub(super) fn is_map(self) -> bool {
-        matches!(self, SetId::DnatAny | SetId::DnatHostIp)
+        self.data_type().is_some()
     }
 
     pub(super) fn is_interval(self) -> bool {
         matches!(
             self,
-            SetId::Subnets | SetId::MasqSubnets | SetId::IsolatedSubnets
+            SetId::Subnets
+                | SetId::MasqSubnets
+                | SetId::IsolatedSubnets
+                | SetId::Subnets6
+                | SetId::MasqSubnets6
+                | SetId::IsolatedSubnets6
         )
     }
 
@@ -95,9 +123,16 @@ impl SetId {
             SetId::InternalBridges => "bridges of internal networks",
             SetId::Subnets => "subnet of every netloom network",
             SetId::MasqSubnets => "subnets masqueraded when leaving by a non-bridge interface",
+            SetId::Subnets6 => "IPv6 subnet of every dual-stack netloom network",
+            SetId::MasqSubnets6 => {
+                "IPv6 subnets masqueraded when leaving by a non-bridge interface"
+            }
             SetId::DnatAny => "ports published on every host address",
             SetId::DnatHostIp => "ports published on one host address",
+            SetId::Dnat6Any => "ports published on every IPv6 host address",
+            SetId::Dnat6HostIp => "ports published on one IPv6 host address",
             SetId::IsolatedSubnets => "subnets of icc=false networks",
+            SetId::IsolatedSubnets6 => "IPv6 subnets of icc=false networks",
         }
     }
 
@@ -124,8 +159,8 @@ impl SetId {
         if self.is_interval() {
             v["flags"] = json!(["interval"]);
         }
-        if self.is_map() {
-            v["map"] = json!(DNAT_DATA);
+        if let Some(data) = self.data_type() {
+            v["map"] = json!(data);
             v["stmt"] = json!([{"counter": null}]);
         }
         v
@@ -138,8 +173,10 @@ pub(super) enum ElemKey {
     Ifname(String),
     IfnamePair(String, String),
     Prefix(Ipv4Network),
+    Prefix6(Ipv6Network),
     Port(Proto, u16),
     HostPort(Ipv4Addr, Proto, u16),
+    HostPort6(Ipv6Addr, Proto, u16),
 }
 
 impl fmt::Display for ElemKey {
@@ -149,8 +186,10 @@ impl fmt::Display for ElemKey {
             ElemKey::Ifname(n) => write!(f, "\"{}\"", quote_safe(n)),
             ElemKey::IfnamePair(a, b) => write!(f, "\"{}\" . \"{}\"", quote_safe(a), quote_safe(b)),
             ElemKey::Prefix(p) => write!(f, "{}/{}", p.network(), p.prefix()),
+            ElemKey::Prefix6(p) => write!(f, "{}/{}", p.network(), p.prefix()),
             ElemKey::Port(proto, port) => write!(f, "{proto} . {port}"),
             ElemKey::HostPort(ip, proto, port) => write!(f, "{ip} . {proto} . {port}"),
+            ElemKey::HostPort6(ip, proto, port) => write!(f, "{ip} . {proto} . {port}"),
         }
     }
 }
@@ -159,7 +198,7 @@ impl fmt::Display for ElemKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ElemData {
     /// Map value (DNAT target), None for plain sets.
-    pub(super) target: Option<(Ipv4Addr, u16)>,
+    pub(super) target: Option<(IpAddr, u16)>,
     pub(super) comment: String,
 }
 
@@ -183,6 +222,10 @@ pub(super) fn quote_safe(s: &str) -> String {
 pub(super) fn normalize_subnet(n: Ipv4Network) -> Ipv4Network {
     // nft stores the network address; 172.17.0.1/16 comes back as 172.17.0.0/16.
     Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)
+}
+
+pub(super) fn normalize_subnet6(n: Ipv6Network) -> Ipv6Network {
+    Ipv6Network::new(n.network(), n.prefix()).unwrap_or(n)
 }
 
 pub(super) fn network_comment(name: &str, n: &FwNetwork) -> String {
@@ -217,24 +260,38 @@ pub(super) fn parse_port_comment(c: &str) -> Option<(&str, &str, &str, &str)> {
     Some((key, container, network, bridge))
 }
 
-/// Host-side key of each port of a mapping, with its container port.
-pub(super) fn port_elements(p: &FwPort) -> impl Iterator<Item = (ElemKey, (Ipv4Addr, u16))> + '_ {
-    (0..p.count.max(1)).filter_map(move |i| {
-        let hp = p.host_port.checked_add(i)?;
-        let cp = p.container_port.checked_add(i)?;
-        let key = match p.host_ip {
-            Some(ip) if !ip.is_unspecified() => ElemKey::HostPort(ip, p.proto, hp),
-            _ => ElemKey::Port(p.proto, hp),
+/// Map, host-side key and DNAT target of each port of a mapping, per
+/// family it is published on (see [`FwPort`]).
+pub(super) fn port_elements(
+    p: &FwPort,
+) -> impl Iterator<Item = (SetId, ElemKey, (IpAddr, u16))> + '_ {
+    (0..p.count.max(1)).flat_map(move |i| {
+        let mut out = Vec::with_capacity(2);
+        let (Some(hp), Some(cp)) = (p.host_port.checked_add(i), p.container_port.checked_add(i))
+        else {
+            return out;
         };
-        Some((key, (p.container_ip, cp)))
+        let v4 = p.container_ip.map(|ip| (IpAddr::V4(ip), cp));
+        let v6 = p.container_ip6.map(|ip| (IpAddr::V6(ip), cp));
+        match p.host_ip {
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() => {
+                out.extend(v4.map(|t| (SetId::DnatHostIp, ElemKey::HostPort(ip, p.proto, hp), t)));
+            }
+            Some(IpAddr::V6(ip)) if !ip.is_unspecified() => {
+                out.extend(
+                    v6.map(|t| (SetId::Dnat6HostIp, ElemKey::HostPort6(ip, p.proto, hp), t)),
+                );
+            }
+            Some(IpAddr::V6(_)) => {
+                out.extend(v6.map(|t| (SetId::Dnat6Any, ElemKey::Port(p.proto, hp), t)));
+            }
+            _ => {
+                out.extend(v4.map(|t| (SetId::DnatAny, ElemKey::Port(p.proto, hp), t)));
+                out.extend(v6.map(|t| (SetId::Dnat6Any, ElemKey::Port(p.proto, hp), t)));
+            }
+        }
+        out
     })
-}
-
-pub(super) fn set_of(key: &ElemKey) -> SetId {
-    match key {
-        ElemKey::HostPort(..) => SetId::DnatHostIp,
-        _ => SetId::DnatAny,
-    }
 }
 
 /// Every element the desired state needs.
@@ -263,7 +320,11 @@ pub(super) fn desired_elements(fw: &Firewall) -> Elements {
             None,
             name.clone(),
         );
+        let subnet6 = n.subnet6.map(|s| ElemKey::Prefix6(normalize_subnet6(s)));
         put(SetId::Subnets, subnet.clone(), None, name.clone());
+        if let Some(s6) = &subnet6 {
+            put(SetId::Subnets6, s6.clone(), None, name.clone());
+        }
         if n.internal {
             put(
                 SetId::InternalBridges,
@@ -273,15 +334,21 @@ pub(super) fn desired_elements(fw: &Firewall) -> Elements {
             );
         } else if n.masquerade {
             put(SetId::MasqSubnets, subnet.clone(), None, name.clone());
+            if let Some(s6) = &subnet6 {
+                put(SetId::MasqSubnets6, s6.clone(), None, name.clone());
+            }
         }
         if !n.icc {
             put(SetId::IsolatedSubnets, subnet, None, name.clone());
+            if let Some(s6) = subnet6 {
+                put(SetId::IsolatedSubnets6, s6, None, name.clone());
+            }
         }
     }
     for (key, p) in &fw.ports {
         let comment = port_comment(key, p);
-        for (k, target) in port_elements(p) {
-            put(set_of(&k), k, Some(target), comment.clone());
+        for (set, k, target) in port_elements(p) {
+            put(set, k, Some(target), comment.clone());
         }
     }
     out
@@ -292,7 +359,7 @@ pub(super) fn desired_elements(fw: &Firewall) -> Elements {
 /// The model should refuse such a state; `plan_transaction` does not check.
 pub fn validate(fw: &Firewall) -> Vec<String> {
     let mut errs = Vec::new();
-    let mut owner: BTreeMap<ElemKey, &str> = BTreeMap::new();
+    let mut owner: BTreeMap<(SetId, ElemKey), &str> = BTreeMap::new();
     for (key, p) in &fw.ports {
         if p.count == 0 {
             errs.push(format!("port {key}: count is 0"));
@@ -308,18 +375,32 @@ pub fn validate(fw: &Firewall) -> Vec<String> {
         if !fw.networks.contains_key(&p.network) {
             errs.push(format!("port {key}: unknown network {:?}", p.network));
         }
-        for (k, _) in port_elements(p) {
-            if let Some(other) = owner.insert(k.clone(), key) {
+        if p.container_ip.is_none() && p.container_ip6.is_none() {
+            errs.push(format!("port {key}: no container address to forward to"));
+        }
+        if matches!(p.host_ip, Some(IpAddr::V6(_))) && p.container_ip6.is_none() {
+            errs.push(format!(
+                "port {key}: published on an IPv6 address but the container has none"
+            ));
+        }
+        for (set, k, _) in port_elements(p) {
+            if let Some(other) = owner.insert((set, k.clone()), key) {
                 errs.push(format!("port {key}: host port {k} is also used by {other}"));
             }
         }
     }
     // An "any address" port and a HOST_IP port on the same port clash too:
     // which DNAT applies would depend on rule order.
-    for (k, key) in &owner {
-        if let ElemKey::HostPort(_, proto, port) = k
-            && let Some(other) = owner.get(&ElemKey::Port(*proto, *port))
-        {
+    for ((_, k), key) in &owner {
+        let any = match k {
+            ElemKey::HostPort(_, proto, port) => (SetId::DnatAny, ElemKey::Port(*proto, *port)),
+            ElemKey::HostPort6(_, proto, port) => (SetId::Dnat6Any, ElemKey::Port(*proto, *port)),
+            _ => continue,
+        };
+        if let Some(other) = owner.get(&any) {
+            let (_, ElemKey::Port(proto, port)) = &any else {
+                continue;
+            };
             errs.push(format!(
                 "port {key}: host port {port}/{proto} is also used by {other}"
             ));
@@ -333,6 +414,11 @@ pub fn validate(fw: &Firewall) -> Vec<String> {
                     "network {a}: subnet {} overlaps network {b}",
                     na.subnet
                 ));
+            }
+            if let (Some(x), Some(y)) = (na.subnet6, nb.subnet6)
+                && x.overlaps(y)
+            {
+                errs.push(format!("network {a}: subnet6 {x} overlaps network {b}"));
             }
             if na.bridge == nb.bridge {
                 errs.push(format!(
@@ -359,14 +445,21 @@ pub fn required_sysctls(fw: &Firewall) -> Vec<(String, String)> {
     if !fw.networks.is_empty() {
         out.insert(("net.ipv4.ip_forward".to_string(), "1".to_string()));
     }
+    if fw.networks.values().any(|n| n.subnet6.is_some()) {
+        // Also makes the host ignore router advertisements on interfaces
+        // with accept_ra=1 (the README says how to keep SLAAC uplinks).
+        out.insert(("net.ipv6.conf.all.forwarding".to_string(), "1".to_string()));
+    }
     for p in fw.ports.values() {
         // Reaching a port via 127.0.0.1 routes a packet with a loopback
         // source out of the bridge; the kernel allows that only with
         // route_localnet on the outgoing interface.
-        let via_loopback = match p.host_ip {
-            None => true,
-            Some(ip) => ip.is_unspecified() || ip.is_loopback(),
-        };
+        let via_loopback = p.container_ip.is_some()
+            && match p.host_ip {
+                None => true,
+                Some(IpAddr::V4(ip)) => ip.is_unspecified() || ip.is_loopback(),
+                Some(IpAddr::V6(_)) => false,
+            };
         if via_loopback {
             out.insert((
                 format!("net.ipv4.conf.{}.route_localnet", p.bridge),

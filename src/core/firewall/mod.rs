@@ -20,9 +20,13 @@
 //!     set internal_bridges  ifname                   bridges of internal networks
 //!     set subnets           ipv4_addr (interval)     every network's subnet
 //!     set masq_subnets      ipv4_addr (interval)     subnets masqueraded on the way out
+//!     set subnets6          ipv6_addr (interval)     every network's subnet6
+//!     set masq_subnets6     ipv6_addr (interval)     subnet6s masqueraded on the way out
 //!     map dnat_any          inet_proto . inet_service : ipv4_addr . inet_service             (counter)
 //!     map dnat_hostip       ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service (counter)
-//!                           one element per host port; comment: "PORTKEY CONTAINER NETWORK BRIDGE"
+//!     map dnat6_any         inet_proto . inet_service : ipv6_addr . inet_service             (counter)
+//!     map dnat6_hostip      ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service (counter)
+//!                           one element per host port and family; comment: "PORTKEY CONTAINER NETWORK BRIDGE"
 //!
 //!     chain prerouting_filter  filter prerouting  dstnat - 10 (-110)  loopback guard, port counters
 //!     chain prerouting_nat     nat    prerouting  dstnat (-100)       DNAT of published ports
@@ -34,7 +38,8 @@
 //! }
 //! table bridge netloom {                                  only while a network has icc = false
 //!     set isolated_subnets  ipv4_addr (interval)
-//!     chain forward            filter forward     filter (-200)       drop IPv4 between members, unless DNAT_MARK
+//!     set isolated_subnets6 ipv6_addr (interval)
+//!     chain forward            filter forward     filter (-200)       drop IP between members, unless DNAT_MARK
 //! }
 //! ```
 //!
@@ -75,7 +80,21 @@
 //!   bridge_slave hairpin on`, Docker does the same without userland proxy):
 //!   with `br_netfilter` loaded, a container's packets to its own published
 //!   port come back through the port they arrived on;
-//! - IPv4 only: nothing here handles IPv6 (`subnet6`).
+//! - `net.ipv6.conf.all.forwarding` once a network has a `subnet6`.
+//!
+//! # IPv6
+//!
+//! Both families share the chains. The `forward_filter` rules match
+//! interfaces only, so isolation, `internal` and the direct-access drop hold
+//! for IPv6 as they do for IPv4. Address-bearing data has one set or map per
+//! family (nft sets hold one address type), and the rules that look a port
+//! up without an address (`dnat_any`, `dnat6_any`) say which family they
+//! serve (`meta nfproto`), so a packet of one family never hits, or counts
+//! in, the other family's map. A port published on every address gets an
+//! element in both maps when its container has an IPv6 address; one
+//! published on `[V6ADDR]` or `[::]` gets IPv6 elements only. IPv6 has no
+//! `route_localnet`: `[::1]` is not a published address (Docker without its
+//! userland proxy behaves the same).
 //!
 //! # Why nft text for writing
 //!
@@ -87,11 +106,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -164,6 +183,13 @@ pub struct FwNetwork {
     pub bridge: String,
     #[serde(with = "subnet_serde")]
     pub subnet: Ipv4Network,
+    /// The network's IPv6 subnet (dual stack), if any.
+    #[serde(
+        default,
+        with = "subnet6_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subnet6: Option<Ipv6Network>,
     pub masquerade: bool,
     pub internal: bool,
     pub icc: bool,
@@ -184,15 +210,46 @@ mod subnet_serde {
     }
 }
 
+/// The same for an optional IPv6 subnet.
+mod subnet6_serde {
+    use ipnetwork::Ipv6Network;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &Option<Ipv6Network>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => s.collect_str(n),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv6Network>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// One published port (or range) of a container.
+///
+/// Which families it is published on follows from `host_ip` and the
+/// container addresses: `None` publishes on every host address of both
+/// families (IPv6 only when `container_ip6` is set); an IPv4 `host_ip`
+/// publishes IPv4 only, an IPv6 one (`::` for every IPv6 address) IPv6
+/// only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FwPort {
     pub container: String,
     pub network: String,
     pub bridge: String,
     /// None (or 0.0.0.0): every host address.
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
-    pub container_ip: Ipv4Addr,
+    /// DNAT target for IPv4 clients; None when published on IPv6 only.
+    #[serde(default)]
+    pub container_ip: Option<Ipv4Addr>,
+    /// DNAT target for IPv6 clients; None when the container has no IPv6
+    /// address or the port is published on an IPv4 address only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip6: Option<Ipv6Addr>,
     pub container_port: u16,
     /// Range length, 1 for a single port.
     pub count: u16,
@@ -211,4 +268,27 @@ pub fn element_keys(fw: &Firewall) -> BTreeSet<(String, String)> {
         .into_keys()
         .map(|(set, key)| (set.name().to_string(), key.to_string()))
         .collect()
+}
+
+impl FwPort {
+    /// (host address, container address) per family the port is published
+    /// on, as a user writes them: `0.0.0.0`/`172.17.0.2`, `[::]`/`[fd00::2]`.
+    pub fn mappings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(c) = self.container_ip {
+            let host = match self.host_ip {
+                Some(IpAddr::V4(ip)) => ip.to_string(),
+                _ => "0.0.0.0".to_string(),
+            };
+            out.push((host, c.to_string()));
+        }
+        if let Some(c) = self.container_ip6 {
+            let host = match self.host_ip {
+                Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+                _ => "[::]".to_string(),
+            };
+            out.push((host, format!("[{c}]")));
+        }
+        out
+    }
 }

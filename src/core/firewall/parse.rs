@@ -140,6 +140,14 @@ pub(super) fn ipv4_val(v: &Value) -> Option<Ipv4Addr> {
     v.as_str()?.parse().ok()
 }
 
+pub(super) fn ipv6_val(v: &Value) -> Option<Ipv6Addr> {
+    v.as_str()?.parse().ok()
+}
+
+pub(super) fn ip_val(v: &Value) -> Option<IpAddr> {
+    v.as_str()?.parse().ok()
+}
+
 pub(super) fn concat_parts(v: &Value) -> Option<&Vec<Value>> {
     v.get("concat")?.as_array()
 }
@@ -166,7 +174,27 @@ pub(super) fn parse_key(set: SetId, v: &Value) -> Option<ElemKey> {
                 None
             }
         }
-        SetId::DnatAny => match concat_parts(v)?.as_slice() {
+        SetId::Subnets6 | SetId::MasqSubnets6 | SetId::IsolatedSubnets6 => {
+            if let Some(p) = v.get("prefix") {
+                let addr = ipv6_val(p.get("addr")?)?;
+                let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+                Ipv6Network::new(addr, len).ok().map(ElemKey::Prefix6)
+            } else if let Some(ip) = ipv6_val(v) {
+                // A /128 is listed as a bare address.
+                Ipv6Network::new(ip, 128).ok().map(ElemKey::Prefix6)
+            } else {
+                None
+            }
+        }
+        SetId::Dnat6HostIp => match concat_parts(v)?.as_slice() {
+            [ip, proto, port] => Some(ElemKey::HostPort6(
+                ipv6_val(ip)?,
+                proto_val(proto)?,
+                port_num(port)?,
+            )),
+            _ => None,
+        },
+        SetId::DnatAny | SetId::Dnat6Any => match concat_parts(v)?.as_slice() {
             [proto, port] => Some(ElemKey::Port(proto_val(proto)?, port_num(port)?)),
             _ => None,
         },
@@ -181,11 +209,18 @@ pub(super) fn parse_key(set: SetId, v: &Value) -> Option<ElemKey> {
     }
 }
 
-pub(super) fn parse_target(v: &Value) -> Option<(Ipv4Addr, u16)> {
-    match concat_parts(v)?.as_slice() {
-        [ip, port] => Some((ipv4_val(ip)?, port_num(port)?)),
-        _ => None,
-    }
+/// A map value: the DNAT target, of the family `set` holds.
+pub(super) fn parse_target(set: SetId, v: &Value) -> Option<(IpAddr, u16)> {
+    let (ip, port) = match concat_parts(v)?.as_slice() {
+        [ip, port] => (ip_val(ip)?, port_num(port)?),
+        _ => return None,
+    };
+    let family_ok = match set {
+        SetId::DnatAny | SetId::DnatHostIp => ip.is_ipv4(),
+        SetId::Dnat6Any | SetId::Dnat6HostIp => ip.is_ipv6(),
+        _ => false,
+    };
+    family_ok.then_some((ip, port))
 }
 
 pub(super) struct RawElem<'a> {
@@ -286,7 +321,7 @@ pub fn parse_items(items: &[Value]) -> Observed {
                 {
                     let raw = raw_elem(e);
                     let key = parse_key(set, raw.key);
-                    let target = raw.data.and_then(parse_target);
+                    let target = raw.data.and_then(|d| parse_target(set, d));
                     match key {
                         Some(key) if set.is_map() == target.is_some() => {
                             if let Some(c) = raw.counter {
@@ -436,6 +471,17 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
             _ => None,
         })
         .collect();
+    let subnet6_of: BTreeMap<&str, Ipv6Network> = elements
+        .iter()
+        .filter_map(|((set, key), d)| match (set, key) {
+            (SetId::Subnets6, ElemKey::Prefix6(p)) => Some((d.comment.as_str(), *p)),
+            _ => None,
+        })
+        .collect();
+    // Elements per port key and family: a port published on both families
+    // has one element per port in each, and its range length is the number
+    // in either.
+    let mut counts: BTreeMap<(String, bool), u16> = BTreeMap::new();
     for ((set, key), d) in elements {
         match (set, key) {
             (SetId::Bridges, ElemKey::Ifname(bridge)) => {
@@ -447,6 +493,7 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
                 let mut n = FwNetwork {
                     bridge: bridge.clone(),
                     subnet: *subnet,
+                    subnet6: subnet6_of.get(name).copied(),
                     masquerade: true,
                     internal: false,
                     icc: true,
@@ -461,15 +508,23 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
                 }
                 fw.networks.insert(name.to_string(), n);
             }
-            (SetId::DnatAny | SetId::DnatHostIp, key) => {
+            (SetId::DnatAny | SetId::DnatHostIp | SetId::Dnat6Any | SetId::Dnat6HostIp, key) => {
                 let (Some((pkey, container, network, bridge)), Some((cip, cport))) =
                     (parse_port_comment(&d.comment), d.target)
                 else {
                     continue;
                 };
-                let (host_ip, proto, hport) = match key {
-                    ElemKey::HostPort(ip, proto, port) => (Some(*ip), *proto, *port),
-                    ElemKey::Port(proto, port) => (None, *proto, *port),
+                let (host_ip, proto, hport) = match (set, key) {
+                    (_, ElemKey::HostPort(ip, proto, port)) => {
+                        (Some(IpAddr::V4(*ip)), *proto, *port)
+                    }
+                    (_, ElemKey::HostPort6(ip, proto, port)) => {
+                        (Some(IpAddr::V6(*ip)), *proto, *port)
+                    }
+                    (SetId::DnatAny, ElemKey::Port(proto, port)) => (None, *proto, *port),
+                    (_, ElemKey::Port(proto, port)) => {
+                        (Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), *proto, *port)
+                    }
                     _ => continue,
                 };
                 let p = fw.ports.entry(pkey.to_string()).or_insert(FwPort {
@@ -478,14 +533,23 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
                     bridge: bridge.to_string(),
                     host_ip,
                     host_port: hport,
-                    container_ip: cip,
+                    container_ip: None,
+                    container_ip6: None,
                     container_port: cport,
                     count: 0,
                     proto,
                 });
                 // Elements come in key order, so the first one of a range is
-                // its lowest host port.
-                p.count = p.count.saturating_add(1);
+                // its lowest host and container port.
+                let n = counts.entry((pkey.to_string(), cip.is_ipv6())).or_default();
+                if *n == 0 {
+                    match cip {
+                        IpAddr::V4(ip) => p.container_ip = Some(ip),
+                        IpAddr::V6(ip) => p.container_ip6 = Some(ip),
+                    }
+                }
+                *n = n.saturating_add(1);
+                p.count = p.count.max(*n);
             }
             _ => {}
         }

@@ -18,8 +18,8 @@ pub(super) fn render_table(family: Family, elements: &Elements) -> String {
     for set in ALL_SETS.into_iter().filter(|s| s.family() == family) {
         let kw = if set.is_map() { "map" } else { "set" };
         let _ = writeln!(s, "\t{kw} {} {{", set.name());
-        if set.is_map() {
-            let _ = writeln!(s, "\t\ttype {} : {DNAT_DATA}", set.key_type());
+        if let Some(data) = set.data_type() {
+            let _ = writeln!(s, "\t\ttype {} : {data}", set.key_type());
         } else {
             let _ = writeln!(s, "\t\ttype {}", set.key_type());
         }

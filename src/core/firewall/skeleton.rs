@@ -128,29 +128,41 @@ pub(super) fn loopback_net() -> Value {
 pub(super) fn verdict(v: &str) -> Value {
     json!({ v: null })
 }
-pub(super) fn key_hostip() -> Value {
-    json!({"concat": [payload("ip", "daddr"), meta("l4proto"), payload("th", "dport")]})
+/// `meta nfproto ipv4|ipv6`: the "any address" maps are keyed by port
+/// only, so their rules must say which family they serve.
+pub(super) fn nfproto(family: &str) -> Value {
+    cmp("==", meta("nfproto"), json!(family))
+}
+pub(super) fn key_hostip(l3: &str) -> Value {
+    json!({"concat": [payload(l3, "daddr"), meta("l4proto"), payload("th", "dport")]})
 }
 pub(super) fn key_any() -> Value {
     json!({"concat": [meta("l4proto"), payload("th", "dport")]})
 }
-pub(super) fn dnat_map(key: Value, map: &str) -> Value {
-    json!({"dnat": {"family": "ip", "addr": {"map": {"key": key, "data": format!("@{map}")}}}})
+pub(super) fn dnat_map(family: &str, key: Value, map: &str) -> Value {
+    json!({"dnat": {"family": family, "addr": {"map": {"key": key, "data": format!("@{map}")}}}})
 }
-pub(super) fn count_hostip() -> Value {
+pub(super) fn count_hostip(l3: &str, map: &str) -> Value {
     json!([
         cmp("==", ct("direction"), json!("original")),
         cmp("in", ct("status"), json!("dnat")),
-        cmp("==", key_hostip(), json!("@dnat_hostip")),
+        cmp("==", key_hostip(l3), json!(format!("@{map}"))),
     ])
 }
-pub(super) fn count_any() -> Value {
+pub(super) fn count_any(nfp: &str, map: &str) -> Value {
     json!([
+        nfproto(nfp),
         cmp("==", ct("direction"), json!("original")),
         cmp("in", ct("status"), json!("dnat")),
         fib_local(),
-        cmp("==", key_any(), json!("@dnat_any")),
+        cmp("==", key_any(), json!(format!("@{map}"))),
     ])
+}
+pub(super) fn dnat_hostip(l3: &str, map: &str) -> Value {
+    json!([dnat_map(l3, key_hostip(l3), map)])
+}
+pub(super) fn dnat_any(nfp: &str, l3: &str, map: &str) -> Value {
+    json!([nfproto(nfp), fib_local(), dnat_map(l3, key_any(), map)])
 }
 
 /// Packet mark bit set on DNATed packets so the bridge table can tell a
@@ -162,12 +174,18 @@ pub(super) const COUNT_COMMENT: &str =
     "count later packets of published-port flows (nat sees only the first)";
 pub(super) const COUNT_HOSTIP: &str =
     "ct direction original ct status dnat ip daddr . meta l4proto . th dport @dnat_hostip";
-pub(super) const COUNT_ANY: &str =
-    "ct direction original ct status dnat fib daddr type local meta l4proto . th dport @dnat_any";
+pub(super) const COUNT_ANY: &str = "meta nfproto ipv4 ct direction original ct status dnat fib daddr type local meta l4proto . th dport @dnat_any";
 pub(super) const DNAT_HOSTIP: &str =
     "dnat ip to ip daddr . meta l4proto . th dport map @dnat_hostip";
 pub(super) const DNAT_ANY: &str =
-    "fib daddr type local dnat ip to meta l4proto . th dport map @dnat_any";
+    "meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @dnat_any";
+pub(super) const COUNT6_HOSTIP: &str =
+    "ct direction original ct status dnat ip6 daddr . meta l4proto . th dport @dnat6_hostip";
+pub(super) const COUNT6_ANY: &str = "meta nfproto ipv6 ct direction original ct status dnat fib daddr type local meta l4proto . th dport @dnat6_any";
+pub(super) const DNAT6_HOSTIP: &str =
+    "dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6_hostip";
+pub(super) const DNAT6_ANY: &str =
+    "meta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @dnat6_any";
 
 pub(super) fn rules() -> Vec<RuleDef> {
     use Family::{Bridge, Inet};
@@ -195,14 +213,28 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "prerouting_filter",
             COUNT_HOSTIP,
             COUNT_COMMENT,
-            count_hostip(),
+            count_hostip("ip", "dnat_hostip"),
         ),
         r(
             Inet,
             "prerouting_filter",
             COUNT_ANY,
             COUNT_COMMENT,
-            count_any(),
+            count_any("ipv4", "dnat_any"),
+        ),
+        r(
+            Inet,
+            "prerouting_filter",
+            COUNT6_HOSTIP,
+            COUNT_COMMENT,
+            count_hostip("ip6", "dnat6_hostip"),
+        ),
+        r(
+            Inet,
+            "prerouting_filter",
+            COUNT6_ANY,
+            COUNT_COMMENT,
+            count_any("ipv6", "dnat6_any"),
         ),
         r(
             Inet,
@@ -229,36 +261,94 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "prerouting_nat",
             DNAT_HOSTIP,
             "ports published on one host address",
-            json!([dnat_map(key_hostip(), "dnat_hostip")]),
+            dnat_hostip("ip", "dnat_hostip"),
         ),
         r(
             Inet,
             "prerouting_nat",
             DNAT_ANY,
             "ports published on every host address",
-            json!([fib_local(), dnat_map(key_any(), "dnat_any")]),
+            dnat_any("ipv4", "ip", "dnat_any"),
+        ),
+        r(
+            Inet,
+            "prerouting_nat",
+            DNAT6_HOSTIP,
+            "ports published on one IPv6 host address",
+            dnat_hostip("ip6", "dnat6_hostip"),
+        ),
+        r(
+            Inet,
+            "prerouting_nat",
+            DNAT6_ANY,
+            "ports published on every IPv6 host address",
+            dnat_any("ipv6", "ip6", "dnat6_any"),
         ),
         r(
             Inet,
             "output_filter",
             COUNT_HOSTIP,
             COUNT_COMMENT,
-            count_hostip(),
+            count_hostip("ip", "dnat_hostip"),
         ),
-        r(Inet, "output_filter", COUNT_ANY, COUNT_COMMENT, count_any()),
+        r(
+            Inet,
+            "output_filter",
+            COUNT_ANY,
+            COUNT_COMMENT,
+            count_any("ipv4", "dnat_any"),
+        ),
+        r(
+            Inet,
+            "output_filter",
+            COUNT6_HOSTIP,
+            COUNT_COMMENT,
+            count_hostip("ip6", "dnat6_hostip"),
+        ),
+        r(
+            Inet,
+            "output_filter",
+            COUNT6_ANY,
+            COUNT_COMMENT,
+            count_any("ipv6", "dnat6_any"),
+        ),
         r(
             Inet,
             "output_nat",
             DNAT_HOSTIP,
             "the host itself to a port published on one address",
-            json!([dnat_map(key_hostip(), "dnat_hostip")]),
+            dnat_hostip("ip", "dnat_hostip"),
+        ),
+        r(
+            Inet,
+            "output_nat",
+            "ip6 daddr ::1 return",
+            "no route_localnet for IPv6: [::1] is not a published address",
+            json!([
+                cmp("==", payload("ip6", "daddr"), json!("::1")),
+                verdict("return")
+            ]),
         ),
         r(
             Inet,
             "output_nat",
             DNAT_ANY,
             "the host itself to a published port, 127.0.0.1 included",
-            json!([fib_local(), dnat_map(key_any(), "dnat_any")]),
+            dnat_any("ipv4", "ip", "dnat_any"),
+        ),
+        r(
+            Inet,
+            "output_nat",
+            DNAT6_HOSTIP,
+            "the host itself to a port published on one IPv6 address",
+            dnat_hostip("ip6", "dnat6_hostip"),
+        ),
+        r(
+            Inet,
+            "output_nat",
+            DNAT6_ANY,
+            "the host itself to a port published on every IPv6 address",
+            dnat_any("ipv6", "ip6", "dnat6_any"),
         ),
         r(
             Inet,
@@ -360,6 +450,29 @@ pub(super) fn rules() -> Vec<RuleDef> {
             ]),
         ),
         r(
+            Inet,
+            "postrouting_nat",
+            "ct status dnat oifname @bridges ip6 saddr @subnets6 masquerade",
+            "hairpin over IPv6: a container to a published port via a host address",
+            json!([
+                cmp("in", ct("status"), json!("dnat")),
+                cmp("==", meta("oifname"), json!("@bridges")),
+                cmp("==", payload("ip6", "saddr"), json!("@subnets6")),
+                verdict("masquerade"),
+            ]),
+        ),
+        r(
+            Inet,
+            "postrouting_nat",
+            "oifname != @bridges ip6 saddr @masq_subnets6 masquerade",
+            "outbound IPv6: containers leave with the host's address",
+            json!([
+                cmp("!=", meta("oifname"), json!("@bridges")),
+                cmp("==", payload("ip6", "saddr"), json!("@masq_subnets6")),
+                verdict("masquerade"),
+            ]),
+        ),
+        r(
             Bridge,
             "forward",
             "meta mark & 0x10000000 == 0x10000000 accept",
@@ -381,6 +494,17 @@ pub(super) fn rules() -> Vec<RuleDef> {
             json!([
                 cmp("==", payload("ip", "saddr"), json!("@isolated_subnets")),
                 cmp("==", payload("ip", "daddr"), json!("@isolated_subnets")),
+                verdict("drop"),
+            ]),
+        ),
+        r(
+            Bridge,
+            "forward",
+            "ip6 saddr @isolated_subnets6 ip6 daddr @isolated_subnets6 drop",
+            "icc=false over IPv6",
+            json!([
+                cmp("==", payload("ip6", "saddr"), json!("@isolated_subnets6")),
+                cmp("==", payload("ip6", "daddr"), json!("@isolated_subnets6")),
                 verdict("drop"),
             ]),
         ),

@@ -5,10 +5,6 @@ use crate::core::firewall::Stray;
 use crate::core::model::FirewallState;
 
 pub(super) fn port_summary(p: &FwPort) -> String {
-    let host = p
-        .host_ip
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| "0.0.0.0".into());
     let range = |s: u16| {
         if p.count == 1 {
             s.to_string()
@@ -16,14 +12,30 @@ pub(super) fn port_summary(p: &FwPort) -> String {
             format!("{s}-{}", s + (p.count - 1))
         }
     };
-    format!(
-        "{host}:{} -> {}:{}/{} ({})",
-        range(p.host_port),
-        p.container_ip,
-        range(p.container_port),
-        p.proto,
-        p.container
-    )
+    let maps: Vec<String> = p
+        .mappings()
+        .into_iter()
+        .map(|(host, target)| {
+            format!(
+                "{host}:{} -> {target}:{}/{}",
+                range(p.host_port),
+                range(p.container_port),
+                p.proto
+            )
+        })
+        .collect();
+    format!("{} ({})", maps.join(", "), p.container)
+}
+
+/// Targets of a port's map elements, e.g. `172.17.0.2:80` or
+/// `172.17.0.2:80 and [fd00::2]:80`.
+fn port_targets(p: &FwPort) -> String {
+    let t: Vec<String> = p
+        .mappings()
+        .into_iter()
+        .map(|(_, target)| format!("{target}:{}", p.container_port))
+        .collect();
+    t.join(" and ")
 }
 
 pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
@@ -119,10 +131,7 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
         }
     }
     for (key, w) in &want.ports {
-        let what = format!(
-            "map {}/{} -> {}:{}",
-            w.host_port, w.proto, w.container_ip, w.container_port
-        );
+        let what = format!("map {}/{} -> {}", w.host_port, w.proto, port_targets(w));
         match have.ports.get(key) {
             None => out.push(change(
                 format!("port.{key}"),
@@ -234,5 +243,8 @@ pub(super) fn fw_network_what(n: &crate::core::firewall::FwNetwork) -> String {
     if !n.icc {
         flags.push("no-icc");
     }
-    format!("{} {} [{}]", n.bridge, n.subnet, flags.join(","))
+    match n.subnet6 {
+        Some(s6) => format!("{} {} {s6} [{}]", n.bridge, n.subnet, flags.join(",")),
+        None => format!("{} {} [{}]", n.bridge, n.subnet, flags.join(",")),
+    }
 }

@@ -267,7 +267,7 @@ fn two_networks() -> Firewall {
     fw.ports.insert(
         "c1.127.0.0.1:8081/tcp".into(),
         FwPort {
-            host_ip: Some(Ipv4Addr::LOCALHOST),
+            host_ip: Some(Ipv4Addr::LOCALHOST.into()),
             ..port("c1", "172.17.0.2", 8081, 80)
         },
     );

@@ -13,6 +13,7 @@ use crate::core::firewall::{self, Observed, TABLE, Transaction};
 
 #[cfg(test)]
 mod kernel_tests;
+pub mod monitor;
 
 fn nft_list_table(family: &str) -> Result<Option<String>> {
     let args = ["list", "table", family, TABLE];
