@@ -80,9 +80,14 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
             crate::core::firewall::TABLE
         );
     }
-    // Marks whose namespace is gone (removed by hand, or never created).
     for name in marks::marked_netns() {
-        if !crate::core::model::named_path(&name).exists() {
+        let p = crate::core::model::named_path(&name);
+        // The empty file of a creation cut short before its mount.
+        if p.exists() && !observe::is_netns(&p) && marks::netns_marked(&name) {
+            crate::host::netns::delete_named(&name)?;
+        }
+        // Marks whose namespace is gone (removed by hand, never created).
+        if !p.exists() {
             marks::netns_unmark(&name)?;
         }
     }

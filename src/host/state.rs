@@ -308,7 +308,11 @@ impl StateDir {
         if let Ok(entries) = fs::read_dir(&self.path) {
             for e in entries.filter_map(|e| e.ok()) {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with('.') && n.contains(".netloom-tmp.") {
+                // Temporary files, and damaged records set aside by
+                // `state rebuild`.
+                if (n.starts_with('.') && n.contains(".netloom-tmp."))
+                    || n.starts_with("state.json.damaged-")
+                {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -404,6 +408,76 @@ mod tests {
         assert!(err.to_string().contains("another netloom run"));
         drop(sd);
         assert!(StateDir::open(dir.path(), Duration::from_millis(100)).is_ok());
+    }
+
+    #[test]
+    fn a_waiter_is_told_who_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut told = Vec::new();
+        let err = StateDir::open_with(dir.path(), Duration::from_millis(200), &mut |h, _| {
+            told.push(h.cloned())
+        })
+        .err()
+        .unwrap();
+        let me = std::process::id();
+        assert_eq!(told.len(), 1, "told at once, not again within 10s");
+        assert_eq!(told[0].as_ref().map(|h| h.pid), Some(me));
+        assert!(err.to_string().contains(&format!("pid {me}")), "{err}");
+    }
+
+    #[test]
+    fn damaged_records_name_the_file_and_the_ways_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut r = sd.load().unwrap();
+        r.owned.bridges.insert("docker0".into());
+        sd.save(&r).unwrap();
+        sd.save(&r).unwrap();
+        let path = dir.path().join(RECORD);
+        for (bytes, why) in [
+            (&b""[..], "is empty"),
+            (b"{\"version\": 1, \"own", "not JSON"),
+            (b"{}", "no \"version\""),
+            (b"[1,2]", "no \"version\""),
+            (b"{\"version\": 7}", "newer netloom (record version 7"),
+            (b"{\"version\": 1, \"owned\": 3}", "is damaged"),
+        ] {
+            fs::write(&path, bytes).unwrap();
+            let e = sd.load().err().unwrap().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains(why), "{why}: {e}");
+            assert!(e.contains("netloom state rebuild"), "{e}");
+            assert!(e.contains("state.json.prev"), "{e}");
+        }
+        // The previous record is the good one: rolling back works.
+        fs::copy(dir.path().join(PREV_RECORD), &path).unwrap();
+        assert_eq!(sd.load().unwrap().owned, r.owned);
+    }
+
+    #[test]
+    fn remove_own_keeps_the_dir_the_lock_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        sd.save(&Record::default()).unwrap();
+        sd.save(&Record::default()).unwrap();
+        fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        fs::create_dir_all(dir.path().join("files/web")).unwrap();
+        fs::write(
+            dir.path().join("files/web/hosts"),
+            "# Written by netloom.\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("files/web/other"), "mine").unwrap();
+        sd.remove_own(false).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["files", "lock", "notes.txt"]);
+        assert!(dir.path().join("files/web/other").exists());
+        assert!(!dir.path().join("files/web/hosts").exists());
     }
 }
 
