@@ -318,6 +318,13 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         .collect();
     for p in paths {
         match std::fs::read_to_string(p) {
+            // A file the file does not want (any more) is netloom's to
+            // remove only if netloom wrote it: recorded, or with its
+            // header. A user's file at such a path is not observed.
+            Ok(text)
+                if !desired.files.contains_key(p)
+                    && !record.owned.files.contains(p)
+                    && !text.starts_with(model::FILE_MARK) => {}
             Ok(text) => {
                 st.files.insert(p.clone(), text);
             }
