@@ -93,7 +93,7 @@ fn a_vanished_netns_path_does_not_stop_healing_the_others() {
 
     // The agent keeps healing the others.
     let log = h.dir.path().join("agent.log");
-    h.spawn_logged(
+    let agent = h.spawn_logged(
         &format!(
             "env RUST_LOG=info {NETLOOM} watch --resync 0 -c {}",
             cfg.display()
@@ -116,6 +116,12 @@ fn a_vanished_netns_path_does_not_stop_healing_the_others() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("container.ext"), "{text}");
     assert!(text.contains("~ container.a.eth0"), "{text}");
+    // `down` refuses while an agent runs (it would re-create everything).
+    h.sh(&format!("kill {agent}")).ok();
+    assert!(h.wait_for(
+        &format!("test ! -e /proc/{agent} || grep -q ') Z' /proc/{agent}/stat"),
+        Duration::from_secs(30)
+    ));
     h.netloom(&cfg, &["down"]).ok();
 }
 

@@ -100,4 +100,18 @@ pub enum Command {
     Down,
     /// Print the JSON Schema of the file.
     Schema,
+    /// The state record in the state dir.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Reconstruct the state record (what netloom owns, the allocations)
+    /// from the marks on netloom's objects in the kernel and its files,
+    /// for a damaged, lost or newer-version record. The old record is kept
+    /// beside it as state.json.damaged-TIME.
+    Rebuild,
 }

@@ -1,15 +1,24 @@
-//! `down`: remove everything netloom made.
+//! `down`: remove everything netloom made, and only that.
+//!
+//! What is netloom's is read from the state record *and* from the marks on
+//! the objects themselves (interface aliases, the namespace marks under
+//! /run/netloom, the header of its files, the comment of its nft table), so
+//! `down` works after an interrupted apply and without a readable record.
+//! In the state dir it removes only its own files: the directory (maybe a
+//! mount point), the lock file and anything else stay.
 
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::cmd::cli::Cli;
-use crate::cmd::steps::{Exit, LOCK_WAIT, require_root, state_dir};
+use crate::cmd::steps::{
+    Exit, open_state, refuse_if_agent, refuse_if_other_owner, require_root, state_dir,
+};
 use crate::core::model::State;
 use crate::core::render::{self, Style};
 use crate::core::spec;
-use crate::host::state::StateDir;
+use crate::host::marks::{self, Owner};
 use crate::host::{nft, observe};
 
 pub async fn down(cli: &Cli) -> Result<Exit> {
@@ -19,8 +28,18 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
         .ok()
         .and_then(|t| spec::load(&cli.config.display().to_string(), &t).ok());
     let dir = state_dir(cli, spec.as_ref());
-    let sd = StateDir::open(&dir, LOCK_WAIT)?;
-    let mut record = sd.load()?;
+    refuse_if_agent(&dir, None)?;
+    refuse_if_other_owner(&dir)?;
+    crate::host::interrupt::install()?;
+    let sd = open_state(&dir)?;
+    let mut record = match sd.load() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("netloom: {e:#}\nnetloom: removing what carries netloom's marks instead.");
+            sd.from_marks()
+        }
+    };
+    sd.adopt_marked_files(&mut record);
     let observation = observe::observe(&State::default(), &record).await?;
     let plan = crate::host::apply::teardown_plan(&observation.state);
     print!(
@@ -34,22 +53,46 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
     );
     // The table goes as a whole below: no element-wise transaction.
     let outcome = crate::host::apply::execute(&plan, &|_| None, &mut record.owned).await;
-    if !outcome.failed.is_empty() {
-        sd.save(&record)?;
+    if !outcome.failed.is_empty() || outcome.interrupted.is_some() {
+        // The record may have been unreadable: keep what is left readable.
+        let saved = sd.save(&record);
         let failed: Vec<String> = outcome
             .failed
             .iter()
             .map(|(addr, f)| format!("{addr}: {}", f.error))
             .collect();
-        return Err(anyhow!(
-            "down failed: {}; run `netloom down` again",
-            failed.join("; ")
-        ));
+        let what = match outcome.interrupted {
+            Some(sig) => format!("down interrupted by {}", crate::host::interrupt::name(sig)),
+            None => format!("down failed: {}", failed.join("; ")),
+        };
+        let mut msg = format!("{what}; run `netloom down` again to remove the rest");
+        if let Err(e) = saved {
+            msg.push_str(&format!(" (the record could not be written: {e:#})"));
+        }
+        return Err(anyhow!(msg));
     }
     if observation.firewall.is_some() {
         nft::delete_tables().context("delete netloom's nft table")?;
     }
-    sd.remove_all()?;
+    for family in &observation.foreign_tables {
+        eprintln!(
+            "netloom: left nft table `{family} {}` alone: netloom did not create it.",
+            crate::core::firewall::TABLE
+        );
+    }
+    for name in marks::marked_netns() {
+        let p = crate::core::model::named_path(&name);
+        // The empty file of a creation cut short before its mount.
+        if p.exists() && !observe::is_netns(&p) && marks::netns_marked(&name) {
+            crate::host::netns::delete_named(&name)?;
+        }
+        // Marks whose namespace is gone (removed by hand, never created).
+        if !p.exists() {
+            marks::netns_unmark(&name)?;
+        }
+    }
+    sd.remove_own(false)?;
+    Owner::release(&dir)?;
     eprintln!("netloom removed everything it owned.");
     Ok(Exit::Ok)
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod down;
 pub mod plan_apply;
+pub mod state;
 pub mod status;
 pub mod steps;
 pub mod watch;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cmd::cli::{Cli, Command};
+use crate::cmd::cli::{Cli, Command, StateAction};
 pub use crate::cmd::steps::Exit;
 
 /// Runs one command; errors are printed by the caller and exit 1.
@@ -43,6 +44,9 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Status { format } => status::status(&cli, *format).await,
         Command::Inspect { network, format } => status::inspect(&cli, network, *format).await,
         Command::Down => down::down(&cli).await,
+        Command::State {
+            action: StateAction::Rebuild,
+        } => state::rebuild(&cli).await,
         Command::Watch { resync } => watch::watch(&cli, Duration::from_secs(*resync)).await,
     }
 }

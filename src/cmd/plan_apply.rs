@@ -4,12 +4,12 @@ use anyhow::Result;
 
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::steps::{
-    Exit, LOCK_WAIT, apply_planned, load, plan_exit, plan_live, print_held, print_plan,
-    record_converged, require_root, resolve,
+    Exit, apply_planned, load, open_state, plan_exit, plan_live, print_held, print_plan,
+    record_converged, refuse_if_agent, require_root, resolve,
 };
 use crate::core::model::State;
 use crate::core::plan;
-use crate::host::state::{Record, StateDir};
+use crate::host::state::{Record, unix_now};
 
 pub fn validate(cli: &Cli) -> Result<Exit> {
     let Some(l) = load(cli)? else {
@@ -42,8 +42,18 @@ pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format)
         return Ok(Exit::Error);
     };
     require_root(if dry_run { "plan" } else { "apply" })?;
-    let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
+    if !dry_run {
+        refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
+        crate::host::interrupt::install()?;
+    }
+    let sd = open_state(&l.host.state_dir)?;
     let mut record = sd.load()?;
+    if let (Some(p), false) = (&record.pending, dry_run) {
+        eprintln!(
+            "netloom: the apply started {}s ago did not finish (interrupted); this run continues it.",
+            unix_now().saturating_sub(p.started)
+        );
+    }
     let p = plan_live(&l, &record).await?;
     print_plan(&p.plan, format);
     print_held(&p.held);
@@ -63,7 +73,11 @@ pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format)
         }
         return Ok(held.unwrap_or_else(|| plan_exit(&p.plan, detailed)));
     }
-    let applied = apply_planned(&sd, &mut record, &p).await?;
+    let applied = apply_planned(&sd, &mut record, &p).await;
+    if let Some(n) = crate::host::fault::count() {
+        eprintln!("fault points passed: {n}");
+    }
+    let applied = applied?;
     for (addr, f) in &applied.failed {
         eprintln!("Error: {}: {addr} failed: {}", f.object, f.error);
     }

@@ -18,9 +18,10 @@ use crate::core::model::{self, Desired, HostInfo, State};
 use crate::core::plan::{self, Failure, Plan};
 use crate::core::render::{self, Style};
 use crate::core::spec::{self, Spec};
+use crate::host::marks::Owner;
 use crate::host::nft;
 use crate::host::observe::{self, Observation};
-use crate::host::state::{AgentStatus, Record, StateDir};
+use crate::host::state::{AgentStatus, Holder, Pending, Record, StateDir, unix_now};
 
 /// How long a command waits for another run (e.g. the agent) to release
 /// the state dir.
@@ -145,6 +146,79 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Takes the state dir's lock; while another run holds it, says at once
+/// who (pid, command, since when) and keeps saying that it waits.
+pub fn open_state(dir: &std::path::Path) -> Result<StateDir> {
+    StateDir::open_with(dir, LOCK_WAIT, &mut |holder: Option<&Holder>, waited| {
+        let who = match holder {
+            Some(h) => format!(
+                "pid {} (`{}`), holding it for {}s",
+                h.pid,
+                h.command,
+                unix_now().saturating_sub(h.since)
+            ),
+            None => "another netloom run".to_string(),
+        };
+        eprintln!(
+            "netloom: waiting for {}: held by {who}; waited {}s of at most {}s",
+            dir.join("lock").display(),
+            waited.as_secs(),
+            LOCK_WAIT.as_secs()
+        );
+    })
+}
+
+/// Refuses a change that a running agent would undo: `apply` of another
+/// file than the agent's (`other_file`), or `down` (always).
+pub fn refuse_if_agent(dir: &std::path::Path, config: Option<&std::path::Path>) -> Result<()> {
+    let Some(agent) = AgentStatus::read(dir) else {
+        return Ok(());
+    };
+    if agent.pid == std::process::id() || !agent.alive() {
+        return Ok(());
+    }
+    let file = agent
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(unknown file)".into());
+    match config {
+        Some(c) => {
+            let ours = std::fs::canonicalize(c).ok();
+            if ours.is_some() && ours == agent.config {
+                return Ok(());
+            }
+            Err(anyhow!(
+                "an agent (`netloom watch`, pid {}, started {}) keeps this host converged to {file} and would undo this apply of {}; edit {file} instead (the agent applies it), or stop the agent first; nothing was changed",
+                agent.pid,
+                agent.started,
+                c.display()
+            ))
+        }
+        None => Err(anyhow!(
+            "an agent (`netloom watch`, pid {}, started {}, file {file}) keeps this host converged and would re-create everything; stop the agent first (e.g. `systemctl stop netloom` or `kill {}`), then run `netloom down`; nothing was changed",
+            agent.pid,
+            agent.started,
+            agent.pid
+        )),
+    }
+}
+
+/// One owner per host: refuses when another state dir owns this host's
+/// networking (recorded in /run/netloom/owner).
+pub fn refuse_if_other_owner(dir: &std::path::Path) -> Result<()> {
+    if let Some(o) = Owner::other_than(dir) {
+        return Err(anyhow!(
+            "this host's networking is owned by the netloom instance with state dir {} (recorded in {}); only one netloom instance may own a host: use `--state-dir {}`, or remove that instance's objects first with `netloom --state-dir {} down`; nothing was changed",
+            o.state_dir.display(),
+            Owner::path().display(),
+            o.state_dir.display(),
+            o.state_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Everything a plan against the live host needs.
 pub struct Planned {
     pub desired: Desired,
@@ -161,6 +235,7 @@ pub struct Planned {
 /// Resolves, observes, holds back the objects that cannot be changed
 /// (clashes, taken ports, vanished namespaces), and plans the rest.
 pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
+    refuse_if_other_owner(&l.host.state_dir)?;
     let desired = resolve(l, record)?;
     let observation = observe::observe(&desired.state, record).await?;
     let mut held = observation.foreign_conflicts(&desired.state, record);
@@ -169,7 +244,12 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
         &observation.state,
     ));
     let objects: BTreeSet<String> = held.iter().map(|f| f.object.clone()).collect();
-    let target = plan::hold_back(&desired.state, &observation.state, &objects);
+    let mut target = plan::hold_back(&desired.state, &observation.state, &objects);
+    if objects.contains(plan::NFT_TABLE) {
+        // A foreign table named like netloom's: no firewall change at all,
+        // so that no transaction ever touches it.
+        target.firewall = observation.state.firewall.clone();
+    }
     let plan = plan::diff(&target, &observation.state, record.applied.as_ref());
     Ok(Planned {
         desired,
@@ -193,9 +273,26 @@ pub fn print_held(held: &[Failure]) {
 /// The host already matches (e.g. after a state-dir restore): remember
 /// it, so that later drift is measured from here.
 pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
-    if record.applied.as_ref() != Some(&p.target) {
+    if record.applied.as_ref() != Some(&p.target) || record.pending.is_some() {
         record.allocations = p.desired.allocations.clone();
         record.applied = Some(p.target.clone());
+        record.pending = None;
+        // Files found at their paths with netloom's header (e.g. after
+        // `state rebuild`) are netloom's again; a held-back foreign file
+        // (no header) is not.
+        let marked = p
+            .target
+            .files
+            .keys()
+            .filter(|k| {
+                p.observation
+                    .state
+                    .files
+                    .get(*k)
+                    .is_some_and(|t| t.starts_with(model::FILE_MARK))
+            })
+            .cloned();
+        record.owned.files.extend(marked.collect::<Vec<_>>());
         sd.save(record)?;
     }
     Ok(())
@@ -297,8 +394,22 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
             .as_ref()
             .map(|f| firewall::plan_transaction(&f.fw, p.observation.firewall.as_ref()))
     };
+    // Write-ahead: the owner, the allocations and the changes about to be
+    // made are on disk before the first of them (the objects themselves
+    // carry marks as they are created), so that an interruption at any
+    // instant leaves a host the next run recognises and finishes.
     record.allocations = p.desired.allocations.clone();
+    record.pending = Some(Pending {
+        started: unix_now(),
+        changes: p.plan.changes.iter().map(|c| c.address.clone()).collect(),
+    });
+    Owner::claim(sd.path()).context("record this state dir as the host's netloom owner")?;
+    sd.save(record).map_err(|e| {
+        anyhow!("{e:#}\nnothing was changed: the intent could not be recorded (is the state dir's disk full?)")
+    })?;
+    crate::host::fault::point();
     let outcome = crate::host::apply::execute(&p.plan, &fw_tx, &mut record.owned).await;
+    let interrupted = outcome.interrupted;
     let mut applied = Applied {
         done: outcome.done,
         failed: outcome.failed,
@@ -308,7 +419,11 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         nft_transactions: outcome.nft_transactions,
         nft_elements: outcome.nft_elements,
     };
-    if applied.failed.is_empty() && want_fw.is_none() && p.observation.firewall.is_some() {
+    if applied.failed.is_empty()
+        && interrupted.is_none()
+        && want_fw.is_none()
+        && p.observation.firewall.is_some()
+    {
         applied.nft_transactions += 1;
         if let Err(e) = nft::delete_tables() {
             applied.failed.push((
@@ -321,7 +436,23 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         }
     }
     record.owned.netns_paths = observe::attached_paths(&p.target);
-    sd.save(record)?;
+    let saved = sd.save(record);
+    if let Some(sig) = interrupted {
+        let mut msg = format!(
+            "apply interrupted by {}: finished the operation in progress, then stopped\n",
+            crate::host::interrupt::name(sig)
+        );
+        if !applied.done.is_empty() {
+            msg.push_str(&format!("done: {}\n", applied.done.join(", ")));
+        }
+        msg.push_str(&format!("not done: {}\n", applied.not_done.join(", ")));
+        if let Err(e) = &saved {
+            msg.push_str(&format!("{}\n", unrecorded(e)));
+        }
+        msg.push_str("Run `netloom apply` again to finish (it continues from here), or `netloom down` to remove what was made.");
+        return Err(anyhow!(msg));
+    }
+    saved.map_err(|e| anyhow!("{}", unrecorded(&e)))?;
     // What this run made true: the target with the failed objects as they
     // were.
     let failed: BTreeSet<String> = applied
@@ -346,6 +477,14 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         ));
     }
     record.applied = Some(made);
-    sd.save(record)?;
+    record.pending = None;
+    sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
     Ok(applied)
+}
+
+/// The changes were made but their record could not be written.
+fn unrecorded(e: &anyhow::Error) -> String {
+    format!(
+        "the changes were made but their record could not be written ({e:#}); they carry netloom's marks, so the next `netloom apply` (once the state dir can be written) adopts them, and `netloom down` removes them"
+    )
 }

@@ -136,6 +136,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         status: AgentStatus {
             pid: std::process::id(),
             started,
+            config: std::fs::canonicalize(&cli.config).ok(),
             ..Default::default()
         },
     };

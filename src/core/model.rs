@@ -24,6 +24,9 @@ pub const ETC_NETNS: &str = "/etc/netns";
 /// Directory holding the bind-mounted namespace files (same as iproute2;
 /// `/var/run` is a symlink to `/run` on every modern distribution).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// The first line of every file netloom writes starts with this: what
+/// marks a file as netloom's even when the state record is lost.
+pub const FILE_MARK: &str = "# Written by netloom";
 /// Everything below this line of a hosts file is the user's.
 pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
 

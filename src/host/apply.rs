@@ -18,8 +18,8 @@ use crate::core::model::{NsRef, State};
 use crate::core::plan::{Change, Failure, Op, Plan};
 use crate::core::spec::parse_mac;
 use crate::host::netlink::{self, Counters, LinkChange, Netlink};
-use crate::host::netns;
 use crate::host::state::{Owned, write_atomic};
+use crate::host::{fault, interrupt, marks, netns};
 
 /// Runs operations against the kernel, caching netlink sockets and
 /// interface indexes per namespace.
@@ -42,7 +42,14 @@ pub struct Outcome {
     pub nft_transactions: u32,
     pub nft_elements: usize,
     pub counters: Counters,
+    /// The signal (SIGINT, SIGTERM) that stopped the run, if one did.
+    pub interrupted: Option<i32>,
 }
+
+/// The error of an operation not started because a signal asked to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {} before this change", interrupt::name(*.0))]
+pub struct Interrupted(pub i32);
 
 impl Executor {
     pub fn new() -> Result<Executor> {
@@ -193,7 +200,17 @@ impl Executor {
                 }
             }
             Op::CreateNetns { name } => {
+                // The mark goes first: whatever instant a crash comes at,
+                // the namespace it leaves is recognisably netloom's.
+                marks::netns_intent(name)?;
+                let p = netns::named_path(name);
+                if p.exists() && !crate::host::observe::is_netns(&p) {
+                    // The file of a creation interrupted before its mount
+                    // (this name is marked as ours): finish by starting over.
+                    netns::delete_named(name)?;
+                }
                 netns::create_named(name)?;
+                marks::netns_seal(name)?;
                 owned.netns.insert(name.clone());
             }
             Op::DeleteNetns { name } => {
@@ -207,6 +224,7 @@ impl Executor {
                 if p.exists() {
                     netns::delete_named(name)?;
                 }
+                marks::netns_unmark(name)?;
                 owned.netns.remove(name);
             }
             Op::CreateVeth {
@@ -385,7 +403,7 @@ pub async fn execute_with<R: Runner>(
     let mut out = Outcome::default();
     let mut fw_done = false;
     let mut failed: BTreeSet<String> = BTreeSet::new();
-    for c in &plan.changes {
+    for (n, c) in plan.changes.iter().enumerate() {
         if failed.contains(&c.object) || c.needs.iter().any(|n| failed.contains(n)) {
             out.not_done.push(c.address.clone());
             continue;
@@ -393,6 +411,13 @@ pub async fn execute_with<R: Runner>(
         match run_change(runner, c, fw_tx, &failed, &mut fw_done, owned, &mut out).await {
             Ok(()) => out.done.push(c.address.clone()),
             Err(e) => {
+                if let Some(i) = e.downcast_ref::<Interrupted>() {
+                    // Stop here: this change and every later one are not done.
+                    out.interrupted = Some(i.0);
+                    out.not_done
+                        .extend(plan.changes[n..].iter().map(|c| c.address.clone()));
+                    break;
+                }
                 let object = if e.is::<NftFailed>() {
                     crate::core::plan::NFT_TABLE.to_string()
                 } else {
@@ -430,10 +455,15 @@ async fn run_change<R: Runner>(
     out: &mut Outcome,
 ) -> Result<()> {
     for op in &c.ops {
+        // A signal stops the run between operations, never inside one.
+        if let Some(sig) = interrupt::requested() {
+            return Err(Interrupted(sig).into());
+        }
         if let Op::Nft { .. } = op {
             if !*fw_done {
                 if let Some(tx) = fw_tx(failed).filter(|t| !t.is_empty()) {
                     runner.nft(&tx).map_err(NftFailed)?;
+                    fault::point();
                     out.nft_transactions += 1;
                     out.nft_elements += tx.elements_added() + tx.elements_removed();
                 }
@@ -445,6 +475,7 @@ async fn run_change<R: Runner>(
             .run(op, owned)
             .await
             .with_context(|| format!("{op}"))?;
+        fault::point();
     }
     Ok(())
 }

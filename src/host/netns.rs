@@ -66,6 +66,8 @@ pub fn create_named(name: &str) -> Result<()> {
     .map_err(anyhow::Error::new)
     .with_context(|| format!("create netns {name}: create {}", path.display()))?;
     drop(file);
+    // A crash here leaves an empty file: the crash tests stop here too.
+    crate::host::fault::point();
 
     let target = path.clone();
     let result = std::thread::Builder::new()

@@ -58,6 +58,9 @@ pub struct Observation {
     pub firewall: Option<firewall::Observed>,
     /// Named namespaces present in /run/netns.
     pub named_netns: BTreeSet<String>,
+    /// Tables named `netloom` that netloom did not make (no mark, not in
+    /// the record), e.g. `["inet"]`: never read as netloom's, never changed.
+    pub foreign_tables: Vec<String>,
     /// Netlink requests this observation sent.
     pub counters: Counters,
 }
@@ -169,8 +172,12 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
     for (container, ns) in namespaces_of_interest(desired, record) {
         let exists = match &ns {
             // A named namespace netloom did not create is foreign: never
-            // part of the observed state (a clash, reported as such).
-            NsRef::Named(n) => named_netns.contains(n) && record.owned.netns.contains(n),
+            // part of the observed state (a clash, reported as such). A
+            // file without a namespace mounted on it (a creation cut
+            // short) is not a namespace yet.
+            NsRef::Named(n) => {
+                named_netns.contains(n) && record.owned.netns.contains(n) && is_netns(&ns.path())
+            }
             NsRef::Path(p) => is_netns(p),
         };
         if !exists {
@@ -276,8 +283,24 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         }
     }
 
-    // The firewall.
-    let fw = crate::host::nft::observe().context("read netloom's nft table")?;
+    // The firewall: netloom's only when the record says netloom made it or
+    // the table carries netloom's mark; a hand-made namesake is foreign.
+    let mut fw = crate::host::nft::observe().context("read netloom's nft table")?;
+    let mut foreign_tables = Vec::new();
+    let vouched = record
+        .applied
+        .as_ref()
+        .is_some_and(|a| a.firewall.is_some());
+    if fw.is_some() && !vouched {
+        for (family, marked) in crate::host::nft::tables_marked()? {
+            if !marked {
+                foreign_tables.push(family.to_string());
+            }
+        }
+        if !foreign_tables.is_empty() {
+            fw = None;
+        }
+    }
     st.firewall = fw.as_ref().map(|o| FirewallState {
         fw: o.fw.clone(),
         skeleton_ok: o.skeleton_ok,
@@ -295,6 +318,13 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         .collect();
     for p in paths {
         match std::fs::read_to_string(p) {
+            // A file the file does not want (any more) is netloom's to
+            // remove only if netloom wrote it: recorded, or with its
+            // header. A user's file at such a path is not observed.
+            Ok(text)
+                if !desired.files.contains_key(p)
+                    && !record.owned.files.contains(p)
+                    && !text.starts_with(model::FILE_MARK) => {}
             Ok(text) => {
                 st.files.insert(p.clone(), text);
             }
@@ -308,6 +338,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         host,
         firewall: fw,
         named_netns,
+        foreign_tables,
         counters,
     })
 }
@@ -375,6 +406,33 @@ impl Observation {
                 ));
             }
         }
+        if desired.firewall.is_some() {
+            for family in &self.foreign_tables {
+                out.push(Failure::new(
+                    crate::core::plan::NFT_TABLE,
+                    format!(
+                        "nft table `{family} {}` exists and was not created by netloom (it lacks netloom's mark); netloom never replaces it: rename or delete it (`nft delete table {family} {}`), then apply again",
+                        firewall::TABLE,
+                        firewall::TABLE
+                    ),
+                ));
+            }
+        }
+        for path in desired.files.keys() {
+            if let Some(text) = self.state.files.get(path) {
+                if !text.starts_with(model::FILE_MARK) && !record.owned.files.contains(path) {
+                    let owner = crate::core::plan::file_owner(path, desired)
+                        .map(|c| format!("container.{c}"))
+                        .unwrap_or_else(|| format!("file.{path}"));
+                    out.push(Failure::new(
+                        owner,
+                        format!(
+                            "file {path} exists and was not written by netloom (its first line is not netloom's header); netloom never overwrites it: move it away (netloom writes this file for the container), then apply again"
+                        ),
+                    ));
+                }
+            }
+        }
         for (c, n) in &desired.namespaces {
             if let NsRef::Named(name) = &n.netns {
                 let exists = self.named_netns.contains(name);
@@ -426,6 +484,6 @@ pub fn attached_paths(st: &State) -> BTreeSet<PathBuf> {
 
 /// Whether `p` is a namespace file (nsfs), as `/proc/PID/ns/net` and the
 /// bind mounts in /run/netns are.
-fn is_netns(p: &Path) -> bool {
+pub fn is_netns(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }

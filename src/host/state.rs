@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::core::ipam::Allocations;
@@ -49,6 +49,84 @@ pub struct Record {
     /// The desired state of the last apply that converged.
     #[serde(default)]
     pub applied: Option<State>,
+    /// The apply in progress, recorded before its first change; still
+    /// here on the next run when that apply was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// An apply in progress: written (fsync'd) before its first change, so that
+/// an interruption is known to the next run, together with the allocations
+/// the changes use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Unix time the apply started.
+    pub started: u64,
+    /// Addresses of the changes it was about to make.
+    pub changes: Vec<String>,
+}
+
+/// The files of a state dir that netloom writes (and `down` removes).
+/// Everything else in the directory is left alone; the lock file lives as
+/// long as the directory, so that no waiter is ever left holding the lock
+/// of a deleted file while another run locks a new one.
+pub const OWN_FILES: &[&str] = &[RECORD, PREV_RECORD, AGENT_FILE];
+const PREV_RECORD: &str = "state.json.prev";
+const LOCK: &str = "lock";
+
+/// Who holds the lock: written into the lock file by the holder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub command: String,
+    /// Unix time the lock was taken.
+    pub since: u64,
+}
+
+impl Holder {
+    fn me() -> Holder {
+        let command = fs::read("/proc/self/cmdline")
+            .map(|b| {
+                b.split(|c| *c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        Holder {
+            pid: std::process::id(),
+            command,
+            since: unix_now(),
+        }
+    }
+    fn parse(text: &str) -> Option<Holder> {
+        let mut h = Holder::default();
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("pid ") {
+                h.pid = v.trim().parse().ok()?;
+            } else if let Some(v) = l.strip_prefix("command ") {
+                h.command = v.to_string();
+            } else if let Some(v) = l.strip_prefix("since ") {
+                h.since = v.trim().parse().unwrap_or(0);
+            }
+        }
+        (h.pid != 0).then_some(h)
+    }
+    fn text(&self) -> String {
+        format!(
+            "pid {}\ncommand {}\nsince {}\n",
+            self.pid, self.command, self.since
+        )
+    }
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An open, locked state dir.
@@ -61,15 +139,28 @@ impl StateDir {
     /// Creates the dir if needed and takes the lock, waiting up to `wait`
     /// for another run (e.g. the agent's reconcile) to finish.
     pub fn open(path: &Path, wait: Duration) -> Result<StateDir> {
+        StateDir::open_with(path, wait, &mut |_, _| {})
+    }
+
+    /// Like [`StateDir::open`]; while waiting, calls `waiting` at once and
+    /// then every few seconds with who holds the lock (if it said) and how
+    /// long this run has waited, so that the caller can show it.
+    pub fn open_with(
+        path: &Path,
+        wait: Duration,
+        waiting: &mut dyn FnMut(Option<&Holder>, Duration),
+    ) -> Result<StateDir> {
         fs::create_dir_all(path).with_context(|| format!("create state dir {}", path.display()))?;
-        let lock_path = path.join("lock");
-        let lock = OpenOptions::new()
+        let lock_path = path.join(LOCK);
+        let mut lock = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("open {}", lock_path.display()))?;
-        let deadline = Instant::now() + wait;
+        let start = Instant::now();
+        let mut next_note = start;
         loop {
             // SAFETY: flock on a valid, owned descriptor has no memory effects.
             let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -80,15 +171,31 @@ impl StateDir {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(err).with_context(|| format!("lock {}", lock_path.display()));
             }
-            if Instant::now() >= deadline {
+            let holder = fs::read_to_string(&lock_path)
+                .ok()
+                .and_then(|t| Holder::parse(&t));
+            if start.elapsed() >= wait {
+                let who = holder
+                    .map(|h| format!(" (pid {}, `{}`)", h.pid, h.command))
+                    .unwrap_or_default();
                 bail!(
-                    "another netloom run holds {} (waited {}s)",
+                    "another netloom run{who} holds {} (waited {}s); try again when it is done",
                     lock_path.display(),
                     wait.as_secs()
                 );
             }
+            if Instant::now() >= next_note {
+                waiting(holder.as_ref(), start.elapsed());
+                next_note = Instant::now() + Duration::from_secs(10);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Say who holds it, for whoever waits next. The file itself is
+        // never replaced or deleted: waiters hold descriptors to it.
+        let me = Holder::me().text();
+        let _ = lock.set_len(0);
+        let _ = std::io::Seek::seek(&mut lock, std::io::SeekFrom::Start(0));
+        let _ = lock.write_all(me.as_bytes());
         Ok(StateDir {
             path: path.to_path_buf(),
             _lock: lock,
@@ -99,45 +206,160 @@ impl StateDir {
         &self.path
     }
 
-    pub fn load(&self) -> Result<Record> {
-        let p = self.path.join(RECORD);
-        match fs::read(&p) {
-            Ok(bytes) => {
-                let r: Record = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{} is not a netloom state record", p.display()))?;
-                if r.version > RECORD_VERSION {
-                    bail!(
-                        "{} was written by a newer netloom (version {})",
-                        p.display(),
-                        r.version
-                    );
-                }
-                Ok(r)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record {
-                version: RECORD_VERSION,
-                ..Default::default()
-            }),
-            Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
-        }
+    /// The record file's path (for messages).
+    pub fn record_path(&self) -> PathBuf {
+        self.path.join(RECORD)
     }
 
+    /// Reads the record; a missing one is empty. A damaged or newer one is
+    /// an error that names the file and what to do about it.
+    pub fn load(&self) -> Result<Record> {
+        let p = self.path.join(RECORD);
+        let prev = self.path.join(PREV_RECORD);
+        let mut r = match fs::read(&p) {
+            Ok(bytes) => parse_record(&bytes).map_err(|why| {
+                let rollback = if prev.exists() {
+                    format!(
+                        ", roll back to the previous record with `cp {} {}`",
+                        prev.display(),
+                        p.display()
+                    )
+                } else {
+                    String::new()
+                };
+                anyhow!(
+                    "{} {why}. To go on: run `netloom state rebuild` to reconstruct it from the marks netloom leaves on its objects{rollback}; `netloom down` works without it",
+                    p.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record {
+                version: RECORD_VERSION,
+                ..Default::default()
+            },
+            Err(e) => return Err(e).with_context(|| format!("read {}", p.display())),
+        };
+        adopt_marked(&mut r);
+        Ok(r)
+    }
+
+    /// A record rebuilt from the marks alone: the namespaces marked as
+    /// netloom's and the files carrying its header (bridges, veths and the
+    /// nft table are recognised by their own marks when observed). For
+    /// `down` without a readable record, and `state rebuild`.
+    pub fn from_marks(&self) -> Record {
+        let mut r = Record {
+            version: RECORD_VERSION,
+            ..Default::default()
+        };
+        adopt_marked(&mut r);
+        self.adopt_marked_files(&mut r);
+        r
+    }
+
+    /// Adds the files carrying netloom's header to the record.
+    pub fn adopt_marked_files(&self, r: &mut Record) {
+        r.owned
+            .files
+            .extend(crate::host::marks::marked_files(&self.path));
+    }
+
+    /// Writes the record atomically; the one it replaces is kept as
+    /// `state.json.prev`, so that a bad record can be rolled back.
     pub fn save(&self, r: &Record) -> Result<()> {
         let mut r = r.clone();
         r.version = RECORD_VERSION;
         let json = serde_json::to_vec_pretty(&r).context("serialize state record")?;
-        write_atomic(&self.path.join(RECORD), &json)
+        let p = self.path.join(RECORD);
+        let prev = self.path.join(PREV_RECORD);
+        // A hard link: state.json itself is only ever replaced by rename,
+        // so there is no instant without one.
+        if p.exists() {
+            let _ = fs::remove_file(&prev);
+            let _ = fs::hard_link(&p, &prev);
+        }
+        write_atomic(&p, &json)
     }
 
-    /// Removes the record (for `down`); the lock file goes with the dir.
-    pub fn remove_all(self) -> Result<()> {
-        let p = self.path.clone();
-        drop(self);
-        match fs::remove_dir_all(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("remove {}", p.display())),
+    /// Removes the files netloom wrote in the state dir (for `down`):
+    /// records, the agent's status, the files of attached namespaces and
+    /// temporary files. The directory, the lock file and anything else in
+    /// the directory stay.
+    pub fn remove_own(&self, keep_agent: bool) -> Result<()> {
+        for name in OWN_FILES {
+            if *name == AGENT_FILE && keep_agent {
+                continue;
+            }
+            remove_file_if_present(&self.path.join(name))?;
         }
+        let files = self.path.join("files");
+        if let Ok(dirs) = fs::read_dir(&files) {
+            for d in dirs.filter_map(|e| e.ok()) {
+                for f in ["hosts", "resolv.conf"] {
+                    let p = d.path().join(f);
+                    if crate::host::marks::file_marked(&p) {
+                        remove_file_if_present(&p)?;
+                    }
+                }
+                // Only if now empty: another program's files stay.
+                let _ = fs::remove_dir(d.path());
+            }
+            let _ = fs::remove_dir(&files);
+        }
+        if let Ok(entries) = fs::read_dir(&self.path) {
+            for e in entries.filter_map(|e| e.ok()) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                // Temporary files, and damaged records set aside by
+                // `state rebuild`.
+                if (n.starts_with('.') && n.contains(".netloom-tmp."))
+                    || n.starts_with("state.json.damaged-")
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a record cannot be used, or the record.
+fn parse_record(bytes: &[u8]) -> std::result::Result<Record, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("is empty (truncated?)".into());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("is damaged (not JSON: {e})"))?;
+    let version = v.get("version").and_then(serde_json::Value::as_u64);
+    match version {
+        None => return Err("is not a netloom state record (no \"version\")".into()),
+        Some(n) if n > u64::from(RECORD_VERSION) => {
+            return Err(format!(
+                "was written by a newer netloom (record version {n}; this netloom reads version {RECORD_VERSION}, use the newer one to keep it)"
+            ));
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value(v).map_err(|e| format!("is damaged ({e})"))
+}
+
+/// Takes into the record what carries netloom's mark but the record does
+/// not name: namespaces created by a run that was interrupted before it
+/// could record them.
+fn adopt_marked(r: &mut Record) {
+    for name in crate::host::marks::marked_netns() {
+        if !r.owned.netns.contains(&name)
+            && crate::core::model::named_path(&name).exists()
+            && crate::host::marks::netns_marked(&name)
+        {
+            r.owned.netns.insert(name);
+        }
+    }
+}
+
+fn remove_file_if_present(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", p.display())),
     }
 }
 
@@ -187,6 +409,76 @@ mod tests {
         drop(sd);
         assert!(StateDir::open(dir.path(), Duration::from_millis(100)).is_ok());
     }
+
+    #[test]
+    fn a_waiter_is_told_who_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut told = Vec::new();
+        let err = StateDir::open_with(dir.path(), Duration::from_millis(200), &mut |h, _| {
+            told.push(h.cloned())
+        })
+        .err()
+        .unwrap();
+        let me = std::process::id();
+        assert_eq!(told.len(), 1, "told at once, not again within 10s");
+        assert_eq!(told[0].as_ref().map(|h| h.pid), Some(me));
+        assert!(err.to_string().contains(&format!("pid {me}")), "{err}");
+    }
+
+    #[test]
+    fn damaged_records_name_the_file_and_the_ways_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut r = sd.load().unwrap();
+        r.owned.bridges.insert("docker0".into());
+        sd.save(&r).unwrap();
+        sd.save(&r).unwrap();
+        let path = dir.path().join(RECORD);
+        for (bytes, why) in [
+            (&b""[..], "is empty"),
+            (b"{\"version\": 1, \"own", "not JSON"),
+            (b"{}", "no \"version\""),
+            (b"[1,2]", "no \"version\""),
+            (b"{\"version\": 7}", "newer netloom (record version 7"),
+            (b"{\"version\": 1, \"owned\": 3}", "is damaged"),
+        ] {
+            fs::write(&path, bytes).unwrap();
+            let e = sd.load().err().unwrap().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains(why), "{why}: {e}");
+            assert!(e.contains("netloom state rebuild"), "{e}");
+            assert!(e.contains("state.json.prev"), "{e}");
+        }
+        // The previous record is the good one: rolling back works.
+        fs::copy(dir.path().join(PREV_RECORD), &path).unwrap();
+        assert_eq!(sd.load().unwrap().owned, r.owned);
+    }
+
+    #[test]
+    fn remove_own_keeps_the_dir_the_lock_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        sd.save(&Record::default()).unwrap();
+        sd.save(&Record::default()).unwrap();
+        fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        fs::create_dir_all(dir.path().join("files/web")).unwrap();
+        fs::write(
+            dir.path().join("files/web/hosts"),
+            "# Written by netloom.\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("files/web/other"), "mine").unwrap();
+        sd.remove_own(false).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["files", "lock", "notes.txt"]);
+        assert!(dir.path().join("files/web/other").exists());
+        assert!(!dir.path().join("files/web/hosts").exists());
+    }
 }
 
 /// Where the agent keeps the outcome of its last runs, in the state dir.
@@ -212,6 +504,10 @@ pub struct Run {
 pub struct AgentStatus {
     pub pid: u32,
     pub started: String,
+    /// The file the agent applies (absolute), so that `apply` of another
+    /// file and `down` can name it instead of being silently undone.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
     pub summary: String,
     pub config_error: Option<String>,
     pub runs: Vec<Run>,

@@ -14,6 +14,8 @@
 //! play a remote client.
 #![allow(dead_code)]
 
+pub mod leaks;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -95,7 +97,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    pub fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -229,6 +231,27 @@ impl Host {
             .output()
             .expect("run netloom");
         Run::from(out)
+    }
+
+    /// Starts netloom inside the host without waiting for it, with its
+    /// output piped; the child's pid is netloom's own (nsenter and sh exec
+    /// it), so signals sent to it reach netloom.
+    pub fn netloom_child(&self, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut c = self.enter();
+        c.arg(NETLOOM).arg("-c").arg(config).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn netloom")
+    }
+
+    /// Runs netloom inside the host with extra environment variables.
+    pub fn netloom_env(&self, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let child = self.netloom_child(config, args, env);
+        Run::from(child.wait_with_output().expect("wait for netloom"))
     }
 
     /// Writes a config file into the test dir and returns its path.

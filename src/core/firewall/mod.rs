@@ -135,6 +135,10 @@ pub use transaction::{FwOp, Transaction, delete_script, plan_transaction};
 
 /// Name of netloom's tables (in both the `inet` and `bridge` families).
 pub const TABLE: &str = "netloom";
+/// The comment netloom gives the tables it creates: what tells them from a
+/// hand-made `table inet netloom`, which netloom never replaces. (nft
+/// 1.0.6's JSON listing omits table comments: the text listing shows it.)
+pub const TABLE_MARK: &str = "netloom: managed by netloom, removed by netloom down";
 
 /// Transport protocol of a published port.
 #[derive(

@@ -90,7 +90,11 @@ pub(super) fn rebuild(
         tx.script,
         "add table {fam} {TABLE}\ndelete table {fam} {TABLE}"
     );
-    tx.script.push_str(&render_table(family, desired));
+    // The mark is set where the table is created: a table's comment cannot
+    // be changed afterwards, and so the mark comes in the same transaction.
+    let body = render_table(family, desired);
+    let body = body.replacen(" {\n", &format!(" {{\n\tcomment \"{TABLE_MARK}\"\n"), 1);
+    tx.script.push_str(&body);
     tx.ops.push(FwOp::RebuildTable {
         family: fam.to_string(),
     });

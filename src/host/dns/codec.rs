@@ -7,11 +7,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record};
 
 use crate::core::dns::{Data, QType, Question, Rcode, lookup_key};
 
-/// UDP payload we advertise in EDNS replies (the DNS flag day 2020 value,
-/// which avoids IP fragmentation).
-const EDNS_PAYLOAD: u16 = 1232;
-/// Ceiling on the client's advertised EDNS payload we will honour over UDP.
-const MAX_UDP_REPLY: usize = 4096;
+use super::wire::{EDNS_PAYLOAD, MAX_UDP_REPLY};
 
 /// The core's view of `query`; its name in lookup form is written to
 /// `key` (a buffer reused between queries).

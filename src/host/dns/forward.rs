@@ -15,9 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::debug;
 
-use super::FORWARD_TIMEOUT;
 use super::codec::{fit, response_for};
 use super::server::{Counters, Shared};
+use super::{FORWARD_TIMEOUT, cache};
+use crate::core::dns::lookup_key;
 
 impl Shared {
     /// Relay `req` (whose wire form is `packet`) upstream; the reply bytes
@@ -52,6 +53,7 @@ impl Shared {
                         continue;
                     }
                     Counters::bump(&self.counters.forwarded);
+                    self.keep(req, &bytes, rcode);
                     return fit(bytes, req, udp);
                 }
                 Ok(Err(err)) => debug!(%upstream, %err, "upstream failed"),
@@ -64,6 +66,26 @@ impl Shared {
         }
         Counters::bump(&self.counters.failed);
         response_for(req, ResponseCode::ServFail).to_vec().ok()
+    }
+}
+
+impl Shared {
+    /// Keeps an upstream's usable, complete reply for its TTL.
+    fn keep(&self, req: &Message, reply: &[u8], rcode: ResponseCode) {
+        let [query] = req.queries() else { return };
+        let truncated = reply.get(2).is_none_or(|flags| flags & 0x02 != 0);
+        if truncated || !matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+            return;
+        }
+        let mut name = String::new();
+        lookup_key(query.name().iter(), &mut name);
+        let key = cache::Key {
+            name: &name,
+            qtype: u16::from(query.query_type()),
+            qclass: u16::from(query.query_class()),
+            edns: req.extensions().is_some(),
+        };
+        self.cache.put(&key, reply, std::time::Instant::now());
     }
 }
 

@@ -4,7 +4,8 @@
 //! address, or while the bridge is being recreated.
 //!
 //! Local answers are computed inline in the receive loop (no task per
-//! packet); queries that must go upstream take a permit and run in a task
+//! packet), into buffers the loop reuses; queries that must go upstream
+//! take two permits (the network's and the server's) and run in a task
 //! owned by the listener. TCP serves length-prefixed messages, several per
 //! connection, closes a connection idle for [`TCP_IDLE_TIMEOUT`] and
 //! accepts at most [`MAX_TCP_CONNECTIONS`] per listener.
@@ -21,12 +22,12 @@ use nix::sys::socket::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
 use super::server::{Shared, Step};
-use super::{MAX_TCP_CONNECTIONS, TCP_IDLE_TIMEOUT};
+use super::{MAX_IN_FLIGHT_PER_NETWORK, MAX_TCP_CONNECTIONS, TCP_IDLE_TIMEOUT};
 
 /// Largest query we read over UDP. Queries are a few dozen bytes; a longer
 /// datagram is cut to this by the kernel and then fails to parse.
@@ -41,14 +42,49 @@ pub(super) struct Listener {
     tcp: JoinHandle<()>,
 }
 
+/// What one listener's tasks share: the server, its address, and the
+/// network's own share of forwarded queries.
+struct Net {
+    shared: Arc<Shared>,
+    gateway: Ipv4Addr,
+    /// Forwarded queries in flight from this network: at most
+    /// [`MAX_IN_FLIGHT_PER_NETWORK`], so one busy network cannot take all
+    /// of the server's [`super::MAX_IN_FLIGHT`].
+    in_flight: Arc<Semaphore>,
+}
+
+/// Both permits of a forwarded query: the network's and the server's.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+impl Net {
+    fn take_permits(&self, src: SocketAddr) -> Option<Permits> {
+        let net = self.in_flight.clone().try_acquire_owned().ok();
+        let all = net
+            .as_ref()
+            .and_then(|_| self.shared.in_flight.clone().try_acquire_owned().ok());
+        match (net, all) {
+            (Some(net), Some(all)) => Some((net, all)),
+            _ => {
+                self.shared.drop_packet("too many queries in flight", src);
+                None
+            }
+        }
+    }
+}
+
 impl Listener {
     pub(super) async fn open(shared: &Arc<Shared>, gateway: Ipv4Addr) -> io::Result<Self> {
         let addr = SocketAddrV4::new(gateway, shared.port);
         let udp = bind_udp(addr)?;
         let tcp = bind_tcp(addr)?;
+        let net = Arc::new(Net {
+            shared: shared.clone(),
+            gateway,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_NETWORK)),
+        });
         Ok(Self {
-            udp: tokio::spawn(udp_loop(shared.clone(), gateway, Arc::new(udp))),
-            tcp: tokio::spawn(tcp_loop(shared.clone(), gateway, tcp)),
+            udp: tokio::spawn(udp_loop(net.clone(), Arc::new(udp))),
+            tcp: tokio::spawn(tcp_loop(net, tcp)),
         })
     }
 
@@ -102,7 +138,10 @@ pub(super) fn bind_tcp(addr: SocketAddrV4) -> io::Result<TcpListener> {
 /// (EMFILE, ENOBUFS), so the loop does not spin on it.
 const ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
-async fn udp_loop(shared: Arc<Shared>, gateway: Ipv4Addr, sock: Arc<UdpSocket>) {
+async fn udp_loop(net: Arc<Net>, sock: Arc<UdpSocket>) {
+    let shared = &net.shared;
+    let gateway = net.gateway;
+    let mut scratch = shared.scratch();
     let mut forwards = JoinSet::new();
     let mut buf = vec![0u8; UDP_QUERY_BUF];
     loop {
@@ -116,18 +155,18 @@ async fn udp_loop(shared: Arc<Shared>, gateway: Ipv4Addr, sock: Arc<UdpSocket>) 
                         continue;
                     }
                 };
-                match shared.prepare(gateway, src, &buf[..n], true) {
-                    Step::Reply(reply) => {
-                        if let Err(err) = sock.send_to(&reply, src).await {
+                match shared.prepare(&mut scratch, gateway, src, &buf[..n], true) {
+                    Step::Reply => {
+                        if let Err(err) = sock.send_to(&scratch.out, src).await {
                             debug!(%src, %err, "udp send failed");
                         }
                     }
                     Step::Forward(req) => {
-                        let Some(permit) = take_permit(&shared, src) else { continue };
+                        let Some(permits) = net.take_permits(src) else { continue };
                         let packet = buf[..n].to_vec();
                         let (shared, sock) = (shared.clone(), sock.clone());
                         forwards.spawn(async move {
-                            let _permit = permit;
+                            let _permits = permits;
                             if let Some(reply) = shared.forward(&req, &packet, true).await
                                 && let Err(err) = sock.send_to(&reply, src).await
                             {
@@ -144,17 +183,8 @@ async fn udp_loop(shared: Arc<Shared>, gateway: Ipv4Addr, sock: Arc<UdpSocket>) 
     }
 }
 
-fn take_permit(shared: &Shared, src: SocketAddr) -> Option<OwnedSemaphorePermit> {
-    match shared.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => Some(permit),
-        Err(_) => {
-            shared.drop_packet("too many queries in flight", src);
-            None
-        }
-    }
-}
-
-async fn tcp_loop(shared: Arc<Shared>, gateway: Ipv4Addr, listener: TcpListener) {
+async fn tcp_loop(net: Arc<Net>, listener: TcpListener) {
+    let (shared, gateway) = (&net.shared, net.gateway);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -177,14 +207,16 @@ async fn tcp_loop(shared: Arc<Shared>, gateway: Ipv4Addr, listener: TcpListener)
                     shared.drop_packet("too many tcp connections", src);
                     continue;
                 }
-                conns.spawn(tcp_conn(shared.clone(), gateway, stream, src));
+                conns.spawn(tcp_conn(net.clone(), stream, src));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
 
-async fn tcp_conn(shared: Arc<Shared>, gateway: Ipv4Addr, mut stream: TcpStream, src: SocketAddr) {
+async fn tcp_conn(net: Arc<Net>, mut stream: TcpStream, src: SocketAddr) {
+    let (shared, gateway) = (&net.shared, net.gateway);
+    let mut scratch = shared.scratch();
     loop {
         // The idle timeout covers the whole message, so a client trickling
         // bytes cannot hold the connection either.
@@ -198,10 +230,10 @@ async fn tcp_conn(shared: Arc<Shared>, gateway: Ipv4Addr, mut stream: TcpStream,
             Ok(Ok(p)) => p,
             Ok(Err(_)) | Err(_) => return,
         };
-        let reply = match shared.prepare(gateway, src, &packet, false) {
-            Step::Reply(reply) => reply,
+        let reply = match shared.prepare(&mut scratch, gateway, src, &packet, false) {
+            Step::Reply => std::mem::take(&mut scratch.out),
             Step::Forward(req) => {
-                let Some(_permit) = take_permit(&shared, src) else {
+                let Some(_permits) = net.take_permits(src) else {
                     continue;
                 };
                 match shared.forward(&req, &packet, false).await {

@@ -34,24 +34,26 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::core::dns::{Index, Zone};
 use listen::Listener;
-use server::{Counters, Shared};
+use server::Shared;
 
+mod cache;
 mod codec;
 mod forward;
 mod listen;
 mod server;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 /// The port clients use; [`DnsServer::with_port`] overrides it for tests.
 pub const DEFAULT_PORT: u16 = 53;
@@ -63,6 +65,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// this, new queries needing an upstream are dropped. Bounds the sockets and
 /// tasks a flood of queries for unknown names can create.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Forwarded queries in flight at once from one network: a quarter of
+/// [`MAX_IN_FLIGHT`], so that one busy network cannot starve the others'
+/// forwarding.
+pub const MAX_IN_FLIGHT_PER_NETWORK: usize = MAX_IN_FLIGHT / 4;
 /// TCP connections open at once per listener; newer ones are closed at once.
 pub const MAX_TCP_CONNECTIONS: usize = 32;
 /// A TCP connection with no complete query for this long is closed.
@@ -75,6 +81,8 @@ pub struct Stats {
     pub answered: u64,
     /// Replies relayed from an upstream server.
     pub forwarded: u64,
+    /// Replies served from the cache of forwarded replies.
+    pub cached: u64,
     /// SERVFAIL sent because no upstream gave a usable reply in time.
     pub failed: u64,
     /// Packets dropped without a reply: malformed, not a query, source
@@ -101,13 +109,7 @@ impl DnsServer {
     /// benchmarks, running unprivileged).
     pub fn with_port(upstreams: Vec<SocketAddr>, port: u16) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                port,
-                index: RwLock::new(Arc::new(Index::default())),
-                upstreams: RwLock::new(Arc::new(upstreams)),
-                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-                counters: Counters::default(),
-            }),
+            shared: Arc::new(Shared::new(port, upstreams, MAX_IN_FLIGHT)),
             listeners: Mutex::new(HashMap::new()),
         }
     }
@@ -130,7 +132,7 @@ impl DnsServer {
         let mut listeners = self.listeners.lock().await;
         // Records first: new listeners answer from their first packet, and
         // removed gateways stop answering before their sockets go.
-        *self.shared.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        self.shared.swap(index);
 
         let removed: Vec<Ipv4Addr> = listeners
             .keys()
@@ -202,6 +204,7 @@ impl DnsServer {
         Stats {
             answered: c.answered.load(Ordering::Relaxed),
             forwarded: c.forwarded.load(Ordering::Relaxed),
+            cached: c.cached.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
         }

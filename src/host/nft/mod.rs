@@ -4,6 +4,7 @@
 //! [`crate::core::firewall`]; this module only talks to `nft`.
 
 use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -60,6 +61,9 @@ pub fn observe() -> Result<Option<Observed>> {
 fn run_nft_script(script: &str) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
+        // Its own process group: a Ctrl-C at the terminal reaches netloom,
+        // which lets the transaction finish, and not nft in the middle.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -95,6 +99,34 @@ pub fn apply(tx: &Transaction) -> Result<()> {
         return Ok(());
     }
     run_nft_script(tx.script())
+}
+
+/// Which of the tables named `netloom` found in the kernel carry
+/// netloom's comment: ("inet", marked), ("bridge", marked). A text
+/// listing, because nft's JSON omits table comments; only asked when the
+/// state record cannot tell.
+pub fn tables_marked() -> Result<Vec<(&'static str, bool)>> {
+    let mut out = Vec::new();
+    for family in ["inet", "bridge"] {
+        let o = Command::new("nft")
+            .args(["list", "table", family, TABLE])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run nft (is the nftables package installed?)")?;
+        if !o.status.success() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        let mark = format!("comment \"{}\"", firewall::TABLE_MARK);
+        // The table's own comment comes before its first set or chain.
+        let head: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.contains('{'))
+            .collect();
+        out.push((family, head.iter().any(|l| l.trim() == mark)));
+    }
+    Ok(out)
 }
 
 /// Deletes netloom's tables if present (for `netloom down`), atomically.
