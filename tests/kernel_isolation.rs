@@ -113,9 +113,17 @@ fn a_vanished_netns_path_does_not_stop_healing_the_others() {
         "the agent did not heal a:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    // The agent logs a reconcile once it is done, after the link is up.
+    assert!(
+        h.wait_for(
+            &format!("grep -q '~ container.a.eth0' {}", log.display()),
+            Duration::from_secs(20)
+        ),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("container.ext"), "{text}");
-    assert!(text.contains("~ container.a.eth0"), "{text}");
     // `down` refuses while an agent runs (it would re-create everything).
     h.sh(&format!("kill {agent}")).ok();
     assert!(h.wait_for(

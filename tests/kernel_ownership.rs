@@ -31,6 +31,18 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// Waits until `pid` has exited (gone, or a zombie its parent has not
+/// reaped: its files and locks are released either way).
+fn wait_dead(h: &Host, pid: u32) {
+    assert!(
+        h.wait_for(
+            &format!("test ! -e /proc/{pid} || grep -q ') Z' /proc/{pid}/stat"),
+            Duration::from_secs(30)
+        ),
+        "pid {pid} did not exit"
+    );
+}
+
 fn finish(child: Child) -> Run {
     Run::from(child.wait_with_output().expect("wait for netloom"))
 }
@@ -189,6 +201,7 @@ fn kill_9_of_watch_mid_reconcile_is_recoverable() {
         "the agent created nothing"
     );
     signal(pid, "KILL");
+    wait_dead(&h, pid);
     // The dead agent's status names a dead pid: it does not block `apply`.
     converges_and_cleans(&h, &cfg);
     // And a restarted agent converges as well.
@@ -208,6 +221,7 @@ fn kill_9_of_watch_mid_reconcile_is_recoverable() {
         "the agent created nothing"
     );
     signal(pid, "KILL");
+    wait_dead(&h, pid);
     let pid = h.spawn_logged(
         &format!(
             "{} -c {} watch --resync 3600",
@@ -229,10 +243,7 @@ fn kill_9_of_watch_mid_reconcile_is_recoverable() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     signal(pid, "TERM");
-    assert!(h.wait_for(
-        &format!("test ! -e /proc/{pid} || grep -q ') Z' /proc/{pid}/stat"),
-        Duration::from_secs(30)
-    ));
+    wait_dead(&h, pid);
     converges_and_cleans(&h, &cfg);
 }
 
@@ -507,10 +518,7 @@ fn apply_and_down_refuse_to_fight_a_running_agent() {
     assert!(run.stderr.contains(&format!("pid {pid}")), "{}", run.stderr);
     assert_eq!(h.sh("ip link show docker0").code, 0, "down went ahead");
     signal(pid, "TERM");
-    assert!(h.wait_for(
-        &format!("test ! -e /proc/{pid} || grep -q ') Z' /proc/{pid}/stat"),
-        Duration::from_secs(30)
-    ));
+    wait_dead(&h, pid);
     h.netloom(&agent_cfg, &["down"]).ok();
     assert_eq!(leftovers(&h), Vec::<String>::new());
 }

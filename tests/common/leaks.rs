@@ -65,7 +65,7 @@ pub fn leftovers(h: &Host) -> Vec<String> {
          nft list tables | grep -vx 'table inet user' | sed 's/^/nft /'; \
          ls /etc/netns | grep -vx foreign | sed 's/^/etc-netns /'; \
          ls /run/netloom/netns 2>/dev/null | sed 's/^/mark /'; \
-         ls -A {state} | grep -vx lock | sed 's/^/state-dir /'; \
+         ls -A {state} | grep -vx -e lock -e agent.lock | sed 's/^/state-dir /'; \
          true",
         state = state.display()
     );
