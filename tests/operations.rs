@@ -59,3 +59,89 @@ fn a_second_agent_refuses_to_start_and_names_the_first() {
         st.stdout
     );
 }
+
+fn wait_log(h: &Host, log: &std::path::Path, needle: &str) -> String {
+    let found = h.wait_for(
+        &format!("grep -qF -- '{needle}' {}", log.display()),
+        Duration::from_secs(20),
+    );
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(found, "no {needle:?} in the log:\n{text}");
+    text
+}
+
+#[test]
+fn agent_logs_name_every_change_and_interface_one_record_per_line() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", CONFIG);
+    let log = h.dir.path().join("agent.log");
+    h.spawn_logged(
+        &format!(
+            "env RUST_LOG=debug {NETLOOM} watch --resync 0 -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    let text = wait_log(&h, &log, "reconciled");
+    for line in [
+        "+ network.app",
+        "+ container.api.eth0",
+        "+ file./etc/netns/api/hosts",
+    ] {
+        assert!(text.contains(line), "no {line:?}:\n{text}");
+    }
+    // debug: the kernel and firewall operations themselves.
+    assert!(text.contains("ip link add br-"), "{text}");
+    assert!(text.contains("nft transaction:"), "{text}");
+
+    // A file edit: the new container and the changed hosts file, by address.
+    std::fs::write(
+        &cfg,
+        format!("{CONFIG}[containers.newbie]\nnetworks = [\"app\"]\n"),
+    )
+    .unwrap();
+    let text = wait_log(&h, &log, "+ container.newbie.eth0");
+    assert!(text.contains("~ file./etc/netns/api/hosts"), "{text}");
+
+    // Drift inside a namespace names the interface.
+    h.sh("ip -n api addr flush dev eth0").ok();
+    let text = wait_log(&h, &log, "api: 10.73.0.2/24 removed from eth0");
+    assert!(!text.contains("ifindex"), "{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    // An invalid file: its errors must still be one record each.
+    let cfg = h.config("netloom.toml", CONFIG);
+    let log = h.dir.path().join("agent.log");
+    h.spawn_logged(
+        &format!(
+            "{NETLOOM} --log-format json watch --resync 0 -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    wait_log(&h, &log, "reconciled");
+    std::fs::write(&cfg, "[containers.api]\nnetworks = [\"nope\"]\nbogus = 1\n").unwrap();
+    let text = wait_log(&h, &log, "last good one stays in force");
+    let mut addresses = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}\n{text}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        if let Some(a) = v["address"].as_str() {
+            addresses.push(a.to_string());
+        }
+    }
+    assert!(
+        addresses.iter().any(|a| a == "container.api.eth0"),
+        "{addresses:?}"
+    );
+}

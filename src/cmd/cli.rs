@@ -24,8 +24,26 @@ pub struct Cli {
     #[arg(long, global = true, env = "NETLOOM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Log records (stderr): text lines, or one JSON object per line for
+    /// log collectors. `RUST_LOG=debug` adds the netlink and nft operations.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "NETLOOM_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

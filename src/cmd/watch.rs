@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::cmd::cli::Cli;
 use crate::cmd::steps::{self, Exit, LOCK_WAIT, Loaded};
@@ -188,7 +188,7 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
         } else if file_changed {
             Some(Trigger::File)
         } else if !drift.is_empty() {
-            Some(Trigger::Drift(drift.join("; ")))
+            Some(Trigger::Drift(summarize(&drift)))
         } else if batch.contains(&Trigger::Resync) {
             Some(Trigger::Resync)
         } else {
@@ -473,10 +473,21 @@ fn log_changes(plan: &crate::core::plan::Plan, done: &[String]) {
             }
             None => info!(address = %c.address, "{} {}", c.action.symbol(), c.address),
         }
-        for op in &c.ops {
-            debug!(address = %c.address, "  {}", one_line(&op.to_string()));
-        }
     }
+}
+
+/// The drift events of a batch for one log line: a flushed host can send
+/// hundreds, so the first few and a count.
+fn summarize(drift: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if drift.len() <= SHOWN {
+        return drift.join("; ");
+    }
+    format!(
+        "{}; and {} more",
+        drift[..SHOWN].join("; "),
+        drift.len() - SHOWN
+    )
 }
 
 /// `; failed: container.a, container.b` when objects failed.
@@ -578,7 +589,7 @@ fn describe(ev: &KernelEvent) -> String {
         }
         KernelEvent::Link { name, .. } => format!("{} changed", name.as_deref().unwrap_or("link")),
         KernelEvent::Address { index, removed, .. } => format!(
-            "address {} on ifindex {index}",
+            "address {} on interface #{index}",
             if *removed { "removed" } else { "added" }
         ),
         KernelEvent::Route { removed } => {

@@ -462,6 +462,12 @@ async fn run_change<R: Runner>(
         if let Op::Nft { .. } = op {
             if !*fw_done {
                 if let Some(tx) = fw_tx(failed).filter(|t| !t.is_empty()) {
+                    tracing::debug!(
+                        address = %c.address,
+                        "nft transaction: {} element(s) added, {} removed",
+                        tx.elements_added(),
+                        tx.elements_removed()
+                    );
                     runner.nft(&tx).map_err(NftFailed)?;
                     fault::point();
                     out.nft_transactions += 1;
@@ -471,6 +477,7 @@ async fn run_change<R: Runner>(
             }
             continue;
         }
+        tracing::debug!(address = %c.address, "{op}");
         runner
             .run(op, owned)
             .await

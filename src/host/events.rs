@@ -45,6 +45,8 @@ pub enum KernelEvent {
         link_local: bool,
         /// `address/prefix`, as the model writes addresses.
         addr: Option<String>,
+        /// The interface's name when the kernel says it (IPv4 labels).
+        label: Option<String>,
     },
     /// A route was added or removed (netloom's routes are the default
     /// routes inside container namespaces).
@@ -197,5 +199,9 @@ fn address_event(a: &AddressMessage, removed: bool) -> KernelEvent {
         removed,
         link_local,
         addr: ip.map(|ip| format!("{ip}/{}", a.header.prefix_len)),
+        label: a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Label(l) => Some(l.clone()),
+            _ => None,
+        }),
     }
 }

@@ -145,6 +145,7 @@ impl Expect {
                 removed,
                 link_local: false,
                 addr,
+                ..
             } => {
                 let name = self.host_index.get(index)?;
                 let addr = addr.as_deref().unwrap_or("address");
@@ -190,11 +191,15 @@ impl Expect {
                 link_local: false,
                 removed,
                 addr,
+                label,
                 ..
             } => {
                 let a = addr.as_deref().unwrap_or("address");
                 if *removed {
-                    Some(format!("{a} removed"))
+                    Some(match label {
+                        Some(dev) => format!("{a} removed from {dev}"),
+                        None => format!("{a} removed"),
+                    })
                 } else {
                     let known = want.is_some_and(|w| w.addrs.contains(a));
                     (!known).then(|| format!("{a} added"))
@@ -343,6 +348,7 @@ mod tests {
             removed,
             link_local: false,
             addr: Some(a.into()),
+            label: None,
         };
         assert_eq!(e.ns_drift("c1", &addr("10.60.0.2/24", false)), None);
         assert!(e.ns_drift("c1", &addr("10.60.0.3/24", false)).is_some());
