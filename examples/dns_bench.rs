@@ -53,6 +53,8 @@ fn zone() -> Zone {
         network: "bench".to_string(),
         gateway: GATEWAY,
         subnet: "127.0.0.0/8".parse().expect("constant subnet"),
+        gateway6: None,
+        subnet6: None,
         members,
     }
 }

@@ -202,3 +202,67 @@ fn a_container_resolves_every_network_it_is_on_and_resolv_conf_follows_the_agent
         read_log()
     );
 }
+
+#[test]
+fn dual_stack_networks_are_served_on_the_ipv6_gateway_too() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config(
+        "netloom.toml",
+        &format!(
+            "[settings]\nupstream_dns = [\"{OUTSIDE_IP}\"]\n\n\
+             [networks.dual]\nsubnet = \"10.81.0.0/24\"\nsubnet6 = \"fd00:81::/64\"\n\n\
+             [containers.web]\nnetworks = [\"dual\"]\n\n\
+             [containers.db]\nnetworks = {{ dual = {{ ip6 = \"fd00:81::db\" }} }}\n"
+        ),
+    );
+    let log = h.dir.path().join("agent.log");
+    h.spawn_logged(
+        &format!(
+            "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // web asks the IPv6 gateway over IPv6 (the gateway's address may still
+    // be in duplicate address detection for a moment: wait for it).
+    assert!(
+        wait(|| h
+            .sh("ip netns exec web dig +time=1 +tries=1 +short @fd00:81::1 AAAA db")
+            .stdout
+            .trim()
+            == "fd00:81::db"),
+        "AAAA over IPv6: {:?}\n{}",
+        dig(&h, "web", "@fd00:81::1 AAAA db"),
+        read_log()
+    );
+    assert_eq!(
+        dig(&h, "web", "@fd00:81::1 A db"),
+        ("NOERROR".into(), "10.81.0.3".into())
+    );
+    assert_eq!(
+        dig(&h, "web", "@fd00:81::1 -x fd00:81::db"),
+        ("NOERROR".into(), "db.".into())
+    );
+    // An address of the subnet nobody has: NXDOMAIN, not forwarded.
+    assert_eq!(dig(&h, "web", "@fd00:81::1 -x fd00:81::99").0, "NXDOMAIN");
+    // The IPv4 gateway answers AAAA too.
+    assert_eq!(
+        dig(&h, "web", "@10.81.0.1 AAAA db"),
+        ("NOERROR".into(), "fd00:81::db".into())
+    );
+    // Strangers over IPv6 get nothing: the host asking from an address
+    // outside subnet6 times out (dropped, not refused).
+    h.sh("ip -6 addr add fd00:99::5/64 dev lo").ok();
+    let stranger = h.sh("dig +time=1 +tries=1 -b fd00:99::5 @fd00:81::1 AAAA db");
+    assert!(
+        stranger.stdout.contains("timed out") || stranger.stdout.contains("no servers"),
+        "a stranger got an answer: {}",
+        stranger.stdout
+    );
+    // Control: the same dig from inside the network is answered.
+    assert_eq!(dig(&h, "web", "@fd00:81::1 AAAA db").0, "NOERROR");
+}

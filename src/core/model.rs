@@ -621,6 +621,8 @@ pub fn resolve(
             network: n.name.clone(),
             gateway: n.gateway,
             subnet: n.subnet,
+            gateway6: n.gateway6,
+            subnet6: n.subnet6,
             members: spec
                 .containers
                 .iter()

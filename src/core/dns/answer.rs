@@ -137,7 +137,9 @@ impl Index {
             }
             let ours = match addr {
                 IpAddr::V4(a) => view.nets().any(|n| self.nets[n].subnet.contains(a)),
-                IpAddr::V6(_) => false,
+                IpAddr::V6(a) => view
+                    .nets()
+                    .any(|n| self.nets[n].subnet6.is_some_and(|s| s.contains(a))),
             };
             return if ours { nxdomain() } else { Answer::Forward };
         }
@@ -185,6 +187,8 @@ mod tests {
             network: network.to_string(),
             gateway: ip(gateway),
             subnet: subnet.parse().expect("test subnet"),
+            gateway6: None,
+            subnet6: None,
             members,
         }
     }
@@ -198,7 +202,7 @@ mod tests {
         qtype: QType,
     ) -> Option<Answer<'i>> {
         let src: IpAddr = src.parse().expect("test address");
-        let view = index.view(ip(gw), src)?;
+        let view = index.view(gw.parse().expect("test address"), src)?;
         let mut key = String::new();
         lookup_key(
             name.trim_end_matches('.')
@@ -365,7 +369,10 @@ mod tests {
             );
         }
         // Other classes are the upstream's, even for member names.
-        let view = idx.view(ip("10.1.0.1"), "10.1.0.20".parse().expect("ip"));
+        let view = idx.view(
+            "10.1.0.1".parse().expect("ip"),
+            "10.1.0.20".parse().expect("ip"),
+        );
         let q = Question {
             name: "web",
             qtype: QType::A,
@@ -476,27 +483,102 @@ mod tests {
     #[test]
     fn strangers_get_no_view() {
         let idx = two_networks();
+        let view = |gw: &str, src: &str| {
+            idx.view(gw.parse().expect("ip"), src.parse().expect("ip"))
+                .is_some()
+        };
         // api's backend address asking frontend's gateway: outside the
         // subnet, whoever it is.
-        assert!(
-            idx.view(ip("10.1.0.1"), "10.2.0.11".parse().expect("ip"))
-                .is_none()
-        );
-        assert!(
-            idx.view(ip("10.1.0.1"), "127.0.0.1".parse().expect("ip"))
-                .is_none()
-        );
-        assert!(
-            idx.view(ip("10.9.0.1"), "10.9.0.5".parse().expect("ip"))
-                .is_none()
-        );
+        assert!(!view("10.1.0.1", "10.2.0.11"));
+        assert!(!view("10.1.0.1", "127.0.0.1"));
+        assert!(!view("10.9.0.1", "10.9.0.5"));
         // An IPv4-mapped source is its IPv4 address.
-        assert!(
-            idx.view(ip("10.1.0.1"), "::ffff:10.1.0.11".parse().expect("ip"))
-                .is_some()
+        assert!(view("10.1.0.1", "::ffff:10.1.0.11"));
+        // No IPv6 on these networks: no IPv6 source is inside.
+        assert!(!view("10.1.0.1", "fd00::11"));
+        let serves = |gw: &str| idx.serves(gw.parse().expect("ip"));
+        assert!(serves("10.2.0.1") && !serves("10.2.0.2"));
+        let mut listeners: Vec<_> = idx.listeners().collect();
+        listeners.sort();
+        assert_eq!(
+            listeners,
+            [
+                ("10.1.0.1".parse().expect("ip"), "frontend"),
+                ("10.2.0.1".parse().expect("ip"), "backend"),
+                ("10.3.0.1".parse().expect("ip"), "other"),
+            ]
         );
-        assert!(idx.serves(ip("10.2.0.1")) && !idx.serves(ip("10.2.0.2")));
-        assert_eq!(idx.network_of(ip("10.3.0.1")), Some("other"));
+    }
+
+    #[test]
+    fn dual_stack_networks_answer_on_their_ipv6_gateway() {
+        let mut z = zone(
+            "v6net",
+            "10.6.0.1",
+            "10.6.0.0/24",
+            vec![
+                member("web", &[], "10.6.0.10", Some("fd00:6::10")),
+                member("db", &[], "10.6.0.20", Some("fd00:6::20")),
+            ],
+        );
+        z.gateway6 = Some("fd00:6::1".parse().expect("v6"));
+        z.subnet6 = Some("fd00:6::/64".parse().expect("v6 subnet"));
+        let idx = Index::build(&[z]).expect("index");
+        let listeners: Vec<IpAddr> = idx.listeners().map(|(gw, _)| gw).collect();
+        assert_eq!(listeners.len(), 2);
+        assert!(idx.serves("fd00:6::1".parse().expect("v6")));
+        // web asks over IPv6 from its IPv6 address.
+        let v6 = "fd00:6::20".parse::<Ipv6Addr>().expect("v6");
+        assert_eq!(
+            ask(&idx, "fd00:6::1", "fd00:6::10", "db", QType::Aaaa),
+            Some(local(vec![Data::Aaaa(v6)]))
+        );
+        assert_eq!(
+            ask(&idx, "fd00:6::1", "fd00:6::10", "db", QType::A),
+            Some(local(vec![Data::A(ip("10.6.0.20"))]))
+        );
+        let nibbles = |a: Ipv6Addr| -> String {
+            let n: Vec<String> = format!("{:032x}", u128::from(a))
+                .chars()
+                .rev()
+                .map(String::from)
+                .collect();
+            format!("{}.ip6.arpa", n.join("."))
+        };
+        assert_eq!(
+            ask(&idx, "fd00:6::1", "fd00:6::10", &nibbles(v6), QType::Ptr),
+            Some(local(vec![Data::Ptr("db.")]))
+        );
+        // In subnet6 but nobody's: ours to deny; outside: upstream's.
+        let nobody = "fd00:6::99".parse().expect("v6");
+        assert_eq!(
+            ask(
+                &idx,
+                "fd00:6::1",
+                "fd00:6::10",
+                &nibbles(nobody),
+                QType::Ptr
+            ),
+            Some(Answer::Local {
+                rcode: Rcode::NxDomain,
+                records: vec![]
+            })
+        );
+        let outside = "2001:db8::1".parse().expect("v6");
+        assert_eq!(
+            ask(
+                &idx,
+                "fd00:6::1",
+                "fd00:6::10",
+                &nibbles(outside),
+                QType::Ptr
+            ),
+            Some(Answer::Forward)
+        );
+        // IPv6 strangers get nothing; either listener of the network takes
+        // the network's sources.
+        assert!(ask(&idx, "fd00:6::1", "fd00:7::10", "db", QType::A).is_none());
+        assert!(ask(&idx, "10.6.0.1", "fd00:6::10", "db", QType::A).is_some());
     }
 
     #[test]
@@ -506,7 +588,10 @@ mod tests {
             zone("b", "10.1.0.1", "10.1.0.0/24", vec![]),
         ])
         .expect_err("same gateway");
-        assert_eq!(err, IndexError::DuplicateGateway(ip("10.1.0.1")));
+        assert_eq!(
+            err,
+            IndexError::DuplicateGateway(IpAddr::V4(ip("10.1.0.1")))
+        );
         let idx = Index::build(&[zone(
             "a",
             "10.1.0.1",

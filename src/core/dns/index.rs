@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use super::Zone;
 use super::name::{normalize, valid_target};
@@ -13,15 +13,15 @@ use super::name::{normalize, valid_target};
 pub enum IndexError {
     /// Two zones would listen on the same address.
     #[error("two networks use the gateway {0}")]
-    DuplicateGateway(Ipv4Addr),
+    DuplicateGateway(IpAddr),
 }
 
 /// The lookup tables of one zone.
 #[derive(Debug)]
 pub(super) struct Net {
     pub(super) network: String,
-    pub(super) gateway: Ipv4Addr,
     pub(super) subnet: Ipv4Network,
+    pub(super) subnet6: Option<Ipv6Network>,
     /// Lookup-form name (`web`, `web.green`) -> indexes into `addrs`.
     pub(super) names: HashMap<Box<str>, Box<[u32]>>,
     /// Addresses of each member, in the zone's order.
@@ -36,7 +36,9 @@ pub(super) struct Net {
 #[derive(Debug, Default)]
 pub struct Index {
     pub(super) nets: Vec<Net>,
-    by_gateway: HashMap<Ipv4Addr, u32>,
+    /// Listener address (IPv4 gateway, and IPv6 gateway on dual-stack
+    /// networks) -> its network in `nets`.
+    by_gateway: HashMap<IpAddr, u32>,
     /// A member's address (any network) -> its container's entry in
     /// `containers`: how the asker of a query is recognised.
     sources: HashMap<IpAddr, u32>,
@@ -72,8 +74,12 @@ impl Index {
         let mut container_nets: Vec<Vec<u32>> = Vec::new();
         for (n, zone) in zones.iter().enumerate() {
             let n = n as u32;
-            if index.by_gateway.insert(zone.gateway, n).is_some() {
-                return Err(IndexError::DuplicateGateway(zone.gateway));
+            let gateways =
+                std::iter::once(IpAddr::V4(zone.gateway)).chain(zone.gateway6.map(IpAddr::V6));
+            for gateway in gateways {
+                if index.by_gateway.insert(gateway, n).is_some() {
+                    return Err(IndexError::DuplicateGateway(gateway));
+                }
             }
             let net = index.net(zone);
             index.nets.push(net);
@@ -141,8 +147,8 @@ impl Index {
         }
         Net {
             network: zone.network.clone(),
-            gateway: zone.gateway,
             subnet: zone.subnet,
+            subnet6: zone.subnet6,
             names: names
                 .into_iter()
                 .map(|(k, v)| (k, v.into_boxed_slice()))
@@ -154,18 +160,23 @@ impl Index {
     }
 
     /// What `src` may see when it asks the listener on `gateway`; `None`
-    /// when no zone listens there or `src` is outside its subnet (such
-    /// packets are dropped without a reply: answering would make the
-    /// gateway a reflector, and legitimate clients never come from
-    /// outside). An IPv4-mapped IPv6 source counts as its IPv4 address.
-    pub fn view(&self, gateway: Ipv4Addr, src: IpAddr) -> Option<View<'_>> {
+    /// when no zone listens there or `src` is outside its subnet (`subnet`
+    /// for IPv4 sources, `subnet6` for IPv6 ones). Such packets are dropped
+    /// without a reply: answering would make the gateway a reflector, and
+    /// legitimate clients never come from outside. An IPv4-mapped IPv6
+    /// source counts as its IPv4 address.
+    pub fn view(&self, gateway: IpAddr, src: IpAddr) -> Option<View<'_>> {
         let first = *self.by_gateway.get(&gateway)?;
         let src = match src {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(src, IpAddr::V4),
             v4 => v4,
         };
-        let IpAddr::V4(v4) = src else { return None };
-        if !self.nets[first as usize].subnet.contains(v4) {
+        let net = &self.nets[first as usize];
+        let inside = match src {
+            IpAddr::V4(v4) => net.subnet.contains(v4),
+            IpAddr::V6(v6) => net.subnet6.is_some_and(|s| s.contains(v6)),
+        };
+        if !inside {
             return None;
         }
         let others = self
@@ -176,19 +187,16 @@ impl Index {
     }
 
     /// Whether a zone listens on `gateway`.
-    pub fn serves(&self, gateway: Ipv4Addr) -> bool {
+    pub fn serves(&self, gateway: IpAddr) -> bool {
         self.by_gateway.contains_key(&gateway)
     }
 
-    /// The listeners: each zone's gateway and network name.
-    pub fn listeners(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
-        self.nets.iter().map(|n| (n.gateway, n.network.as_str()))
-    }
-
-    /// The network name of the listener on `gateway`.
-    pub fn network_of(&self, gateway: Ipv4Addr) -> Option<&str> {
-        let n = *self.by_gateway.get(&gateway)?;
-        Some(self.nets[n as usize].network.as_str())
+    /// The listeners: each gateway address (IPv4, and IPv6 where the
+    /// network has it) and its network's name.
+    pub fn listeners(&self) -> impl Iterator<Item = (IpAddr, &str)> {
+        self.by_gateway
+            .iter()
+            .map(|(gw, n)| (*gw, self.nets[*n as usize].network.as_str()))
     }
 
     /// Configured names left out of the PTR tables (not valid DNS names).

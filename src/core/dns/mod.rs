@@ -35,8 +35,8 @@
 //!   NXDOMAIN locally: bare names are container names, and leaking them to
 //!   the host's resolvers only leaks the application's topology (and breaks
 //!   `ndots` search-list fallbacks with slow timeouts).
-//! * A reverse (`in-addr.arpa`) name for an address inside one of the
-//!   asker's subnets that is not a member's gets NXDOMAIN locally: the
+//! * A reverse (`in-addr.arpa`, `ip6.arpa`) name for an address inside one
+//!   of the asker's subnets that is not a member's gets NXDOMAIN locally: the
 //!   network is private to this host and nobody upstream can know better.
 //! * `x.<network>` where `x` is not a member **is forwarded**, as Docker
 //!   does: network names may coincide with real domains (`dev`, `app`,
@@ -45,7 +45,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 mod answer;
 mod index;
@@ -77,6 +77,11 @@ pub struct Zone {
     pub gateway: Ipv4Addr,
     /// Only sources inside it are served.
     pub subnet: Ipv4Network,
+    /// On dual-stack networks, the IPv6 gateway, where the server listens
+    /// too.
+    pub gateway6: Option<Ipv6Addr>,
+    /// On dual-stack networks: IPv6 sources inside it are served.
+    pub subnet6: Option<Ipv6Network>,
     /// The containers on it.
     pub members: Vec<Member>,
 }

@@ -11,14 +11,14 @@
 //! accepts at most [`MAX_TCP_CONNECTIONS`] per listener.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
-    sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen, setsockopt,
+    socket, sockopt,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -46,7 +46,7 @@ pub(super) struct Listener {
 /// network's own share of forwarded queries.
 struct Net {
     shared: Arc<Shared>,
-    gateway: Ipv4Addr,
+    gateway: IpAddr,
     /// Forwarded queries in flight from this network: at most
     /// [`MAX_IN_FLIGHT_PER_NETWORK`], so one busy network cannot take all
     /// of the server's [`super::MAX_IN_FLIGHT`].
@@ -73,8 +73,8 @@ impl Net {
 }
 
 impl Listener {
-    pub(super) async fn open(shared: &Arc<Shared>, gateway: Ipv4Addr) -> io::Result<Self> {
-        let addr = SocketAddrV4::new(gateway, shared.port);
+    pub(super) async fn open(shared: &Arc<Shared>, gateway: IpAddr) -> io::Result<Self> {
+        let addr = SocketAddr::new(gateway, shared.port);
         let udp = bind_udp(addr)?;
         let tcp = bind_tcp(addr)?;
         let net = Arc::new(Net {
@@ -104,14 +104,22 @@ impl Listener {
 
 /// A socket of `ty` bound to `addr` with IP_FREEBIND: the bind succeeds
 /// even when no interface holds the address yet (bridge not created, or
-/// being recreated), and starts receiving as soon as one does.
-fn bound_socket(addr: SocketAddrV4, ty: SockType) -> io::Result<std::os::fd::OwnedFd> {
+/// being recreated, or an IPv6 address still in duplicate address
+/// detection), and starts receiving as soon as one does. IPv6 sockets are
+/// IPv6 only: the IPv4 gateway has its own.
+fn bound_socket(addr: SocketAddr, ty: SockType) -> io::Result<std::os::fd::OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
     let fd = socket(
-        AddressFamily::Inet,
+        family,
         ty,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    // IP_FREEBIND applies to IPv6 sockets too (Linux reads SOL_IP options
+    // on them).
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
     if ty == SockType::Stream {
         // Rebinding right after a close must not fail because of old
@@ -119,16 +127,22 @@ fn bound_socket(addr: SocketAddrV4, ty: SockType) -> io::Result<std::os::fd::Own
         // second server silently share the port.)
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     }
-    bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    match addr {
+        SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
+        SocketAddr::V6(v6) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?;
+        }
+    }
     Ok(fd)
 }
 
-pub(super) fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpSocket> {
+pub(super) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let fd = bound_socket(addr, SockType::Datagram)?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
-pub(super) fn bind_tcp(addr: SocketAddrV4) -> io::Result<TcpListener> {
+pub(super) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let fd = bound_socket(addr, SockType::Stream)?;
     listen(&fd, Backlog::new(128)?)?;
     TcpListener::from_std(std::net::TcpListener::from(fd))

@@ -33,7 +33,7 @@
 //! and forwarded queries) closed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -95,7 +95,7 @@ pub struct Stats {
 pub struct DnsServer {
     shared: Arc<Shared>,
     /// Listeners by gateway. The async mutex also serialises `update`s.
-    listeners: Mutex<HashMap<Ipv4Addr, Listener>>,
+    listeners: Mutex<HashMap<IpAddr, Listener>>,
 }
 
 impl DnsServer {
@@ -129,14 +129,21 @@ impl DnsServer {
         for name in index.skipped() {
             warn!(%name, "not a valid DNS name; no PTR record");
         }
+        // Every gateway address (IPv4, and IPv6 on dual-stack networks)
+        // gets its listeners.
+        let mut wanted: Vec<(IpAddr, String)> = index
+            .listeners()
+            .map(|(gw, network)| (gw, network.to_string()))
+            .collect();
+        wanted.sort();
         let mut listeners = self.listeners.lock().await;
         // Records first: new listeners answer from their first packet, and
         // removed gateways stop answering before their sockets go.
         self.shared.swap(index);
 
-        let removed: Vec<Ipv4Addr> = listeners
+        let removed: Vec<IpAddr> = listeners
             .keys()
-            .filter(|gw| !zones.iter().any(|z| z.gateway == **gw))
+            .filter(|gw| !wanted.iter().any(|(w, _)| w == *gw))
             .copied()
             .collect();
         for gateway in removed {
@@ -147,18 +154,19 @@ impl DnsServer {
         }
 
         let mut failed = Vec::new();
-        for zone in &zones {
-            if listeners.contains_key(&zone.gateway) {
+        for (gateway, network) in wanted {
+            if listeners.contains_key(&gateway) {
                 continue;
             }
-            match Listener::open(&self.shared, zone.gateway).await {
+            let addr = SocketAddr::new(gateway, self.shared.port);
+            match Listener::open(&self.shared, gateway).await {
                 Ok(listener) => {
-                    info!(gateway = %zone.gateway, network = %zone.network, port = self.shared.port, "dns listener opened");
-                    listeners.insert(zone.gateway, listener);
+                    info!(%gateway, %network, port = self.shared.port, "dns listener opened");
+                    listeners.insert(gateway, listener);
                 }
                 Err(err) => {
-                    warn!(gateway = %zone.gateway, %err, "cannot open dns listener");
-                    failed.push(format!("{}:{} ({err})", zone.gateway, self.shared.port));
+                    warn!(%gateway, %err, "cannot open dns listener");
+                    failed.push(format!("{addr} ({err})"));
                 }
             }
         }

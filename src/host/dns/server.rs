@@ -8,7 +8,7 @@
 //! answered straight from and into bytes ([`wire`]), into buffers the
 //! listener reuses; the rest goes through hickory ([`codec`]).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -109,7 +109,7 @@ impl Shared {
     }
 
     /// Whether `src` may query the listener on `gateway` (inside its subnet).
-    pub(super) fn allowed(&self, gateway: Ipv4Addr, src: SocketAddr) -> bool {
+    pub(super) fn allowed(&self, gateway: IpAddr, src: SocketAddr) -> bool {
         self.index().view(gateway, src.ip()).is_some()
     }
 
@@ -125,7 +125,7 @@ impl Shared {
     pub(super) fn prepare(
         &self,
         s: &mut Scratch,
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         src: SocketAddr,
         packet: &[u8],
         udp: bool,
@@ -183,7 +183,7 @@ impl Shared {
         index: &Index,
         key: &mut String,
         out: &mut Vec<u8>,
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         src: SocketAddr,
         packet: &[u8],
         udp: bool,
@@ -236,10 +236,7 @@ impl Shared {
         let index = self.index();
         all.iter()
             .copied()
-            .filter(|up| match up {
-                SocketAddr::V4(v4) => !(v4.port() == self.port && index.serves(*v4.ip())),
-                SocketAddr::V6(_) => true,
-            })
+            .filter(|up| !(up.port() == self.port && index.serves(up.ip())))
             .collect()
     }
 }

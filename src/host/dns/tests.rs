@@ -2,7 +2,7 @@
 //! uses its own 127.0.N.x addresses so tests can run in parallel.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
@@ -55,6 +55,8 @@ fn zone(network: &str, gateway: &str, subnet: &str, members: Vec<Member>) -> Zon
         network: network.to_string(),
         gateway: ip(gateway),
         subnet: subnet.parse().expect("test subnet"),
+        gateway6: None,
+        subnet6: None,
         members,
     }
 }
@@ -782,7 +784,7 @@ async fn update_swaps_records_and_keeps_unchanged_listeners() {
     assert_eq!(a_records(&resp), vec![ip("127.0.14.10")]);
 
     // The port of a closed listener is free again at once.
-    let probe = bind_udp(SocketAddrV4::new(b, port())).expect("b's port was released");
+    let probe = bind_udp(SocketAddr::from((b, port()))).expect("b's port was released");
     drop(probe);
 
     // Two zones on one gateway: rejected, nothing changes.
@@ -798,8 +800,8 @@ async fn update_swaps_records_and_keeps_unchanged_listeners() {
 
     server.shutdown().await;
     // shutdown() returns after the sockets are closed.
-    drop(bind_udp(SocketAddrV4::new(a, port())).expect("a's port was released"));
-    drop(bind_tcp(SocketAddrV4::new(c, port())).expect("c's port was released"));
+    drop(bind_udp(SocketAddr::from((a, port()))).expect("a's port was released"));
+    drop(bind_tcp(SocketAddr::from((c, port()))).expect("c's port was released"));
 }
 
 #[tokio::test]
