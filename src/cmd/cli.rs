@@ -71,12 +71,20 @@ pub enum Command {
         /// Output format: text for people, json for programs.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Also save the plan to this file (versioned JSON with digests of
+        /// the file, the host and the observed state), for `apply PLAN`.
+        #[arg(long, value_name = "PLAN", conflicts_with = "offline")]
+        out: Option<PathBuf>,
     },
     /// Make the host match the file, then read it back and verify.
     ///
     /// Exit status: 0 success, 1 error; with --detailed-exitcode 0 no
     /// changes, 2 changes planned or made.
     Apply {
+        /// A plan saved by `plan --out`: apply exactly it, or refuse (exit
+        /// 1, "stale plan") if the file or the host changed since.
+        #[arg(value_name = "PLAN", conflicts_with = "dry_run")]
+        plan: Option<PathBuf>,
         /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,

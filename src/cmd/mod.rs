@@ -30,17 +30,42 @@ pub async fn run(cli: Cli) -> Result<Exit> {
             offline: true,
             detailed_exitcode,
             format,
+            ..
         } => plan_apply::plan_offline(&cli, *detailed_exitcode, *format),
         Command::Plan {
             offline: false,
             detailed_exitcode,
             format,
-        } => plan_apply::apply_cmd(&cli, true, *detailed_exitcode, *format).await,
+            out,
+        } => {
+            let how = plan_apply::How {
+                dry_run: true,
+                detailed: *detailed_exitcode,
+                format: *format,
+                out: out.as_deref(),
+            };
+            plan_apply::apply_cmd(&cli, how).await
+        }
         Command::Apply {
+            plan: Some(saved),
+            detailed_exitcode,
+            format,
+            ..
+        } => plan_apply::apply_saved(&cli, saved, *detailed_exitcode, *format).await,
+        Command::Apply {
+            plan: None,
             dry_run,
             detailed_exitcode,
             format,
-        } => plan_apply::apply_cmd(&cli, *dry_run, *detailed_exitcode, *format).await,
+        } => {
+            let how = plan_apply::How {
+                dry_run: *dry_run,
+                detailed: *detailed_exitcode,
+                format: *format,
+                out: None,
+            };
+            plan_apply::apply_cmd(&cli, how).await
+        }
         Command::Status { format } => status::status(&cli, *format).await,
         Command::Inspect { network, format } => status::inspect(&cli, network, *format).await,
         Command::Down => down::down(&cli).await,

@@ -1,15 +1,18 @@
 //! `validate`, `plan` and `apply`.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::steps::{
-    Exit, apply_planned, load, open_state, plan_exit, plan_live, print_held, print_plan,
-    record_converged, refuse_if_agent, require_root, resolve,
+    Exit, Loaded, Planned, apply_planned, load, load_bytes, open_state, plan_exit, plan_live,
+    print_held, print_plan, record_converged, refuse_if_agent, require_root, resolve,
 };
 use crate::core::model::State;
 use crate::core::plan;
-use crate::host::state::{Record, unix_now};
+use crate::core::saved_plan::{self, SavedPlan};
+use crate::host::state::{Record, StateDir, unix_now};
 
 pub fn validate(cli: &Cli) -> Result<Exit> {
     let Some(l) = load(cli)? else {
@@ -36,27 +39,135 @@ pub fn plan_offline(cli: &Cli, detailed: bool, format: Format) -> Result<Exit> {
     Ok(plan_exit(&plan, detailed))
 }
 
+/// How `plan`/`apply` run.
+pub struct How<'a> {
+    /// Print the plan, change nothing (`plan`, `apply --dry-run`).
+    pub dry_run: bool,
+    /// `--detailed-exitcode`.
+    pub detailed: bool,
+    pub format: Format,
+    /// `plan --out PLAN`: also save the plan there.
+    pub out: Option<&'a Path>,
+}
+
 /// `plan` and `apply [--dry-run]` against the live host.
-pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format) -> Result<Exit> {
-    let Some(l) = load(cli)? else {
+pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
+    let Some((l, bytes)) = load_bytes(cli, &cli.config)? else {
         return Ok(Exit::Error);
     };
-    require_root(if dry_run { "plan" } else { "apply" })?;
-    if !dry_run {
+    require_root(if how.dry_run { "plan" } else { "apply" })?;
+    if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
         crate::host::interrupt::install()?;
     }
     let sd = open_state(&l.host.state_dir)?;
     let mut record = sd.load()?;
-    if let (Some(p), false) = (&record.pending, dry_run) {
+    if let (Some(p), false) = (&record.pending, how.dry_run) {
         eprintln!(
             "netloom: the apply started {}s ago did not finish (interrupted); this run continues it.",
             unix_now().saturating_sub(p.started)
         );
     }
     let p = plan_live(&l, &record).await?;
+    print_plan(&p.plan, how.format);
+    print_held(&p.held);
+    if let Some(out) = how.out {
+        let doc = saved_now(&l, &bytes, &record, &p)?;
+        write_file(out, &saved_plan::to_text(&doc))?;
+        eprintln!(
+            "Saved the plan to {0}; `netloom apply {0}` applies exactly this plan, or nothing if the file or the host changes meanwhile.",
+            out.display()
+        );
+    }
+    finish(&sd, &mut record, &p, how.dry_run, how.detailed).await
+}
+
+/// The saved-plan document of `p`, made from the bytes `l` was loaded from.
+fn saved_now(l: &Loaded, bytes: &[u8], record: &Record, p: &Planned) -> Result<SavedPlan> {
+    let path = std::path::absolute(&l.path)
+        .with_context(|| format!("absolute path of {}", l.path.display()))?;
+    let state_json = serde_json::to_string(record).context("serialize the state record")?;
+    let identity = crate::host::identity::host_identity();
+    let inputs = saved_plan::Inputs {
+        config_path: &path.display().to_string(),
+        config_bytes: bytes,
+        host_identity: &identity,
+        state_json: &state_json,
+        observed: &p.observation.state,
+    };
+    Ok(saved_plan::build(&inputs, &p.plan))
+}
+
+/// Writes `text` to `path` whole or not at all (temp file, rename).
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// `apply PLAN`: re-observe, and apply the saved plan only if it is still
+/// exactly what would be planned now; otherwise say what moved and change
+/// nothing.
+pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format) -> Result<Exit> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the saved plan {}", file.display()))?;
+    let saved = match saved_plan::parse(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Error: {}: {e}", file.display());
+            return Ok(Exit::Error);
+        }
+    };
+    let cfg = Path::new(&saved.config.path);
+    let Some((l, bytes)) = load_bytes(cli, cfg)? else {
+        eprintln!(
+            "stale plan: the file {} changed since the plan was made (it is not valid now); nothing was changed.",
+            cfg.display()
+        );
+        return Ok(Exit::Error);
+    };
+    require_root("apply")?;
+    refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
+    crate::host::interrupt::install()?;
+    let sd = open_state(&l.host.state_dir)?;
+    let mut record = sd.load()?;
+    let p = plan_live(&l, &record).await?;
+    let now = saved_now(&l, &bytes, &record, &p)?;
+    if saved_plan::other_host(&saved, &now) {
+        eprintln!(
+            "Error: the plan {} was made on another host; make the plan on this host. Nothing was changed.",
+            file.display()
+        );
+        return Ok(Exit::Error);
+    }
+    let reasons = saved_plan::stale_reasons(&saved, &now);
+    if !reasons.is_empty() {
+        for r in &reasons {
+            eprintln!("stale plan: {r}");
+        }
+        eprintln!(
+            "Nothing was changed. Make a new plan (`netloom plan --out {}`) and review it.",
+            file.display()
+        );
+        return Ok(Exit::Error);
+    }
     print_plan(&p.plan, format);
     print_held(&p.held);
+    finish(&sd, &mut record, &p, false, detailed).await
+}
+
+/// Applies `p` (unless `dry_run`) and reports, with `apply`'s exit status.
+async fn finish(
+    sd: &StateDir,
+    record: &mut Record,
+    p: &Planned,
+    dry_run: bool,
+    detailed: bool,
+) -> Result<Exit> {
     let held = if p.held.is_empty() {
         None
     } else {
@@ -69,11 +180,11 @@ pub async fn apply_cmd(cli: &Cli, dry_run: bool, detailed: bool, format: Format)
                 "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
                 c.dumps, c.writes
             );
-            record_converged(&sd, &mut record, &p)?;
+            record_converged(sd, record, p)?;
         }
         return Ok(held.unwrap_or_else(|| plan_exit(&p.plan, detailed)));
     }
-    let applied = apply_planned(&sd, &mut record, &p).await;
+    let applied = apply_planned(sd, record, p).await;
     if let Some(n) = crate::host::fault::count() {
         eprintln!("fault points passed: {n}");
     }

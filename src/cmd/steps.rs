@@ -54,12 +54,18 @@ pub struct Loaded {
 
 /// Reads and validates the file; `None` after printing its errors.
 pub fn load(cli: &Cli) -> Result<Option<Loaded>> {
-    let path = cli.config.clone();
+    Ok(load_bytes(cli, &cli.config)?.map(|(l, _)| l))
+}
+
+/// [`load`] of `path`, also returning the bytes that were read (for the
+/// digest of a saved plan: the very bytes planned from).
+pub fn load_bytes(cli: &Cli, path: &std::path::Path) -> Result<Option<(Loaded, Vec<u8>)>> {
+    let path = path.to_path_buf();
     let bytes = read_config(&path).with_context(|| format!("cannot read {}", path.display()))?;
     match spec::load_bytes(&path.display().to_string(), &bytes) {
         Ok(spec) => {
             let host = host_info(cli, &spec);
-            Ok(Some(Loaded { path, spec, host }))
+            Ok(Some((Loaded { path, spec, host }, bytes)))
         }
         Err(d) => {
             eprint!("{d}");

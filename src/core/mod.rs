@@ -17,5 +17,6 @@ pub mod model;
 pub mod plan;
 pub mod ports;
 pub mod render;
+pub mod saved_plan;
 pub mod share;
 pub mod spec;

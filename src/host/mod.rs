@@ -11,6 +11,7 @@ pub mod apply;
 pub mod dns;
 pub mod events;
 pub mod fault;
+pub mod identity;
 pub mod interrupt;
 pub mod marks;
 pub mod netlink;
