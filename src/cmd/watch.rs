@@ -4,7 +4,7 @@
 //! content hash, atomic renames included), on drift, every resync period
 //! (with jitter; a safety net), and at once on SIGHUP. Drift is what the
 //! kernel and the filesystem report, judged against what the last
-//! reconcile made ([`expect`]), with no polling of the host: rtnetlink link
+//! reconcile made (`expect`), with no polling of the host: rtnetlink link
 //! and address events in the host and in every container namespace
 //! (removed, down, MAC, MTU, bridge port, an extra or missing address or
 //! route), nftables notifications for netloom's tables (an element, a

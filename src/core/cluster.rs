@@ -1,12 +1,14 @@
-//! Cluster mode (SPEC §4): the file's `[cluster]`, `[hosts]`, `scope`,
-//! `vni` and `host` keys, their checks, the cluster-wide allocations that
+//! Cluster mode: the file's `[cluster]`, `[hosts]`, `scope`, `vni` and
+//! `host` keys, their checks, the cluster-wide allocations that
 //! `netloom push` keeps in etcd, and the share of one host.
 //!
-//! Everything here is pure. The share of a host ([`share`]) is an ordinary
-//! [`Spec`] (its containers and the networks they use, with the addresses
-//! of cluster networks fixed by the cluster allocation) plus a [`Share`]
-//! describing the rest of the cluster (VXLAN peers and remote members), so
-//! that the single-host engine resolves, plans and applies it unchanged.
+//! Everything here is pure. The share of a host
+//! ([`share`](crate::core::share::share)) is an ordinary
+//! [`Spec`](crate::core::spec::Spec) (its containers and the networks they
+//! use, with the addresses of cluster networks fixed by the cluster
+//! allocation) plus a [`Share`] describing the rest of the cluster (VXLAN
+//! peers and remote members), so that the single-host engine resolves,
+//! plans and applies it unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};

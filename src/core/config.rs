@@ -1,8 +1,8 @@
-//! The TOML file: serde types for every key of SPEC §1.
+//! The TOML file: serde types for every key of the README's "The file".
 //!
 //! Values that a semantic check may complain about are kept as
 //! [`toml::Spanned`] so that every error points at `FILE:LINE:COL` of the
-//! offending value. Validation lives in [`crate::validate`]; this module only
+//! offending value. Validation lives in [`crate::core::spec`]; this module only
 //! describes the shape of the file (and, through schemars, its JSON Schema).
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ pub struct ConfigFile {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, ContainerConfig>")]
     pub containers: Ordered<ContainerConfig>,
-    /// Cluster mode (SPEC §4): where the desired state is stored.
+    /// Cluster mode: where the desired state is stored.
     #[schemars(with = "Option<ClusterConfig>")]
     pub cluster: Option<Spanned<ClusterConfig>>,
     /// Cluster mode: the hosts by name, each with its underlay address.
@@ -237,15 +237,18 @@ impl<T> Default for Ordered<T> {
 }
 
 impl<T> Ordered<T> {
+    /// The value under key `name`, if present.
     pub fn get(&self, name: &str) -> Option<&Spanned<T>> {
         self.0
             .iter()
             .find(|(k, _)| k.get_ref() == name)
             .map(|(_, v)| v)
     }
+    /// Keys and values in file order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Spanned<T>)> {
         self.0.iter().map(|(k, v)| (k.get_ref().as_str(), v))
     }
+    /// Keys with their spans, in file order.
     pub fn keys(&self) -> impl Iterator<Item = &Spanned<String>> {
         self.0.iter().map(|(k, _)| k)
     }

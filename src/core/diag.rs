@@ -6,11 +6,15 @@ use std::ops::Range;
 /// One error about the file, located by byte offsets into its text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diag {
+    /// Byte range of the offending value in the file's text; its start is
+    /// what `FILE:LINE:COL` points at.
     pub span: Range<usize>,
+    /// One line, without the location.
     pub message: String,
 }
 
 impl Diag {
+    /// A diagnostic at `span`.
     pub fn new(span: Range<usize>, message: impl Into<String>) -> Self {
         Diag {
             span,
@@ -22,10 +26,13 @@ impl Diag {
 /// All the errors of one file, ready to print as `FILE:LINE:COL: message`.
 #[derive(Clone, Debug)]
 pub struct Diagnostics {
+    /// `FILE:LINE:COL: message`, in file order, duplicates removed.
     pub lines: Vec<String>,
 }
 
 impl Diagnostics {
+    /// Locates each diagnostic in `text` (the file read from `path`) and
+    /// formats it; LINE and COL count from 1, COL in characters.
     pub fn render(path: &str, text: &str, mut diags: Vec<Diag>) -> Self {
         diags.sort_by_key(|d| d.span.start);
         diags.dedup();

@@ -7,15 +7,19 @@
 //! without root.
 
 pub mod cluster;
+#[warn(missing_docs)]
 pub mod config;
+#[warn(missing_docs)]
 pub mod diag;
 pub mod dns;
 pub mod firewall;
+#[warn(missing_docs)]
 pub mod hash;
 pub mod ipam;
 pub mod model;
 pub mod plan;
 pub mod ports;
+#[warn(missing_docs)]
 pub mod render;
 pub mod saved_plan;
 pub mod share;

@@ -1,4 +1,5 @@
-//! Printing plans: text for people (SPEC §2), JSON for programs.
+//! Printing plans: text for people (the README's "Reading a plan"), JSON
+//! for programs.
 
 use std::fmt::Write as _;
 
@@ -7,6 +8,7 @@ use crate::core::plan::{Action, Plan};
 /// ANSI colours, only when writing to a terminal.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Style {
+    /// Whether to emit ANSI escape codes.
     pub color: bool,
 }
 

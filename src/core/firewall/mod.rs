@@ -45,7 +45,7 @@
 //!
 //! [`render`] prints the exact rules. Element comments carry what the
 //! element's value cannot (port key, container, network, network flags), so
-//! [`observe`] can rebuild a [`Firewall`] from the kernel alone.
+//! `host::nft::observe` can rebuild a [`Firewall`] from the kernel alone.
 //!
 //! # Counters
 //!

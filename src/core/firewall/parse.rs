@@ -255,7 +255,7 @@ pub(super) fn raw_elem(v: &Value) -> RawElem<'_> {
     }
 }
 
-/// The pure part of [`observe`]: parse `nft -j list table` output (one
+/// The pure part of `host::nft::observe`: parse `nft -j list table` output (one
 /// document, or the `nftables` arrays of both tables concatenated).
 pub fn parse_observed(json_text: &str) -> Result<Observed> {
     let doc: Value = serde_json::from_str(json_text).context("nft printed invalid JSON")?;

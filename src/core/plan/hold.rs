@@ -1,7 +1,7 @@
 //! Failure isolation: which object a change belongs to, and holding back
 //! the changes of objects that cannot be changed now.
 //!
-//! SPEC §2: a failure confined to one container (its namespace vanished,
+//! A failure confined to one container (its namespace vanished,
 //! its host port is taken, its name clashes with a foreign object) leaves
 //! that container and what depends on it as they are, and every
 //! independent change goes ahead. A held-back object is spliced into the
@@ -25,6 +25,8 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure of `object`; a multi-line `error` is joined into one line
+    /// with `; `.
     pub fn new(object: impl Into<String>, error: impl Into<String>) -> Failure {
         // Log and report lines are one line each.
         let error: String = error.into();

@@ -6,13 +6,13 @@
 //! ([`crate::core::dns`]), from plain types and with its own tests. This
 //! module is the shell around it:
 //!
-//! * [`codec`]: DNS messages (hickory) to the core's questions and back;
+//! * `codec`: DNS messages (hickory) to the core's questions and back;
 //!   replies fitted to the transport (TC over UDP when too big).
-//! * [`listen`]: the UDP and TCP listeners on each gateway, bound to that
+//! * `listen`: the UDP and TCP listeners on each gateway, bound to that
 //!   address only, with `IP_FREEBIND`.
-//! * [`server`]: the state the listeners share, and the synchronous path of
+//! * `server`: the state the listeners share, and the synchronous path of
 //!   a packet: source check, parse, local answer.
-//! * [`forward`]: the upstream servers, with a total budget of
+//! * `forward`: the upstream servers, with a total budget of
 //!   [`FORWARD_TIMEOUT`] and SERVFAIL when none helps.
 //!
 //! # Robustness
