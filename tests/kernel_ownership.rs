@@ -125,6 +125,22 @@ fn sigint_and_sigterm_stop_between_operations_and_say_what_was_done() {
         h.netloom(&cfg, &["down"]).ok();
         assert_eq!(leftovers(&h), Vec::<String>::new());
     }
+    // SIGTERM during `down`: it stops between removals and says so; the
+    // next `down` removes the rest.
+    h.netloom(&cfg, &["apply"]).ok();
+    let child = h.netloom_child(&cfg, &["down"], &[]);
+    let pid = child.id();
+    wait_for_lock(&h, pid);
+    signal(pid, "TERM");
+    let run = finish(child);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("down interrupted by SIGTERM"),
+        "{}",
+        run.stderr
+    );
+    h.netloom(&cfg, &["down"]).ok();
+    assert_eq!(leftovers(&h), Vec::<String>::new());
     // A second signal exits at once; the host is still recoverable.
     let child = h.netloom_child(&cfg, &["apply"], &[]);
     let pid = child.id();
