@@ -1,4 +1,4 @@
-//! The command line (SPEC §2).
+//! The command line (the README's "Commands").
 
 use std::path::PathBuf;
 

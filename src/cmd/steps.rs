@@ -27,8 +27,9 @@ use crate::host::state::{AgentStatus, Holder, Pending, Record, StateDir, unix_no
 /// the state dir.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 
-/// A command's exit status (SPEC: 0 success or in sync, 1 error, 2 changes
-/// planned or made with `--detailed-exitcode`, or drift for `status`).
+/// A command's exit status (the README's "Commands": 0 success or in
+/// sync, 1 error, 2 changes planned or made with `--detailed-exitcode`, or
+/// drift for `status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// Success; no changes (with `--detailed-exitcode`); in sync.

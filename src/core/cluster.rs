@@ -57,8 +57,11 @@ pub struct ClusterSpec {
 /// Client certificates for etcd.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsFiles {
+    /// CA bundle that signs the etcd servers' certificates.
     pub ca_file: Option<PathBuf>,
+    /// This client's certificate.
     pub cert_file: Option<PathBuf>,
+    /// This client's private key.
     pub key_file: Option<PathBuf>,
 }
 
@@ -86,6 +89,7 @@ pub struct Share {
 /// One cluster network on one host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VxlanShare {
+    /// The network's VNI, from the file or the cluster allocation.
     pub vni: u32,
     /// Underlay addresses of the other hosts with members of the network.
     pub peers: BTreeSet<Ipv4Addr>,
@@ -96,19 +100,26 @@ pub struct VxlanShare {
 /// A member of a cluster network that runs on another host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteMember {
+    /// The container's name.
     pub name: String,
+    /// The host it is placed on.
     pub host: String,
     /// Underlay address of its host.
     pub underlay: Ipv4Addr,
+    /// Its address on the network, from the cluster allocation.
     pub ipv4: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
     pub ipv6: Option<Ipv6Addr>,
+    /// Its MAC on the network: the file's, else derived from `ipv4` as
+    /// Docker does.
     pub mac: [u8; 6],
+    /// Its DNS aliases on the network.
     pub aliases: Vec<String>,
 }
 
-/// Host names follow the rule of network and container names (SPEC §1);
-/// repeated here because the validator imports this module, not the
-/// other way round.
+/// Host names follow the rule of network and container names
+/// (`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`); repeated here because the
+/// validator imports this module, not the other way round.
 fn valid_host_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

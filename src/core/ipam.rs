@@ -3,8 +3,8 @@
 //! Fixed addresses come from the file; every other endpoint gets the lowest
 //! free host address of its subnet (never network, gateway or broadcast).
 //! What was given once is kept: the previous [`Allocations`] (persisted in
-//! the state dir by [`crate::host::state`]) win over "lowest free", so addresses
-//! stay stable across applies, restarts and reordering of the file. New
+//! the state dir by `host::state`) win over "lowest free", so addresses stay
+//! stable across applies, restarts and reordering of the file. New
 //! allocations are made in file order, so a fresh host numbers containers
 //! the way `docker run` in that order would.
 
@@ -19,8 +19,10 @@ use crate::core::spec::{NetworkSpec, Spec};
 /// What IPAM handed out; keyed by network then container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocations {
+    /// Network -> container -> IPv4 address, fixed or allocated.
     #[serde(default)]
     pub ipv4: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
+    /// Network -> container -> IPv6 address, for dual-stack networks only.
     #[serde(default)]
     pub ipv6: BTreeMap<String, BTreeMap<String, Ipv6Addr>>,
     /// Auto-published host ports: `container/spec` -> first host port.
@@ -31,17 +33,27 @@ pub struct Allocations {
 /// Why allocation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
+    /// Every usable address of the subnet is taken.
     #[error("network `{network}` ({subnet}) has no free address left for container `{container}`")]
     SubnetFull {
+        /// The full network.
         network: String,
+        /// Its subnet (IPv4 or IPv6).
         subnet: String,
+        /// The first container left without an address.
         container: String,
     },
+    /// No run of free host ports in `settings.port_range` is long enough
+    /// for an auto-published mapping.
     #[error("no free host port range of {len} in port_range {first}-{last} for `{key}`")]
     PortsExhausted {
+        /// The mapping's key, `container/raw`.
         key: String,
+        /// Consecutive host ports it needs.
         len: u16,
+        /// First port of `port_range`.
         first: u16,
+        /// Last port of `port_range`.
         last: u16,
     },
 }

@@ -6,6 +6,7 @@
 //! function of its arguments, so the behaviour of netloom is tested here
 //! without root.
 
+#[warn(missing_docs)]
 pub mod cluster;
 #[warn(missing_docs)]
 pub mod config;
@@ -15,12 +16,15 @@ pub mod dns;
 pub mod firewall;
 #[warn(missing_docs)]
 pub mod hash;
+#[warn(missing_docs)]
 pub mod ipam;
 pub mod model;
 pub mod plan;
+#[warn(missing_docs)]
 pub mod ports;
 #[warn(missing_docs)]
 pub mod render;
 pub mod saved_plan;
+#[warn(missing_docs)]
 pub mod share;
 pub mod spec;

@@ -16,24 +16,32 @@ pub struct PortSpec {
     pub host_ip: Option<IpAddr>,
     /// `None`: pick from `port_range` (Docker's `-P`).
     pub host: Option<PortRange>,
+    /// Ports inside the container; as many as `host` holds, when given.
     pub container: PortRange,
+    /// `tcp` unless the value says otherwise.
     pub proto: Proto,
 }
 
 /// An inclusive range of ports; a single port is `start == end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PortRange {
+    /// First port (ports are 1..=65535).
     pub start: u16,
+    /// Last port, `>= start`.
     pub end: u16,
 }
 
 impl PortRange {
+    /// Number of ports, at least 1.
     pub fn len(&self) -> u16 {
         self.end - self.start + 1
     }
+    /// Always false: a range holds at least one port (for clippy's
+    /// `len_without_is_empty`).
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Whether the two ranges share a port.
     pub fn overlaps(&self, other: &PortRange) -> bool {
         self.start <= other.end && other.start <= self.end
     }
@@ -235,7 +243,9 @@ pub fn port_key(container: &str, raw: &str) -> String {
 /// host ports, and how many consecutive ports it needed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoRoom {
+    /// The mapping's key ([`port_key`]).
     pub key: String,
+    /// Consecutive host ports it needed.
     pub len: u16,
 }
 

@@ -1,5 +1,5 @@
 //! Cluster mode, the functions of the cluster allocation and of one host's
-//! share (SPEC §4), kept apart from [`crate::core::cluster`] (the keys and
+//! share, kept apart from [`crate::core::cluster`] (the keys and
 //! their checks, which the validator uses) so that imports point one way.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,12 +28,22 @@ pub struct ClusterAllocations {
 /// Why a host's share cannot be computed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShareError {
+    /// The host asked for is not a key of `[hosts]`.
     #[error("host `{0}` is not declared in [hosts]")]
     UnknownHost(String),
+    /// A container placed on a cluster network has no address in the
+    /// stored allocation: the file changed since the last `push`.
     #[error(
         "the cluster allocation has no address for container `{container}` on network `{network}`; run `netloom push`"
     )]
-    Unallocated { container: String, network: String },
+    Unallocated {
+        /// The container's name.
+        container: String,
+        /// The cluster network it joins.
+        network: String,
+    },
+    /// A cluster network has no VNI in the stored allocation (not pushed
+    /// since it was added).
     #[error("the cluster allocation has no VNI for network `{0}`; run `netloom push`")]
     NoVni(String),
 }

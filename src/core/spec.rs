@@ -28,7 +28,7 @@ pub struct Spec {
     pub networks: BTreeMap<String, NetworkSpec>,
     /// In file order.
     pub containers: Vec<ContainerSpec>,
-    /// Cluster mode (SPEC §4); `None` for a single-host file.
+    /// Cluster mode; `None` for a single-host file.
     pub cluster: Option<crate::core::cluster::ClusterSpec>,
 }
 
@@ -86,7 +86,9 @@ pub struct EndpointSpec {
     pub mac: Option<[u8; 6]>,
 }
 
-/// Whether a network or container name is acceptable (SPEC §1).
+/// Whether a network or container name is acceptable:
+/// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`, because names end up in interface
+/// names, file paths and DNS names.
 pub fn valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

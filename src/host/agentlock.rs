@@ -1,4 +1,4 @@
-//! One agent per host (SPEC §2): the agent holds an exclusive `flock` on
+//! One agent per host: the agent holds an exclusive `flock` on
 //! `STATE_DIR/agent.lock` for its whole life. A second `watch` fails to
 //! take it and names the running agent instead of starting a second DNS
 //! server and overwriting the first one's status.

@@ -3,7 +3,7 @@
 //!
 //! A failing change fails its object (a container, a network): the
 //! object's other changes and the changes that need it wait, every
-//! independent change still runs (SPEC §2). The report says what was and
+//! independent change still runs. The report says what was and
 //! was not done; ownership of everything created so far is recorded by the
 //! caller either way, so the next `apply` converges from there.
 
