@@ -35,6 +35,10 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
+    /// Cluster mode: etcd endpoints, `URL[,URL...]` (overrides `[cluster] etcd`).
+    #[arg(long, global = true, env = "NETLOOM_ETCD")]
+    pub etcd: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -102,6 +106,10 @@ pub enum Command {
         /// Full resync period in seconds (with jitter).
         #[arg(long, default_value_t = 60)]
         resync: u64,
+        /// Cluster mode: reconcile the share of this host (a key of
+        /// `[hosts]`) from the desired state in etcd instead of the file.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// What netloom owns, live, with drift and per-port packet/byte counters.
     ///
@@ -110,6 +118,19 @@ pub enum Command {
         /// Output format: text for people, json for programs.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Cluster mode: one line per host (converged, behind, error or
+        /// unreachable), from the agents' status in etcd.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Cluster mode: validate the file, allocate cluster addresses and VNIs,
+    /// and write the desired state to etcd in one transaction.
+    ///
+    /// Exit status: 0 success; 1 error.
+    Push {
+        /// Print what would change on each host; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Like `docker network inspect`.
     ///

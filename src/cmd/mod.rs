@@ -4,8 +4,10 @@
 //! [`steps`] holds what they share (loading, planning, applying).
 
 pub mod cli;
+pub mod cluster_agent;
 pub mod down;
 pub mod plan_apply;
+pub mod push;
 pub mod state;
 pub mod status;
 pub mod steps;
@@ -66,12 +68,22 @@ pub async fn run(cli: Cli) -> Result<Exit> {
             };
             plan_apply::apply_cmd(&cli, how).await
         }
-        Command::Status { format } => status::status(&cli, *format).await,
+        Command::Status {
+            cluster: true,
+            format: _,
+        } => push::status_cluster(&cli).await,
+        Command::Status {
+            format,
+            cluster: false,
+        } => status::status(&cli, *format).await,
+        Command::Push { dry_run } => push::push(&cli, *dry_run).await,
         Command::Inspect { network, format } => status::inspect(&cli, network, *format).await,
         Command::Down => down::down(&cli).await,
         Command::State {
             action: StateAction::Rebuild,
         } => state::rebuild(&cli).await,
-        Command::Watch { resync } => watch::watch(&cli, Duration::from_secs(*resync)).await,
+        Command::Watch { resync, host } => {
+            watch::watch(&cli, Duration::from_secs(*resync), host.as_deref()).await
+        }
     }
 }

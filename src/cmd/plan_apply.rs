@@ -33,6 +33,7 @@ pub fn plan_offline(cli: &Cli, detailed: bool, format: Format) -> Result<Exit> {
     let Some(l) = load(cli)? else {
         return Ok(Exit::Error);
     };
+    crate::cmd::steps::refuse_cluster(&l)?;
     let desired = resolve(&l, &Record::default())?;
     let plan = plan::diff(&desired.state, &State::default(), None);
     print_plan(&plan, format);
@@ -55,6 +56,7 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     let Some((l, bytes)) = load_bytes(cli, &cli.config)? else {
         return Ok(Exit::Error);
     };
+    crate::cmd::steps::refuse_cluster(&l)?;
     require_root(if how.dry_run { "plan" } else { "apply" })?;
     if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;

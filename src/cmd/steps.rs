@@ -76,6 +76,18 @@ pub fn load_bytes(cli: &Cli, path: &std::path::Path) -> Result<Option<(Loaded, V
     }
 }
 
+/// A cluster file is not applied as one host: each host's agent applies
+/// its share from etcd.
+pub fn refuse_cluster(l: &Loaded) -> Result<()> {
+    if l.spec.cluster.is_some() {
+        return Err(anyhow!(
+            "{} describes a cluster ([hosts]): `netloom push` stores it in etcd and `netloom watch --host NAME` applies each host's share",
+            l.path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the file, but never more than one byte past the size limit: a
 /// huge file (or `/dev/zero`) is refused by the loader without being read
 /// into memory whole.
@@ -97,7 +109,8 @@ pub fn state_dir(cli: &Cli, spec: Option<&Spec>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(crate::core::config::DEFAULT_STATE_DIR))
 }
 
-fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
+/// What the resolver needs of this host.
+pub fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
     let upstream_dns = std::fs::read_to_string("/etc/resolv.conf")
         .map(|t| model::upstreams_from_resolv_conf(&t))
         .unwrap_or_default();

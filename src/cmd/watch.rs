@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::cmd::cli::Cli;
+use crate::cmd::cluster_agent::{self, Etcd, FromEtcd};
 use crate::cmd::steps::{self, Exit, LOCK_WAIT, Loaded};
+use crate::core::store::{DesiredDoc, HostStatus};
 use crate::host::agentlock::AgentLock;
 use crate::host::dns::DnsServer;
 use crate::host::events::{self, KernelEvent};
@@ -65,6 +67,8 @@ enum Trigger {
     Resync,
     Reload,
     Stop,
+    /// Cluster mode: news from etcd.
+    Etcd(FromEtcd),
 }
 
 impl Trigger {
@@ -82,6 +86,8 @@ impl Trigger {
             Trigger::Resync => "resync".into(),
             Trigger::Reload => "SIGHUP".into(),
             Trigger::Stop => "stop".into(),
+            Trigger::Etcd(FromEtcd::Desired(_, rev)) => format!("etcd (revision {rev})"),
+            Trigger::Etcd(FromEtcd::Unreachable(_)) => "etcd unreachable".into(),
         }
     }
 }
@@ -104,12 +110,36 @@ struct Agent {
     ns_watch: HashMap<String, ((u64, u64), tokio::task::JoinHandle<()>)>,
     tx: mpsc::UnboundedSender<Trigger>,
     status: AgentStatus,
+    /// Cluster mode: the desired state comes from etcd, not the file.
+    cluster: Option<ClusterMode>,
 }
 
-pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
+/// The agent's cluster-mode state.
+struct ClusterMode {
+    host: String,
+    /// The desired state in force (none yet: nothing is reconciled, so a
+    /// first start without etcd changes nothing).
+    doc: Option<(DesiredDoc, i64)>,
+    /// What is published to etcd.
+    published: tokio::sync::watch::Sender<HostStatus>,
+    /// Why etcd cannot be reached, while it cannot.
+    etcd_error: Option<String>,
+}
+
+pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Exit> {
     steps::require_root("watch")?;
-    let Some(mut loaded) = steps::load(cli)? else {
-        return Ok(Exit::Error);
+    let (mut loaded, cluster) = match host {
+        Some(h) => {
+            let (l, c) = cluster_start(cli, h).await?;
+            (l, Some(c))
+        }
+        None => {
+            let Some(l) = steps::load(cli)? else {
+                return Ok(Exit::Error);
+            };
+            steps::refuse_cluster(&l)?;
+            (l, None)
+        }
     };
     // One agent per host: refuse before binding DNS or writing the status
     // of the running one.
@@ -139,9 +169,34 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
             config: std::fs::canonicalize(&cli.config).ok(),
             ..Default::default()
         },
+        cluster: None,
     };
 
-    let _watcher = watch_file(&cli.config, tx.clone())?;
+    let _watcher = match &cluster {
+        None => Some(watch_file(&cli.config, tx.clone())?),
+        Some((_, etcd)) => {
+            let (etx, mut erx) = mpsc::unbounded_channel();
+            let after = 0;
+            cluster_agent::spawn_desired(etcd.clone(), after, etx);
+            let fwd = tx.clone();
+            tokio::spawn(async move {
+                while let Some(m) = erx.recv().await {
+                    if fwd.send(Trigger::Etcd(m)).is_err() {
+                        break;
+                    }
+                }
+            });
+            None
+        }
+    };
+    if let Some((mode, etcd)) = cluster {
+        cluster_agent::spawn_status(etcd, mode.published.subscribe());
+        agent.cluster = Some(mode);
+        // The kept desired state, if any, is in force until etcd says more.
+        if let Some(c) = crate::host::cluster::load_cache(&agent.state_dir)? {
+            agent.take_desired(c.doc, c.revision).await;
+        }
+    }
     spawn_kernel_events(tx.clone())?;
     spawn_nft_events(tx.clone())?;
     spawn_sysctl_ticker(tx.clone(), agent.sysctls.clone());
@@ -172,7 +227,11 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
                 sdnotify::monotonic_usec()
             ));
         }
-        let file_changed = agent.reload_file(reload);
+        let file_changed = if agent.cluster.is_some() {
+            agent.take_etcd_news(&batch).await || reload
+        } else {
+            agent.reload_file(reload)
+        };
         // Every drift event of the batch, for the log line.
         let mut drift: Vec<String> = Vec::new();
         for t in &batch {
@@ -241,7 +300,171 @@ pub async fn watch(cli: &Cli, resync: Duration) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// Cluster mode: the agent's state dir and etcd, without the file.
+async fn cluster_start(cli: &Cli, host: &str) -> Result<(Loaded, (ClusterMode, Etcd))> {
+    // The file, when there is one, may name etcd and the prefix; the
+    // desired state itself always comes from etcd (or the kept copy).
+    let file_spec = steps::read_config(&cli.config)
+        .ok()
+        .and_then(|b| crate::core::spec::load_bytes(&cli.config.display().to_string(), &b).ok())
+        .and_then(|s| s.cluster);
+    let etcd = Etcd {
+        endpoints: cluster_agent::endpoints(cli, file_spec.as_ref()),
+        prefix: file_spec
+            .as_ref()
+            .map(|c| c.prefix.clone())
+            .unwrap_or_else(|| crate::core::cluster::DEFAULT_PREFIX.to_string()),
+        tls: file_spec.map(|c| c.tls).unwrap_or_default(),
+    };
+    if etcd.endpoints.is_empty() {
+        return Err(anyhow!(
+            "cluster mode needs etcd: give --etcd URL[,URL], NETLOOM_ETCD or [cluster] etcd in {}",
+            cli.config.display()
+        ));
+    }
+    let empty = crate::core::spec::load("(none)", "")
+        .map_err(|d| anyhow!("the empty configuration does not validate: {d}"))?;
+    let mut host_info = steps::host_info(cli, &empty);
+    // Fixed for the agent's lifetime, whatever a push says.
+    host_info.state_dir = steps::state_dir(cli, None);
+    let loaded = Loaded {
+        path: cli.config.clone(),
+        spec: empty,
+        host: host_info,
+    };
+    let (published, _) = tokio::sync::watch::channel(HostStatus::default());
+    Ok((
+        loaded,
+        (
+            ClusterMode {
+                host: host.to_string(),
+                doc: None,
+                published,
+                etcd_error: None,
+            },
+            etcd,
+        ),
+    ))
+}
+
 impl Agent {
+    /// Cluster mode: takes the newest desired state of the batch; returns
+    /// whether a new one is in force.
+    async fn take_etcd_news(&mut self, batch: &[Trigger]) -> bool {
+        let mut newest: Option<(DesiredDoc, i64)> = None;
+        for t in batch {
+            match t {
+                Trigger::Etcd(FromEtcd::Desired(doc, rev))
+                    if newest.as_ref().is_none_or(|(_, r)| rev > r) =>
+                {
+                    newest = Some(((**doc).clone(), *rev));
+                }
+                Trigger::Etcd(FromEtcd::Unreachable(e)) => {
+                    if let Some(c) = &mut self.cluster {
+                        c.etcd_error = Some(e.clone());
+                    }
+                    self.status.summary = format!(
+                        "etcd unreachable ({e}); serving the last desired state and retrying"
+                    );
+                    self.write_status();
+                }
+                _ => {}
+            }
+        }
+        let Some((doc, rev)) = newest else {
+            return false;
+        };
+        if let Some(c) = &mut self.cluster {
+            c.etcd_error = None;
+            if c.doc.as_ref().is_some_and(|(_, r)| *r >= rev) {
+                return false;
+            }
+        }
+        let cached = crate::host::cluster::Cached {
+            revision: rev,
+            doc: doc.clone(),
+        };
+        if let Err(e) = crate::host::cluster::save_cache(&self.state_dir, &cached) {
+            warn!("cannot keep the desired state on disk: {e:#}");
+        }
+        self.take_desired(doc, rev).await
+    }
+
+    /// Cluster mode: puts `doc` in force as this host's share.
+    async fn take_desired(&mut self, doc: DesiredDoc, rev: i64) -> bool {
+        let Some(c) = &mut self.cluster else {
+            return false;
+        };
+        let host = c.host.clone();
+        let spec = match crate::core::spec::load(&doc.source, &doc.file) {
+            Ok(s) => s,
+            Err(d) => {
+                for l in &d.lines {
+                    error!("{l}");
+                }
+                error!(
+                    "the desired state of revision {rev} does not validate here; the last good one stays in force"
+                );
+                self.status.config_error = Some(d.to_string());
+                c.doc = Some((doc, rev));
+                self.write_status();
+                return false;
+            }
+        };
+        let address = spec
+            .cluster
+            .as_ref()
+            .and_then(|cl| cl.hosts.get(&host))
+            .copied();
+        let mtu = match address {
+            Some(a) => match crate::host::cluster::underlay_mtu(a).await {
+                Ok(m) => m,
+                Err(e) => {
+                    error!("{e:#}");
+                    self.status.config_error = Some(format!("{e:#}"));
+                    self.write_status();
+                    return false;
+                }
+            },
+            None => 1500,
+        };
+        match crate::core::share::share(&spec, &host, &doc.allocations, mtu) {
+            Ok(share) => {
+                c.doc = Some((doc, rev));
+                self.loaded.spec = share;
+                self.status.config_error = None;
+                self.dns.set_upstreams(upstreams(&self.loaded));
+                true
+            }
+            Err(e) => {
+                error!("revision {rev}: {e}; the last good desired state stays in force");
+                self.status.config_error = Some(e.to_string());
+                self.write_status();
+                false
+            }
+        }
+    }
+
+    /// Cluster mode: what etcd hears about this host after a reconcile.
+    fn publish(&self, error: Option<String>, failed: Vec<String>) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let rev = c.doc.as_ref().map(|(_, r)| *r).unwrap_or(0);
+        let prev = c.published.borrow().clone();
+        let ok = error.is_none() && self.status.config_error.is_none();
+        let s = HostStatus {
+            host: c.host.clone(),
+            applied_revision: if ok { rev } else { prev.applied_revision },
+            seen_revision: rev,
+            converged: ok && failed.is_empty(),
+            failed,
+            last_error: error.or_else(|| self.status.config_error.clone()),
+            time: now_rfc3339(),
+        };
+        c.published.send_replace(s);
+    }
+
     /// Re-reads the file; returns whether a new valid config is in force.
     fn reload_file(&mut self, force: bool) -> bool {
         let text = match steps::read_config(&self.config) {
@@ -300,6 +523,12 @@ impl Agent {
 
     /// One reconcile; returns whether it changed anything.
     async fn reconcile(&mut self, trigger: &Trigger) -> bool {
+        if self.cluster.as_ref().is_some_and(|c| c.doc.is_none()) {
+            // Cluster mode before any desired state: nothing to converge
+            // to, and nothing is torn down for want of one.
+            info!("waiting for the desired state from etcd");
+            return false;
+        }
         let start = Instant::now();
         let result = self.reconcile_inner().await;
         let millis = start.elapsed().as_millis() as u64;
@@ -320,6 +549,13 @@ impl Agent {
             error: result.err().map(|e| one_line(&format!("{e:#}"))),
             failed,
         };
+        self.publish(
+            run.error.clone(),
+            run.failed
+                .iter()
+                .map(|f| format!("{}: {}", f.object, f.error))
+                .collect(),
+        );
         for f in &run.failed {
             error!(
                 trigger = %run.trigger,

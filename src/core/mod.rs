@@ -28,3 +28,4 @@ pub mod saved_plan;
 #[warn(missing_docs)]
 pub mod share;
 pub mod spec;
+pub mod store;

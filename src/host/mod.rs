@@ -8,7 +8,9 @@
 
 pub mod agentlock;
 pub mod apply;
+pub mod cluster;
 pub mod dns;
+pub mod etcd;
 pub mod events;
 pub mod fault;
 pub mod identity;

@@ -198,6 +198,12 @@ impl Host {
         h
     }
 
+    /// The sandbox's process: `/proc/PID/ns/net` is the host's namespace
+    /// (to join it to another sandbox, e.g. an underlay).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -461,6 +461,10 @@ impl Netlink {
                             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
                                 dst = Some(*ip)
                             }
+                            // In the bridge family the address comes raw.
+                            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                            }
                             _ => {}
                         }
                     }
