@@ -4,14 +4,16 @@
 //! zone of 100 members, then sends a fixed number of queries over UDP with
 //! a fixed number in flight (one outstanding query per client socket), and
 //! prints throughput and latency percentiles for several runs and their
-//! medians. A second phase measures forwarded queries against an in-process
-//! fake upstream on 127.0.77.2. Stops by itself.
+//! medians. A second phase measures forwarded queries (each a new name)
+//! against an in-process fake upstream on 127.0.77.2, a third the same 100
+//! forwarded names asked again and again (answered from the cache of
+//! forwarded replies). Stops by itself.
 //!
 //! ```text
 //! cargo run --release --example dns_bench [-- QUERIES [RUNS [CONCURRENCY]]]
 //! ```
 //! Defaults: 50000 queries, 5 runs, 64 in flight (forward phase: a fifth of
-//! the queries).
+//! the queries). For the real agent under dnsperf, see `examples/dns-perf.sh`.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -87,8 +89,10 @@ fn local_queries() -> Vec<Vec<u8>> {
     out
 }
 
-fn forward_queries() -> Vec<Vec<u8>> {
-    (0..MEMBERS)
+/// `n` names outside the zone, each asked once (when `n` covers every
+/// query of a phase) so that each really goes upstream, not to the cache.
+fn forward_queries(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
         .map(|i| encode(&format!("host{i}.example.com."), RecordType::A))
         .collect()
 }
@@ -130,12 +134,17 @@ async fn worker(
     Ok((latencies, lost))
 }
 
-async fn run(queries: &Arc<Vec<Vec<u8>>>, total: usize, concurrency: usize) -> Run {
+/// `total` queries from `queries`, starting at `base`: each worker takes
+/// the next slice, so no query is sent twice in a run (nor across runs
+/// when `base` moves on by `total`).
+async fn run(queries: &Arc<Vec<Vec<u8>>>, base: usize, total: usize, concurrency: usize) -> Run {
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let mut offset = base;
     for w in 0..concurrency {
         let count = total / concurrency + usize::from(w < total % concurrency);
-        tasks.push(tokio::spawn(worker(queries.clone(), w * 7, count)));
+        tasks.push(tokio::spawn(worker(queries.clone(), offset, count)));
+        offset += count;
     }
     let mut latencies = Vec::with_capacity(total);
     let mut lost = 0;
@@ -172,10 +181,11 @@ fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
 async fn phase(name: &str, queries: Vec<Vec<u8>>, total: usize, runs: usize, concurrency: usize) {
     let queries = Arc::new(queries);
     // Warm-up: sockets, caches, the server's first allocations.
-    run(&queries, total.min(2000), concurrency).await;
+    let warm = total.min(2000);
+    run(&queries, 0, warm, concurrency).await;
     let mut results = Vec::new();
     for i in 0..runs {
-        let r = run(&queries, total, concurrency).await;
+        let r = run(&queries, warm + i * total, total, concurrency).await;
         println!(
             "  {name} run {}: {:>9.0} q/s  p50 {:>7.1?}  p90 {:>7.1?}  p99 {:>7.1?}  lost {}",
             i + 1,
@@ -250,12 +260,17 @@ async fn main() -> anyhow::Result<()> {
     );
 
     phase("local", local_queries(), total, runs, concurrency).await;
-    phase("forwarded", forward_queries(), total / 5, runs, concurrency).await;
+    // Every forwarded query a new name: the upstream's round trip.
+    let fwd = total / 5;
+    let unique = forward_queries(fwd.min(2000) + runs * fwd);
+    phase("forwarded", unique, fwd, runs, concurrency).await;
+    // The same 100 names again and again: answered from the cache.
+    phase("cached", forward_queries(100), total, runs, concurrency).await;
 
     let stats = server.stats();
     println!(
-        "server counters: answered {}, forwarded {}, failed {}, dropped {}",
-        stats.answered, stats.forwarded, stats.failed, stats.dropped
+        "server counters: answered {}, forwarded {}, cached {}, failed {}, dropped {}",
+        stats.answered, stats.forwarded, stats.cached, stats.failed, stats.dropped
     );
     server.shutdown().await;
     upstream.abort();

@@ -104,16 +104,7 @@ impl Cache {
             return;
         }
         if map.len() >= MAX_CACHE_ENTRIES {
-            map.retain(|_, v| {
-                v.retain(|e| e.expires > now);
-                !v.is_empty()
-            });
-        }
-        if map.len() >= MAX_CACHE_ENTRIES {
-            // Still full of live replies: make room for the newest.
-            if let Some(victim) = map.keys().next().cloned() {
-                map.remove(&victim);
-            }
+            make_room(&mut map, now);
         }
         map.insert(key.name.into(), vec![entry]);
     }
@@ -122,6 +113,24 @@ impl Cache {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Frees a tenth of the cache at once, so that a full cache costs one
+/// pass per [`MAX_CACHE_ENTRIES`] / 10 insertions, not one per insertion:
+/// expired replies first, then arbitrary ones (a name evicted while still
+/// asked for is fetched again once and kept again).
+fn make_room(map: &mut HashMap<Box<str>, Vec<Entry>>, now: Instant) {
+    map.retain(|_, v| {
+        v.retain(|e| e.expires > now);
+        !v.is_empty()
+    });
+    let target = MAX_CACHE_ENTRIES - MAX_CACHE_ENTRIES / 10;
+    if map.len() > target {
+        let victims: Vec<Box<str>> = map.keys().take(map.len() - target).cloned().collect();
+        for victim in victims {
+            map.remove(&victim);
+        }
     }
 }
 
@@ -202,10 +211,21 @@ mod tests {
         for n in &names {
             cache.put(&key(n), &reply(&format!("{n}."), 60), t0);
         }
-        assert_eq!(cache.len(), MAX_CACHE_ENTRIES);
+        // Full: a tenth was freed at once, then filled again.
+        assert!(cache.len() <= MAX_CACHE_ENTRIES, "{}", cache.len());
+        assert!(cache.len() > MAX_CACHE_ENTRIES * 9 / 10, "{}", cache.len());
+        // Expired replies go before live ones.
+        let mut i = 0;
+        while cache.len() < MAX_CACHE_ENTRIES {
+            let n = format!("m{i}.example");
+            cache.put(&key(&n), &reply(&format!("{n}."), 60), t0);
+            i += 1;
+        }
+        let later = t0 + Duration::from_secs(61);
+        cache.put(&key("fresh.example"), &reply("fresh.example.", 60), later);
+        assert_eq!(cache.len(), 1, "every older reply had expired");
         // The newest is always kept.
         let mut out = Vec::new();
-        let last = names.last().expect("names");
-        assert!(cache.get(&key(last), t0, &mut out));
+        assert!(cache.get(&key("fresh.example"), later, &mut out));
     }
 }
