@@ -768,6 +768,7 @@ mod tests {
     use crate::host::sysctl::{read_sysctl, write_sysctl};
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
     use std::process::Command;
 
     const CTR_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x1e, 0x00, 0x02];
@@ -842,16 +843,93 @@ mod tests {
         assert!(open_in(Path::new(netns::THREAD_SELF_NET)).is_err());
     }
 
-    /// The whole Docker-style wiring of one container, checked through our
-    /// own dumps and through iproute2.
-    #[test]
-    fn bridge_veth_addresses_routes() {
+    /// Runs `body` in a throwaway host, and checks afterwards that the
+    /// machine's own namespace has not gained a bridge, veth or namespace.
+    fn in_sandbox<F>(body: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
         let before = (
             host_links("bridge"),
             host_links("veth"),
             netns::list_named().ok(),
         );
-        sandboxed(|| async {
+        sandboxed(body);
+        let after = (
+            host_links("bridge"),
+            host_links("veth"),
+            netns::list_named().ok(),
+        );
+        assert_eq!(before, after, "the machine's own namespace was touched");
+    }
+
+    /// One container wired the Docker way, where the cases below start: a
+    /// bridge `nl-br0` (MTU 1400, alias `netloom:net1`), a namespace
+    /// `nl-ctr1` and a veth pair `vethnl0` with its peer born inside as
+    /// `eth0` (MAC [`CTR_MAC`]).
+    struct Wired {
+        host: Netlink,
+        br: u32,
+        veth: Link,
+        ctr_path: PathBuf,
+        _ctr_fd: std::os::fd::OwnedFd,
+    }
+
+    async fn wire() -> Result<Wired> {
+        let host = open_host()?;
+        let br = host
+            .create_bridge("nl-br0", Some(1400), "netloom:net1")
+            .await?;
+        netns::create_named("nl-ctr1")?;
+        let ctr_path = netns::named_path("nl-ctr1");
+        let ctr_fd = netns::open(&ctr_path)?;
+        host.create_veth(
+            "vethnl0",
+            "eth0",
+            ctr_fd.as_fd(),
+            Some(1400),
+            Some(CTR_MAC),
+            "netloom:ctr1",
+        )
+        .await?;
+        let veth = by_name(&host.links().await?, "vethnl0")?.clone();
+        Ok(Wired {
+            host,
+            br,
+            veth,
+            ctr_path,
+            _ctr_fd: ctr_fd,
+        })
+    }
+
+    /// Enslaves and raises the veth, raises the bridge and gives it its
+    /// addresses: the state of a wired container's host side.
+    async fn attach(w: &Wired) -> Result<()> {
+        let up = LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        };
+        w.host
+            .set_link(
+                w.veth.index,
+                &LinkChange {
+                    up: Some(true),
+                    master: Some(w.br),
+                    ..LinkChange::default()
+                },
+            )
+            .await?;
+        w.host.set_link(w.br, &up).await?;
+        w.host.add_address(w.br, v4("172.30.0.1"), 16).await?;
+        w.host.add_address(w.br, v6("fd00:30::1"), 64).await?;
+        Ok(())
+    }
+
+    /// Bridges: the requests each creation costs (with and without an echo from
+    /// the kernel), and errors that name the link and keep the errno.
+    #[test]
+    fn bridges_count_requests_and_name_errors() {
+        in_sandbox(|| async {
             let host = open_host()?;
             let counting = host.clone();
             assert_eq!(host.counters(), Counters::default());
@@ -904,6 +982,21 @@ mod tests {
             assert!(is_errno(&err, libc::EEXIST), "{err:#}");
             assert_eq!(format!("{err:#}"), "create bridge nl-br0: File exists");
 
+            // Clones count together.
+            assert_eq!(counting.counters(), host.counters());
+            Ok(())
+        });
+    }
+
+    /// A veth pair whose peer is created inside the container namespace,
+    /// with its final name, MAC and MTU: nothing of it appears in the host.
+    #[test]
+    fn veth_peer_is_born_in_the_container() {
+        in_sandbox(|| async {
+            let host = open_host()?;
+            let br = host
+                .create_bridge("nl-br0", Some(1400), "netloom:net1")
+                .await?;
             // Container namespace and veth, the peer born inside as eth0.
             netns::create_named("nl-ctr1")?;
             let ctr_path = netns::named_path("nl-ctr1");
@@ -947,6 +1040,19 @@ mod tests {
                 "peer leaked into host ns"
             );
 
+            drop(ctr_fd);
+            Ok(())
+        });
+    }
+
+    /// Enslaving, raising, addresses and routes on both sides, checked through
+    /// our dumps and through iproute2, and the container pings its gateway.
+    #[test]
+    fn addresses_routes_and_reachability() {
+        in_sandbox(|| async {
+            let w = wire().await?;
+            let (host, br, ctr_path) = (w.host.clone(), w.br, w.ctr_path.clone());
+            let veth = w.veth.clone();
             // Enslave + up in one request each.
             let d0 = host.counters();
             host.set_link(
@@ -985,7 +1091,7 @@ mod tests {
                 )
             );
 
-            let links = host.links().await?;
+            let links: Vec<Link> = host.links().await?;
             let veth = by_name(&links, "vethnl0")?;
             assert_eq!(veth.master, Some(br));
             assert!(veth.up);
@@ -1177,7 +1283,16 @@ mod tests {
             ctr.delete_route(&default6).await?;
             let routes = ctr.routes().await?;
             assert!(!routes.contains(&default6) && routes.contains(&default4));
+            Ok(())
+        });
+    }
 
+    /// Sysctls are read and written in the namespace asked for.
+    #[test]
+    fn sysctls_are_per_namespace() {
+        in_sandbox(|| async {
+            let w = wire().await?;
+            let ctr_path = w.ctr_path.clone();
             // Sysctls are per namespace.
             write_sysctl(Some(&ctr_path), "net.ipv4.conf.eth0.route_localnet", "1")?;
             assert_eq!(
@@ -1190,7 +1305,39 @@ mod tests {
             let err = read_sysctl(Some(&ctr_path), "net.ipv4.conf.nl-br0.forwarding")
                 .expect_err("bridge is not in the container");
             assert!(is_errno(&err, libc::ENOENT), "{err:#}");
+            Ok(())
+        });
+    }
 
+    /// One request changes name, MAC, MTU and alias; deletes name what they
+    /// could not find; deleting the host end of a veth removes its peer.
+    #[test]
+    fn link_changes_and_deletes() {
+        in_sandbox(|| async {
+            let w = wire().await?;
+            attach(&w).await?;
+            let (host, br, veth) = (w.host.clone(), w.br, w.veth.clone());
+            let ctr = open_in(&w.ctr_path)?;
+            let eth0 = by_name(&ctr.links().await?, "eth0")?.clone();
+            ctr.set_link(
+                eth0.index,
+                &LinkChange {
+                    up: Some(true),
+                    ..LinkChange::default()
+                },
+            )
+            .await?;
+            ctr.add_address(eth0.index, v4("172.30.0.2"), 16).await?;
+            ctr.add_route(v4("0.0.0.0"), 0, Some(v4("172.30.0.1")), None)
+                .await?;
+            let default4 = Route {
+                dst: v4("0.0.0.0"),
+                prefix: 0,
+                gateway: Some(v4("172.30.0.1")),
+                oif: Some(eth0.index),
+                protocol: RTPROT_STATIC,
+            };
+            assert!(ctr.routes().await?.contains(&default4));
             // Renames/MAC/MTU/alias in one request; errors name the link.
             let w = ctr.counters().writes;
             ctr.set_link(
@@ -1265,19 +1412,8 @@ mod tests {
             );
             let left: Vec<String> = host.links().await?.into_iter().map(|l| l.name).collect();
             assert_eq!(left, vec!["lo".to_string()]);
-
-            // Clones count together.
-            assert_eq!(counting.counters(), host.counters());
-            drop(ctr_fd);
-            netns::delete_named("nl-ctr1")?;
             Ok(())
         });
-        let after = (
-            host_links("bridge"),
-            host_links("veth"),
-            netns::list_named().ok(),
-        );
-        assert_eq!(before, after, "the machine's own namespace was touched");
     }
 
     /// `open_in` from a multi-threaded runtime: the worker threads must stay
