@@ -13,6 +13,7 @@ pub mod config;
 #[warn(missing_docs)]
 pub mod diag;
 pub mod dns;
+#[warn(missing_docs)]
 pub mod firewall;
 #[warn(missing_docs)]
 pub mod hash;

@@ -146,8 +146,11 @@ pub const TABLE_MARK: &str = "netloom: managed by netloom, removed by netloom do
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
+    /// `tcp`.
     Tcp,
+    /// `udp`.
     Udp,
+    /// `sctp`.
     Sctp,
 }
 
@@ -182,9 +185,12 @@ pub struct Firewall {
     pub ports: BTreeMap<String, FwPort>,
 }
 
+/// One network as the firewall sees it: its bridge, subnets and flags.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FwNetwork {
+    /// The network's bridge interface.
     pub bridge: String,
+    /// The network's IPv4 subnet.
     #[serde(with = "subnet_serde")]
     pub subnet: Ipv4Network,
     /// The network's IPv6 subnet (dual stack), if any.
@@ -194,8 +200,13 @@ pub struct FwNetwork {
         skip_serializing_if = "Option::is_none"
     )]
     pub subnet6: Option<Ipv6Network>,
+    /// Outbound traffic from the subnets is masqueraded.
     pub masquerade: bool,
+    /// `internal = true`: nothing is forwarded between the bridge and any
+    /// other interface (no way out, no published ports).
     pub internal: bool,
+    /// Members may reach each other; `false` puts the subnets into
+    /// `table bridge netloom`'s isolated sets.
     pub icc: bool,
 }
 
@@ -241,11 +252,15 @@ mod subnet6_serde {
 /// only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FwPort {
+    /// The container the port leads to.
     pub container: String,
+    /// The network the DNAT targets are on.
     pub network: String,
+    /// That network's bridge.
     pub bridge: String,
     /// None (or 0.0.0.0): every host address.
     pub host_ip: Option<IpAddr>,
+    /// First host port of the range.
     pub host_port: u16,
     /// DNAT target for IPv4 clients; None when published on IPv6 only.
     #[serde(default)]
@@ -254,9 +269,12 @@ pub struct FwPort {
     /// address or the port is published on an IPv4 address only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_ip6: Option<Ipv6Addr>,
+    /// First container port of the range; host port `host_port + i` maps to
+    /// `container_port + i`.
     pub container_port: u16,
     /// Range length, 1 for a single port.
     pub count: u16,
+    /// Transport protocol.
     pub proto: Proto,
 }
 

@@ -8,22 +8,36 @@ use super::*;
 pub enum FwOp {
     /// Delete (if present) and create the table with every element.
     RebuildTable {
+        /// `inet` or `bridge`.
         family: String,
     },
+    /// Delete the table (the bridge table once no network has
+    /// `icc = false`).
     DeleteTable {
+        /// `inet` or `bridge`.
         family: String,
     },
+    /// Add one element to a set or map of an existing table.
     AddElement {
+        /// `inet` or `bridge`.
         family: String,
+        /// The set or map.
         set: String,
+        /// The element as in the nft script: key, comment and, in a map,
+        /// `: value`.
         element: String,
         /// The element comment: port key or network it belongs to.
         owner: String,
     },
+    /// Delete one element of a set or map.
     DeleteElement {
+        /// `inet` or `bridge`.
         family: String,
+        /// The set or map.
         set: String,
+        /// The element as in the nft script.
         element: String,
+        /// The element comment: port key or network it belonged to.
         owner: String,
     },
 }
@@ -40,6 +54,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
+    /// Whether there is nothing to send: the firewall is converged.
     pub fn is_empty(&self) -> bool {
         self.script.is_empty()
     }
@@ -55,6 +70,7 @@ impl Transaction {
     pub fn full_rebuild(&self) -> bool {
         !self.rebuilt.is_empty()
     }
+    /// The script's operations, in order, for plan listings.
     pub fn ops(&self) -> &[FwOp] {
         &self.ops
     }
