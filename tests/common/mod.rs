@@ -239,16 +239,17 @@ impl Host {
         Run::from(out)
     }
 
-    /// Starts netloom inside the host without waiting for it, with its
-    /// output piped; the child's pid is netloom's own (nsenter and sh exec
-    /// it), so signals sent to it reach netloom.
+    /// Starts netloom inside the host without waiting for it; the child's
+    /// pid is netloom's own (nsenter execs it), so signals sent to it reach
+    /// netloom. Only stderr is kept (piped): a plan on stdout can exceed a
+    /// pipe's buffer and would block netloom until someone reads it.
     pub fn netloom_child(&self, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
         let mut c = self.enter();
         c.arg(NETLOOM).arg("-c").arg(config).args(args);
         for (k, v) in env {
             c.env(k, v);
         }
-        c.stdout(Stdio::piped())
+        c.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn netloom")
