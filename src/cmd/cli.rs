@@ -92,6 +92,11 @@ pub enum Command {
         /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Keep a checkpoint of the host as it was, apply, and wait this
+        /// long for `netloom confirm` (from another shell); without it the
+        /// host is put back and the file content marked rejected (exit 1).
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["dry_run", "plan"])]
+        confirm_timeout: Option<u64>,
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
@@ -142,6 +147,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
+    /// Keep the change that `apply --confirm-timeout` waits for.
+    ///
+    /// Exit status: 0 confirmed; 1 nothing to confirm or too late (rolled
+    /// back).
+    Confirm,
     /// Remove everything netloom created: interfaces, the namespaces it
     /// created, its nft table, the files it wrote, its state.
     Down,

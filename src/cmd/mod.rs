@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster_agent;
+pub mod confirm;
 pub mod down;
 pub mod plan_apply;
 pub mod push;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
                 detailed: *detailed_exitcode,
                 format: *format,
                 out: out.as_deref(),
+                confirm_timeout: None,
             };
             plan_apply::apply_cmd(&cli, how).await
         }
@@ -59,12 +61,14 @@ pub async fn run(cli: Cli) -> Result<Exit> {
             dry_run,
             detailed_exitcode,
             format,
+            confirm_timeout,
         } => {
             let how = plan_apply::How {
                 dry_run: *dry_run,
                 detailed: *detailed_exitcode,
                 format: *format,
                 out: None,
+                confirm_timeout: confirm_timeout.map(Duration::from_secs),
             };
             plan_apply::apply_cmd(&cli, how).await
         }
@@ -78,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         } => status::status(&cli, *format).await,
         Command::Push { dry_run } => push::push(&cli, *dry_run).await,
         Command::Inspect { network, format } => status::inspect(&cli, network, *format).await,
+        Command::Confirm => confirm::confirm(&cli).await,
         Command::Down => down::down(&cli).await,
         Command::State {
             action: StateAction::Rebuild,

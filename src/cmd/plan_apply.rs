@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::cmd::cli::{Cli, Format};
+use crate::cmd::confirm;
 use crate::cmd::steps::{
     Exit, Loaded, Planned, apply_planned, load, load_bytes, open_state, plan_exit, plan_live,
     print_held, print_plan, record_converged, refuse_if_agent, require_root, resolve,
@@ -49,6 +50,8 @@ pub struct How<'a> {
     pub format: Format,
     /// `plan --out PLAN`: also save the plan there.
     pub out: Option<&'a Path>,
+    /// `apply --confirm-timeout`: keep a checkpoint and wait for `confirm`.
+    pub confirm_timeout: Option<std::time::Duration>,
 }
 
 /// `plan` and `apply [--dry-run]` against the live host.
@@ -64,6 +67,25 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     }
     let sd = open_state(&l.host.state_dir)?;
     let mut record = sd.load()?;
+    let mut checkpoint = None;
+    if !how.dry_run {
+        // An unconfirmed change whose time ran out goes first.
+        confirm::recover_expired(&sd, &mut record).await?;
+        let confirming = how.confirm_timeout.is_some();
+        if let Some(why) = confirm::refusal(&l.host.state_dir, &l.path, &bytes, confirming)? {
+            eprintln!("Error: {why}; nothing was changed.");
+            return Ok(Exit::Error);
+        }
+        if let Some(t) = how.confirm_timeout {
+            checkpoint = Some(confirm::begin(
+                &l.host.state_dir,
+                &record,
+                &l.path,
+                &bytes,
+                t,
+            )?);
+        }
+    }
     if let (Some(p), false) = (&record.pending, how.dry_run) {
         eprintln!(
             "netloom: the apply started {}s ago did not finish (interrupted); this run continues it.",
@@ -81,7 +103,16 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
             out.display()
         );
     }
-    finish(&sd, &mut record, &p, how.dry_run, how.detailed).await
+    let exit = finish(&sd, &mut record, &p, how.dry_run, how.detailed).await?;
+    match checkpoint {
+        Some(cp) => {
+            // `confirm` and the rollback take the lock; the wait must not
+            // hold it.
+            drop(sd);
+            confirm::wait(&l.host.state_dir, &cp, exit).await
+        }
+        None => Ok(exit),
+    }
 }
 
 /// The saved-plan document of `p`, made from the bytes `l` was loaded from.
@@ -137,6 +168,11 @@ pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format)
     crate::host::interrupt::install()?;
     let sd = open_state(&l.host.state_dir)?;
     let mut record = sd.load()?;
+    confirm::recover_expired(&sd, &mut record).await?;
+    if let Some(why) = confirm::refusal(&l.host.state_dir, &l.path, &bytes, false)? {
+        eprintln!("Error: {why}; nothing was changed.");
+        return Ok(Exit::Error);
+    }
     let p = plan_live(&l, &record).await?;
     let now = saved_now(&l, &bytes, &record, &p)?;
     if saved_plan::other_host(&saved, &now) {

@@ -25,6 +25,12 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         .map(crate::core::firewall::port_counters)
         .unwrap_or_default();
     let agent = AgentStatus::read(sd.path());
+    // A change awaiting confirmation, or a rolled-back content that apply
+    // and the agent hold back.
+    let confirm_note = match steps::read_config(&l.path) {
+        Ok(bytes) => crate::cmd::confirm::refusal(sd.path(), &l.path, &bytes, false)?,
+        Err(_) => None,
+    };
     drop(sd);
     let pending: BTreeMap<&str, &str> = p
         .plan
@@ -104,6 +110,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             "failed": p.held,
             "pending": p.plan.changes.iter().map(|c| json!({"address": c.address, "action": c.action})).collect::<Vec<_>>(),
             "agent": agent,
+            "held_back": confirm_note,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(status_exit(&p));
@@ -195,6 +202,9 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
                 "  the agent keeps its last good configuration; the file has errors:\n{e}"
             );
         }
+    }
+    if let Some(why) = &confirm_note {
+        let _ = writeln!(out, "\nNot applied: {why}.");
     }
     if !p.held.is_empty() {
         let _ = writeln!(

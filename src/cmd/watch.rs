@@ -605,6 +605,19 @@ impl Agent {
     ) -> Result<(crate::core::plan::Summary, Vec<crate::core::plan::Failure>)> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = sd.load()?;
+        // Confirmed applies: an unconfirmed change whose time ran out is
+        // rolled back; a change awaiting confirmation is not reconciled
+        // away, and a rolled-back content is not applied again (the last
+        // good state stays, as for an invalid file).
+        if crate::cmd::confirm::recover_expired(&sd, &mut record).await? {
+            warn!("rolled back a change that was not confirmed in time");
+        }
+        let bytes = steps::read_config(&self.config).unwrap_or_default();
+        if let Some(why) =
+            crate::cmd::confirm::refusal(sd.path(), &self.loaded.path, &bytes, false)?
+        {
+            return Err(anyhow::anyhow!("held back: {why}"));
+        }
         let p = steps::plan_live(&self.loaded, &record).await?;
         let mut summary = crate::core::plan::Summary::default();
         let mut failures = p.held.clone();

@@ -6,6 +6,7 @@
 //! function of its arguments, so the behaviour of netloom is tested here
 //! without root.
 
+pub mod checkpoint;
 #[warn(missing_docs)]
 pub mod cluster;
 #[warn(missing_docs)]

@@ -8,6 +8,7 @@
 
 pub mod agentlock;
 pub mod apply;
+pub mod checkpoint;
 pub mod cluster;
 pub mod dns;
 pub mod etcd;
