@@ -21,8 +21,26 @@ use anyhow::Result;
 use crate::cmd::cli::{Cli, Command, StateAction};
 pub use crate::cmd::steps::Exit;
 
-/// Runs one command; errors are printed by the caller and exit 1.
+/// Runs one command; errors are printed by the caller and exit 1. With
+/// `NETLOOM_STATS=1` the command's kernel requests are counted on stderr
+/// (for benchmarks).
 pub async fn run(cli: Cli) -> Result<Exit> {
+    let r = dispatch(cli).await;
+    if std::env::var_os("NETLOOM_STATS").is_some() {
+        let s = crate::host::stats::get();
+        eprintln!(
+            "netloom-stats: netlink_requests={} nft_listings={} nft_elements_read={} nft_transactions={} nft_elements_written={}",
+            s.netlink_requests,
+            s.nft_listings,
+            s.nft_elements_read,
+            s.nft_transactions,
+            s.nft_elements_written
+        );
+    }
+    r
+}
+
+async fn dispatch(cli: Cli) -> Result<Exit> {
     match &cli.command {
         Command::Schema => {
             print!("{}", crate::core::config::schema_json());

@@ -256,8 +256,11 @@ pub struct Planned {
 /// (clashes, taken ports, vanished namespaces), and plans the rest.
 pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
     refuse_if_other_owner(&l.host.state_dir)?;
+    let t0 = std::time::Instant::now();
     let desired = resolve(l, record)?;
+    tracing::debug!("resolved in {:?}", t0.elapsed());
     let observation = observe::observe(&desired.state, record).await?;
+    tracing::debug!("observed after {:?}", t0.elapsed());
     let mut held = observation.foreign_conflicts(&desired.state, record);
     held.extend(crate::host::portprobe::conflicts(
         &desired.state,
@@ -271,6 +274,7 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
         target.firewall = observation.state.firewall.clone();
     }
     let plan = plan::diff(&target, &observation.state, record.applied.as_ref());
+    tracing::debug!("planned after {:?}", t0.elapsed());
     Ok(Planned {
         desired,
         target,
@@ -278,6 +282,56 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
         plan,
         held,
     })
+}
+
+/// The namespaces and files a plan's operations change, for verifying only
+/// those. Deleting a host veth removes its peer too, so a change addressed
+/// to an endpoint or container marks its namespace (desired and observed).
+fn touched(p: &Planned) -> observe::Reuse<'_> {
+    use crate::core::model::NsRef;
+    use crate::core::plan::Op;
+    let mut stale = BTreeSet::new();
+    let mut stale_files = BTreeSet::new();
+    let states = [&p.target, &p.observation.state];
+    for c in &p.plan.changes {
+        if let Some(rest) = c.address.strip_prefix("container.") {
+            for st in states {
+                if let Some(e) = st.endpoints.get(rest) {
+                    stale.insert(e.netns.clone());
+                }
+                if let Some(n) = st.namespaces.get(rest) {
+                    stale.insert(n.netns.clone());
+                }
+            }
+        }
+        for op in &c.ops {
+            match op {
+                Op::DeleteLink { netns, .. }
+                | Op::LinkUp { netns, .. }
+                | Op::SetMtu { netns, .. }
+                | Op::SetMac { netns, .. }
+                | Op::AddAddr { netns, .. }
+                | Op::DelAddr { netns, .. } => stale.extend(netns.iter().cloned()),
+                Op::CreateVeth { netns, .. }
+                | Op::AddDefaultRoute { netns, .. }
+                | Op::DelDefaultRoute { netns, .. } => {
+                    stale.insert(netns.clone());
+                }
+                Op::CreateNetns { name } | Op::DeleteNetns { name } => {
+                    stale.insert(NsRef::Named(name.clone()));
+                }
+                Op::WriteFile { path, .. } | Op::RemoveFile { path } => {
+                    stale_files.insert(path.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    observe::Reuse {
+        earlier: &p.observation,
+        stale,
+        stale_files,
+    }
 }
 
 /// Prints the held-back objects on stderr, one line each.
@@ -482,7 +536,10 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         .collect();
     let made = plan::hold_back(&p.target, &p.observation.state, &failed);
     // Verify: read back; what did not fail must now match.
-    let again = observe::observe(&p.target, record).await?;
+    // Only what the apply touched is read again (plus the host namespace,
+    // nft and sysctls); the rest is as the plan's observation saw it.
+    let reuse = touched(p);
+    let again = observe::observe_with(&p.target, record, Some(&reuse)).await?;
     let rest = plan::diff(&made, &again.state, None);
     let rest: Vec<&plan::Change> = rest
         .changes

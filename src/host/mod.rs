@@ -24,4 +24,5 @@ pub mod observe;
 pub mod portprobe;
 pub mod sdnotify;
 pub mod state;
+pub mod stats;
 pub mod sysctl;

@@ -16,7 +16,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -212,6 +212,21 @@ pub fn run_in<T: Send + 'static>(
         })
         .context("spawn netns thread")
         .and_then(join_thread)
+}
+
+/// Runs `f` inside each namespace of `paths`, in order, on the calling
+/// thread, which must be a disposable helper thread (it stays in the last
+/// namespace). `setns` is cheap; a thread per namespace is not.
+pub fn run_in_each<T>(paths: Vec<PathBuf>, f: impl Fn() -> Result<T>) -> Result<Vec<Result<T>>> {
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let fd = open(&p)?;
+            setns(&fd, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns into {}", p.display()))?;
+            f()
+        })
+        .collect())
 }
 
 /// Join a helper thread, re-raising its panic in the caller.

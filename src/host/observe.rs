@@ -63,6 +63,8 @@ pub struct Observation {
     pub foreign_tables: Vec<String>,
     /// Netlink requests this observation sent.
     pub counters: Counters,
+    /// What each container namespace held.
+    pub views: HashMap<NsRef, NsView>,
 }
 
 /// Which namespaces to look into: container name -> namespace.
@@ -91,6 +93,27 @@ fn namespaces_of_interest(desired: &State, record: &Record) -> BTreeMap<String, 
 /// Reads the host. `desired` says which namespaces and files to look at,
 /// together with the state record.
 pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
+    observe_with(desired, record, None).await
+}
+
+/// Parts of an earlier observation that the caller knows are unchanged:
+/// the verification after an apply re-reads only the namespaces and files
+/// the apply touched (the host namespace, nft and sysctls are always read).
+pub struct Reuse<'a> {
+    pub earlier: &'a Observation,
+    /// Namespaces to read again.
+    pub stale: BTreeSet<NsRef>,
+    /// Files to read again.
+    pub stale_files: BTreeSet<String>,
+}
+
+/// [`observe`], taking what `reuse` vouches for from an earlier observation.
+pub async fn observe_with(
+    desired: &State,
+    record: &Record,
+    reuse: Option<&Reuse<'_>>,
+) -> Result<Observation> {
+    let t0 = std::time::Instant::now();
     let host_nl = netlink::open_host().context("open netlink socket in the host namespace")?;
     let host = NsView {
         links: host_nl.links().await.context("dump host links")?,
@@ -167,8 +190,11 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         counters = host_nl.counters();
     }
 
-    // Namespaces, and what is inside them.
-    let mut views: HashMap<NsRef, NsView> = HashMap::new();
+    // Namespaces, and what is inside them: all read by helper threads in
+    // one go (see `netlink::sync`).
+    let mut present: Vec<(String, NsRef)> = Vec::new();
+    let mut to_read: Vec<NsRef> = Vec::new();
+    let mut seen: BTreeSet<NsRef> = BTreeSet::new();
     for (container, ns) in namespaces_of_interest(desired, record) {
         let exists = match &ns {
             // A named namespace netloom did not create is foreign: never
@@ -183,17 +209,32 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         if !exists {
             continue;
         }
-        if !views.contains_key(&ns) {
-            let view = read_ns(&ns.path(), &mut counters)
-                .await
-                .with_context(|| format!("read {ns}"))?;
-            views.insert(ns.clone(), view);
+        if seen.insert(ns.clone()) {
+            to_read.push(ns.clone());
         }
-        let lo_up = views[&ns].link("lo").is_some_and(|l| l.up);
+        present.push((container, ns));
+    }
+    let mut views: HashMap<NsRef, NsView> = HashMap::new();
+    if let Some(r) = reuse {
+        to_read.retain(|ns| match r.earlier.views.get(ns) {
+            Some(v) if !r.stale.contains(ns) => {
+                views.insert(ns.clone(), v.clone());
+                false
+            }
+            _ => true,
+        });
+    }
+    views.extend(read_namespaces(to_read, &mut counters).await?);
+    for (container, ns) in present {
+        let lo_up = views
+            .get(&ns)
+            .and_then(|v| v.link("lo"))
+            .is_some_and(|l| l.up);
         st.namespaces
             .insert(container, Namespace { netns: ns, lo_up });
     }
 
+    tracing::debug!("observe: host and namespaces read after {:?}", t0.elapsed());
     // Endpoints: host veths carrying the mark, paired with their peer.
     for l in &host.links {
         if l.kind.as_deref() != Some("veth") {
@@ -283,6 +324,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         }
     }
 
+    tracing::debug!("observe: endpoints and sysctls after {:?}", t0.elapsed());
     // The firewall: netloom's only when the record says netloom made it or
     // the table carries netloom's mark; a hand-made namesake is foreign.
     let mut fw = crate::host::nft::observe().context("read netloom's nft table")?;
@@ -309,6 +351,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         strays: o.strays.clone(),
     });
 
+    tracing::debug!("observe: nft read after {:?}", t0.elapsed());
     // Files netloom owns or will own.
     let paths: BTreeSet<&String> = desired
         .files
@@ -317,6 +360,14 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         .chain(record.applied.iter().flat_map(|a| a.files.keys()))
         .collect();
     for p in paths {
+        if let Some(r) = reuse
+            && !r.stale_files.contains(p)
+        {
+            if let Some(text) = r.earlier.state.files.get(p) {
+                st.files.insert(p.clone(), text.clone());
+            }
+            continue;
+        }
         match std::fs::read_to_string(p) {
             // A file the file does not want (any more) is netloom's to
             // remove only if netloom wrote it: recorded, or with its
@@ -333,6 +384,7 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         }
     }
 
+    tracing::debug!("observe: files read after {:?}", t0.elapsed());
     Ok(Observation {
         state: st,
         host,
@@ -340,21 +392,37 @@ pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
         named_netns,
         foreign_tables,
         counters,
+        views,
     })
 }
 
-/// One dump of links, addresses and routes inside a namespace.
-async fn read_ns(path: &Path, counters: &mut Counters) -> Result<NsView> {
-    let nl = netlink::open_in(path)?;
-    let view = NsView {
-        links: nl.links().await?,
-        addrs: nl.addresses().await?,
-        routes: nl.routes().await?,
-    };
-    let c = nl.counters();
-    counters.dumps += c.dumps;
-    counters.writes += c.writes;
-    Ok(view)
+/// Helper threads reading namespaces (the machines this runs on have a
+/// few cores; the work is system calls).
+const READ_THREADS: usize = 2;
+
+/// One dump of links, addresses and routes inside each namespace of `list`.
+async fn read_namespaces(
+    list: Vec<NsRef>,
+    counters: &mut Counters,
+) -> Result<HashMap<NsRef, NsView>> {
+    let paths: Vec<PathBuf> = list.iter().map(NsRef::path).collect();
+    let dumps = tokio::task::spawn_blocking(move || netlink::sync::dump_each(paths, READ_THREADS))
+        .await
+        .context("namespace reader")??;
+    let mut out = HashMap::with_capacity(list.len());
+    for (ns, d) in list.into_iter().zip(dumps) {
+        let (links, addrs, routes) = d.with_context(|| format!("read {ns}"))?;
+        counters.dumps += 3;
+        out.insert(
+            ns,
+            NsView {
+                links,
+                addrs,
+                routes,
+            },
+        );
+    }
+    Ok(out)
 }
 
 impl Observation {

@@ -56,6 +56,7 @@ use crate::host::netns;
 
 mod error;
 mod msg;
+pub mod sync;
 
 use error::ext_ack_message;
 pub use error::{KernelError, is_errno};
@@ -237,6 +238,7 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        crate::host::stats::netlink_request();
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
         let mut handle = self.handle.clone();

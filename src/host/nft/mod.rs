@@ -53,9 +53,12 @@ pub fn observe() -> Result<Option<Observed>> {
         }
     }
     if items.is_empty() {
+        crate::host::stats::nft_listing(0);
         return Ok(None);
     }
-    Ok(Some(firewall::parse_items(&items)))
+    let o = firewall::parse_items(&items);
+    crate::host::stats::nft_listing(o.element_count());
+    Ok(Some(o))
 }
 
 fn run_nft_script(script: &str) -> Result<()> {
@@ -98,6 +101,7 @@ pub fn apply(tx: &Transaction) -> Result<()> {
     if tx.is_empty() {
         return Ok(());
     }
+    crate::host::stats::nft_transaction(tx.elements_added() + tx.elements_removed());
     run_nft_script(tx.script())
 }
 
