@@ -133,7 +133,8 @@ pub struct NetworkConfig {
 #[serde(deny_unknown_fields)]
 pub struct ContainerConfig {
     /// Published ports in `docker run -p` syntax:
-    /// `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp]`.
+    /// `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp]`;
+    /// an IPv6 HOST_IP in brackets (`[fd00::1]:8080:80`).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub ports: Vec<Spanned<String>>,
