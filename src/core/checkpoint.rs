@@ -24,6 +24,7 @@ pub enum Phase {
 /// may be confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Where the apply stands.
     pub phase: Phase,
     /// Unix seconds.
     pub created: u64,
@@ -31,13 +32,14 @@ pub struct Checkpoint {
     pub deadline: u64,
     /// The process that applied and waits.
     pub pid: u32,
-    /// The file applied, and SHA-256 of its content (marked rejected when
-    /// rolled back).
+    /// The file applied (marked rejected when rolled back).
     pub config_path: String,
+    /// SHA-256 of the content applied, hex.
     pub config_sha256: String,
     /// The state of the last apply before this one (`None`: netloom owned
     /// nothing), and its allocations: what a rollback plans back to.
     pub previous: Option<State>,
+    /// The allocations of that apply.
     pub previous_allocations: Allocations,
 }
 
@@ -57,10 +59,13 @@ impl Checkpoint {
 /// `--confirm-timeout`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
+    /// The file whose content was rolled back.
     pub config_path: String,
+    /// SHA-256 of that content, hex.
     pub config_sha256: String,
     /// Unix seconds of the rollback.
     pub at: u64,
+    /// Why it was rolled back (e.g. not confirmed in time).
     pub reason: String,
 }
 

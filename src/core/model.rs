@@ -2,7 +2,7 @@
 //! hold, computed with no I/O.
 //!
 //! [`State`] is both the desired state (from [`resolve`]) and the observed
-//! state (from [`crate::host::observe`]), so that a plan is a diff of two values of
+//! state (from `host::observe`), so that a plan is a diff of two values of
 //! one type. Everything in it is keyed by the plan address it belongs to.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -62,6 +62,7 @@ pub struct State {
 pub struct Vxlan {
     /// Linux interface name ([`crate::core::cluster::vxlan_name`]).
     pub name: String,
+    /// The network's VXLAN id (24 bits).
     pub vni: u32,
     /// This host's underlay address.
     pub local: Ipv4Addr,
@@ -69,7 +70,10 @@ pub struct Vxlan {
     pub port: u16,
     /// The bridge it is enslaved to (`None` observed: no master).
     pub bridge: Option<String>,
+    /// The network's MTU (by default the underlay's minus the VXLAN
+    /// overhead).
     pub mtu: u32,
+    /// Administratively up.
     pub up: bool,
     /// Forwarding entries as `MAC dst ADDRESS`: the all-zero MAC once per
     /// other host with members (broadcast and unknown unicast), and each
@@ -93,18 +97,21 @@ pub fn vxlan_alias(network: &str) -> String {
     format!("{ALIAS_PREFIX}vxlan {network}")
 }
 
+/// A network's bridge, holding its gateway addresses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bridge {
     /// Linux interface name.
     pub name: String,
     /// `address/prefix`, IPv4 and IPv6.
     pub addrs: BTreeSet<String>,
+    /// The network's MTU.
     pub mtu: u32,
     /// Set explicitly: a bridge without one takes the lowest MAC of its
     /// ports, so adding a container would change the gateway's MAC under
     /// every neighbour's ARP cache. Docker's scheme applied to the gateway.
     #[serde(default)]
     pub mac: String,
+    /// Administratively up.
     pub up: bool,
 }
 
@@ -119,6 +126,7 @@ pub enum NsRef {
 }
 
 impl NsRef {
+    /// The namespace file to open or bind-mount.
     pub fn path(&self) -> PathBuf {
         match self {
             NsRef::Named(n) => named_path(n),
@@ -143,17 +151,23 @@ impl fmt::Display for NsRef {
     }
 }
 
+/// A container's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
+    /// Where it lives.
     pub netns: NsRef,
+    /// Its loopback interface is up.
     pub lo_up: bool,
 }
 
 /// One veth pair: host end on a bridge, the other end in a namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
+    /// The container it belongs to.
     pub container: String,
+    /// The network it joins.
     pub network: String,
+    /// The container's namespace, where the inner end lives.
     pub netns: NsRef,
     /// Name inside the namespace: `eth0`, `eth1`, ...
     pub ifname: String,
@@ -163,10 +177,14 @@ pub struct Endpoint {
     pub bridge: Option<String>,
     /// `address/prefix` inside the namespace.
     pub addrs: BTreeSet<String>,
+    /// MAC of the inner end, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
+    /// MTU of both ends: the network's.
     pub mtu: u32,
     /// Default route via this gateway (first network only).
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 default route via this gateway (first network only, when it
+    /// is dual-stack).
     pub gateway6: Option<Ipv6Addr>,
     /// Both ends administratively up.
     pub up: bool,
@@ -180,6 +198,7 @@ pub struct Endpoint {
 /// The firewall as netloom sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallState {
+    /// Networks and published ports, the data of the sets and maps.
     pub fw: Firewall,
     /// Chains, rules and sets exactly as netloom renders them (false after
     /// someone flushed a chain, for instance).
@@ -213,8 +232,12 @@ impl FirewallState {
 /// The desired state plus what the file says that the kernel does not hold.
 #[derive(Clone, Debug)]
 pub struct Desired {
+    /// What the host should hold.
     pub state: State,
+    /// Addresses and host ports handed out, to be recorded in the state dir
+    /// once applied.
     pub allocations: Allocations,
+    /// The file's networks, by name.
     pub networks: BTreeMap<String, NetworkSpec>,
     /// DNS zones of the DNS-enabled networks, for the agent.
     pub zones: Vec<crate::core::dns::Zone>,
@@ -227,6 +250,8 @@ pub struct Desired {
 pub struct HostInfo {
     /// Upstream DNS servers when the file names none.
     pub upstream_dns: Vec<SocketAddr>,
+    /// The state dir: files of `netns_path` containers are written under
+    /// it.
     pub state_dir: PathBuf,
     /// An agent serves the embedded DNS on this host: resolv.conf names
     /// the gateway of the container's first DNS-enabled network before
@@ -312,6 +337,7 @@ pub fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
+/// A MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -348,14 +374,20 @@ pub fn parse_alias(alias: &str) -> Option<AliasMark> {
     }
 }
 
+/// What an `ifalias` mark says an interface is; see [`parse_alias`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AliasMark {
+    /// The bridge of this network.
     Network(String),
     /// A cluster network's VXLAN device.
     Vxlan(String),
+    /// The host end of a container's veth.
     Endpoint {
+        /// The container.
         container: String,
+        /// The inner end's name, `ethN`.
         ifname: String,
+        /// The network whose bridge it is on.
         network: String,
     },
 }

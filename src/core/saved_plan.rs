@@ -45,12 +45,19 @@ pub struct ConfigRef {
 /// One saved plan (see the module doc).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SavedPlan {
+    /// [`FORMAT_VERSION`] of the netloom that wrote it.
     pub format_version: u32,
+    /// Version of the netloom that wrote it, for messages.
     pub netloom_version: String,
+    /// The file the plan was made from.
     pub config: ConfigRef,
+    /// SHA-256 of [`Inputs::host_identity`], hex.
     pub host_sha256: String,
+    /// SHA-256 of netloom's records ([`Inputs::state_json`]), hex.
     pub state_sha256: String,
+    /// [`digest_json`] of `observed`.
     pub observed_sha256: String,
+    /// The observed host the plan was computed against.
     pub observed: State,
     /// The plan as `plan --format json` prints it.
     pub plan: Value,
@@ -58,12 +65,15 @@ pub struct SavedPlan {
 
 /// The inputs of a plan that a saved plan pins down.
 pub struct Inputs<'a> {
+    /// Absolute path of the config file.
     pub config_path: &'a str,
+    /// Its bytes as read.
     pub config_bytes: &'a [u8],
     /// What identifies the host (see `host::identity`).
     pub host_identity: &'a str,
     /// netloom's records as JSON (allocations, ownership, last apply).
     pub state_json: &'a str,
+    /// The observed host.
     pub observed: &'a State,
 }
 
@@ -102,8 +112,10 @@ pub fn to_text(p: &SavedPlan) -> String {
 /// Why a saved plan cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
+    /// Not JSON, or not the shape of a saved plan.
     #[error("not a netloom saved plan: {0}")]
     Invalid(String),
+    /// Written in another `format_version`.
     #[error(
         "saved plan format_version {0} is not supported by this netloom (it reads version {FORMAT_VERSION}); make the plan again"
     )]

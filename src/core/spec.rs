@@ -20,11 +20,18 @@ use crate::core::ports::{self, PortSpec};
 /// Name of Docker's default network.
 pub const DEFAULT_NETWORK: &str = "bridge";
 
+/// The whole file, validated, with defaults filled in.
 #[derive(Clone, Debug)]
 pub struct Spec {
+    /// `settings.state_dir`; `None`: the command line's or the default.
     pub state_dir: Option<PathBuf>,
+    /// `settings.port_range`, inclusive: host ports for mappings without
+    /// one (Docker's `-P`).
     pub port_range: (u16, u16),
+    /// `settings.upstream_dns`; `None`: the host's resolv.conf servers.
     pub upstream_dns: Option<Vec<SocketAddr>>,
+    /// By name, including the implicit default network when a container
+    /// uses it undeclared.
     pub networks: BTreeMap<String, NetworkSpec>,
     /// In file order.
     pub containers: Vec<ContainerSpec>,
@@ -32,26 +39,44 @@ pub struct Spec {
     pub cluster: Option<crate::core::cluster::ClusterSpec>,
 }
 
+/// One network, every key resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkSpec {
+    /// The network's name (its key in the file).
     pub name: String,
+    /// Bridge interface name, at most 15 bytes, unique among networks.
     pub bridge: String,
+    /// IPv4 subnet, without host bits.
     pub subnet: Ipv4Network,
+    /// The bridge's address: the file's, else the subnet's first host.
     pub gateway: Ipv4Addr,
+    /// Embedded DNS is served on the gateway (default: not on `bridge`).
     pub dns: bool,
+    /// Outbound NAT for the subnets.
     pub masquerade: bool,
+    /// No route out, no NAT, no published ports.
     pub internal: bool,
+    /// Members may reach each other.
     pub icc: bool,
+    /// MTU of the bridge and of every veth on it.
     pub mtu: u32,
+    /// IPv6 subnet for dual stack.
     pub subnet6: Option<Ipv6Network>,
+    /// IPv6 gateway (`::1` of `subnet6`), set with it.
     pub gateway6: Option<Ipv6Addr>,
 }
 
+/// A container's `network_mode`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Its own namespace, with a veth on each of its networks (the
+    /// default).
     Bridge,
+    /// Its own namespace with loopback only.
     None,
+    /// The host's namespace: no networks, no ports.
     Host,
+    /// The namespace of the named container (`container:NAME`).
     Container(String),
 }
 
@@ -64,25 +89,38 @@ pub enum NetnsSpec {
     Path(PathBuf),
 }
 
+/// One container, every key resolved.
 #[derive(Clone, Debug)]
 pub struct ContainerSpec {
+    /// The container's name (its key in the file).
     pub name: String,
+    /// For its hosts file; default: the name.
     pub hostname: String,
+    /// Its `network_mode`.
     pub mode: Mode,
     /// `None` for `host` and `container:` modes.
     pub netns: Option<NetnsSpec>,
+    /// One per network, in the file's order: the first gets `eth0` and
+    /// (unless internal) the default route.
     pub endpoints: Vec<EndpointSpec>,
+    /// Published ports: (the value as written, parsed).
     pub ports: Vec<(String, PortSpec)>,
     /// (target container, alias)
     pub links: Vec<(String, Option<String>)>,
 }
 
+/// A container's membership of one network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
+    /// The network's name.
     pub network: String,
+    /// Fixed IPv4 address; `None`: allocated.
     pub ip: Option<Ipv4Addr>,
+    /// Fixed IPv6 address; `None`: allocated on a dual-stack network.
     pub ip6: Option<Ipv6Addr>,
+    /// Extra DNS names on this network.
     pub aliases: Vec<String>,
+    /// Fixed MAC; `None`: derived from the IPv4 address as Docker does.
     pub mac: Option<[u8; 6]>,
 }
 

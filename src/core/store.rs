@@ -53,6 +53,7 @@ pub struct DesiredDoc {
 /// What an agent publishes about its host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostStatus {
+    /// The host's name, a key of `[hosts]`.
     pub host: String,
     /// Revision of the desired state last applied without error (0: none).
     pub applied_revision: i64,

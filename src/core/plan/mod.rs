@@ -1,9 +1,9 @@
 //! `diff(desired, observed) -> Plan`: the typed, ordered list of changes
 //! that makes the host match the file, and the drift since the last apply.
 //!
-//! Pure: the kernel, nft and files are read by [`crate::host::observe`] and
-//! changed by [`crate::host::apply`]; everything in between is here and is tested
-//! with hand-built observed states (`tests/plans/`).
+//! Pure: the kernel, nft and files are read by `host::observe` and changed
+//! by `host::apply`; everything in between is here and is tested with
+//! hand-built observed states (`tests/plans/`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -38,13 +38,19 @@ use vxlan::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// `+`: the object does not exist yet.
     Create,
+    /// `~`: changed in place.
     Update,
+    /// `-/+`: destroyed and created again (an attribute that cannot be
+    /// changed in place differs).
     Replace,
+    /// `-`: the file no longer wants it.
     Delete,
 }
 
 impl Action {
+    /// The plan listing's prefix: `+`, `~`, `-/+` or `-`.
     pub fn symbol(self) -> &'static str {
         match self {
             Action::Create => "+",
@@ -56,106 +62,182 @@ impl Action {
 }
 
 /// One kernel, firewall or file operation, in the order it runs.
+///
+/// `netns: None` means the host's namespace. Each operation prints as the
+/// equivalent `ip`/`nft`/shell command (its `Display`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
+    /// Set a host sysctl.
     Sysctl {
+        /// Dotted name, e.g. `net.ipv4.ip_forward`.
         key: String,
+        /// The value written.
         value: String,
     },
+    /// Create a bridge and mark it as netloom's.
     CreateBridge {
+        /// Interface name.
         name: String,
+        /// The network's MTU.
         mtu: u32,
+        /// The `ifalias` mark ([`model::bridge_alias`]).
         alias: String,
     },
+    /// Delete an interface (for a veth, both ends go).
     DeleteLink {
+        /// Where the interface is.
         netns: Option<NsRef>,
+        /// Interface name.
         name: String,
     },
+    /// Set an interface administratively up.
     LinkUp {
+        /// Where the interface is.
         netns: Option<NsRef>,
+        /// Interface name.
         name: String,
     },
+    /// Change an interface's MTU.
     SetMtu {
+        /// Where the interface is.
         netns: Option<NsRef>,
+        /// Interface name.
         name: String,
+        /// The new MTU.
         mtu: u32,
     },
+    /// Enslave a host-side interface to a bridge.
     SetMaster {
+        /// The port (a veth's host end, a VXLAN device).
         name: String,
+        /// The bridge.
         bridge: String,
     },
+    /// Turn hairpin mode on for a bridge port.
     SetHairpin {
+        /// The bridge port (a veth's host end).
         name: String,
     },
+    /// Change an interface's MAC.
     SetMac {
+        /// Where the interface is.
         netns: Option<NsRef>,
+        /// Interface name.
         name: String,
+        /// `aa:bb:cc:dd:ee:ff`.
         mac: String,
     },
+    /// Add an address to an interface.
     AddAddr {
+        /// Where the interface is.
         netns: Option<NsRef>,
+        /// Interface name.
         dev: String,
+        /// `address/prefix`.
         addr: String,
     },
+    /// Remove an address from an interface.
     DelAddr {
+        /// Where the interface is.
         netns: Option<NsRef>,
+        /// Interface name.
         dev: String,
+        /// `address/prefix`.
         addr: String,
     },
+    /// Create the named namespace `/run/netns/NAME`.
     CreateNetns {
+        /// The namespace's name.
         name: String,
     },
+    /// Delete a namespace netloom created (never an attached one).
     DeleteNetns {
+        /// The namespace's name.
         name: String,
     },
+    /// Create a veth pair, the peer moved into the container's namespace,
+    /// and mark the host end as netloom's.
     CreateVeth {
+        /// Host-side name ([`model::veth_name`]).
         host: String,
+        /// Name inside the namespace, `ethN`.
         peer: String,
+        /// The container's namespace.
         netns: NsRef,
+        /// The peer's MAC.
         mac: String,
+        /// MTU of both ends.
         mtu: u32,
+        /// The host end's `ifalias` mark ([`model::veth_alias`]).
         alias: String,
     },
+    /// Add a default route inside a container.
     AddDefaultRoute {
+        /// The container's namespace.
         netns: NsRef,
+        /// The interface the gateway is reached by.
         dev: String,
+        /// IPv4 or IPv6 gateway: the family of the route.
         gateway: IpAddr,
     },
+    /// Remove a default route inside a container.
     DelDefaultRoute {
+        /// The container's namespace.
         netns: NsRef,
+        /// The route's gateway (and family).
         gateway: IpAddr,
     },
     /// Part of the apply's single nft transaction.
     Nft {
+        /// What the transaction does for this change, in words (the script
+        /// itself is the firewall transaction's).
         what: String,
     },
     /// Cluster mode: a VXLAN device (no learning), admin down, no master.
     CreateVxlan {
+        /// Interface name ([`crate::core::cluster::vxlan_name`]).
         name: String,
+        /// The network's VXLAN id.
         vni: u32,
+        /// This host's underlay address.
         local: std::net::Ipv4Addr,
+        /// UDP destination port.
         port: u16,
+        /// The network's MTU.
         mtu: u32,
+        /// The `ifalias` mark ([`model::vxlan_alias`]).
         alias: String,
     },
     /// A static forwarding entry of a VXLAN device (appended: the all-zero
     /// MAC has one entry per remote host).
     AddFdb {
+        /// The VXLAN device.
         dev: String,
+        /// `aa:bb:cc:dd:ee:ff`; all zeros for broadcast and unknown unicast.
         mac: String,
+        /// Underlay address of the host behind it.
         dst: std::net::Ipv4Addr,
     },
+    /// Remove a forwarding entry of a VXLAN device.
     DelFdb {
+        /// The VXLAN device.
         dev: String,
+        /// The entry's MAC.
         mac: String,
+        /// The entry's underlay address.
         dst: std::net::Ipv4Addr,
     },
+    /// Write a file atomically (temporary file, then rename).
     WriteFile {
+        /// Absolute path.
         path: String,
+        /// The whole new content.
         content: String,
     },
+    /// Remove a file netloom wrote.
     RemoveFile {
+        /// Absolute path.
         path: String,
     },
 }
@@ -247,13 +329,17 @@ impl std::fmt::Display for Op {
 /// One addressed change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
+    /// The plan address: `network.NAME`, `container.NAME.ethN`,
+    /// `port.KEY`, `file.PATH`, ...
     pub address: String,
+    /// What happens to it.
     pub action: Action,
     /// What forces a replacement, or what changes in place.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// A short description (bridge name and address, port target, ...).
     pub summary: String,
+    /// The operations that make the change, in the order they run.
     pub ops: Vec<Op>,
     /// Unified diff of a file or of nft content.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,28 +359,40 @@ pub struct Change {
 /// Something changed outside netloom since its last apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Drift {
+    /// The plan address of the object that drifted.
     pub address: String,
+    /// What changed, one line (e.g. "deleted outside netloom").
     pub what: String,
 }
 
+/// The result of [`diff`]: what drifted, and the changes to make.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// Changes made outside netloom since its last apply, listed first.
     pub drift: Vec<Drift>,
+    /// Destroys first (reverse dependency order), then everything else in
+    /// dependency order.
     pub changes: Vec<Change>,
 }
 
 /// Counts for the `Plan:` line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Creates, plus one per replacement.
     pub add: usize,
+    /// In-place updates.
     pub change: usize,
+    /// Deletes, plus one per replacement.
     pub destroy: usize,
 }
 
 impl Plan {
+    /// Whether there is nothing to change (drift may still be listed).
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+    /// The counts of the `Plan:` line; a replacement counts as one add and
+    /// one destroy.
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for c in &self.changes {
