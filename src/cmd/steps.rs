@@ -347,7 +347,10 @@ pub fn print_held(held: &[Failure]) {
 /// The host already matches (e.g. after a state-dir restore): remember
 /// it, so that later drift is measured from here.
 pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
-    if record.applied.as_ref() != Some(&p.target) || record.pending.is_some() {
+    // The record keeps files by digest: compare in that form.
+    if record.applied.as_ref().map(model::for_record) != Some(model::for_record(&p.target))
+        || record.pending.is_some()
+    {
         record.allocations = p.desired.allocations.clone();
         record.applied = Some(p.target.clone());
         record.pending = None;

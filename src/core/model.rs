@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::firewall::{Firewall, FwNetwork, FwPort};
 use crate::core::ipam::{self, Allocations};
-use crate::core::spec::{ContainerSpec, NetnsSpec, NetworkSpec, Spec};
+use crate::core::spec::{ContainerSpec, EndpointSpec, NetnsSpec, NetworkSpec, Spec};
 
 /// Marks netloom's host-side interfaces (`ifalias`), so that observe and
 /// `down` recognise them, and nothing else, as netloom's.
@@ -260,6 +260,12 @@ pub struct HostInfo {
     /// running (the agent turns it on when it starts, off when it stops).
     pub agent_dns: bool,
 }
+
+/// Above this many members, a user-defined network with DNS is no longer
+/// listed in its members' hosts files: its names come from the embedded
+/// DNS only. 256 members make hosts files of about 10 KiB each (2.5 MiB
+/// for the network); the full listing grows with the square of the size.
+pub const HOSTS_FILE_MAX_MEMBERS: usize = 256;
 
 /// Path of the named namespace `name`: `/run/netns/NAME`.
 pub fn named_path(name: &str) -> PathBuf {
@@ -630,6 +636,14 @@ pub fn resolve(
         .upstream_dns
         .clone()
         .unwrap_or_else(|| host.upstream_dns.clone());
+    // Members of each network in file order, built once: a container's
+    // hosts file and a zone read only their own network's list.
+    let mut members: HashMap<&str, Vec<(&ContainerSpec, &EndpointSpec)>> = HashMap::new();
+    for c in &spec.containers {
+        for e in &c.endpoints {
+            members.entry(e.network.as_str()).or_default().push((c, e));
+        }
+    }
     let mut external_files = BTreeMap::new();
     for c in &spec.containers {
         let (Some(hosts_path), Some(resolv_path)) = (
@@ -638,7 +652,7 @@ pub fn resolve(
         ) else {
             continue;
         };
-        let hosts = hosts_file(c, &by_name, &networks, &addrs_on, &remote_of);
+        let hosts = hosts_file(c, &by_name, &networks, &members, &addrs_on, &remote_of);
         let resolv = resolv_file(c, &networks, &upstream, host.agent_dns);
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
@@ -655,11 +669,10 @@ pub fn resolve(
             subnet: n.subnet,
             gateway6: n.gateway6,
             subnet6: n.subnet6,
-            members: spec
-                .containers
-                .iter()
-                .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
-                .filter(|(_, e)| e.network == n.name)
+            members: members
+                .get(n.name.as_str())
+                .into_iter()
+                .flatten()
                 .filter_map(|(c, e)| {
                     Some(crate::core::dns::Member {
                         name: c.name.clone(),
@@ -711,10 +724,17 @@ fn remote_members<'a>(
 
 /// `/etc/hosts` of a container, as the seed's `cat /etc/hosts` shows it,
 /// with names that follow addresses (never stale).
+///
+/// On a user-defined network of more than [`HOSTS_FILE_MAX_MEMBERS`]
+/// members with DNS, the other members are left to the embedded DNS (as
+/// Docker does for every user-defined network): listing them all in every
+/// member's file would make the files grow with the square of the
+/// network. A comment line in the file says so.
 fn hosts_file<'a>(
     c: &ContainerSpec,
-    by_name: &std::collections::HashMap<&str, &ContainerSpec>,
+    by_name: &HashMap<&str, &ContainerSpec>,
     networks: &BTreeMap<String, NetworkSpec>,
+    members: &HashMap<&str, Vec<(&ContainerSpec, &EndpointSpec)>>,
     addrs_on: &dyn Fn(&str, &str) -> Vec<IpAddr>,
     remote_of: &dyn for<'n> Fn(&'n str) -> &'a [crate::core::cluster::RemoteMember],
 ) -> String {
@@ -754,6 +774,7 @@ fn hosts_file<'a>(
         lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
     }
     // User-defined networks: every other member, both ways.
+    let mut dns_only: Vec<String> = Vec::new();
     for e in &c.endpoints {
         if e.network == crate::core::spec::DEFAULT_NETWORK {
             continue;
@@ -761,13 +782,23 @@ fn hosts_file<'a>(
         let Some(net) = networks.get(&e.network) else {
             continue;
         };
-        for other in by_name.values() {
+        let list = members
+            .get(net.name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let size = list.len() + remote_of(&net.name).len();
+        if net.dns && size > HOSTS_FILE_MAX_MEMBERS {
+            dns_only.push(format!(
+                "# The {size} members of network `{}` are resolved by netloom's DNS on {} (netloom watch).\n",
+                net.name,
+                net.gateway
+            ));
+            continue;
+        }
+        for (other, oe) in list {
             if other.name == c.name {
                 continue;
             }
-            let Some(oe) = other.endpoints.iter().find(|x| x.network == net.name) else {
-                continue;
-            };
             let ips = addrs_on(&other.name, &net.name);
             let mut names = vec![other.name.clone(), format!("{}.{}", other.name, net.name)];
             for a in &oe.aliases {
@@ -787,6 +818,9 @@ fn hosts_file<'a>(
     lines.dedup();
     for (ip, names) in lines {
         out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+    }
+    for line in dns_only {
+        out.push_str(&line);
     }
     out.push_str(USER_MARKER);
     out.push('\n');
@@ -828,6 +862,60 @@ pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// How a file's content is kept in the state record: a digest, not the
+/// text (hosts files of a large host would make the record tens of MB).
+const DIGEST_PREFIX: &str = "netloom-digest:fnv64:";
+
+/// The digest that stands for `content` in the state record.
+pub fn file_digest(content: &str) -> String {
+    format!(
+        "{DIGEST_PREFIX}{:016x}:{}",
+        crate::core::hash::fnv64(content.as_bytes()),
+        content.len()
+    )
+}
+
+/// `st` as the state record keeps it: every file's content replaced by
+/// its [`file_digest`]. Drift detection compares digests
+/// ([`file_matches`]); nothing else reads recorded contents.
+pub fn for_record(st: &State) -> State {
+    let mut out = st.clone();
+    for v in out.files.values_mut() {
+        if !v.starts_with(DIGEST_PREFIX) {
+            *v = file_digest(v);
+        }
+    }
+    out
+}
+
+/// Whether the file on disk still holds what netloom wrote: `written` is
+/// the content or its digest (records before digests kept the content);
+/// the user's block below the marker of a hosts file does not count.
+pub fn file_matches(written: &str, on_disk: &str) -> bool {
+    if written.starts_with(DIGEST_PREFIX) {
+        file_digest(netloom_part(on_disk)) == written
+    } else {
+        with_user_block(written, Some(on_disk)) == on_disk
+    }
+}
+
+/// The part of a file netloom writes: all of it, or for a hosts file
+/// everything up to and including the user marker line.
+fn netloom_part(on_disk: &str) -> &str {
+    match on_disk.find(USER_MARKER) {
+        Some(i) => {
+            let end = i + USER_MARKER.len();
+            // The marker's own newline belongs to netloom's part.
+            if on_disk[end..].starts_with('\n') {
+                &on_disk[..end + 1]
+            } else {
+                &on_disk[..end]
+            }
+        }
+        None => on_disk,
+    }
+}
+
 /// Joins the netloom part of a hosts file with the user's block of the
 /// file currently on disk.
 pub fn with_user_block(desired: &str, on_disk: Option<&str>) -> String {
@@ -848,6 +936,100 @@ pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolved(text: &str) -> Desired {
+        let spec = crate::core::spec::load("t.toml", text).expect("valid config");
+        resolve(&spec, &Allocations::default(), &HostInfo::default()).expect("resolves")
+    }
+
+    /// A network `n` with `count` members `c0`, `c1`, ...
+    fn network_of(count: usize) -> String {
+        let mut t = String::from("[networks.n]\nsubnet = \"10.50.0.0/16\"\n");
+        for i in 0..count {
+            t.push_str(&format!("[containers.c{i}]\nnetworks = [\"n\"]\n"));
+        }
+        t
+    }
+
+    #[test]
+    fn small_networks_list_every_member_large_ones_rely_on_dns() {
+        let small = resolved(&network_of(HOSTS_FILE_MAX_MEMBERS));
+        let hosts = &small.state.files["/etc/netns/c0/hosts"];
+        assert!(hosts.contains("\tc1 c1.n\n"), "{hosts}");
+        assert!(hosts.contains(&format!(
+            "\tc{} c{}.n\n",
+            HOSTS_FILE_MAX_MEMBERS - 1,
+            HOSTS_FILE_MAX_MEMBERS - 1
+        )));
+        let large = resolved(&network_of(HOSTS_FILE_MAX_MEMBERS + 1));
+        let hosts = &large.state.files["/etc/netns/c0/hosts"];
+        assert!(!hosts.contains("c1"), "{hosts}");
+        assert!(hosts.contains("\tc0\n"), "own name kept: {hosts}");
+        assert!(
+            hosts.contains("resolved by netloom's DNS on 10.50.0.1"),
+            "{hosts}"
+        );
+        // The zone still holds every member.
+        assert_eq!(large.zones[0].members.len(), HOSTS_FILE_MAX_MEMBERS + 1);
+    }
+
+    #[test]
+    fn links_stay_in_hosts_files_of_large_networks() {
+        let mut t = network_of(HOSTS_FILE_MAX_MEMBERS + 1);
+        t.push_str("[containers.l]\nnetworks = [\"n\"]\nlinks = [\"c7:seven\"]\n");
+        let d = resolved(&t);
+        let hosts = &d.state.files["/etc/netns/l/hosts"];
+        assert!(hosts.contains("\tc7 seven\n"), "{hosts}");
+    }
+
+    #[test]
+    fn recorded_files_are_digests_that_still_detect_edits() {
+        let d = resolved(&network_of(3));
+        let rec = for_record(&d.state);
+        for (path, content) in &d.state.files {
+            let digest = &rec.files[path];
+            assert!(digest.len() < 64, "{digest}");
+            assert!(file_matches(digest, content));
+            // Old records kept the content itself.
+            assert!(file_matches(content, content));
+            assert!(!file_matches(
+                digest,
+                &content.replace("netloom", "netlooM")
+            ));
+        }
+        let hosts = &d.state.files["/etc/netns/c0/hosts"];
+        let digest = file_digest(hosts);
+        let with_user = format!("{hosts}10.9.9.9\tmine\n");
+        assert!(
+            file_matches(&digest, &with_user),
+            "the user's block is not drift"
+        );
+        assert!(!file_matches(&digest, &with_user.replacen("c1", "cX", 1)));
+        assert_eq!(for_record(&rec), rec, "idempotent");
+    }
+
+    #[test]
+    fn colliding_veth_names_resolved_in_any_file_order() {
+        let (a, b) = ("f6am7x2hmb", "meznomp9nq");
+        assert_eq!(veth_name(a, "bridge"), veth_name(b, "bridge"));
+        let one = resolved(&format!("[containers.{a}]\n[containers.{b}]\n"));
+        let two = resolved(&format!("[containers.{b}]\n[containers.{a}]\n"));
+        let names = |d: &Desired| -> Vec<String> {
+            d.state
+                .endpoints
+                .values()
+                .map(|e| e.host_veth.clone())
+                .collect()
+        };
+        let n = names(&one);
+        assert_ne!(n[0], n[1]);
+        assert_eq!(n, names(&two));
+        // The first in sort order keeps the plain name.
+        assert_eq!(
+            one.state.endpoints[&format!("{a}.eth0")].host_veth,
+            veth_name(a, "bridge")
+        );
+    }
 
     /// `api` on frontend and backend, `web` on the default bridge only.
     const CONFIG: &str = r#"

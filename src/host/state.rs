@@ -268,6 +268,8 @@ impl StateDir {
     pub fn save(&self, r: &Record) -> Result<()> {
         let mut r = r.clone();
         r.version = RECORD_VERSION;
+        // Files by digest: the record must stay small on a large host.
+        r.applied = r.applied.as_ref().map(crate::core::model::for_record);
         let json = serde_json::to_vec_pretty(&r).context("serialize state record")?;
         let p = self.path.join(RECORD);
         let prev = self.path.join(PREV_RECORD);

@@ -125,7 +125,7 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
     }
     for (k, v) in &applied.files {
         let o = observed.files.get(k);
-        let changed = o.map(|o| model::with_user_block(v, Some(o)) != *o);
+        let changed = o.map(|o| !model::file_matches(v, o));
         match changed {
             None => out.push(Drift {
                 address: format!("file.{k}"),

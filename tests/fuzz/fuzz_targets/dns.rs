@@ -1,0 +1,53 @@
+//! Any bytes as a DNS packet to a listener, from a member, from a stranger:
+//! an answer or a drop, never a panic; nobody outside the network gets a
+//! reply.
+#![no_main]
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use netloom::core::dns::{Index, Member, Zone};
+
+fn index() -> Arc<Index> {
+    static INDEX: OnceLock<Arc<Index>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            let member = |name: &str, last: u8, aliases: &[&str]| Member {
+                name: name.into(),
+                aliases: aliases.iter().map(|a| a.to_string()).collect(),
+                ipv4: Ipv4Addr::new(10, 7, 0, last),
+                ipv6: Some(Ipv6Addr::new(0xfd00, 7, 0, 0, 0, 0, 0, u16::from(last))),
+            };
+            let zone = Zone {
+                network: "net".into(),
+                gateway: Ipv4Addr::new(10, 7, 0, 1),
+                subnet: "10.7.0.0/24".parse().expect("constant subnet"),
+                members: vec![
+                    member("web", 2, &["www", "app.example"]),
+                    member("db", 3, &[]),
+                ],
+            };
+            Arc::new(Index::build(&[zone]).expect("a valid zone"))
+        })
+        .clone()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let gateway = Ipv4Addr::new(10, 7, 0, 1);
+    let member = SocketAddr::from((Ipv4Addr::new(10, 7, 0, 2), 40000));
+    let stranger = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 40000));
+    for udp in [true, false] {
+        if let Some(reply) =
+            netloom::host::dns::handle_packet(index(), gateway, member, data, udp)
+        {
+            if udp {
+                assert!(reply.len() <= 65535);
+            }
+        }
+        assert!(
+            netloom::host::dns::handle_packet(index(), gateway, stranger, data, udp).is_none(),
+            "a stranger got a reply"
+        );
+    }
+});
