@@ -93,28 +93,36 @@ pub struct Stats {
     pub dropped: u64,
 }
 
-/// What the server does with one packet that reached the listener on
-/// `gateway` from `src`, decided without any socket: `Some(reply)` for a
-/// local answer, `None` when the packet is dropped or would be forwarded
-/// upstream. Every received packet takes this path first; public so that
-/// it can be fuzzed and measured on its own.
-pub fn handle_packet(
-    index: Arc<Index>,
-    gateway: Ipv4Addr,
-    src: SocketAddr,
-    packet: &[u8],
-    udp: bool,
-) -> Option<Vec<u8>> {
-    let shared = Shared {
-        port: DEFAULT_PORT,
-        index: RwLock::new(index),
-        upstreams: RwLock::new(Arc::new(Vec::new())),
-        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        counters: Counters::default(),
-    };
-    match shared.prepare(gateway, src, packet, udp) {
-        server::Step::Reply(bytes) => Some(bytes),
-        server::Step::Forward(_) | server::Step::Drop => None,
+/// The synchronous path of the server, without sockets: what it does
+/// with one packet that reached the listener on a gateway. Every received
+/// packet takes this path first; public so that it can be fuzzed and
+/// measured on its own.
+pub struct PacketHandler {
+    shared: Shared,
+}
+
+impl PacketHandler {
+    /// A handler answering for `index`, with no upstream servers.
+    pub fn new(index: Index) -> Self {
+        let shared = Shared::new(DEFAULT_PORT, Vec::new(), MAX_IN_FLIGHT);
+        shared.swap(index);
+        PacketHandler { shared }
+    }
+
+    /// `Some(reply)` for a local answer, `None` when the packet is dropped
+    /// or would be forwarded upstream.
+    pub fn handle(
+        &self,
+        gateway: Ipv4Addr,
+        src: SocketAddr,
+        packet: &[u8],
+        udp: bool,
+    ) -> Option<Vec<u8>> {
+        let mut scratch = self.shared.scratch();
+        match self.shared.prepare(&mut scratch, gateway, src, packet, udp) {
+            server::Step::Reply => Some(scratch.out),
+            server::Step::Forward(_) | server::Step::Drop => None,
+        }
     }
 }
 

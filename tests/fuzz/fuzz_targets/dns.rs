@@ -4,14 +4,15 @@
 #![no_main]
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use netloom::core::dns::{Index, Member, Zone};
+use netloom::host::dns::PacketHandler;
 
-fn index() -> Arc<Index> {
-    static INDEX: OnceLock<Arc<Index>> = OnceLock::new();
-    INDEX
+fn handler() -> &'static PacketHandler {
+    static HANDLER: OnceLock<PacketHandler> = OnceLock::new();
+    HANDLER
         .get_or_init(|| {
             let member = |name: &str, last: u8, aliases: &[&str]| Member {
                 name: name.into(),
@@ -28,9 +29,8 @@ fn index() -> Arc<Index> {
                     member("db", 3, &[]),
                 ],
             };
-            Arc::new(Index::build(&[zone]).expect("a valid zone"))
+            PacketHandler::new(Index::build(&[zone]).expect("a valid zone"))
         })
-        .clone()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -39,14 +39,14 @@ fuzz_target!(|data: &[u8]| {
     let stranger = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 40000));
     for udp in [true, false] {
         if let Some(reply) =
-            netloom::host::dns::handle_packet(index(), gateway, member, data, udp)
+            handler().handle(gateway, member, data, udp)
         {
             if udp {
                 assert!(reply.len() <= 65535);
             }
         }
         assert!(
-            netloom::host::dns::handle_packet(index(), gateway, stranger, data, udp).is_none(),
+            handler().handle(gateway, stranger, data, udp).is_none(),
             "a stranger got a reply"
         );
     }
