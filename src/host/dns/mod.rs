@@ -113,7 +113,7 @@ impl PacketHandler {
     /// or would be forwarded upstream.
     pub fn handle(
         &self,
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         src: SocketAddr,
         packet: &[u8],
         udp: bool,

@@ -24,6 +24,8 @@ fn handler() -> &'static PacketHandler {
                 network: "net".into(),
                 gateway: Ipv4Addr::new(10, 7, 0, 1),
                 subnet: "10.7.0.0/24".parse().expect("constant subnet"),
+                gateway6: Some(Ipv6Addr::new(0xfd00, 7, 0, 0, 0, 0, 0, 1)),
+                subnet6: Some("fd00:7::/64".parse().expect("constant subnet")),
                 members: vec![
                     member("web", 2, &["www", "app.example"]),
                     member("db", 3, &[]),
@@ -34,7 +36,7 @@ fn handler() -> &'static PacketHandler {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let gateway = Ipv4Addr::new(10, 7, 0, 1);
+    let gateway = std::net::IpAddr::V4(Ipv4Addr::new(10, 7, 0, 1));
     let member = SocketAddr::from((Ipv4Addr::new(10, 7, 0, 2), 40000));
     let stranger = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 40000));
     for udp in [true, false] {
