@@ -86,6 +86,7 @@ pub async fn rollback(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Re
         observation,
         plan,
         held: Vec::new(),
+        warnings: Vec::new(),
     };
     if !p.plan.is_empty() {
         let applied = steps::apply_planned(sd, record, &p).await?;

@@ -8,7 +8,8 @@ use crate::cmd::cli::{Cli, Format};
 use crate::cmd::confirm;
 use crate::cmd::steps::{
     Exit, Loaded, Planned, apply_planned, load, load_bytes, open_state, plan_exit, plan_live,
-    print_held, print_plan, record_converged, refuse_if_agent, require_root, resolve,
+    print_held, print_plan, print_warnings, record_converged, refuse_if_agent, require_root,
+    resolve,
 };
 use crate::core::model::State;
 use crate::core::plan;
@@ -93,6 +94,7 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
         );
     }
     let p = plan_live(&l, &record).await?;
+    print_warnings(&p.warnings, how.format);
     print_plan(&p.plan, how.format);
     print_held(&p.held);
     if let Some(out) = how.out {
@@ -193,6 +195,7 @@ pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format)
         );
         return Ok(Exit::Error);
     }
+    print_warnings(&p.warnings, format);
     print_plan(&p.plan, format);
     print_held(&p.held);
     finish(&sd, &mut record, &p, false, detailed).await

@@ -18,6 +18,9 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
     let p = steps::plan_live(&l, &record).await?;
+    for w in &p.warnings {
+        eprintln!("Warning: {w}");
+    }
     let counters = p
         .observation
         .firewall

@@ -250,6 +250,9 @@ pub struct Planned {
     /// Objects held back before planning (a foreign name clash, a taken
     /// host port, a vanished namespace): left as they are, with why.
     pub held: Vec<Failure>,
+    /// Findings that do not stop the plan (a subnet overlapping a host
+    /// route, a `host_ip` the host does not have).
+    pub warnings: Vec<String>,
 }
 
 /// Resolves, observes, holds back the objects that cannot be changed
@@ -261,6 +264,18 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
     tracing::debug!("resolved in {:?}", t0.elapsed());
     let observation = observe::observe(&desired.state, record).await?;
     tracing::debug!("observed after {:?}", t0.elapsed());
+    // Never the host's own namespace, never one namespace for two
+    // containers, never an address the host has: refused, nothing changed.
+    let refused = crate::host::guard::refusals(&desired.state, &observation.host);
+    if !refused.is_empty() {
+        return Err(anyhow!("{}\nnothing was changed.", refused.join("\n")));
+    }
+    let routes = crate::host::netlink::open_host()
+        .context("open netlink socket in the host namespace")?
+        .routes()
+        .await
+        .context("dump host routes")?;
+    let warnings = crate::host::guard::warnings(&desired.state, &observation.host, &routes);
     let mut held = observation.foreign_conflicts(&desired.state, record);
     held.extend(crate::host::portprobe::conflicts(
         &desired.state,
@@ -281,6 +296,7 @@ pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
         observation,
         plan,
         held,
+        warnings,
     })
 }
 
@@ -331,6 +347,20 @@ fn touched(p: &Planned) -> observe::Reuse<'_> {
         earlier: &p.observation,
         stale,
         stale_files,
+    }
+}
+
+/// Prints the warnings loudly: above the plan on stdout for people, on
+/// stderr with `--format json` (stdout stays one JSON document).
+pub fn print_warnings(warnings: &[String], format: Format) {
+    for w in warnings {
+        match format {
+            Format::Text => println!("Warning: {w}"),
+            Format::Json => eprintln!("Warning: {w}"),
+        }
+    }
+    if !warnings.is_empty() && format == Format::Text {
+        println!();
     }
 }
 

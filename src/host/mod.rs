@@ -14,6 +14,7 @@ pub mod dns;
 pub mod etcd;
 pub mod events;
 pub mod fault;
+pub mod guard;
 pub mod identity;
 pub mod interrupt;
 pub mod marks;

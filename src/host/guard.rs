@@ -1,0 +1,171 @@
+//! What a valid file must still never do to this host, checked against
+//! the live host before anything is planned: configure the namespace
+//! netloom itself runs in, put two containers in one namespace, or take
+//! an address the host already has. Each is a refusal (nothing changed,
+//! the object named). Softer findings are warnings printed with the plan:
+//! a subnet that overlaps a route of the host, a `host_ip` the host does
+//! not have.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use ipnetwork::IpNetwork;
+
+use crate::core::model::{NsRef, State};
+use crate::host::netlink::Route;
+use crate::host::observe::NsView;
+
+/// The namespace file of the calling thread (netloom's own namespace):
+/// `/proc/thread-self` where the kernel has it, else `/proc/self`. Never
+/// `/proc/1`, which inside a container or a test sandbox is another
+/// namespace than netloom's.
+fn own_netns() -> Option<(u64, u64)> {
+    ["/proc/thread-self/ns/net", "/proc/self/ns/net"]
+        .iter()
+        .find_map(|p| ns_id(Path::new(p)))
+}
+
+/// Device and inode of a namespace file: equal for the same namespace.
+fn ns_id(p: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Refusals: each names the object and what to change.
+pub fn refusals(desired: &State, host: &NsView) -> Vec<String> {
+    let mut out = Vec::new();
+    let own = own_netns();
+    // Namespace identity -> first container that uses it.
+    let mut seen: HashMap<(u64, u64), &str> = HashMap::new();
+    for (c, ns) in &desired.namespaces {
+        let path = ns.netns.path();
+        let Some(id) = ns_id(&path) else {
+            // Not there yet (a named namespace netloom will create) or
+            // missing (reported as a vanished namespace elsewhere).
+            continue;
+        };
+        if Some(id) == own {
+            out.push(format!(
+                "container `{c}`: {} is the network namespace netloom runs in (the host's own); netloom never configures it. Point netns_path at the container's namespace",
+                describe(&ns.netns)
+            ));
+            continue;
+        }
+        if let Some(other) = seen.insert(id, c.as_str()) {
+            out.push(format!(
+                "container `{c}`: {} is the network namespace of container `{other}`; each container needs a namespace of its own (use network_mode = \"container:{other}\" to share it)",
+                describe(&ns.netns)
+            ));
+        }
+    }
+    // Addresses the host already has, except on netloom's own bridge for
+    // the same network (which holds the gateway once applied).
+    let name_of: HashMap<u32, &str> = host
+        .links
+        .iter()
+        .map(|l| (l.index, l.name.as_str()))
+        .collect();
+    let host_addr = |ip: IpAddr, except: Option<&str>| -> Option<String> {
+        host.addrs.iter().find_map(|a| {
+            let ifname = name_of.get(&a.index).copied().unwrap_or("?");
+            (a.ip == ip && Some(ifname) != except).then(|| ifname.to_string())
+        })
+    };
+    for (net, b) in &desired.bridges {
+        for addr in &b.addrs {
+            let Some(ip) = addr_ip(addr) else { continue };
+            if let Some(ifname) = host_addr(ip, Some(b.name.as_str())) {
+                out.push(format!(
+                    "network `{net}`: gateway {ip} is already an address of the host (interface {ifname}); choose a subnet or gateway the host does not use"
+                ));
+            }
+        }
+    }
+    for (key, e) in &desired.endpoints {
+        for addr in &e.addrs {
+            let Some(ip) = addr_ip(addr) else { continue };
+            if let Some(ifname) = host_addr(ip, None) {
+                out.push(format!(
+                    "container.{key}: address {ip} is already an address of the host (interface {ifname}); give the container another address"
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn describe(ns: &NsRef) -> String {
+    match ns {
+        NsRef::Named(n) => format!("netns `{n}`"),
+        NsRef::Path(p) => format!("netns_path {}", p.display()),
+    }
+}
+
+fn addr_ip(addr: &str) -> Option<IpAddr> {
+    addr.split('/').next()?.parse().ok()
+}
+
+/// Warnings: subnets overlapping a route of the host that is not
+/// netloom's, `host_ip`s the host does not have.
+pub fn warnings(desired: &State, host: &NsView, routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
+    let name_of: HashMap<u32, &str> = host
+        .links
+        .iter()
+        .map(|l| (l.index, l.name.as_str()))
+        .collect();
+    for (net, b) in &desired.bridges {
+        for addr in &b.addrs {
+            let Ok(subnet) = addr.parse::<IpNetwork>() else {
+                continue;
+            };
+            let Ok(subnet) = IpNetwork::new(subnet.network(), subnet.prefix()) else {
+                continue;
+            };
+            for r in routes {
+                // The default route overlaps everything; a route by the
+                // network's own bridge is netloom's.
+                if r.prefix == 0 {
+                    continue;
+                }
+                let dev = r.oif.and_then(|i| name_of.get(&i).copied());
+                if dev == Some(b.name.as_str()) {
+                    continue;
+                }
+                let Ok(dst) = IpNetwork::new(r.dst, r.prefix) else {
+                    continue;
+                };
+                if overlaps(subnet, dst) {
+                    let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                    out.push(format!(
+                        "network `{net}`: subnet {subnet} overlaps the host's route to {dst}{via} dev {}: the host will send some of these addresses the wrong way",
+                        dev.unwrap_or("?")
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(fw) = &desired.firewall {
+        for (key, p) in &fw.fw.ports {
+            let Some(ip) = p.host_ip else { continue };
+            if ip.is_unspecified() || ip.is_loopback() {
+                continue;
+            }
+            if !host.addrs.iter().any(|a| a.ip == ip) {
+                out.push(format!(
+                    "port.{key}: host_ip {ip} is not an address of this host; the port is published but unreachable until the host has it"
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    match (a, b) {
+        (IpNetwork::V4(x), IpNetwork::V4(y)) => x.overlaps(y),
+        (IpNetwork::V6(x), IpNetwork::V6(y)) => x.overlaps(y),
+        _ => false,
+    }
+}
