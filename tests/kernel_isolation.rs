@@ -1,4 +1,4 @@
-//! Failure isolation (SPEC §2): a failure confined to one container leaves
+//! Failure isolation: a failure confined to one container leaves
 //! that container and what depends on it as they are, every independent
 //! change is applied, the failed object is named and `apply` exits 1; the
 //! agent keeps healing everything else. Each case in a throwaway host.

@@ -1,6 +1,7 @@
-//! Cluster mode: the file's `[cluster]`, `[hosts]`, `scope`, `vni` and
-//! `host` keys, their checks, the cluster-wide allocations that
-//! `netloom push` keeps in etcd, and the share of one host.
+//! Cluster mode (the README's "Cluster mode"): the file's `[cluster]`,
+//! `[hosts]`, `scope`, `vni` and `host` keys, their checks, the
+//! cluster-wide allocations that `netloom push` keeps in etcd, and the
+//! share of one host.
 //!
 //! Everything here is pure. The share of a host
 //! ([`share`](crate::core::share::share)) is an ordinary
