@@ -357,8 +357,9 @@ fn no_panic_on_any_input() {
 #[test]
 fn offline_plan_of_the_tutorial() {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/docker-tutorial.toml");
+    // --verbose: file contents are shown in full only on request.
     let out = Command::new(NETLOOM)
-        .args(["plan", "--offline", "-c", p])
+        .args(["plan", "--offline", "--verbose", "-c", p])
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Host, NETLOOM, kernel_tests_possible};
 
-const TOOLS: &[&str] = &["ip", "nft", "unshare", "nsenter"];
+const TOOLS: &[&str] = &["ip", "nft", "unshare", "nsenter", "python3", "curl"];
 
 const CONFIG: &str = "[networks.app]\nsubnet = \"10.73.0.0/24\"\n\
                       [containers.api]\nnetworks = [\"app\"]\n";
@@ -144,4 +144,55 @@ fn json_logs_are_one_object_per_line() {
         addresses.iter().any(|a| a == "container.api.eth0"),
         "{addresses:?}"
     );
+}
+
+/// `apply --format json`: one document, the plan and its result; the
+/// result part is kept as a golden file (`UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn apply_json_prints_one_result_document() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", CONFIG);
+    let r = h.netloom(&cfg, &["apply", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(doc["format_version"], "1");
+    assert!(
+        doc["plan"]["changes"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    );
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/apply_result.json");
+    let got = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc["result"]).unwrap()
+    );
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, &got).unwrap();
+    } else {
+        assert_eq!(std::fs::read_to_string(&golden).unwrap_or_default(), got);
+    }
+
+    // A failed object: success false, the object named, exit 1.
+    h.spawn("python3 -m http.server 8090 --bind 0.0.0.0");
+    assert!(h.wait_for(
+        "curl -s -m 1 -o /dev/null http://127.0.0.1:8090/",
+        Duration::from_secs(10)
+    ));
+    let cfg = h.config(
+        "netloom.toml",
+        &format!("{CONFIG}[containers.web]\nnetworks = [\"app\"]\nports = [\"8090:80\"]\n"),
+    );
+    let r = h.netloom(&cfg, &["apply", "--format", "json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    let res = &doc["result"];
+    assert_eq!(res["success"], false, "{res}");
+    assert_eq!(res["failed_objects"][0]["object"], "container.web", "{res}");
+    assert_eq!(res["counts"]["failed"], 1, "{res}");
+    h.netloom(&cfg, &["down"]).ok();
 }

@@ -39,6 +39,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "NETLOOM_ETCD")]
     pub etcd: Option<String>,
 
+    /// Show plans in full: every operation and the whole diff of each file.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +59,8 @@ pub enum Format {
     #[default]
     Text,
     Json,
+    /// For plans: a pull-request comment (other commands print text).
+    Markdown,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,10 +75,16 @@ pub enum Command {
         /// dir (no privileges needed: for pull-request checks).
         #[arg(long)]
         offline: bool,
+        /// With --offline: plan from this file (e.g. the base branch's) to
+        /// the current one instead of from an empty host: the diff a
+        /// pull-request check comments.
+        #[arg(long, value_name = "OLD.toml", requires = "offline")]
+        base: Option<PathBuf>,
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
-        /// Output format: text for people, json for programs.
+        /// Output format: text for people, json for programs, markdown for
+        /// a pull-request comment.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
         /// Also save the plan to this file (versioned JSON with digests of

@@ -47,7 +47,9 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
         render::text(
             &plan,
             Style {
-                color: std::io::stdout().is_terminal()
+                color: std::io::stdout().is_terminal(),
+                // What goes, one line each; file contents only with --verbose.
+                detail: crate::cmd::steps::detail(cli, render::Detail::Brief),
             }
         )
     );

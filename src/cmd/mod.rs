@@ -49,15 +49,17 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Validate => plan_apply::validate(&cli),
         Command::Plan {
             offline: true,
+            base,
             detailed_exitcode,
             format,
             ..
-        } => plan_apply::plan_offline(&cli, *detailed_exitcode, *format),
+        } => plan_apply::plan_offline(&cli, base.as_deref(), *detailed_exitcode, *format),
         Command::Plan {
             offline: false,
             detailed_exitcode,
             format,
             out,
+            ..
         } => {
             let how = plan_apply::How {
                 dry_run: true,

@@ -7,12 +7,13 @@ use anyhow::{Context, Result};
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::confirm;
 use crate::cmd::steps::{
-    Exit, Loaded, Planned, apply_planned, load, load_bytes, open_state, plan_exit, plan_live,
-    print_held, print_plan, print_warnings, record_converged, refuse_if_agent, require_root,
-    resolve,
+    Exit, Loaded, Planned, apply_planned, detail, load, load_bytes, open_state, plan_exit,
+    plan_live, print_held, print_plan_as, print_warnings, record_converged, refuse_if_agent,
+    require_root, resolve,
 };
 use crate::core::model::State;
 use crate::core::plan;
+use crate::core::render::{self, ApplyResult, Detail};
 use crate::core::saved_plan::{self, SavedPlan};
 use crate::host::state::{Record, StateDir, unix_now};
 
@@ -29,17 +30,61 @@ pub fn validate(cli: &Cli) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// `plan --offline`: the plan against an empty host, without reading the
-/// kernel or the state dir (no privileges needed).
-pub fn plan_offline(cli: &Cli, detailed: bool, format: Format) -> Result<Exit> {
-    let Some(l) = load(cli)? else {
+/// `plan --offline [--base OLD]`: the plan against an empty host, or
+/// from the file OLD to this one, without reading the kernel or the state
+/// dir (no privileges needed). Nothing of the machine it runs on enters
+/// the plan: resolv.conf lists only the file's `upstream_dns`, and the
+/// agent is assumed to serve the embedded DNS, as on a host that runs it.
+pub fn plan_offline(
+    cli: &Cli,
+    base: Option<&Path>,
+    detailed: bool,
+    format: Format,
+) -> Result<Exit> {
+    let Some(mut l) = load(cli)? else {
         return Ok(Exit::Error);
     };
     crate::cmd::steps::refuse_cluster(&l)?;
-    let desired = resolve(&l, &Record::default())?;
-    let plan = plan::diff(&desired.state, &State::default(), None);
-    print_plan(&plan, format);
+    l.host = offline_host(l.host.state_dir.clone());
+    let (before, record) = match base {
+        None => (State::default(), Record::default()),
+        Some(path) => {
+            let shown = path.display().to_string();
+            let bytes = crate::cmd::steps::read_config(path)
+                .with_context(|| format!("cannot read the base file {shown}"))?;
+            let spec = match crate::core::spec::load_bytes(&shown, &bytes) {
+                Ok(s) => s,
+                Err(d) => {
+                    eprint!("{d}");
+                    eprintln!("the base file {shown} is invalid: no plan.");
+                    return Ok(Exit::Error);
+                }
+            };
+            let old = crate::core::model::resolve(&spec, &Default::default(), &l.host)
+                .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+            // The new file keeps the base's addresses, as a host that
+            // applied the base would.
+            let record = Record {
+                allocations: old.allocations,
+                ..Default::default()
+            };
+            (old.state, record)
+        }
+    };
+    let desired = resolve(&l, &record)?;
+    let plan = plan::diff(&desired.state, &before, None);
+    print_plan_as(&plan, format, detail(cli, Detail::Normal));
     Ok(plan_exit(&plan, detailed))
+}
+
+/// The host an offline plan assumes: no upstream servers but the file's,
+/// an agent serving DNS.
+fn offline_host(state_dir: std::path::PathBuf) -> crate::core::model::HostInfo {
+    crate::core::model::HostInfo {
+        upstream_dns: Vec::new(),
+        state_dir,
+        agent_dns: true,
+    }
 }
 
 /// How `plan`/`apply` run.
@@ -95,8 +140,7 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     }
     let p = plan_live(&l, &record).await?;
     print_warnings(&p.warnings, how.format);
-    print_plan(&p.plan, how.format);
-    print_held(&p.held);
+    let json = show_plan(cli, &p, how.format, how.dry_run);
     if let Some(out) = how.out {
         let doc = saved_now(&l, &bytes, &record, &p)?;
         write_file(out, &saved_plan::to_text(&doc))?;
@@ -105,7 +149,7 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
             out.display()
         );
     }
-    let exit = finish(&sd, &mut record, &p, how.dry_run, how.detailed).await?;
+    let exit = finish(&sd, &mut record, &p, how.dry_run, how.detailed, json).await?;
     match checkpoint {
         Some(cp) => {
             // `confirm` and the rollback take the lock; the wait must not
@@ -196,18 +240,37 @@ pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format)
         return Ok(Exit::Error);
     }
     print_warnings(&p.warnings, format);
-    print_plan(&p.plan, format);
-    print_held(&p.held);
-    finish(&sd, &mut record, &p, false, detailed).await
+    let json = show_plan(cli, &p, format, false);
+    finish(&sd, &mut record, &p, false, detailed, json).await
 }
 
 /// Applies `p` (unless `dry_run`) and reports, with `apply`'s exit status.
+/// Prints the plan (`plan`: with its operations; `apply`: one line per
+/// change) and the held-back objects. Returns whether the result is to be
+/// printed as one JSON document at the end instead (`apply --format json`).
+fn show_plan(cli: &Cli, p: &Planned, format: Format, dry_run: bool) -> bool {
+    let json_result = format == Format::Json && !dry_run;
+    if !json_result {
+        let d = if dry_run {
+            Detail::Normal
+        } else {
+            Detail::Brief
+        };
+        print_plan_as(&p.plan, format, detail(cli, d));
+    }
+    print_held(&p.held);
+    json_result
+}
+
+/// Applies (unless `dry_run`), reports, and with `json` prints the plan and
+/// its result as one document.
 async fn finish(
     sd: &StateDir,
     record: &mut Record,
     p: &Planned,
     dry_run: bool,
     detailed: bool,
+    json: bool,
 ) -> Result<Exit> {
     let held = if p.held.is_empty() {
         None
@@ -223,6 +286,13 @@ async fn finish(
             );
             record_converged(sd, record, p)?;
         }
+        if json {
+            let r = ApplyResult {
+                held: &p.held,
+                ..Default::default()
+            };
+            print!("{}", render::apply_json(&p.plan, &r));
+        }
         return Ok(held.unwrap_or_else(|| plan_exit(&p.plan, detailed)));
     }
     let applied = apply_planned(sd, record, p).await;
@@ -234,6 +304,15 @@ async fn finish(
         eprintln!("Error: {}: {addr} failed: {}", f.object, f.error);
     }
     eprintln!("{}", applied.report(&p.plan, &p.held));
+    if json {
+        let r = ApplyResult {
+            applied: &applied.done,
+            failed: &applied.failed,
+            held: &p.held,
+            waiting: &applied.not_done,
+        };
+        print!("{}", render::apply_json(&p.plan, &r));
+    }
     if held.is_some() || !applied.failed.is_empty() {
         return Ok(Exit::Error);
     }

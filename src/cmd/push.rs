@@ -126,6 +126,7 @@ fn print_per_host(
     }
     let style = Style {
         color: std::io::stdout().is_terminal(),
+        ..Default::default()
     };
     let mut any = false;
     for h in hosts {

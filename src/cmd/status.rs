@@ -320,7 +320,7 @@ pub async fn inspect(cli: &Cli, network: &str, format: Format) -> Result<Exit> {
     }]);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Format::Text => {
+        Format::Text | Format::Markdown => {
             println!(
                 "Name:    {}\nDriver:  bridge\nBridge:  {}\nSubnet:  {}\nGateway: {}\nInternal: {}",
                 net.name, net.bridge, net.subnet, net.gateway, net.internal

@@ -16,7 +16,7 @@ use crate::core::firewall;
 
 use crate::core::model::{self, Desired, HostInfo, State};
 use crate::core::plan::{self, Failure, Plan};
-use crate::core::render::{self, Style};
+use crate::core::render::{self, Detail, Style};
 use crate::core::spec::{self, Spec};
 use crate::host::marks::Owner;
 use crate::host::nft;
@@ -133,18 +133,30 @@ pub fn resolve(l: &Loaded, record: &Record) -> Result<Desired> {
 
 /// Prints a plan on stdout, in colour only on a terminal.
 pub fn print_plan(plan: &Plan, format: Format) {
+    print_plan_as(plan, format, Detail::Normal);
+}
+
+/// Prints a plan on stdout at `detail` (text only).
+pub fn print_plan_as(plan: &Plan, format: Format, detail: Detail) {
     match format {
         Format::Json => print!("{}", render::json(plan)),
+        Format::Markdown => print!("{}", render::markdown(plan, detail)),
         Format::Text => print!(
             "{}",
             render::text(
                 plan,
                 Style {
-                    color: std::io::stdout().is_terminal()
+                    color: std::io::stdout().is_terminal(),
+                    detail,
                 }
             )
         ),
     }
+}
+
+/// `--verbose` shows everything; otherwise `default`.
+pub fn detail(cli: &Cli, default: Detail) -> Detail {
+    if cli.verbose { Detail::Full } else { default }
 }
 
 /// The exit status of a plan: [`Exit::Changes`] only when asked for.
@@ -356,7 +368,7 @@ pub fn print_warnings(warnings: &[String], format: Format) {
     for w in warnings {
         match format {
             Format::Text => println!("Warning: {w}"),
-            Format::Json => eprintln!("Warning: {w}"),
+            Format::Json | Format::Markdown => eprintln!("Warning: {w}"),
         }
     }
     if !warnings.is_empty() && format == Format::Text {

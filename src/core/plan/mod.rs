@@ -21,6 +21,7 @@ mod hold;
 mod netns;
 mod network;
 mod sysctl;
+mod values;
 mod vxlan;
 
 pub use drift::drift;
@@ -344,6 +345,10 @@ pub struct Change {
     /// Unified diff of a file or of nft content.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// The object as observed (`null` before a create).
+    pub before: Option<serde_json::Value>,
+    /// The object as desired (`null` after a destroy).
+    pub after: Option<serde_json::Value>,
     #[serde(skip)]
     phase: u8,
     /// The object this change belongs to (`container.NAME`,
@@ -440,6 +445,8 @@ pub(super) fn change(
         summary,
         ops,
         diff: None,
+        before: None,
+        after: None,
         phase,
         object: String::new(),
         needs: Vec::new(),
@@ -469,6 +476,7 @@ pub fn diff(desired: &State, observed: &State, applied: Option<&State>) -> Plan 
     });
     for c in &mut changes {
         (c.object, c.needs) = hold::object_of(c, desired, observed);
+        (c.before, c.after) = values::before_after(&c.address, desired, observed);
     }
     let drift = applied.map(|a| drift(a, observed)).unwrap_or_default();
     Plan { drift, changes }
