@@ -648,10 +648,24 @@ impl Validator {
 
     /// Checks across networks: unique bridges, no overlapping subnets.
     fn check_networks(&mut self, f: &ConfigFile, nets: &BTreeMap<String, NetworkSpec>) {
-        let span_of = |name: &str| -> Range<usize> { f.networks.get(name).map(sp).unwrap_or(0..0) };
+        // Positions looked up once: a lookup per pair made thousands of
+        // networks cubic.
+        let spans: HashMap<&str, Range<usize>> = f
+            .networks
+            .0
+            .iter()
+            .map(|(k, v)| (k.get_ref().as_str(), sp(v)))
+            .collect();
+        let span_of = |name: &str| -> Range<usize> { spans.get(name).cloned().unwrap_or(0..0) };
         let list: Vec<&NetworkSpec> = nets.values().collect();
         for (i, a) in list.iter().enumerate() {
             for b in &list[i + 1..] {
+                let clash = a.bridge == b.bridge
+                    || a.subnet.overlaps(b.subnet)
+                    || matches!((a.subnet6, b.subnet6), (Some(x), Some(y)) if x.overlaps(y));
+                if !clash {
+                    continue;
+                }
                 let (first, second) = order_by_span(a, b, &span_of);
                 if a.bridge == b.bridge {
                     // Both positions: either value may be the one to change
