@@ -23,7 +23,8 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 /// The whole file, validated, with defaults filled in.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    /// `settings.state_dir`; `None`: the command line's or the default.
+    /// `settings.state_dir` (`--state-dir` and `NETLOOM_STATE_DIR` win
+    /// over it).
     pub state_dir: Option<PathBuf>,
     /// `settings.port_range`, inclusive: host ports for mappings without
     /// one (Docker's `-P`).
