@@ -66,12 +66,15 @@ fn links_are_one_way_and_follow_the_address() {
         "[containers.tomcat1]\nnetworks = { bridge = { ip = \"172.17.0.50\" } }\n",
     );
     let cfg = h.config("t.toml", &moved);
+    // The compact line by default, the whole diff with --verbose.
     let plan = h.netloom(&cfg, &["plan"]);
     assert!(
-        plan.stdout.contains("~ file./etc/netns/tomcat2/hosts"),
+        plan.stdout
+            .contains("~ file./etc/netns/tomcat2/hosts  +1 line: 172.17.0.50 tomcat1 tomcat"),
         "{}",
         plan.stdout
     );
+    let plan = h.netloom(&cfg, &["plan", "--verbose"]);
     assert!(
         plan.stdout.contains("+172.17.0.50\ttomcat1 tomcat"),
         "{}",
