@@ -194,7 +194,7 @@ impl Cluster {
 /// A shell test that `pid` has exited (a killed child stays a zombie until
 /// the test reaps it on drop).
 fn gone(pid: u32) -> String {
-    format!("! test -e /proc/{pid}/stat || [ \"$(cut -d' ' -f3 /proc/{pid}/stat)\" = Z ]")
+    common::exited(pid)
 }
 
 fn ready() -> bool {
@@ -306,7 +306,8 @@ fn three_hosts_reach_and_resolve_each_other_across_vxlan() {
     // kill -9 of host 2's agent: traffic keeps flowing; a restart plans
     // no change.
     let pid = cl.agents[1].take().unwrap();
-    cl.hosts[1].sh(&format!("kill -9 {pid}; sleep 0.2"));
+    cl.hosts[1].sh(&format!("kill -9 {pid}"));
+    assert!(cl.hosts[1].wait_for(&gone(pid), WAIT));
     cl.exec(0, "web", "ping -c1 -W1 api").ok();
     cl.exec(2, "worker", "curl -s -m 5 -o /dev/null http://api/")
         .ok();

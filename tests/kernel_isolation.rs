@@ -126,10 +126,7 @@ fn a_vanished_netns_path_does_not_stop_healing_the_others() {
     assert!(text.contains("container.ext"), "{text}");
     // `down` refuses while an agent runs (it would re-create everything).
     h.sh(&format!("kill {agent}")).ok();
-    assert!(h.wait_for(
-        &format!("test ! -e /proc/{agent} || grep -q ') Z' /proc/{agent}/stat"),
-        Duration::from_secs(30)
-    ));
+    assert!(h.wait_for(&common::exited(agent), Duration::from_secs(30)));
     h.netloom(&cfg, &["down"]).ok();
 }
 

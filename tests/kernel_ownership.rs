@@ -31,14 +31,11 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Waits until `pid` has exited (gone, or a zombie its parent has not
-/// reaped: its files and locks are released either way).
+/// Waits until `pid` has exited (gone, or a zombie with no thread left:
+/// its files and locks are released then).
 fn wait_dead(h: &Host, pid: u32) {
     assert!(
-        h.wait_for(
-            &format!("test ! -e /proc/{pid} || grep -q ') Z' /proc/{pid}/stat"),
-            Duration::from_secs(30)
-        ),
+        h.wait_for(&common::exited(pid), Duration::from_secs(30)),
         "pid {pid} did not exit"
     );
 }

@@ -327,3 +327,13 @@ impl Drop for Host {
         let _ = self.sandbox.wait();
     }
 }
+
+/// A shell test that holds once process `pid` has exited: its /proc entry
+/// is gone, or it is a zombie with no thread left. A zombie leader whose
+/// other threads are still exiting (SIGKILL under load) still holds its
+/// files and locks, so "zombie" alone is not "exited".
+pub fn exited(pid: u32) -> String {
+    format!(
+        "! test -e /proc/{pid}/stat || {{ [ \"$(cut -d' ' -f3 /proc/{pid}/stat)\" = Z ] && [ $(ls /proc/{pid}/task 2>/dev/null | wc -l) -le 1 ]; }}"
+    )
+}
