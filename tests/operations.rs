@@ -196,3 +196,160 @@ fn apply_json_prints_one_result_document() {
     assert_eq!(res["counts"]["failed"], 1, "{res}");
     h.netloom(&cfg, &["down"]).ok();
 }
+
+/// `netloom` run outside any sandbox, from `cwd`, for commands that fail
+/// (or print) before touching the kernel or a state dir.
+fn plain(cwd: &std::path::Path, args: &[&str]) -> common::Run {
+    let out = std::process::Command::new(NETLOOM)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NETLOOM_CONFIG")
+        .env("NETLOOM_STATE_DIR", "/nonexistent-netloom-test")
+        .output()
+        .expect("run netloom");
+    common::Run::from(out)
+}
+
+#[test]
+fn a_missing_file_names_the_config_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["inspect", "app"][..]] {
+        let r = plain(dir.path(), args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        let line = r.stderr.trim_end();
+        assert!(
+            line.contains("cannot read netloom.toml")
+                && line.contains("-c/--config PATH")
+                && line.contains("`netloom down` works without it"),
+            "{args:?}: {line}"
+        );
+        // One line: log collectors and grep see the whole message.
+        assert_eq!(line.lines().count(), 1, "{line}");
+    }
+}
+
+#[test]
+fn plan_as_a_user_says_it_only_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    // Readable by `nobody`, who runs the plan below.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = dir.path().join("netloom.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let run = |cmd: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", NETLOOM])
+            .args(["-c", &cfg.display().to_string(), cmd])
+            .env("NETLOOM_STATE_DIR", "/nonexistent-netloom-test")
+            .output()
+            .expect("setpriv");
+        common::Run::from(out)
+    };
+    let plan = run("plan");
+    assert_eq!(plan.code, 1, "{}", plan.stderr);
+    assert!(
+        plan.stderr
+            .contains("plan reads the kernel's network state and needs root")
+            && plan
+                .stderr
+                .contains("`netloom plan --offline` plans without it"),
+        "{}",
+        plan.stderr
+    );
+    let apply = run("apply");
+    assert_eq!(apply.code, 1, "{}", apply.stderr);
+    assert!(
+        apply
+            .stderr
+            .contains("apply reads and changes the kernel's network state"),
+        "{}",
+        apply.stderr
+    );
+}
+
+#[test]
+fn shell_completions_and_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    // bash loads the script and registers the completion function.
+    let bash = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!("source <({NETLOOM} completions bash) && complete -p netloom"),
+        ])
+        .output()
+        .unwrap();
+    let registered = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        bash.status.success() && registered.contains("netloom"),
+        "{registered}{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let r = plain(dir.path(), &["completions", shell]);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        // fish spells options as `-l config`.
+        for word in ["validate", "plan", "status", "config", "offline"] {
+            assert!(r.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let bad = plain(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+
+    let man = plain(dir.path(), &["man"]);
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    assert!(man.stdout.contains(".TH netloom 1"), "{}", man.stdout);
+    for needle in [
+        ".SH SYNOPSIS",
+        ".SH SUBCOMMANDS",
+        "netloom\\-validate",
+        "\\-\\-config",
+    ] {
+        assert!(man.stdout.contains(needle), "man page lacks {needle}");
+    }
+}
+
+#[test]
+fn status_calls_a_file_edit_pending_and_down_needs_no_file() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let h = Host::new();
+    let cfg = h.config("netloom.toml", CONFIG);
+    h.netloom(&cfg, &["apply"]).ok();
+    // Edited, not applied: an MTU change (the network and its endpoints)
+    // and a new container: all pending, none of it drift.
+    let cfg = h.config(
+        "netloom.toml",
+        "[networks.app]\nsubnet = \"10.73.0.0/24\"\nmtu = 1400\n\
+         [containers.api]\nnetworks = [\"app\"]\n\
+         [containers.web]\nnetworks = [\"app\"]\n",
+    );
+    let st = h.netloom(&cfg, &["status"]);
+    assert_eq!(st.code, 2, "{}\n{}", st.stdout, st.stderr);
+    let row = |prefix: &str| {
+        st.stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} row in:\n{}", st.stdout))
+            .to_string()
+    };
+    assert!(row("app ").ends_with("pending"), "{}", st.stdout);
+    assert!(row("web").ends_with("pending"), "{}", st.stdout);
+    assert!(!st.stdout.contains("drift"), "{}", st.stdout);
+    assert!(!st.stdout.contains("Drift"), "{}", st.stdout);
+
+    // `down` from a directory without the file, no -c: it works from the
+    // state record.
+    let empty = h.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&empty).unwrap();
+    let down = h.sh(&format!(
+        "cd {} && env -u NETLOOM_CONFIG {NETLOOM} down",
+        empty.display()
+    ));
+    assert_eq!(down.code, 0, "{}\n{}", down.stdout, down.stderr);
+    assert!(h.netns_list().trim().is_empty(), "{}", h.netns_list());
+}

@@ -169,6 +169,15 @@ pub enum Command {
     Down,
     /// Print the JSON Schema of the file.
     Schema,
+    /// Print a shell completion script, e.g. `netloom completions bash >
+    /// /etc/bash_completion.d/netloom`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `netloom man >
+    /// /usr/local/share/man/man1/netloom.1`.
+    Man,
     /// The state record in the state dir.
     State {
         #[command(subcommand)]

@@ -46,6 +46,21 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             print!("{}", crate::core::config::schema_json());
             Ok(Exit::Ok)
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics when its writer
+            // fails (e.g. `| head` closing the pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "netloom", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+            Ok(Exit::Ok)
+        }
         Command::Validate => plan_apply::validate(&cli),
         Command::Plan {
             offline: true,

@@ -71,9 +71,9 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             None => "in sync".to_string(),
             // Changed outside netloom since its last apply.
             Some(_) if drifted.contains(addr) => "drift".to_string(),
-            Some(&"+") => "missing".to_string(),
             Some(&"-") => "to remove".to_string(),
-            // The file asks for a change not yet applied.
+            // The file asks for a change (or a new object) not yet
+            // applied; what vanished from the host is drift, above.
             Some(_) => "pending".to_string(),
         }
     };

@@ -62,7 +62,7 @@ pub fn load(cli: &Cli) -> Result<Option<Loaded>> {
 /// digest of a saved plan: the very bytes planned from).
 pub fn load_bytes(cli: &Cli, path: &std::path::Path) -> Result<Option<(Loaded, Vec<u8>)>> {
     let path = path.to_path_buf();
-    let bytes = read_config(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_config(&path).map_err(|e| config_read_error(&path, e))?;
     match spec::load_bytes(&path.display().to_string(), &bytes) {
         Ok(spec) => {
             let host = host_info(cli, &spec);
@@ -98,6 +98,19 @@ pub fn read_config(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
         .take(spec::MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// The error for a configuration file that cannot be read. When the
+/// file is missing, the likeliest cause is running from another directory
+/// without `-c`: say how to name the file, and that `down` needs none (it
+/// works from the state record).
+pub fn config_read_error(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
+    let hint = if e.kind() == std::io::ErrorKind::NotFound {
+        "; name the file with -c/--config PATH (or NETLOOM_CONFIG=PATH); `netloom down` works without it"
+    } else {
+        ""
+    };
+    anyhow!("cannot read {}: {e}{hint}", path.display())
 }
 
 /// The state dir: `--state-dir`/`NETLOOM_STATE_DIR`, else the file's
@@ -171,8 +184,16 @@ pub fn plan_exit(plan: &Plan, detailed: bool) -> Exit {
 /// Fails with a message that says what needs root and what does not.
 pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
+        // `plan` (apply --dry-run) only reads; saying it changes the
+        // kernel would make a careful user refuse to run it as root.
+        let does = if what == "plan" {
+            "reads"
+        } else {
+            "reads and changes"
+        };
         return Err(anyhow!(
-            "{what} reads and changes the kernel's network state and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN); `netloom plan --offline` plans without it"
+            "{what} {} the kernel's network state and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN); `netloom plan --offline` plans without it",
+            does
         ));
     }
     Ok(())
