@@ -221,3 +221,49 @@ fn file_size_limit() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn dns_options_are_checked_at_their_values() {
+    let base = "[containers.web]\n";
+    assert_valid(&format!(
+        "{base}domainname = \"corp.example\"\nextra_hosts = [\"legacy:192.0.2.7\", \"v6=fd00::7\", \"gw:host-gateway\"]\n\
+         dns = [\"192.0.2.53\", \"2001:db8::53\"]\ndns_search = [\"corp.example\"]\ndns_options = [\"ndots:2\", \"rotate\"]\n"
+    ));
+    for (line, value, needle) in [
+        (
+            "extra_hosts = [\"legacy\"]",
+            "\"legacy\"",
+            "must be NAME:IP",
+        ),
+        (
+            "extra_hosts = [\"db:10.0.0\"]",
+            "\"db:10.0.0\"",
+            "is not an IP address",
+        ),
+        (
+            "dns = [\"dns.example\"]",
+            "\"dns.example\"",
+            "not a DNS server address",
+        ),
+        (
+            "dns = [\"9.9.9.9:5353\"]",
+            "\"9.9.9.9:5353\"",
+            "resolv.conf has no ports",
+        ),
+        (
+            "dns_search = [\"bad domain\"]",
+            "\"bad domain\"",
+            "invalid search domain",
+        ),
+        ("dns_options = [\"ndots\"]", "\"ndots\"", "takes a number"),
+        (
+            "dns_options = [\"rotat\"]",
+            "\"rotat\"",
+            "did you mean `rotate`",
+        ),
+        ("domainname = \"-x\"", "\"-x\"", "invalid domainname"),
+    ] {
+        let text = format!("{base}{line}\n");
+        assert_refused(&text, &at(&text, value, 0), needle);
+    }
+}

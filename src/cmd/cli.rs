@@ -178,6 +178,25 @@ pub enum Command {
     /// Print the manual page (roff), e.g. `netloom man >
     /// /usr/local/share/man/man1/netloom.1`.
     Man,
+    /// Print the fragment of an OCI bundle's config.json (runc, crun) that
+    /// runs a container in container NAME's namespace: the network
+    /// namespace path, read-only bind mounts of its hosts and resolv.conf
+    /// (rewritten in place, so a running container sees every change) and
+    /// its hostname.
+    ///
+    /// Merge it into `runc spec`'s config.json, replacing the `network`
+    /// entry of linux.namespaces, e.g. with jq:
+    ///
+    ///   jq --argjson f "$(netloom oci-spec web)" '.hostname = $f.hostname
+    ///   | .mounts += $f.mounts | .linux.namespaces = [(.linux.namespaces[]
+    ///   | select(.type != "network")), $f.linux.namespaces[]]' config.json
+    ///
+    /// Exit status: 0; 1 unknown container or one without a namespace
+    /// (network_mode = "host").
+    OciSpec {
+        /// Container name (a key of [containers]).
+        name: String,
+    },
     /// The state record in the state dir.
     State {
         #[command(subcommand)]

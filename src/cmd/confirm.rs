@@ -80,6 +80,7 @@ pub async fn rollback(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Re
             allocations: cp.previous_allocations.clone(),
             networks: Default::default(),
             zones: Vec::new(),
+            dns_clients: Vec::new(),
             external_files: Default::default(),
         },
         target,

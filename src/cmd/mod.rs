@@ -62,6 +62,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Validate => plan_apply::validate(&cli),
+        Command::OciSpec { name } => oci_spec(&cli, name),
         Command::Plan {
             offline: true,
             base,
@@ -126,4 +127,15 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             watch::watch(&cli, Duration::from_secs(*resync), host.as_deref()).await
         }
     }
+}
+
+/// `netloom oci-spec NAME`: the fragment, pretty-printed JSON on stdout.
+fn oci_spec(cli: &Cli, name: &str) -> Result<Exit> {
+    let Some(l) = steps::load(cli)? else {
+        return Ok(Exit::Error);
+    };
+    let fragment =
+        crate::core::oci::fragment(&l.spec, &l.host, name).map_err(|e| anyhow::anyhow!(e))?;
+    println!("{}", serde_json::to_string_pretty(&fragment)?);
+    Ok(Exit::Ok)
 }

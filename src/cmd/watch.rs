@@ -644,7 +644,7 @@ impl Agent {
         self.fs_watch.update(&self.expect);
         self.watch_namespaces(&p.desired.state);
         self.dns
-            .update(p.desired.zones.clone())
+            .update_with(p.desired.zones.clone(), &p.desired.dns_clients)
             .await
             .context("update the embedded DNS server")?;
         Ok((summary, failures))

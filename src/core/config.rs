@@ -164,6 +164,34 @@ pub struct ContainerConfig {
     /// required once the file has `[hosts]`.
     #[schemars(with = "Option<String>")]
     pub host: Option<Spanned<String>>,
+    /// Domain name (`docker run --domainname`): the container's own line
+    /// in its hosts file reads `IP HOSTNAME.DOMAINNAME HOSTNAME`.
+    #[schemars(with = "Option<String>")]
+    pub domainname: Option<Spanned<String>>,
+    /// Extra hosts-file entries (`docker run --add-host`), each `NAME:IP`
+    /// (or `NAME=IP`); IP `host-gateway` stands for the gateway of the
+    /// container's first network. The embedded DNS answers them too, for
+    /// this container only.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub extra_hosts: Vec<Spanned<String>>,
+    /// DNS servers of this container (`docker run --dns`), IP addresses:
+    /// they replace the upstream servers in its resolv.conf, and the
+    /// embedded DNS forwards this container's queries for names it does
+    /// not know to them.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub dns: Vec<Spanned<String>>,
+    /// Search domains of its resolv.conf (`docker run --dns-search`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub dns_search: Vec<Spanned<String>>,
+    /// Resolver options of its resolv.conf (`docker run --dns-opt`), e.g.
+    /// `ndots:2`, `timeout:3`, `rotate`; they override netloom's defaults
+    /// (`ndots:0 timeout:1 attempts:2`) of the same name.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub dns_options: Vec<Spanned<String>>,
 }
 
 /// Per-network options of a container's endpoint.

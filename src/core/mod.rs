@@ -11,12 +11,14 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod container_dns;
 pub mod diag;
 pub mod dns;
 pub mod firewall;
 pub mod hash;
 pub mod ipam;
 pub mod model;
+pub mod oci;
 pub mod plan;
 pub mod ports;
 pub mod render;

@@ -241,6 +241,9 @@ pub struct Desired {
     pub networks: BTreeMap<String, NetworkSpec>,
     /// DNS zones of the DNS-enabled networks, for the agent.
     pub zones: Vec<crate::core::dns::Zone>,
+    /// Containers' own names and DNS servers (`extra_hosts`, `dns`), for
+    /// the agent's DNS.
+    pub dns_clients: Vec<crate::core::dns::Client>,
     /// Hosts files of `netns_path` containers, for `status` to point at.
     pub external_files: BTreeMap<String, String>,
 }
@@ -645,6 +648,7 @@ pub fn resolve(
         }
     }
     let mut external_files = BTreeMap::new();
+    let mut dns_clients = Vec::new();
     for c in &spec.containers {
         let (Some(hosts_path), Some(resolv_path)) = (
             file_path(host, c, "hosts"),
@@ -652,8 +656,23 @@ pub fn resolve(
         ) else {
             continue;
         };
-        let hosts = hosts_file(c, &by_name, &networks, &members, &addrs_on, &remote_of);
+        let extra = extra_hosts(c, &networks);
+        let hosts = hosts_file(
+            c, &by_name, &networks, &members, &addrs_on, &remote_of, &extra,
+        );
         let resolv = resolv_file(c, &networks, &upstream, host.agent_dns);
+        if !extra.is_empty() || !c.dns.servers.is_empty() {
+            dns_clients.push(crate::core::dns::Client {
+                name: c.name.clone(),
+                hosts: extra,
+                servers: c
+                    .dns
+                    .servers
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, 53))
+                    .collect(),
+            });
+        }
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
         }
@@ -699,8 +718,31 @@ pub fn resolve(
         allocations: alloc,
         networks,
         zones,
+        dns_clients,
         external_files,
     })
+}
+
+/// A container's `extra_hosts` with `host-gateway` made an address (the
+/// gateway of its first network; left out when it has none).
+fn extra_hosts(
+    c: &ContainerSpec,
+    networks: &BTreeMap<String, NetworkSpec>,
+) -> Vec<(String, IpAddr)> {
+    use crate::core::container_dns::ExtraAddr;
+    let gateway = c
+        .endpoints
+        .first()
+        .and_then(|e| networks.get(&e.network))
+        .map(|n| IpAddr::V4(n.gateway));
+    c.dns
+        .extra_hosts
+        .iter()
+        .filter_map(|h| match h.addr {
+            ExtraAddr::Ip(ip) => Some((h.name.clone(), ip)),
+            ExtraAddr::HostGateway => gateway.map(|g| (h.name.clone(), g)),
+        })
+        .collect()
 }
 
 fn nsref(n: &NetnsSpec) -> NsRef {
@@ -737,6 +779,7 @@ fn hosts_file<'a>(
     members: &HashMap<&str, Vec<(&ContainerSpec, &EndpointSpec)>>,
     addrs_on: &dyn Fn(&str, &str) -> Vec<IpAddr>,
     remote_of: &dyn for<'n> Fn(&'n str) -> &'a [crate::core::cluster::RemoteMember],
+    extra: &[(String, IpAddr)],
 ) -> String {
     let mut out = String::from(
         "# Written by netloom; edits above the user marker are replaced.\n\
@@ -747,7 +790,13 @@ fn hosts_file<'a>(
          ff02::1\tip6-allnodes\n\
          ff02::2\tip6-allrouters\n",
     );
-    let mut own_names = vec![c.hostname.clone()];
+    // With a domain name the fully qualified name comes first, as
+    // Docker writes it (`hostname -f` reads it from there).
+    let mut own_names = Vec::new();
+    if let Some(d) = &c.dns.domainname {
+        own_names.push(format!("{}.{d}", c.hostname));
+    }
+    own_names.push(c.hostname.clone());
     if c.name != c.hostname {
         own_names.push(c.name.clone());
     }
@@ -755,6 +804,12 @@ fn hosts_file<'a>(
         for ip in addrs_on(&c.name, &e.network) {
             out.push_str(&format!("{ip}\t{}\n", own_names.join(" ")));
         }
+    }
+    // `extra_hosts` (`--add-host`), in file order before the other
+    // containers: the first line naming a host wins, and an extra host is
+    // a deliberate override.
+    for (name, ip) in extra {
+        out.push_str(&format!("{ip}\t{name}\n"));
     }
     // Links: one way, to the target's address on a network both share.
     let mut lines: Vec<(IpAddr, Vec<String>)> = Vec::new();
@@ -814,9 +869,24 @@ fn hosts_file<'a>(
             lines.extend(ips.map(|ip| (ip, names.clone())));
         }
     }
+    // One line per address: a linked container that is also on a shared
+    // network (or several aliases of one address) gets its names merged,
+    // not a second line for the same address.
     lines.sort();
-    lines.dedup();
+    let mut merged: Vec<(IpAddr, Vec<String>)> = Vec::with_capacity(lines.len());
     for (ip, names) in lines {
+        match merged.last_mut() {
+            Some((last, have)) if *last == ip => {
+                for n in names {
+                    if !have.contains(&n) {
+                        have.push(n);
+                    }
+                }
+            }
+            _ => merged.push((ip, names)),
+        }
+    }
+    for (ip, names) in merged {
         out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
     }
     for line in dns_only {
@@ -844,10 +914,21 @@ fn resolv_file(
     {
         out.push_str(&format!("nameserver {}\n", n.gateway));
     }
-    for u in upstream.iter().filter(|u| u.port() == 53) {
-        out.push_str(&format!("nameserver {}\n", u.ip()));
+    // The container's own `dns` servers replace the host's upstreams (the
+    // embedded DNS, when listed, forwards its unknown names to them too).
+    if c.dns.servers.is_empty() {
+        for u in upstream.iter().filter(|u| u.port() == 53) {
+            out.push_str(&format!("nameserver {}\n", u.ip()));
+        }
+    } else {
+        for ip in &c.dns.servers {
+            out.push_str(&format!("nameserver {ip}\n"));
+        }
     }
-    out.push_str("options ndots:0 timeout:1 attempts:2\n");
+    if !c.dns.search.is_empty() {
+        out.push_str(&format!("search {}\n", c.dns.search.join(" ")));
+    }
+    out.push_str(&crate::core::container_dns::options_line(&c.dns.options));
     out
 }
 
@@ -1068,6 +1149,48 @@ networks = ["frontend", "backend"]
         text.lines()
             .filter_map(|l| l.strip_prefix("nameserver "))
             .collect()
+    }
+
+    #[test]
+    fn dns_options_shape_the_hosts_file_and_resolv_conf() {
+        let spec = crate::core::spec::load(
+            "t.toml",
+            "[networks.n]\nsubnet = \"10.5.0.0/24\"\n\
+             [containers.db]\nnetworks = [\"n\"]\n\
+             [containers.worker]\nnetworks = [\"n\"]\nlinks = [\"db:database\"]\n\
+             hostname = \"w1\"\ndomainname = \"corp.example\"\n\
+             extra_hosts = [\"legacy:192.0.2.7\", \"gw:host-gateway\"]\n\
+             dns = [\"192.0.2.53\"]\ndns_search = [\"corp.example\"]\n\
+             dns_options = [\"ndots:2\", \"rotate\"]\n",
+        )
+        .expect("valid");
+        let host = HostInfo {
+            upstream_dns: vec!["10.99.0.2:53".parse().expect("addr")],
+            agent_dns: true,
+            ..HostInfo::default()
+        };
+        let d = resolve(&spec, &Allocations::default(), &host).expect("resolves");
+        let hosts = &d.state.files["/etc/netns/worker/hosts"];
+        assert!(
+            hosts.contains("10.5.0.3\tw1.corp.example w1 worker\n"),
+            "{hosts}"
+        );
+        assert!(
+            hosts.contains("192.0.2.7\tlegacy\n10.5.0.1\tgw\n"),
+            "{hosts}"
+        );
+        // Linked and on the same network: one line for db's address.
+        assert_eq!(hosts.matches("10.5.0.2\t").count(), 1, "{hosts}");
+        assert!(hosts.contains("10.5.0.2\tdb database db.n\n"), "{hosts}");
+        let resolv = &d.state.files["/etc/netns/worker/resolv.conf"];
+        assert_eq!(
+            resolv,
+            "# Written by netloom.\nnameserver 10.5.0.1\nnameserver 192.0.2.53\n\
+             search corp.example\noptions ndots:2 timeout:1 attempts:2 rotate\n"
+        );
+        assert_eq!(d.dns_clients.len(), 1);
+        assert_eq!(d.dns_clients[0].name, "worker");
+        assert_eq!(d.dns_clients[0].hosts.len(), 2);
     }
 
     #[test]

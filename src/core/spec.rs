@@ -108,6 +108,9 @@ pub struct ContainerSpec {
     pub ports: Vec<(String, PortSpec)>,
     /// (target container, alias)
     pub links: Vec<(String, Option<String>)>,
+    /// Docker's name options: `extra_hosts`, `dns`, `dns_search`,
+    /// `dns_options`, `domainname`.
+    pub dns: crate::core::container_dns::DnsOptions,
 }
 
 /// A container's membership of one network.
@@ -1099,6 +1102,9 @@ impl Validator {
                 }
                 links.push((target, alias));
             }
+            let dns = crate::core::container_dns::check(cfg, &valid_hostname, &mut |span, msg| {
+                self.err(span, msg)
+            });
             out.push(ContainerSpec {
                 name,
                 hostname,
@@ -1107,6 +1113,7 @@ impl Validator {
                 endpoints,
                 ports: port_specs,
                 links,
+                dns,
             });
         }
         self.check_container_graph(f, &out);

@@ -18,7 +18,7 @@ use crate::core::model::{NsRef, State};
 use crate::core::plan::{Change, Failure, Op, Plan};
 use crate::core::spec::parse_mac;
 use crate::host::netlink::{self, Counters, LinkChange, Netlink};
-use crate::host::state::{Owned, write_atomic};
+use crate::host::state::Owned;
 use crate::host::{fault, interrupt, marks, netns};
 
 /// Runs operations against the kernel, caching netlink sockets and
@@ -311,7 +311,12 @@ impl Executor {
             }
             Op::Nft { .. } => bail!("nft operations run as one transaction, not one by one"),
             Op::WriteFile { path, content } => {
-                write_atomic(std::path::Path::new(path), content.as_bytes())?;
+                // In place: a runtime's bind mount of the file keeps its
+                // inode and must see the change.
+                crate::host::inplace::write_in_place(
+                    std::path::Path::new(path),
+                    content.as_bytes(),
+                )?;
                 owned.files.insert(path.clone());
             }
             Op::RemoveFile { path } => {

@@ -16,6 +16,7 @@ pub mod events;
 pub mod fault;
 pub mod guard;
 pub mod identity;
+pub mod inplace;
 pub mod interrupt;
 pub mod marks;
 pub mod netlink;

@@ -91,6 +91,22 @@ impl Index {
         let a = matches!(q.qtype, QType::A | QType::Any);
         let aaaa = matches!(q.qtype, QType::Aaaa | QType::Any);
 
+        // The asker's own `extra_hosts` come first, like the hosts file.
+        if let Some(ips) = view.own.and_then(|o| o.hosts.get(q.name)) {
+            let records = ips
+                .iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V4(v4) if a => Some(Data::A(*v4)),
+                    IpAddr::V6(v6) if aaaa => Some(Data::Aaaa(*v6)),
+                    _ => None,
+                })
+                .collect();
+            return Answer::Local {
+                rcode: Rcode::NoError,
+                records,
+            };
+        }
+
         // The first of the asker's networks that knows the name answers.
         for n in view.nets() {
             let net = &self.nets[n];
@@ -167,31 +183,8 @@ fn push_unique<'i>(records: &mut Vec<Data<'i>>, d: Data<'i>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::dns::{IndexError, Member, Zone, lookup_key};
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().expect("test address")
-    }
-
-    fn member(name: &str, aliases: &[&str], ipv4: &str, ipv6: Option<&str>) -> Member {
-        Member {
-            name: name.to_string(),
-            aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            ipv4: ip(ipv4),
-            ipv6: ipv6.map(|v6| v6.parse().expect("test address")),
-        }
-    }
-
-    fn zone(network: &str, gateway: &str, subnet: &str, members: Vec<Member>) -> Zone {
-        Zone {
-            network: network.to_string(),
-            gateway: ip(gateway),
-            subnet: subnet.parse().expect("test subnet"),
-            gateway6: None,
-            subnet6: None,
-            members,
-        }
-    }
+    use crate::core::dns::testing::{ip, member, zone};
+    use crate::core::dns::{Client, IndexError, lookup_key};
 
     /// Asks `name` (dotted, as typed) of the listener on `gw` from `src`.
     fn ask<'i>(
@@ -241,6 +234,54 @@ mod tests {
             ],
         )])
         .expect("index")
+    }
+
+    #[test]
+    fn a_containers_extra_hosts_and_servers_are_its_own() {
+        let zones = [zone(
+            "n",
+            "10.0.0.1",
+            "10.0.0.0/24",
+            vec![
+                member("web", &[], "10.0.0.2", None),
+                member("db", &[], "10.0.0.3", None),
+            ],
+        )];
+        let server: std::net::SocketAddr = "192.0.2.53:53".parse().expect("addr");
+        let clients = [Client {
+            name: "web".into(),
+            hosts: vec![("Legacy.Example".into(), "192.0.2.7".parse().expect("ip"))],
+            servers: vec![server],
+        }];
+        let index = Index::build_with(&zones, &clients).expect("index");
+        let a = |src, name| ask(&index, "10.0.0.1", src, name, QType::A);
+        assert_eq!(
+            a("10.0.0.2", "legacy.example."),
+            Some(Answer::Local {
+                rcode: Rcode::NoError,
+                records: vec![Data::A(ip("192.0.2.7"))],
+            })
+        );
+        // Only for web: db asks the host's upstreams for it.
+        assert_eq!(a("10.0.0.3", "legacy.example"), Some(Answer::Forward));
+        let view = |src: &str| {
+            index
+                .view(ip("10.0.0.1").into(), src.parse().expect("ip"))
+                .expect("view")
+        };
+        assert_eq!(
+            index.servers(&view("10.0.0.2")).as_deref(),
+            Some(&[server][..])
+        );
+        assert_eq!(index.servers(&view("10.0.0.3")), None);
+        // Members still answer for web.
+        assert_eq!(
+            a("10.0.0.2", "db"),
+            Some(Answer::Local {
+                rcode: Rcode::NoError,
+                records: vec![Data::A(ip("10.0.0.3"))],
+            })
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Lookup tables built from the zones, once per reconcile.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use super::Zone;
 use super::name::{normalize, valid_target};
+use super::{Client, Zone};
 
 /// Why zones cannot be served together.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,7 +45,19 @@ pub struct Index {
     sources: HashMap<IpAddr, u32>,
     /// Per container: the indexes in `nets` of its DNS-enabled networks.
     containers: Vec<Box<[u32]>>,
+    /// Per container (same index as `containers`): its own names and
+    /// servers, for containers that have any.
+    own: HashMap<u32, Own>,
     skipped: Vec<String>,
+}
+
+/// A container's own names (`extra_hosts`) and servers (`dns`).
+#[derive(Debug)]
+pub(super) struct Own {
+    /// Lookup-form name -> addresses, in the file's order.
+    pub(super) hosts: HashMap<Box<str>, Vec<IpAddr>>,
+    /// Where its unknown names are forwarded; empty: the host's upstreams.
+    pub(super) servers: Arc<[SocketAddr]>,
 }
 
 /// What one asker may see: the networks whose members it resolves, the
@@ -54,6 +67,8 @@ pub struct View<'i> {
     pub(super) first: u32,
     /// The asker's networks (may include `first`, skipped when iterating).
     others: &'i [u32],
+    /// The asker's own names and servers.
+    pub(super) own: Option<&'i Own>,
 }
 
 impl View<'_> {
@@ -69,6 +84,13 @@ impl Index {
     /// Builds the tables of `zones`. Names that cannot be PTR targets are
     /// left out of the PTR tables and listed by [`Index::skipped`].
     pub fn build(zones: &[Zone]) -> Result<Index, IndexError> {
+        Index::build_with(zones, &[])
+    }
+
+    /// [`Index::build`], with the own names and servers of `clients`
+    /// (containers not on any of the zones are ignored: nobody asks for
+    /// them).
+    pub fn build_with(zones: &[Zone], clients: &[Client]) -> Result<Index, IndexError> {
         let mut index = Index::default();
         let mut container_ids: HashMap<&str, u32> = HashMap::new();
         let mut container_nets: Vec<Vec<u32>> = Vec::new();
@@ -103,6 +125,23 @@ impl Index {
             .into_iter()
             .map(Vec::into_boxed_slice)
             .collect();
+        for c in clients {
+            let Some(id) = container_ids.get(c.name.as_str()) else {
+                continue;
+            };
+            let mut hosts: HashMap<Box<str>, Vec<IpAddr>> = HashMap::new();
+            for (name, ip) in &c.hosts {
+                let list = hosts.entry(normalize(name).into_boxed_str()).or_default();
+                if !list.contains(ip) {
+                    list.push(*ip);
+                }
+            }
+            if hosts.is_empty() && c.servers.is_empty() {
+                continue;
+            }
+            let servers = c.servers.iter().copied().collect();
+            index.own.insert(*id, Own { hosts, servers });
+        }
         Ok(index)
     }
 
@@ -179,11 +218,18 @@ impl Index {
         if !inside {
             return None;
         }
-        let others = self
-            .sources
-            .get(&src)
-            .map_or(&[][..], |id| &self.containers[*id as usize]);
-        Some(View { first, others })
+        let id = self.sources.get(&src);
+        let others = id.map_or(&[][..], |id| &self.containers[*id as usize]);
+        let own = id.and_then(|id| self.own.get(id));
+        Some(View { first, others, own })
+    }
+
+    /// The asker's own upstream servers (`dns`), when it has any: its
+    /// unknown names go there instead of to the host's upstreams.
+    pub fn servers(&self, view: &View<'_>) -> Option<Arc<[SocketAddr]>> {
+        view.own
+            .filter(|o| !o.servers.is_empty())
+            .map(|o| o.servers.clone())
     }
 
     /// Whether a zone listens on `gateway`.

@@ -15,6 +15,9 @@
 //!   whichever of its gateways it asks; a client that is not a known member
 //!   (but is inside the listener's subnet) sees that one network. Nobody
 //!   sees a network it is not on.
+//! * A container's own `extra_hosts` names, for that container only,
+//!   before any member (as its hosts file lists them first); its unknown
+//!   names are forwarded to its own `dns` servers when it has any.
 //! * `A`/`AAAA` for a member's `name`, `name.<network>`, each alias and
 //!   `alias.<network>`, case-insensitive, with or without the trailing
 //!   dot. Several members sharing a name (an alias used as a service name)
@@ -43,16 +46,19 @@
 //!   `internal`), and a network called `com` must not break `google.com`.
 //! * Classes other than IN (`version.bind CH`) are the upstream's.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 mod answer;
 mod index;
 mod name;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use answer::{Answer, Data, QType, Question, Rcode};
 pub use index::{Index, IndexError, View};
+
 pub use name::{lookup_key, parse_reverse};
 
 /// One container attached to a network.
@@ -66,6 +72,19 @@ pub struct Member {
     pub ipv4: Ipv4Addr,
     /// Its IPv6 address on this network, on dual-stack networks.
     pub ipv6: Option<Ipv6Addr>,
+}
+
+/// One container's own names and servers (`extra_hosts`, `dns`): only
+/// this container sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Client {
+    /// The container's name (as in [`Member::name`]).
+    pub name: String,
+    /// Its `extra_hosts`: name -> address, answered before any member.
+    pub hosts: Vec<(String, IpAddr)>,
+    /// Its `dns` servers: unknown names are forwarded there instead of to
+    /// the host's upstreams.
+    pub servers: Vec<SocketAddr>,
 }
 
 /// The records of one network, served on its gateway address.

@@ -23,8 +23,16 @@ use crate::core::dns::lookup_key;
 impl Shared {
     /// Relay `req` (whose wire form is `packet`) upstream; the reply bytes
     /// for the client, SERVFAIL when no upstream helped.
-    pub(super) async fn forward(&self, req: &Message, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
-        let upstreams = self.upstreams();
+    /// `own`: the asker's own servers (`dns`), whose answers are not
+    /// kept for others.
+    pub(super) async fn forward(
+        &self,
+        req: &Message,
+        packet: &[u8],
+        udp: bool,
+        own: Option<&[SocketAddr]>,
+    ) -> Option<Vec<u8>> {
+        let upstreams = self.upstreams(own);
         let deadline = Instant::now() + FORWARD_TIMEOUT;
         // A fresh ID upstream, so that an off-path attacker who sees or
         // guesses the client's ID still has to guess ours (and our port).
@@ -53,7 +61,9 @@ impl Shared {
                         continue;
                     }
                     Counters::bump(&self.counters.forwarded);
-                    self.keep(req, &bytes, rcode);
+                    if own.is_none() {
+                        self.keep(req, &bytes, rcode);
+                    }
                     return fit(bytes, req, udp);
                 }
                 Ok(Err(err)) => debug!(%upstream, %err, "upstream failed"),

@@ -175,13 +175,13 @@ async fn udp_loop(net: Arc<Net>, sock: Arc<UdpSocket>) {
                             debug!(%src, %err, "udp send failed");
                         }
                     }
-                    Step::Forward(req) => {
+                    Step::Forward(req, own) => {
                         let Some(permits) = net.take_permits(src) else { continue };
                         let packet = buf[..n].to_vec();
                         let (shared, sock) = (shared.clone(), sock.clone());
                         forwards.spawn(async move {
                             let _permits = permits;
-                            if let Some(reply) = shared.forward(&req, &packet, true).await
+                            if let Some(reply) = shared.forward(&req, &packet, true, own.as_deref()).await
                                 && let Err(err) = sock.send_to(&reply, src).await
                             {
                                 debug!(%src, %err, "udp send failed");
@@ -246,11 +246,11 @@ async fn tcp_conn(net: Arc<Net>, mut stream: TcpStream, src: SocketAddr) {
         };
         let reply = match shared.prepare(&mut scratch, gateway, src, &packet, false) {
             Step::Reply => std::mem::take(&mut scratch.out),
-            Step::Forward(req) => {
+            Step::Forward(req, own) => {
                 let Some(_permits) = net.take_permits(src) else {
                     continue;
                 };
-                match shared.forward(&req, &packet, false).await {
+                match shared.forward(&req, &packet, false, own.as_deref()).await {
                     Some(reply) => reply,
                     None => continue,
                 }

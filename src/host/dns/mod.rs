@@ -42,7 +42,7 @@ use anyhow::{Context, bail};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::core::dns::{Index, Zone};
+use crate::core::dns::{Client, Index, Zone};
 use listen::Listener;
 use server::Shared;
 
@@ -121,7 +121,7 @@ impl PacketHandler {
         let mut scratch = self.shared.scratch();
         match self.shared.prepare(&mut scratch, gateway, src, packet, udp) {
             server::Step::Reply => Some(scratch.out),
-            server::Step::Forward(_) | server::Step::Drop => None,
+            server::Step::Forward(..) | server::Step::Drop => None,
         }
     }
 }
@@ -160,7 +160,13 @@ impl DnsServer {
     /// and the error names the failed gateways; the next `update` retries
     /// them.
     pub async fn update(&self, zones: Vec<Zone>) -> anyhow::Result<()> {
-        let index = Index::build(&zones)?;
+        self.update_with(zones, &[]).await
+    }
+
+    /// [`DnsServer::update`] with the containers' own names and servers
+    /// (`extra_hosts`, `dns`).
+    pub async fn update_with(&self, zones: Vec<Zone>, clients: &[Client]) -> anyhow::Result<()> {
+        let index = Index::build_with(&zones, clients)?;
         for name in index.skipped() {
             warn!(%name, "not a valid DNS name; no PTR record");
         }

@@ -40,7 +40,9 @@ impl Counters {
 pub(super) enum Step {
     /// The reply is in the scratch buffer's `out`.
     Reply,
-    Forward(Message),
+    /// Ask upstream: the host's upstreams, or the asker's own `dns`
+    /// servers when it has some.
+    Forward(Message, Option<Arc<[SocketAddr]>>),
     Drop,
 }
 
@@ -153,6 +155,15 @@ impl Shared {
                 Step::Reply
             }
             Answer::Forward => {
+                // A container with its own servers may see other answers
+                // than the host's upstreams give: never from the shared
+                // cache.
+                if let Some(own) = index.servers(&view) {
+                    return match Message::from_vec(packet) {
+                        Ok(req) => Step::Forward(req, Some(own)),
+                        Err(_) => self.drop_packet("malformed", src),
+                    };
+                }
                 let cache_key = cache::Key {
                     name: key,
                     qtype: query.qtype,
@@ -168,7 +179,7 @@ impl Shared {
                     return Step::Reply;
                 }
                 match Message::from_vec(packet) {
-                    Ok(req) => Step::Forward(req),
+                    Ok(req) => Step::Forward(req, None),
                     Err(_) => self.drop_packet("malformed", src),
                 }
             }
@@ -211,7 +222,7 @@ impl Shared {
                     resp.insert_answers(codec::records(query.name(), &records));
                     resp
                 }
-                Answer::Forward => return Step::Forward(req),
+                Answer::Forward => return Step::Forward(req, index.servers(&view)),
             }
         };
         resp.set_authoritative(true);
@@ -227,12 +238,13 @@ impl Shared {
 
     /// Upstreams to try: the configured ones, minus our own listeners (a
     /// gateway configured as upstream would forward to itself forever).
-    pub(super) fn upstreams(&self) -> Vec<SocketAddr> {
-        let all = self
+    pub(super) fn upstreams(&self, own: Option<&[SocketAddr]>) -> Vec<SocketAddr> {
+        let configured = self
             .upstreams
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let all = own.unwrap_or(&configured);
         let index = self.index();
         all.iter()
             .copied()

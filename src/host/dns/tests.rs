@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use super::forward::{self, random_u16};
 use super::listen::{bind_tcp, bind_udp};
 use super::*;
-use crate::core::dns::Member;
+use crate::core::dns::testing::{ip, member, zone};
 
 /// The servers' port: one free port chosen per test process (UDP and TCP
 /// on 127.0.0.1), so that two runs on one machine do not collide.
@@ -36,30 +36,6 @@ fn port() -> u16 {
 const WAIT: Duration = Duration::from_secs(3);
 /// How long to wait before concluding that no reply is coming.
 const SILENCE: Duration = Duration::from_millis(300);
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().expect("test address")
-}
-
-fn member(name: &str, aliases: &[&str], ipv4: &str, ipv6: Option<&str>) -> Member {
-    Member {
-        name: name.to_string(),
-        aliases: aliases.iter().map(|a| a.to_string()).collect(),
-        ipv4: ip(ipv4),
-        ipv6: ipv6.map(|v6| v6.parse().expect("test address")),
-    }
-}
-
-fn zone(network: &str, gateway: &str, subnet: &str, members: Vec<Member>) -> Zone {
-    Zone {
-        network: network.to_string(),
-        gateway: ip(gateway),
-        subnet: subnet.parse().expect("test subnet"),
-        gateway6: None,
-        subnet6: None,
-        members,
-    }
-}
 
 fn query_msg(name: &Name, qtype: RecordType) -> Message {
     let mut msg = Message::new();
