@@ -3,6 +3,7 @@
 //! [`run`] dispatches a parsed command line to one module per command;
 //! [`steps`] holds what they share (loading, planning, applying).
 
+pub mod agent_client;
 pub mod cli;
 pub mod cluster_agent;
 pub mod confirm;

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::confirm;
 use crate::cmd::steps::{
-    Exit, Loaded, Planned, apply_planned, detail, load, load_bytes, open_state, plan_exit,
-    plan_live, print_held, print_plan_as, print_warnings, record_converged, refuse_if_agent,
-    require_root, resolve,
+    Exit, Loaded, Out, Planned, apply_planned, detail, held_text, load, load_bytes, open_state,
+    plan_exit, plan_live, plan_text, print_held, print_plan_as, print_warnings, record_converged,
+    refuse_if_agent, require_root, resolve, warnings_to,
 };
 use crate::core::model::State;
 use crate::core::plan;
@@ -107,6 +107,18 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     };
     crate::cmd::steps::refuse_cluster(&l)?;
     require_root(if how.dry_run { "plan" } else { "apply" })?;
+    if how.dry_run && how.out.is_none() {
+        let ask = crate::cmd::agent_client::Ask {
+            command: "plan",
+            format: how.format,
+            detailed: how.detailed,
+            verbose: cli.verbose,
+        };
+        if let Some((out, exit)) = crate::cmd::agent_client::ask(&l, &bytes, &ask) {
+            out.print();
+            return Ok(exit);
+        }
+    }
     if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
         crate::host::interrupt::install()?;
@@ -139,8 +151,16 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
         );
     }
     let p = plan_live(&l, &record).await?;
-    print_warnings(&p.warnings, how.format);
-    let json = show_plan(cli, &p, how.format, how.dry_run);
+    let json = if how.dry_run {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        plan_out(&p, how.format, how.detailed, cli.verbose, color)
+            .0
+            .print();
+        false
+    } else {
+        print_warnings(&p.warnings, how.format);
+        show_plan(cli, &p, how.format, how.dry_run)
+    };
     if let Some(out) = how.out {
         let doc = saved_now(&l, &bytes, &record, &p)?;
         write_file(out, &saved_plan::to_text(&doc))?;
@@ -159,6 +179,33 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
         }
         None => Ok(exit),
     }
+}
+
+/// What `plan` prints for `p` (warnings, the plan, the held-back
+/// objects), and its exit status. The command and the agent answering
+/// for it both print this, so that their answers cannot differ.
+pub fn plan_out(
+    p: &Planned,
+    format: Format,
+    detailed: bool,
+    verbose: bool,
+    color: bool,
+) -> (Out, Exit) {
+    let mut out = Out::default();
+    warnings_to(&mut out, &p.warnings, format);
+    let d = if verbose {
+        Detail::Full
+    } else {
+        Detail::Normal
+    };
+    out.stdout.push_str(&plan_text(&p.plan, format, d, color));
+    out.stderr.push_str(&held_text(&p.held));
+    let exit = if p.held.is_empty() {
+        plan_exit(&p.plan, detailed)
+    } else {
+        Exit::Error
+    };
+    (out, exit)
 }
 
 /// The saved-plan document of `p`, made from the bytes `l` was loaded from.

@@ -15,11 +15,40 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
     let Some(l) = steps::load(cli)? else {
         return Ok(Exit::Error);
     };
+    if steps::require_root("status").is_ok()
+        && let Ok(bytes) = steps::read_config(&l.path)
+    {
+        let ask = crate::cmd::agent_client::Ask {
+            command: "status",
+            format,
+            detailed: false,
+            verbose: false,
+        };
+        if let Some((out, exit)) = crate::cmd::agent_client::ask(&l, &bytes, &ask) {
+            out.print();
+            return Ok(exit);
+        }
+    }
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
     let p = steps::plan_live(&l, &record).await?;
+    let (out, exit) = status_out(&l, sd.path(), &p, format)?;
+    drop(sd);
+    out.print();
+    Ok(exit)
+}
+
+/// What `status` prints for `p`, and its exit status. The command and the
+/// agent answering for it both print this.
+pub fn status_out(
+    l: &steps::Loaded,
+    state_dir: &std::path::Path,
+    p: &steps::Planned,
+    format: Format,
+) -> Result<(steps::Out, Exit)> {
+    let mut answer = steps::Out::default();
     for w in &p.warnings {
-        eprintln!("Warning: {w}");
+        let _ = writeln!(answer.stderr, "Warning: {w}");
     }
     let counters = p
         .observation
@@ -27,14 +56,13 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
         .as_ref()
         .map(crate::core::firewall::port_counters)
         .unwrap_or_default();
-    let agent = AgentStatus::read(sd.path());
+    let agent = AgentStatus::read(state_dir);
     // A change awaiting confirmation, or a rolled-back content that apply
     // and the agent hold back.
     let confirm_note = match steps::read_config(&l.path) {
-        Ok(bytes) => crate::cmd::confirm::refusal(sd.path(), &l.path, &bytes, false)?,
+        Ok(bytes) => crate::cmd::confirm::refusal(state_dir, &l.path, &bytes, false)?,
         Err(_) => None,
     };
-    drop(sd);
     let pending: BTreeMap<&str, &str> = p
         .plan
         .changes
@@ -115,8 +143,8 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             "agent": agent,
             "held_back": confirm_note,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(status_exit(&p));
+        let _ = writeln!(answer.stdout, "{}", serde_json::to_string_pretty(&doc)?);
+        return Ok((answer, status_exit(p)));
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -228,8 +256,8 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             s.add, s.change, s.destroy
         );
     }
-    print!("{out}");
-    Ok(status_exit(&p))
+    answer.stdout.push_str(&out);
+    Ok((answer, status_exit(p)))
 }
 
 /// 1 when an object cannot be applied, 2 on drift or pending changes.

@@ -151,19 +151,36 @@ pub fn print_plan(plan: &Plan, format: Format) {
 
 /// Prints a plan on stdout at `detail` (text only).
 pub fn print_plan_as(plan: &Plan, format: Format, detail: Detail) {
+    print!(
+        "{}",
+        plan_text(plan, format, detail, std::io::stdout().is_terminal())
+    );
+}
+
+/// A plan as [`print_plan_as`] prints it; `color` only for text.
+pub fn plan_text(plan: &Plan, format: Format, detail: Detail, color: bool) -> String {
     match format {
-        Format::Json => print!("{}", render::json(plan)),
-        Format::Markdown => print!("{}", render::markdown(plan, detail)),
-        Format::Text => print!(
-            "{}",
-            render::text(
-                plan,
-                Style {
-                    color: std::io::stdout().is_terminal(),
-                    detail,
-                }
-            )
-        ),
+        Format::Json => render::json(plan),
+        Format::Markdown => render::markdown(plan, detail),
+        Format::Text => render::text(plan, Style { color, detail }),
+    }
+}
+
+/// What a command prints, gathered instead of printed: the agent answers
+/// `plan` and `status` with it, and the command prints it as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Out {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Prints it (stdout first, as the commands do).
+    pub fn print(&self) {
+        use std::io::Write;
+        print!("{}", self.stdout);
+        let _ = std::io::stdout().flush();
+        eprint!("{}", self.stderr);
     }
 }
 
@@ -291,11 +308,21 @@ pub struct Planned {
 /// Resolves, observes, holds back the objects that cannot be changed
 /// (clashes, taken ports, vanished namespaces), and plans the rest.
 pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
+    plan_live_with(l, record, None).await
+}
+
+/// [`plan_live`], taking from `reuse` what it vouches for instead of
+/// reading it again (the agent's view, kept current by kernel events).
+pub async fn plan_live_with(
+    l: &Loaded,
+    record: &Record,
+    reuse: Option<&observe::Reuse<'_>>,
+) -> Result<Planned> {
     refuse_if_other_owner(&l.host.state_dir)?;
     let t0 = std::time::Instant::now();
     let desired = resolve(l, record)?;
     tracing::debug!("resolved in {:?}", t0.elapsed());
-    let observation = observe::observe(&desired.state, record).await?;
+    let observation = observe::observe_with(&desired.state, record, reuse).await?;
     tracing::debug!("observed after {:?}", t0.elapsed());
     // Never the host's own namespace, never one namespace for two
     // containers, never an address the host has: refused, nothing changed.
@@ -386,25 +413,44 @@ fn touched(p: &Planned) -> observe::Reuse<'_> {
 /// Prints the warnings loudly: above the plan on stdout for people, on
 /// stderr with `--format json` (stdout stays one JSON document).
 pub fn print_warnings(warnings: &[String], format: Format) {
+    let mut out = Out::default();
+    warnings_to(&mut out, warnings, format);
+    out.print();
+}
+
+/// [`print_warnings`] into `out`.
+pub fn warnings_to(out: &mut Out, warnings: &[String], format: Format) {
+    use std::fmt::Write as _;
     for w in warnings {
         match format {
-            Format::Text => println!("Warning: {w}"),
-            Format::Json | Format::Markdown => eprintln!("Warning: {w}"),
+            Format::Text => {
+                let _ = writeln!(out.stdout, "Warning: {w}");
+            }
+            Format::Json | Format::Markdown => {
+                let _ = writeln!(out.stderr, "Warning: {w}");
+            }
         }
     }
     if !warnings.is_empty() && format == Format::Text {
-        println!();
+        out.stdout.push('\n');
     }
 }
 
 /// Prints the held-back objects on stderr, one line each.
 pub fn print_held(held: &[Failure]) {
-    for f in held {
-        eprintln!(
-            "Error: {}: {} (left as it is; what depends on it waits)",
-            f.object, f.error
-        );
-    }
+    eprint!("{}", held_text(held));
+}
+
+/// [`print_held`]'s lines.
+pub fn held_text(held: &[Failure]) -> String {
+    held.iter()
+        .map(|f| {
+            format!(
+                "Error: {}: {} (left as it is; what depends on it waits)\n",
+                f.object, f.error
+            )
+        })
+        .collect()
 }
 
 /// The host already matches (e.g. after a state-dir restore): remember

@@ -35,6 +35,7 @@ use crate::host::sdnotify;
 use crate::host::state::{AgentStatus, Run, StateDir};
 
 mod expect;
+mod serve;
 use expect::Expect;
 
 /// Editors write a file in several steps; wait this long for the last one.
@@ -69,6 +70,8 @@ enum Trigger {
     Stop,
     /// Cluster mode: news from etcd.
     Etcd(FromEtcd),
+    /// `plan` or `status` asks over the agent's socket.
+    Query(serve::Query),
 }
 
 impl Trigger {
@@ -88,6 +91,7 @@ impl Trigger {
             Trigger::Stop => "stop".into(),
             Trigger::Etcd(FromEtcd::Desired(_, rev)) => format!("etcd (revision {rev})"),
             Trigger::Etcd(FromEtcd::Unreachable(_)) => "etcd unreachable".into(),
+            Trigger::Query(_) => "query".into(),
         }
     }
 }
@@ -107,7 +111,11 @@ struct Agent {
     fs_watch: FsWatch,
     /// Event subscriptions inside container namespaces, by container, with
     /// the identity (dev, inode) of the namespace they watch.
-    ns_watch: HashMap<String, ((u64, u64), tokio::task::JoinHandle<()>)>,
+    ns_watch: HashMap<String, serve::NsWatch>,
+    /// The host as last read, for answering `plan` and `status`.
+    view: Option<serve::View>,
+    /// Containers whose namespace reported an event since `view` was read.
+    dirty: HashSet<String>,
     tx: mpsc::UnboundedSender<Trigger>,
     status: AgentStatus,
     /// Cluster mode: the desired state comes from etcd, not the file.
@@ -145,6 +153,14 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     // of the running one.
     let started = now_rfc3339();
     let _agent_lock = AgentLock::acquire(&loaded.host.state_dir, std::process::id(), &started)?;
+    // `plan` and `status` ask this agent over its socket (root only).
+    let socket = match crate::host::agentsock::Listener::bind() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("no agent socket ({e:#}); commands read the kernel themselves");
+            None
+        }
+    };
     // This agent serves the embedded DNS: resolv.conf files name the
     // gateways from its first reconcile on.
     loaded.host.agent_dns = true;
@@ -162,6 +178,8 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         sysctls: Arc::new(Mutex::new(Vec::new())),
         fs_watch: FsWatch::new(tx.clone())?,
         ns_watch: HashMap::new(),
+        view: None,
+        dirty: HashSet::new(),
         tx: tx.clone(),
         status: AgentStatus {
             pid: std::process::id(),
@@ -197,6 +215,10 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
             agent.take_desired(c.doc, c.revision).await;
         }
     }
+    let _socket_file = socket.map(|(listener, file)| {
+        serve::spawn_listener(listener, tx.clone());
+        file
+    });
     spawn_kernel_events(tx.clone())?;
     spawn_nft_events(tx.clone())?;
     spawn_sysctl_ticker(tx.clone(), agent.sysctls.clone());
@@ -220,6 +242,9 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         if batch.contains(&Trigger::Stop) {
             break;
         }
+        let (queries, batch): (Vec<Trigger>, Vec<Trigger>) = batch
+            .into_iter()
+            .partition(|t| matches!(t, Trigger::Query(_)));
         let reload = batch.contains(&Trigger::Reload);
         if reload {
             sdnotify::notify(&format!(
@@ -288,6 +313,11 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         }
         if reload {
             sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
+        }
+        for q in queries {
+            if let Trigger::Query(q) = q {
+                agent.answer(q, &mut rx).await;
+            }
         }
     }
     sdnotify::notify("STOPPING=1");
@@ -514,7 +544,12 @@ impl Agent {
     fn drift_of(&mut self, t: &Trigger) -> Option<String> {
         match t {
             Trigger::Kernel(ev) => self.expect.host_drift(ev),
-            Trigger::NsKernel(c, ev) => self.expect.ns_drift(c, ev).map(|d| format!("{c}: {d}")),
+            Trigger::NsKernel(c, ev) => {
+                // Whatever it is, what the view holds of this namespace
+                // may be out of date.
+                self.dirty.insert(c.clone());
+                self.expect.ns_drift(c, ev).map(|d| format!("{c}: {d}"))
+            }
             Trigger::Fs(p) => self.expect.fs_drift(p),
             Trigger::Nft(d) | Trigger::Sysctl(d) | Trigger::Echo(d) => Some(d.clone()),
             _ => None,
@@ -618,6 +653,9 @@ impl Agent {
         {
             return Err(anyhow::anyhow!("held back: {why}"));
         }
+        // Identities of the files before they are read: a change after
+        // this moment shows in a later comparison.
+        let files = serve::file_ids(serve::file_paths(&record, &self.expect.files));
         let p = steps::plan_live(&self.loaded, &record).await?;
         let mut summary = crate::core::plan::Summary::default();
         let mut failures = p.held.clone();
@@ -642,11 +680,21 @@ impl Agent {
             s.clone_from(&self.expect.sysctls);
         }
         self.fs_watch.update(&self.expect);
+        // Everything up to the observation is in it; a namespace watched
+        // from now on marks itself until the next one.
+        self.dirty.clear();
         self.watch_namespaces(&p.desired.state);
         self.dns
             .update_with(p.desired.zones.clone(), &p.desired.dns_clients)
             .await
             .context("update the embedded DNS server")?;
+        // The observation before this reconcile's changes: the events of
+        // those changes mark what they touched as out of date, and the
+        // files' identities change with them.
+        self.view = Some(serve::View {
+            obs: p.observation,
+            files,
+        });
         Ok((summary, failures))
     }
 
@@ -665,25 +713,26 @@ impl Agent {
             if self
                 .ns_watch
                 .get(container)
-                .is_some_and(|(cur, _)| *cur == id)
+                .is_some_and(|w| w.id == id && w.netns == ns.netns)
             {
                 keep.insert(container.clone());
                 continue;
             }
-            match events::subscribe_in(&path) {
-                Ok(mut rx) => {
-                    let tx = self.tx.clone();
-                    let c = container.clone();
-                    let task = tokio::spawn(async move {
-                        while let Some(ev) = rx.recv().await {
-                            if tx.send(Trigger::NsKernel(c.clone(), ev)).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    if let Some((_, old)) = self.ns_watch.insert(container.clone(), (id, task)) {
-                        old.abort();
-                    }
+            let tx = self.tx.clone();
+            let c = container.clone();
+            let sink = move |ev| tx.send(Trigger::NsKernel(c.clone(), ev)).is_ok();
+            match events::watch_in(&path, sink) {
+                Ok(watched) => {
+                    // A new watch saw nothing of what happened before it.
+                    self.dirty.insert(container.clone());
+                    self.ns_watch.insert(
+                        container.clone(),
+                        serve::NsWatch {
+                            netns: ns.netns.clone(),
+                            id,
+                            watched,
+                        },
+                    );
                     keep.insert(container.clone());
                 }
                 Err(e) => warn!(
@@ -692,13 +741,7 @@ impl Agent {
                 ),
             }
         }
-        self.ns_watch.retain(|c, (_, task)| {
-            let k = keep.contains(c);
-            if !k {
-                task.abort();
-            }
-            k
-        });
+        self.ns_watch.retain(|c, _| keep.contains(c));
     }
 
     fn write_status(&self) {
@@ -844,6 +887,7 @@ fn describe(ev: &KernelEvent) -> String {
         KernelEvent::Route { removed } => {
             format!("route {}", if *removed { "removed" } else { "added" })
         }
+        KernelEvent::Lost => "events lost".into(),
     }
 }
 

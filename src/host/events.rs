@@ -18,6 +18,10 @@ use std::net::IpAddr;
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 /// One notification, reduced to what decides whether it is netloom's.
@@ -51,6 +55,9 @@ pub enum KernelEvent {
     /// A route was added or removed (netloom's routes are the default
     /// routes inside container namespaces).
     Route { removed: bool },
+    /// The kernel dropped notifications (the socket's buffer overflowed):
+    /// anything may have changed.
+    Lost,
 }
 
 /// Subscribes to link/address/route events in the caller's namespace; the
@@ -60,13 +67,169 @@ pub fn subscribe() -> Result<Subscription> {
     forward(socket)
 }
 
-/// The same inside the namespace at `ns`: the socket is created on a thread
-/// that joined it (a netlink socket reports the namespace it was born in),
-/// then driven by the caller's tokio runtime.
-pub fn subscribe_in(ns: &Path) -> Result<Subscription> {
+/// Events of the namespace at `ns`, handed to `sink` as they are read,
+/// with a way to prove that none is still unread ([`Watched::quiet`]).
+/// `sink` returns false once nobody listens any more.
+///
+/// Unlike [`subscribe_in`] there is no queue between the socket and
+/// `sink`: a datagram leaves the socket and reaches `sink` under one lock,
+/// so an empty socket queue seen under that lock means that every event
+/// sent before was handed over. It also keeps no buffer per namespace
+/// while idle (an agent watches thousands of them).
+pub fn watch_in(
+    ns: &Path,
+    sink: impl Fn(KernelEvent) -> bool + Send + Sync + 'static,
+) -> Result<Watched> {
     let socket = crate::host::netns::run_in(ns, multicast_socket)
         .with_context(|| format!("subscribe to rtnetlink events in {}", ns.display()))?;
-    forward(socket)
+    let gate = Arc::new(Gate {
+        socket,
+        lock: Mutex::new(()),
+        open: AtomicBool::new(true),
+    });
+    // SAFETY: the gate owns the socket, and the AsyncFd holds the gate
+    // (an Arc) for its whole life: the fd stays open and the same.
+    let fd = unsafe { AsyncFd::register_with_interest(Arc::clone(&gate), Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("register the event socket with the runtime: {e}"))?;
+    let g = Arc::clone(&gate);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = fd.readable().await else {
+                break;
+            };
+            match g.read_one(&sink) {
+                Read::Handed => {}
+                Read::Empty => ready.clear_ready(),
+                Read::Closed => break,
+            }
+        }
+        g.open.store(false, Ordering::SeqCst);
+    });
+    Ok(Watched { gate, task })
+}
+
+/// A watched namespace's socket, shared by its reader and [`Watched::quiet`].
+struct Gate {
+    socket: Socket,
+    /// Held while a datagram moves from the socket to the sink.
+    lock: Mutex<()>,
+    /// False once the reader stopped (the socket failed, the sink closed).
+    open: AtomicBool,
+}
+
+enum Read {
+    Handed,
+    Empty,
+    Closed,
+}
+
+impl std::os::fd::AsRawFd for Gate {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl Gate {
+    /// Moves one datagram from the socket to `sink`, under the lock.
+    fn read_one(&self, sink: &impl Fn(KernelEvent) -> bool) -> Read {
+        let Ok(_held) = self.lock.lock() else {
+            return Read::Closed;
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+        match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+            Ok(_) => {
+                for ev in events_of(&buf) {
+                    if !sink(ev) {
+                        return Read::Closed;
+                    }
+                }
+                Read::Handed
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Read::Empty,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Read::Handed,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                if sink(KernelEvent::Lost) {
+                    Read::Handed
+                } else {
+                    Read::Closed
+                }
+            }
+            Err(_) => {
+                // No more events will come: say so, so that nothing is
+                // trusted from here on.
+                let _ = sink(KernelEvent::Lost);
+                Read::Closed
+            }
+        }
+    }
+}
+
+/// One watched namespace. Dropping it closes the socket (an open netlink
+/// socket keeps its namespace alive).
+pub struct Watched {
+    gate: Arc<Gate>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watched {
+    /// Whether every event the kernel queued for this namespace until now
+    /// has been handed to the sink, and the watch still works: the reader
+    /// is running and the socket's queue is empty.
+    pub fn quiet(&self) -> bool {
+        let Ok(_held) = self.gate.lock.lock() else {
+            return false;
+        };
+        if !self.gate.open.load(Ordering::SeqCst) || self.task.is_finished() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.gate.socket),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout: poll only reads the
+        // socket's state.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n == 0
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The events in one datagram of rtnetlink messages.
+fn events_of(mut buf: &[u8]) -> Vec<KernelEvent> {
+    use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage};
+    let mut out = Vec::new();
+    while let Ok(nb) = NetlinkBuffer::new_checked(buf) {
+        let len = nb.length() as usize;
+        if len < 16 || len > buf.len() {
+            break;
+        }
+        if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
+            && let NetlinkPayload::InnerMessage(m) = msg.payload
+            && let Some(ev) = event_of(m)
+        {
+            out.push(ev);
+        }
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    out
+}
+
+fn event_of(m: RouteNetlinkMessage) -> Option<KernelEvent> {
+    Some(match m {
+        RouteNetlinkMessage::NewLink(l) => link_event(&l, false),
+        RouteNetlinkMessage::DelLink(l) => link_event(&l, true),
+        RouteNetlinkMessage::NewAddress(a) => address_event(&a, false),
+        RouteNetlinkMessage::DelAddress(a) => address_event(&a, true),
+        RouteNetlinkMessage::NewRoute(_) => KernelEvent::Route { removed: false },
+        RouteNetlinkMessage::DelRoute(_) => KernelEvent::Route { removed: true },
+        _ => return None,
+    })
 }
 
 /// A netlink socket bound to the groups of `ip monitor link address route`.

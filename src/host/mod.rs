@@ -7,6 +7,7 @@
 //! It imports the core, never the commands.
 
 pub mod agentlock;
+pub mod agentsock;
 pub mod apply;
 pub mod checkpoint;
 pub mod cluster;

@@ -206,6 +206,8 @@ impl Expect {
                 }
             }
             KernelEvent::Route { removed: true } => Some("route removed".into()),
+            // Anything may have changed: look.
+            KernelEvent::Lost => Some("kernel events lost".into()),
             _ => None,
         }
     }

@@ -1,0 +1,91 @@
+//! `plan` and `status` ask a running agent first (see
+//! [`crate::host::agentsock`]) and read the kernel themselves when no
+//! agent answers, or when it declines.
+
+use std::io::IsTerminal;
+
+use crate::cmd::cli::Format;
+use crate::cmd::steps::{Exit, Loaded, Out};
+use crate::host::agentsock::{self, Answer, Request};
+
+/// Set to 1 to never ask the agent (the benchmark compares both ways).
+pub const NO_AGENT_ENV: &str = "NETLOOM_NO_AGENT";
+
+/// What the command asks the agent.
+pub struct Ask {
+    /// `plan` or `status`.
+    pub command: &'static str,
+    pub format: Format,
+    pub detailed: bool,
+    pub verbose: bool,
+}
+
+/// The agent's answer, or None: read the kernel (why is logged at debug).
+pub fn ask(l: &Loaded, bytes: &[u8], ask: &Ask) -> Option<(Out, Exit)> {
+    if std::env::var_os(NO_AGENT_ENV).is_some_and(|v| v == "1") {
+        return None;
+    }
+    // No socket: no agent (the common case without one), no message.
+    if !agentsock::path().exists() {
+        return None;
+    }
+    let Ok(config_text) = String::from_utf8(bytes.to_vec()) else {
+        return None;
+    };
+    let req = Request {
+        version: agentsock::VERSION,
+        command: ask.command.to_string(),
+        config: l.path.clone(),
+        config_text,
+        state_dir: l.host.state_dir.clone(),
+        upstream_dns: l.host.upstream_dns.clone(),
+        agent_dns: l.host.agent_dns,
+        format: format_name(ask.format).to_string(),
+        detailed: ask.detailed,
+        verbose: ask.verbose,
+        color: std::io::stdout().is_terminal(),
+    };
+    match agentsock::ask(&req) {
+        Ok(Answer::Output {
+            stdout,
+            stderr,
+            exit,
+        }) => Some((Out { stdout, stderr }, exit_of(exit)?)),
+        Ok(Answer::Declined(why)) => {
+            tracing::debug!("the agent declined: {why}; reading the kernel");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("no answer from the agent ({e:#}); reading the kernel");
+            None
+        }
+    }
+}
+
+/// The name of a format on the wire.
+pub fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Text => "text",
+        Format::Json => "json",
+        Format::Markdown => "markdown",
+    }
+}
+
+/// The format a name on the wire names.
+pub fn format_of(name: &str) -> Option<Format> {
+    match name {
+        "text" => Some(Format::Text),
+        "json" => Some(Format::Json),
+        "markdown" => Some(Format::Markdown),
+        _ => None,
+    }
+}
+
+fn exit_of(code: u8) -> Option<Exit> {
+    match code {
+        0 => Some(Exit::Ok),
+        1 => Some(Exit::Error),
+        2 => Some(Exit::Changes),
+        _ => None,
+    }
+}

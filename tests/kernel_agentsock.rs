@@ -1,0 +1,318 @@
+//! `plan` and `status` asking the running agent over its socket, in a
+//! throwaway host: the agent's answers are the very output the commands
+//! print when they read the kernel themselves (`NETLOOM_NO_AGENT=1`), with
+//! and without drift; a stale, hostile or hung socket is not trusted (the
+//! command reads the kernel); and the agent never applies while a command
+//! holds the state dir.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Host, NETLOOM, Run, kernel_tests_possible};
+
+const TOOLS: &[&str] = &["ip", "nft", "unshare", "nsenter", "python3", "setpriv"];
+/// How long an event may take on a loaded machine before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+const SOCK: &str = "/run/netloom/agent.sock";
+
+const BASE: &str = "[networks.green]\nsubnet = \"10.60.0.0/24\"\n\n\
+     [containers.c1]\nnetworks = [\"green\"]\nports = [\"8080:80\"]\n\n\
+     [containers.c2]\nnetworks = [\"green\"]\n";
+
+fn wait(mut f: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts the agent with its answers logged; returns its pid and log.
+fn agent(h: &mut Host, cfg: &Path) -> (u32, std::path::PathBuf) {
+    let log = h.dir.path().join("agent.log");
+    let pid = h.spawn_logged(
+        &format!(
+            "env RUST_LOG=info,netloom::cmd::watch::serve=debug {NETLOOM} watch --resync 300 -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    let started = wait(
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("reconciled in")
+                && h.sh(&format!("test -S {SOCK}")).code == 0
+        },
+        DEADLINE,
+    );
+    assert!(started, "agent did not start:\n{}", read(&log));
+    (pid, log)
+}
+
+fn read(p: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+}
+
+fn answers(log: &Path) -> usize {
+    read(log).matches("answering `").count()
+}
+
+/// The command's output read from the kernel (no agent asked).
+fn from_kernel(h: &Host, cfg: &Path, args: &[&str]) -> Run {
+    h.sh(&format!(
+        "env NETLOOM_NO_AGENT=1 {NETLOOM} -c {} {}",
+        cfg.display(),
+        args.join(" ")
+    ))
+}
+
+/// Runs `args` through the agent (checking that it answered) and from the
+/// kernel; both must print the same and exit the same.
+fn same_answer(h: &Host, cfg: &Path, log: &Path, args: &[&str]) -> Run {
+    let before = answers(log);
+    let a = h.netloom(cfg, args);
+    assert_eq!(
+        answers(log),
+        before + 1,
+        "the agent did not answer {args:?}:\n{}",
+        read(log)
+    );
+    let k = from_kernel(h, cfg, args);
+    assert_eq!(a.stdout, k.stdout, "stdout of {args:?} differs");
+    assert_eq!(a.stderr, k.stderr, "stderr of {args:?} differs");
+    assert_eq!(a.code, k.code, "exit of {args:?} differs");
+    a
+}
+
+const QUERIES: &[&[&str]] = &[
+    &["plan"],
+    &["plan", "--detailed-exitcode"],
+    &["plan", "--format", "json"],
+    &["plan", "--verbose"],
+    &["status"],
+    &["status", "--format", "json"],
+];
+
+#[test]
+fn agent_answers_are_the_kernel_answers_with_and_without_drift() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    // Converged: nothing to do, said the same way.
+    for q in QUERIES {
+        let r = same_answer(&h, &cfg, &log, q);
+        assert_ne!(r.code, 1, "{q:?}: {}{}", r.stdout, r.stderr);
+    }
+    // (The kernel's own housekeeping in a namespace, e.g. IPv6 address
+    // configuration, marks it to be read again; an untouched one is not.)
+    assert!(
+        read(&log).contains(": 0 of 2 namespaces"),
+        "an untouched host was read again:\n{}",
+        read(&log)
+    );
+
+    // Drift the agent does not heal: a change awaiting confirmation holds
+    // every reconcile back (the agent never undoes it), then its rollback
+    // holds the rolled-back content back.
+    h.config(
+        "netloom.toml",
+        &BASE.replace("ports = [\"8080:80\"]", "ports = [\"9090:80\"]"),
+    );
+    let r = h.netloom(&cfg, &["apply", "--confirm-timeout", "1"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    let held = |l: &str| l.matches("held back").count();
+    let settled = |n: usize| {
+        // The agent judged the last events (a held-back reconcile) and
+        // nothing more comes.
+        let mut last = held(&read(&log));
+        wait(
+            || {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = held(&read(&log));
+                let quiet = now == last && now >= n;
+                last = now;
+                quiet
+            },
+            DEADLINE,
+        )
+    };
+    assert!(settled(1), "the agent did not hold back:\n{}", read(&log));
+    let n = held(&read(&log));
+    h.sh("ip -n c1 link set eth0 mtu 1400").ok();
+    h.sh("ip -n c2 addr add 10.60.0.77/24 dev eth0").ok();
+    h.sh("echo '10.9.9.9 intruder' >> /etc/netns/c1/hosts").ok();
+    h.sh("nft delete element inet netloom dnat_any '{ tcp . 8080 }'")
+        .ok();
+    assert!(settled(n + 1), "no held-back reconcile:\n{}", read(&log));
+    for q in QUERIES {
+        let r = same_answer(&h, &cfg, &log, q);
+        if q.contains(&"status") || q.contains(&"--detailed-exitcode") {
+            assert_ne!(r.code, 0, "{q:?} sees no drift: {}", r.stdout);
+        }
+    }
+    let s = same_answer(&h, &cfg, &log, &["status"]);
+    assert!(s.stdout.contains("drift"), "{}", s.stdout);
+}
+
+/// Stops a fake agent and removes its socket.
+fn stop(h: &Host, pid: u32) {
+    h.sh(&format!("kill {pid}")).ok();
+    assert!(h.wait_for(&common::exited(pid), DEADLINE));
+    h.sh(&format!("rm -f {SOCK}")).ok();
+}
+
+#[test]
+fn stale_hostile_or_hung_sockets_are_not_trusted() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    h.netloom(&cfg, &["apply"]).ok();
+
+    // A socket nobody listens on (an agent killed with SIGKILL).
+    let (pid, _log) = agent(&mut h, &cfg);
+    h.sh(&format!("kill -9 {pid}")).ok();
+    assert!(h.wait_for(&common::exited(pid), DEADLINE));
+    h.sh(&format!("test -S {SOCK}")).ok();
+    // (The agent's DNS is gone: resolv.conf files are to change back.)
+    let truth = from_kernel(&h, &cfg, &["plan"]);
+    assert_eq!(truth.code, 0, "{}", truth.stderr);
+    let r = h.netloom(&cfg, &["plan"]);
+    assert_eq!((r.code, &r.stdout), (0, &truth.stdout), "{}", r.stderr);
+    h.sh(&format!("rm -f {SOCK}")).ok();
+
+    // A liar: answers with a made-up plan, from a socket others may use,
+    // or from a process that is not root behind a root-owned 0600 file.
+    let fake = h.dir.path().join("fake.py");
+    std::fs::write(
+        &fake,
+        format!(
+            "import socket, os, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind('{SOCK}')\n\
+             os.chmod('{SOCK}', int(sys.argv[1], 8))\n\
+             s.listen(8)\n\
+             open(sys.argv[2], 'w').write('up')\n\
+             while True:\n\
+             \x20   c, _ = s.accept()\n\
+             \x20   c.sendall(b'{{\"netloom_agent\":1}}\\n')\n\
+             \x20   c.recv(1 << 20)\n\
+             \x20   c.sendall(b'{{\"version\":1,\"answer\":{{\"Output\":{{\"stdout\":\"HACKED\\\\n\",\"stderr\":\"\",\"exit\":0}}}}}}\\n')\n\
+             \x20   c.close()\n"
+        ),
+    )
+    .unwrap();
+    // Where a process that is not root can read the script and say it is
+    // up (the test's own directory is root's alone).
+    h.sh(&format!(
+        "cp {} /run/fake.py; chmod 0644 /run/fake.py",
+        fake.display()
+    ))
+    .ok();
+    let up = "/run/fake.up";
+    let is_up = |h: &Host| h.sh(&format!("test -e {up}")).code == 0;
+    let liars = [
+        ("0666", ""),
+        ("0600", "setpriv --reuid=65534 --regid=65534 --clear-groups"),
+    ];
+    for (mode, who) in liars {
+        h.sh(&format!(
+            "rm -f {up}; mkdir -p /run/netloom; chmod 0777 /run /run/netloom"
+        ))
+        .ok();
+        let flog = h.dir.path().join("fake.log");
+        let fake_pid = h.spawn_logged(
+            &format!("{who} /usr/bin/python3 /run/fake.py {mode} {up}"),
+            &flog,
+        );
+        assert!(
+            wait(|| is_up(&h), DEADLINE),
+            "the fake did not start: {}",
+            read(&flog)
+        );
+        if !who.is_empty() {
+            // The file root's and 0600, the process behind it not root.
+            h.sh(&format!("chown 0:0 {SOCK}; chmod 0600 {SOCK}")).ok();
+        }
+        let r = h.netloom(&cfg, &["plan"]);
+        assert!(
+            !r.stdout.contains("HACKED"),
+            "trusted a {mode} {who} socket"
+        );
+        assert_eq!((r.code, &r.stdout), (0, &truth.stdout), "{}", r.stderr);
+        stop(&h, fake_pid);
+    }
+    // Control: the same liar as root behind 0600 is believed, so the
+    // checks above are what refused it.
+    h.sh(&format!("rm -f {up}")).ok();
+    let fake_pid = h.spawn(&format!("/usr/bin/python3 /run/fake.py 0600 {up}"));
+    assert!(wait(|| is_up(&h), DEADLINE));
+    let r = h.netloom(&cfg, &["plan"]);
+    assert_eq!(r.stdout, "HACKED\n");
+    stop(&h, fake_pid);
+
+    // A hung agent (stopped): the command gives up and reads the kernel.
+    let (pid, _log) = agent(&mut h, &cfg);
+    h.sh(&format!("kill -STOP {pid}")).ok();
+    let truth = from_kernel(&h, &cfg, &["plan"]);
+    let r = h.netloom(&cfg, &["plan"]);
+    h.sh(&format!("kill -CONT {pid}")).ok();
+    assert_eq!((r.code, &r.stdout), (0, &truth.stdout), "{}", r.stderr);
+}
+
+#[test]
+fn the_agent_does_not_apply_while_a_command_holds_the_state_dir() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    // What `apply` holds while it applies: the state dir's lock.
+    let lock = h.state_dir().join("lock");
+    let released = h.dir.path().join("released");
+    h.spawn(&format!(
+        "flock {} sh -c 'touch {}.held; sleep 3; touch {}'",
+        lock.display(),
+        released.display(),
+        released.display()
+    ));
+    let held = released.with_extension("held");
+    assert!(wait(|| held.exists(), DEADLINE));
+    h.config(
+        "netloom.toml",
+        &BASE.replace(
+            "ports = [\"8080:80\"]",
+            "ports = [\"8080:80\", \"9090:80\"]",
+        ),
+    );
+    let has_9090 = || {
+        h.sh("nft list map inet netloom dnat_any | grep -q 9090")
+            .code
+            == 0
+    };
+    // Until the holder lets go, the agent changes nothing.
+    while !released.exists() {
+        assert!(!has_9090(), "the agent applied while the lock was held");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        wait(has_9090, DEADLINE),
+        "the agent did not apply after:\n{}",
+        read(&log)
+    );
+    // Meanwhile `plan` fell back or was answered; either way it is right.
+    let r = h.netloom(&cfg, &["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
