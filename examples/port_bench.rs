@@ -89,7 +89,11 @@ fn firewall(n: u32) -> Firewall {
     let ports = (0..n)
         .map(|i| (format!("c{i}.{}/tcp", 20000 + i), mapping(i)))
         .collect();
-    Firewall { networks, ports }
+    Firewall {
+        networks,
+        ports,
+        vxlans: Default::default(),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

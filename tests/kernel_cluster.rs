@@ -12,6 +12,10 @@ use common::{Host, NETLOOM, kernel_tests_possible};
 
 const ETCD_IP: &str = "10.98.0.1";
 const WAIT: Duration = Duration::from_secs(30);
+/// The gateway of the cluster network `app` (10.200.0.0/24) on every host,
+/// and its MAC (netloom's Docker-style MAC of the address).
+const GATEWAY: &str = "10.200.0.1";
+const GATEWAY_MAC: &str = "02:42:0a:c8:00:01";
 
 /// The lab (underlay bridge + etcd) and three hosts with agents.
 struct Cluster {
@@ -20,6 +24,8 @@ struct Cluster {
     /// Agent pids by host index (the `sh -c exec` child is the agent).
     agents: Vec<Option<u32>>,
     etcd: Option<u32>,
+    /// Captures started so far (names their files).
+    captures: usize,
 }
 
 fn etcd_url() -> String {
@@ -98,6 +104,7 @@ impl Cluster {
             hosts,
             agents: vec![None; 3],
             etcd: None,
+            captures: 0,
         };
         c.start_etcd();
         for i in 0..3 {
@@ -184,12 +191,78 @@ impl Cluster {
             .collect()
     }
 
+    /// Starts [`CAPTURE`] on lab port `u{i}` (host i's underlay link);
+    /// returns the path of its summary (see [`capture_result`]).
+    fn capture(&mut self, i: usize) -> PathBuf {
+        let secs = 120;
+        let script = self.lab.config("capture.py", CAPTURE);
+        let out = self
+            .lab
+            .dir
+            .path()
+            .join(format!("capture{i}-{}.json", self.captures));
+        self.captures += 1;
+        self.lab.spawn(&format!(
+            "python3 {} u{i} {secs} {} {GATEWAY_MAC} {GATEWAY}",
+            script.display(),
+            out.display()
+        ));
+        let ready = format!("{}.ready", out.display());
+        assert!(self.lab.wait_for(&format!("test -e {ready}"), WAIT));
+        out
+    }
+
     /// `netloom status --cluster` from the lab.
     fn status(&self) -> common::Run {
         let cfg = self.lab.config("status.toml", &file(""));
         self.lab.netloom(&cfg, &["status", "--cluster"])
     }
 }
+
+/// Captures on an underlay port of the lab until told to stop (a `.stop`
+/// file beside its output; at most `secs` seconds) and writes a
+/// JSON summary of the frames carried inside VXLAN: how many, how many
+/// ICMP echo between members, and every one that is about a gateway
+/// (source or destination MAC in `macs`, or ARP for an address in `ips`).
+const CAPTURE: &str = r#"
+import json, os, socket, struct, sys, time
+dev, secs, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+macs = set(sys.argv[4].split(","))
+ips = set(sys.argv[5].split(","))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((dev, 0))
+s.settimeout(0.2)
+open(out + ".ready", "w").close()
+mac = lambda b: ":".join("%02x" % x for x in b)
+res = {"frames": 0, "icmp": 0, "gateway": []}
+end = time.time() + secs
+while time.time() < end and not os.path.exists(out + ".stop"):
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    if len(f) < 14 + 20 + 8 + 8 + 14 or f[12:14] != b"\x08\x00" or f[23] != 17:
+        continue
+    ihl = (f[14] & 15) * 4
+    udp = 14 + ihl
+    if struct.unpack("!H", f[udp + 2:udp + 4])[0] != 4789:
+        continue
+    inner = f[udp + 16:]
+    res["frames"] += 1
+    dst, src, typ = mac(inner[0:6]), mac(inner[6:12]), inner[12:14]
+    why = []
+    if src in macs or dst in macs:
+        why.append("gateway MAC %s -> %s" % (src, dst))
+    if typ == b"\x08\x06" and len(inner) >= 42:
+        tip = socket.inet_ntoa(inner[38:42])
+        if tip in ips:
+            why.append("ARP for %s" % tip)
+    if typ == b"\x08\x00" and len(inner) >= 35 and inner[23] == 1 and inner[34] in (0, 8):
+        res["icmp"] += 1
+    if why:
+        res["gateway"].append("; ".join(why))
+json.dump(res, open(out, "w"))
+"#;
 
 /// A shell test that `pid` has exited (a killed child stays a zombie until
 /// the test reaps it on drop).
@@ -294,8 +367,19 @@ fn three_hosts_reach_and_resolve_each_other_across_vxlan() {
         cl.logs()
     );
     assert!(cl.wait_exec(1, "api", "ping -c1 -W1 extra.app"));
+    let extra = cl.exec(0, "web", "getent hosts extra").stdout;
+    let extra_ip = extra.split_whitespace().next().unwrap().to_string();
+    let has_neigh = format!("ip neigh show nud permanent | grep -q '^{extra_ip} dev vx-'");
+    assert!(cl.hosts[0].sh(&has_neigh).code == 0 && cl.hosts[1].sh(&has_neigh).code == 0);
     // ... and removing it removes its entries everywhere.
     cl.push(&file("")).ok();
+    for i in [0, 1] {
+        assert!(
+            cl.hosts[i].wait_for(&format!("! {{ {has_neigh}; }}"), WAIT),
+            "neighbour entry of extra left on node{}",
+            i + 1
+        );
+    }
     assert!(
         cl.hosts[0].wait_for("! grep -q extra /etc/netns/web/hosts", WAIT),
         "extra still in web's hosts file"
@@ -350,6 +434,21 @@ fn three_hosts_reach_and_resolve_each_other_across_vxlan() {
         &format!("grep -q 'etcd' {}", cl.agent_log(0).display()),
         WAIT
     ));
+    // status --cluster says so, for every host, and does not claim success.
+    let st = cl.status();
+    assert_eq!(st.code, 2, "{}{}", st.stdout, st.stderr);
+    assert!(
+        st.stdout.starts_with("etcd\tunreachable\t"),
+        "{}",
+        st.stdout
+    );
+    for h in ["node1", "node2", "node3"] {
+        assert!(
+            st.stdout.contains(&format!("\n{h}\tunreachable\t")),
+            "{}",
+            st.stdout
+        );
+    }
     cl.start_etcd();
     cl.push(&file(
         "[containers.late]\nhost = \"node2\"\nnetworks = [\"app\"]\n",
@@ -432,5 +531,107 @@ fn concurrent_pushes_never_give_one_address_twice() {
         "{}",
         cl.logs()
     );
+    cl.stop_etcd();
+}
+
+/// Stops a [`CAPTURE`] and reads its summary.
+fn capture_result(lab: &Host, out: &std::path::Path) -> serde_json::Value {
+    std::fs::write(format!("{}.stop", out.display()), "").unwrap();
+    assert!(lab.wait_for(&format!("test -s {}", out.display()), WAIT));
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("capture summary {text:?}: {e}"))
+}
+
+/// Traffic that would put the gateway on the wire: containers asking ARP
+/// for it, and host 1 itself sending to a member on another host (frames
+/// from the gateway MAC); and member-to-member pings that must cross.
+fn gateway_provoking_traffic(cl: &Cluster, api_ip: &str) {
+    for (i, c) in [(0, "web"), (2, "worker")] {
+        cl.exec(i, c, "ip neigh flush all").ok();
+        cl.exec(i, c, &format!("ping -c2 -W1 {GATEWAY}")).ok();
+    }
+    cl.exec(0, "web", "ping -c3 -W1 api").ok();
+    cl.exec(2, "worker", "ping -c3 -W1 web").ok();
+    // The host's own packet to a remote member: it may or may not get an
+    // answer; it must not leave with the gateway's MAC.
+    cl.hosts[0].sh(&format!("ping -c2 -W1 {api_ip}"));
+}
+
+#[test]
+fn gateway_traffic_never_crosses_hosts() {
+    if !ready() {
+        return;
+    }
+    let mut cl = Cluster::new();
+    cl.push(&file("")).ok();
+    let api_ip = {
+        assert!(
+            cl.wait_exec(0, "web", "ping -c1 -W1 api"),
+            "web cannot reach api:\n{}",
+            cl.logs()
+        );
+        let h = cl.exec(0, "web", "getent hosts api");
+        h.ok();
+        h.stdout.split_whitespace().next().unwrap().to_string()
+    };
+    // Remote members are neighbour entries of the VXLAN device, which
+    // answers ARP for them itself (proxy).
+    let vx = cl.hosts[0].sh("ip -d link show type vxlan").stdout;
+    assert!(vx.contains("proxy"), "{vx}");
+    let neigh = cl.hosts[0].sh("ip neigh show nud permanent").stdout;
+    assert!(
+        neigh.contains(&format!("{api_ip} dev vx-")) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    let nft = cl.hosts[0].sh("nft list table bridge netloom").stdout;
+    assert!(nft.contains(&format!(". {GATEWAY_MAC}")), "{nft}");
+
+    let caps = [cl.capture(0), cl.capture(2)];
+    gateway_provoking_traffic(&cl, &api_ip);
+    for (i, out) in caps.iter().enumerate() {
+        let r = capture_result(&cl.lab, out);
+        assert!(
+            r["icmp"].as_u64().unwrap_or(0) > 0,
+            "no member traffic seen on the underlay ({i}): {r}"
+        );
+        assert_eq!(
+            r["gateway"].as_array().map(Vec::len),
+            Some(0),
+            "gateway traffic crossed hosts ({i}): {r}"
+        );
+    }
+
+    // Control: without the filter the host's own frames (from the gateway
+    // MAC) do cross, so the capture above could have seen them. The agent
+    // is stopped meanwhile (it would repair the chain at once); started
+    // again, it puts its table back.
+    let pid = cl.agents[0].take().unwrap();
+    cl.hosts[0].sh(&format!("kill {pid}"));
+    assert!(cl.hosts[0].wait_for(&gone(pid), WAIT));
+    // (Both ways: the VXLAN proxy's answer to the host's ARP comes in on
+    // the VXLAN port, addressed to the gateway MAC.)
+    cl.hosts[0]
+        .sh("nft flush chain bridge netloom postrouting && nft flush chain bridge netloom prerouting")
+        .ok();
+    let out = cl.capture(0);
+    cl.hosts[0].sh(&format!("ping -c2 -W1 {api_ip}"));
+    let r = capture_result(&cl.lab, &out);
+    assert!(
+        r["gateway"].as_array().is_some_and(|g| !g.is_empty()),
+        "without the filter the gateway's frames should have been seen: {r}"
+    );
+    cl.start_agent(0);
+    assert!(
+        cl.hosts[0].wait_for(
+            "nft list chain bridge netloom postrouting | grep -q 'oifname . ether saddr'",
+            WAIT
+        ),
+        "the agent did not restore its bridge table:\n{}",
+        cl.logs()
+    );
+    let out = cl.capture(0);
+    gateway_provoking_traffic(&cl, &api_ip);
+    let r = capture_result(&cl.lab, &out);
+    assert_eq!(r["gateway"].as_array().map(Vec::len), Some(0), "{r}");
     cl.stop_etcd();
 }

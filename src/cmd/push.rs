@@ -154,8 +154,25 @@ pub async fn status_cluster(cli: &Cli) -> Result<Exit> {
         .map(|c| c.prefix.clone())
         .unwrap_or_else(|| crate::core::cluster::DEFAULT_PREFIX.to_string());
     let tls = cl.as_ref().map(|c| c.tls.clone()).unwrap_or_default();
-    let store = Store::connect(&endpoints(cli, cl.as_ref()), &prefix, &tls).await?;
-    let read = store.read().await?;
+    let reached = async {
+        let store = Store::connect(&endpoints(cli, cl.as_ref()), &prefix, &tls).await?;
+        let read = store.read().await?;
+        anyhow::Ok((store, read))
+    }
+    .await;
+    let (store, read) = match reached {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing can be known about the hosts without etcd: say so per
+            // host of the file at hand, and that etcd is why.
+            let why = format!("{e:#}");
+            println!("etcd\tunreachable\t{}", why.lines().next().unwrap_or(""));
+            for h in cl.iter().flat_map(|c| c.hosts.keys()) {
+                println!("{h}\tunreachable\tetcd cannot be reached");
+            }
+            return Ok(Exit::Changes);
+        }
+    };
     let Some(doc) = read.doc else {
         println!("nothing pushed yet under {prefix}");
         return Ok(Exit::Error);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::firewall::{Firewall, FwNetwork, FwPort};
+use crate::core::firewall::{Firewall, FwNetwork, FwPort, FwVxlan};
 use crate::core::ipam::{self, Allocations};
 use crate::core::spec::{ContainerSpec, EndpointSpec, NetnsSpec, NetworkSpec, Spec};
 
@@ -79,6 +79,26 @@ pub struct Vxlan {
     /// other host with members (broadcast and unknown unicast), and each
     /// remote member's MAC to its host.
     pub fdb: BTreeSet<String>,
+    /// ARP/ND proxy (`proxy`): the device answers neighbour requests from
+    /// its own neighbour entries and sends none to other hosts, so ARP for
+    /// the gateway (the same address on every host) never crosses.
+    #[serde(default)]
+    pub proxy: bool,
+    /// Neighbour entries as `IP lladdr MAC`: each remote member's
+    /// addresses, which the proxy answers with.
+    #[serde(default)]
+    pub neigh: BTreeSet<String>,
+}
+
+/// One neighbour entry of a [`Vxlan`], as kept in [`Vxlan::neigh`].
+pub fn neigh_entry(ip: IpAddr, mac: &[u8; 6]) -> String {
+    format!("{ip} lladdr {}", mac_string(mac))
+}
+
+/// Parses a [`neigh_entry`].
+pub fn parse_neigh_entry(s: &str) -> Option<(IpAddr, [u8; 6])> {
+    let (ip, mac) = s.split_once(" lladdr ")?;
+    Some((ip.parse().ok()?, crate::core::spec::parse_mac(mac)?))
 }
 
 /// One forwarding entry of a [`Vxlan`], as kept in [`Vxlan::fdb`].
@@ -472,6 +492,16 @@ pub fn resolve(
             let mut fdb: BTreeSet<String> =
                 vx.peers.iter().map(|p| fdb_entry(&[0; 6], *p)).collect();
             fdb.extend(vx.remote.iter().map(|m| fdb_entry(&m.mac, m.underlay)));
+            let neigh: BTreeSet<String> = vx
+                .remote
+                .iter()
+                .flat_map(|m| {
+                    let v6 = m.ipv6.filter(|_| n.subnet6.is_some()).map(IpAddr::V6);
+                    std::iter::once(IpAddr::V4(m.ipv4))
+                        .chain(v6)
+                        .map(|ip| neigh_entry(ip, &m.mac))
+                })
+                .collect();
             st.vxlans.insert(
                 net.clone(),
                 Vxlan {
@@ -483,6 +513,8 @@ pub fn resolve(
                     mtu: n.mtu,
                     up: true,
                     fdb,
+                    proxy: true,
+                    neigh,
                 },
             );
         }
@@ -609,6 +641,20 @@ pub fn resolve(
                     container_port: p.container.start,
                     count,
                     proto: p.proto,
+                },
+            );
+        }
+    }
+    // Cluster mode: the gateway of each cluster network stays on its host
+    // (`table bridge netloom` drops it on the VXLAN port).
+    for (net, vx) in &st.vxlans {
+        if let Some(n) = networks.get(net) {
+            fw.vxlans.insert(
+                net.clone(),
+                FwVxlan {
+                    device: vx.name.clone(),
+                    gateway: n.gateway,
+                    gateway_mac: mac_string(&docker_mac(n.gateway)),
                 },
             );
         }

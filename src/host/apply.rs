@@ -309,6 +309,17 @@ impl Executor {
                     ignore_errno(r, libc::ENOENT)?;
                 }
             }
+            Op::AddNeigh { dev, ip, mac } => {
+                let idx = self.require_index(None, dev).await?;
+                let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
+                self.host.replace_neigh(idx, *ip, m).await?;
+            }
+            Op::DelNeigh { dev, ip } => {
+                if let Some(idx) = self.index_of(None, dev).await? {
+                    let r = self.host.delete_neigh(idx, *ip).await;
+                    ignore_errno(r, libc::ENOENT)?;
+                }
+            }
             Op::Nft { .. } => bail!("nft operations run as one transaction, not one by one"),
             Op::WriteFile { path, content } => {
                 // In place: a runtime's bind mount of the file keeps its

@@ -146,7 +146,8 @@ pub async fn observe_with(
     }
 
     // VXLAN devices of cluster networks carrying netloom's mark, with
-    // their forwarding entries (one dump, only when there are any).
+    // their forwarding and neighbour entries (one dump each, only when
+    // there are any).
     let vxlans: Vec<&Link> = host
         .links
         .iter()
@@ -160,6 +161,10 @@ pub async fn observe_with(
         .collect();
     if !vxlans.is_empty() {
         let fdb = host_nl.fdb().await.context("dump forwarding entries")?;
+        let neigh = host_nl
+            .neighbours()
+            .await
+            .context("dump neighbour entries")?;
         for l in vxlans {
             let Some(AliasMark::Vxlan(net)) = l.alias.as_deref().and_then(model::parse_alias)
             else {
@@ -183,6 +188,12 @@ pub async fn observe_with(
                         .iter()
                         .filter(|f| f.index == l.index)
                         .map(|f| model::fdb_entry(&f.mac, f.dst))
+                        .collect(),
+                    proxy: info.proxy,
+                    neigh: neigh
+                        .iter()
+                        .filter(|n| n.index == l.index)
+                        .map(|n| model::neigh_entry(n.ip, &n.mac))
                         .collect(),
                 },
             );

@@ -217,6 +217,9 @@ impl FakeKernel {
             Op::AddFdb { dev, .. } | Op::DelFdb { dev, .. } => {
                 bail!("the fake kernel has no forwarding database ({dev})")
             }
+            Op::AddNeigh { dev, .. } | Op::DelNeigh { dev, .. } => {
+                bail!("the fake kernel has no neighbour table ({dev})")
+            }
             Op::SetMac { netns, name, mac } => self.link(netns, name)?.mac = mac.clone(),
             Op::AddAddr { netns, dev, addr } => {
                 if !self.link(netns, dev)?.addrs.insert(addr.clone()) {

@@ -34,9 +34,11 @@ pub(super) enum SetId {
     Dnat6HostIp,
     IsolatedSubnets,
     IsolatedSubnets6,
+    VxlanGatewayMacs,
+    VxlanGatewayIps,
 }
 
-pub(super) const ALL_SETS: [SetId; 13] = [
+pub(super) const ALL_SETS: [SetId; 15] = [
     SetId::Bridges,
     SetId::IntraBridge,
     SetId::InternalBridges,
@@ -50,6 +52,8 @@ pub(super) const ALL_SETS: [SetId; 13] = [
     SetId::Dnat6HostIp,
     SetId::IsolatedSubnets,
     SetId::IsolatedSubnets6,
+    SetId::VxlanGatewayMacs,
+    SetId::VxlanGatewayIps,
 ];
 
 impl SetId {
@@ -68,12 +72,17 @@ impl SetId {
             SetId::Dnat6HostIp => "dnat6_hostip",
             SetId::IsolatedSubnets => "isolated_subnets",
             SetId::IsolatedSubnets6 => "isolated_subnets6",
+            SetId::VxlanGatewayMacs => "vxlan_gateway_macs",
+            SetId::VxlanGatewayIps => "vxlan_gateway_ips",
         }
     }
 
     pub(super) fn family(self) -> Family {
         match self {
-            SetId::IsolatedSubnets | SetId::IsolatedSubnets6 => Family::Bridge,
+            SetId::IsolatedSubnets
+            | SetId::IsolatedSubnets6
+            | SetId::VxlanGatewayMacs
+            | SetId::VxlanGatewayIps => Family::Bridge,
             _ => Family::Inet,
         }
     }
@@ -88,6 +97,8 @@ impl SetId {
             SetId::DnatAny | SetId::Dnat6Any => "inet_proto . inet_service",
             SetId::DnatHostIp => "ipv4_addr . inet_proto . inet_service",
             SetId::Dnat6HostIp => "ipv6_addr . inet_proto . inet_service",
+            SetId::VxlanGatewayMacs => "ifname . ether_addr",
+            SetId::VxlanGatewayIps => "ifname . ipv4_addr",
         }
     }
 
@@ -133,6 +144,8 @@ impl SetId {
             SetId::Dnat6HostIp => "ports published on one IPv6 host address",
             SetId::IsolatedSubnets => "subnets of icc=false networks",
             SetId::IsolatedSubnets6 => "IPv6 subnets of icc=false networks",
+            SetId::VxlanGatewayMacs => "VXLAN port . gateway MAC of each cluster network",
+            SetId::VxlanGatewayIps => "VXLAN port . gateway address of each cluster network",
         }
     }
 
@@ -177,6 +190,8 @@ pub(super) enum ElemKey {
     Port(Proto, u16),
     HostPort(Ipv4Addr, Proto, u16),
     HostPort6(Ipv6Addr, Proto, u16),
+    IfnameMac(String, [u8; 6]),
+    IfnameAddr(String, Ipv4Addr),
 }
 
 impl fmt::Display for ElemKey {
@@ -190,6 +205,8 @@ impl fmt::Display for ElemKey {
             ElemKey::Port(proto, port) => write!(f, "{proto} . {port}"),
             ElemKey::HostPort(ip, proto, port) => write!(f, "{ip} . {proto} . {port}"),
             ElemKey::HostPort6(ip, proto, port) => write!(f, "{ip} . {proto} . {port}"),
+            ElemKey::IfnameMac(n, mac) => write!(f, "\"{}\" . {}", quote_safe(n), mac_text(mac)),
+            ElemKey::IfnameAddr(n, ip) => write!(f, "\"{}\" . {ip}", quote_safe(n)),
         }
     }
 }
@@ -200,6 +217,26 @@ pub(super) struct ElemData {
     /// Map value (DNAT target), None for plain sets.
     pub(super) target: Option<(IpAddr, u16)>,
     pub(super) comment: String,
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as nft prints an `ether_addr`.
+pub(super) fn mac_text(m: &[u8; 6]) -> String {
+    let parts: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
+/// Parses a [`mac_text`] (either case).
+pub(super) fn mac_bytes(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 pub(super) type Elements = BTreeMap<(SetId, ElemKey), ElemData>;
@@ -351,6 +388,22 @@ pub(super) fn desired_elements(fw: &Firewall) -> Elements {
             put(set, k, Some(target), comment.clone());
         }
     }
+    for (name, v) in &fw.vxlans {
+        if let Some(mac) = mac_bytes(&v.gateway_mac) {
+            put(
+                SetId::VxlanGatewayMacs,
+                ElemKey::IfnameMac(v.device.clone(), mac),
+                None,
+                name.clone(),
+            );
+        }
+        put(
+            SetId::VxlanGatewayIps,
+            ElemKey::IfnameAddr(v.device.clone(), v.gateway),
+            None,
+            name.clone(),
+        );
+    }
     out
 }
 
@@ -428,7 +481,15 @@ pub fn validate(fw: &Firewall) -> Vec<String> {
             }
         }
     }
-    for name in fw.networks.keys() {
+    for (name, v) in &fw.vxlans {
+        if mac_bytes(&v.gateway_mac).is_none() {
+            errs.push(format!(
+                "network {name}: gateway MAC {:?} is not a MAC",
+                v.gateway_mac
+            ));
+        }
+    }
+    for name in fw.networks.keys().chain(fw.vxlans.keys()) {
         if name.contains(char::is_whitespace) || quote_safe(name) != *name {
             errs.push(format!(
                 "network {name:?}: name not usable in an nft comment"

@@ -36,10 +36,14 @@
 //!     chain forward_filter     filter forward     filter (0)          isolation, internal networks
 //!     chain postrouting_nat    nat    postrouting srcnat (100)        outbound and hairpin masquerade
 //! }
-//! table bridge netloom {                                  only while a network has icc = false
+//! table bridge netloom {                                  only while a network has icc = false or a VXLAN port
 //!     set isolated_subnets  ipv4_addr (interval)
 //!     set isolated_subnets6 ipv6_addr (interval)
+//!     set vxlan_gateway_macs  ifname . ether_addr         VXLAN PORT . GATEWAY MAC per cluster network; comment: NETWORK
+//!     set vxlan_gateway_ips   ifname . ipv4_addr          VXLAN PORT . GATEWAY per cluster network; comment: NETWORK
 //!     chain forward            filter forward     filter (-200)       drop IP between members, unless DNAT_MARK
+//!     chain prerouting         filter prerouting  filter (-200)       from other hosts: nothing from/to the gateway MAC, no ARP for the gateway
+//!     chain postrouting        filter postrouting filter (-200)       the same towards other hosts (bridged and host-sent frames)
 //! }
 //! ```
 //!
@@ -183,6 +187,25 @@ pub struct Firewall {
     pub networks: BTreeMap<String, FwNetwork>,
     /// Key: the port's plan address, e.g. "nginx.8080/tcp", "nginx.127.0.0.1:8080/tcp".
     pub ports: BTreeMap<String, FwPort>,
+    /// Cluster mode, key: network name. Each cluster network's VXLAN port
+    /// and gateway, which `table bridge netloom` keeps from crossing hosts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vxlans: BTreeMap<String, FwVxlan>,
+}
+
+/// Cluster mode: a cluster network's VXLAN device (a port of its bridge)
+/// and the gateway every host's bridge holds with the same address and
+/// MAC. Nothing about the gateway may cross hosts: frames from or to the
+/// gateway MAC and ARP for the gateway address are dropped on that port,
+/// both ways.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwVxlan {
+    /// The VXLAN device.
+    pub device: String,
+    /// The network's gateway address.
+    pub gateway: Ipv4Addr,
+    /// The gateway's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub gateway_mac: String,
 }
 
 /// One network as the firewall sees it: its bridge, subnets and flags.
@@ -278,9 +301,10 @@ pub struct FwPort {
     pub proto: Proto,
 }
 
-/// Whether `fw` needs `table bridge netloom` (some network has `icc = false`).
+/// Whether `fw` needs `table bridge netloom` (some network has `icc =
+/// false`, or a cluster network has a VXLAN port on this host).
 pub fn bridge_table_needed(fw: &Firewall) -> bool {
-    fw.networks.values().any(|n| !n.icc)
+    fw.networks.values().any(|n| !n.icc) || !fw.vxlans.is_empty()
 }
 
 /// The (set, key) of every element `fw` puts into netloom's sets and maps,

@@ -206,6 +206,20 @@ pub(super) fn parse_key(set: SetId, v: &Value) -> Option<ElemKey> {
             )),
             _ => None,
         },
+        SetId::VxlanGatewayMacs => match concat_parts(v)?.as_slice() {
+            [dev, mac] => Some(ElemKey::IfnameMac(
+                dev.as_str()?.to_string(),
+                mac_bytes(mac.as_str()?)?,
+            )),
+            _ => None,
+        },
+        SetId::VxlanGatewayIps => match concat_parts(v)?.as_slice() {
+            [dev, ip] => Some(ElemKey::IfnameAddr(
+                dev.as_str()?.to_string(),
+                ipv4_val(ip)?,
+            )),
+            _ => None,
+        },
     }
 }
 
@@ -482,8 +496,32 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
     // has one element per port in each, and its range length is the number
     // in either.
     let mut counts: BTreeMap<(String, bool), u16> = BTreeMap::new();
+    // Cluster mode: a network's VXLAN port needs both its elements (the
+    // gateway's MAC and its address) to be explained.
+    let vxlan_macs: BTreeMap<(&str, &str), &[u8; 6]> = elements
+        .iter()
+        .filter_map(|((set, key), d)| match (set, key) {
+            (SetId::VxlanGatewayMacs, ElemKey::IfnameMac(dev, mac)) => {
+                Some(((d.comment.as_str(), dev.as_str()), mac))
+            }
+            _ => None,
+        })
+        .collect();
     for ((set, key), d) in elements {
         match (set, key) {
+            (SetId::VxlanGatewayIps, ElemKey::IfnameAddr(dev, ip)) => {
+                let Some(mac) = vxlan_macs.get(&(d.comment.as_str(), dev.as_str())) else {
+                    continue;
+                };
+                fw.vxlans.insert(
+                    d.comment.clone(),
+                    FwVxlan {
+                        device: dev.clone(),
+                        gateway: *ip,
+                        gateway_mac: mac_text(mac),
+                    },
+                );
+            }
             (SetId::Bridges, ElemKey::Ifname(bridge)) => {
                 let mut words = d.comment.split_whitespace();
                 let Some(name) = words.next() else { continue };

@@ -13,7 +13,7 @@ pub(super) struct ChainDef {
     pub(super) prio_text: &'static str,
 }
 
-pub(super) const CHAINS: [ChainDef; 8] = [
+pub(super) const CHAINS: [ChainDef; 10] = [
     ChainDef {
         family: Family::Inet,
         name: "prerouting_filter",
@@ -75,6 +75,25 @@ pub(super) const CHAINS: [ChainDef; 8] = [
         name: "forward",
         kind: "filter",
         hook: "forward",
+        prio: -200,
+        prio_text: "filter",
+    },
+    ChainDef {
+        family: Family::Bridge,
+        name: "prerouting",
+        kind: "filter",
+        hook: "prerouting",
+        prio: -200,
+        prio_text: "filter",
+    },
+    // Postrouting sees every frame a port sends: bridged ones and those
+    // the host itself sends through the bridge (output alone would miss
+    // the first, forward the second).
+    ChainDef {
+        family: Family::Bridge,
+        name: "postrouting",
+        kind: "filter",
+        hook: "postrouting",
         prio: -200,
         prio_text: "filter",
     },
@@ -186,6 +205,65 @@ pub(super) const DNAT6_HOSTIP: &str =
     "dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6_hostip";
 pub(super) const DNAT6_ANY: &str =
     "meta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @dnat6_any";
+
+/// `IFNAME . ether saddr|daddr @vxlan_gateway_macs drop` and
+/// `IFNAME . arp daddr ip @vxlan_gateway_ips drop` for one direction of
+/// the VXLAN port (`iifname`: from other hosts, `oifname`: to them).
+fn vxlan_gateway_rules(chain: &'static str, ifname: &str) -> Vec<RuleDef> {
+    let (text_s, text_d, text_a, comment_s, comment_d, comment_a) = if ifname == "iifname" {
+        (
+            "iifname . ether saddr @vxlan_gateway_macs drop",
+            "iifname . ether daddr @vxlan_gateway_macs drop",
+            "iifname . arp daddr ip @vxlan_gateway_ips drop",
+            "cluster: another host's gateway (same MAC on every host) does not come in",
+            "cluster: frames for the gateway come from this host only",
+            "cluster: ARP for the gateway from another host is not answered here",
+        )
+    } else {
+        (
+            "oifname . ether saddr @vxlan_gateway_macs drop",
+            "oifname . ether daddr @vxlan_gateway_macs drop",
+            "oifname . arp daddr ip @vxlan_gateway_ips drop",
+            "cluster: the gateway (same MAC on every host) never sends to another host",
+            "cluster: frames for the gateway never go to another host",
+            "cluster: ARP for the gateway stays on its host",
+        )
+    };
+    let by = |proto: &str, field: &str, set: &str| {
+        json!([
+            cmp(
+                "==",
+                json!({"concat": [meta(ifname), payload(proto, field)]}),
+                json!(format!("@{set}"))
+            ),
+            verdict("drop"),
+        ])
+    };
+    let r = |text, comment, expr| RuleDef {
+        family: Family::Bridge,
+        chain,
+        text,
+        comment,
+        expr,
+    };
+    vec![
+        r(
+            text_s,
+            comment_s,
+            by("ether", "saddr", "vxlan_gateway_macs"),
+        ),
+        r(
+            text_d,
+            comment_d,
+            by("ether", "daddr", "vxlan_gateway_macs"),
+        ),
+        r(
+            text_a,
+            comment_a,
+            by("arp", "daddr ip", "vxlan_gateway_ips"),
+        ),
+    ]
+}
 
 pub(super) fn rules() -> Vec<RuleDef> {
     use Family::{Bridge, Inet};
@@ -509,6 +587,10 @@ pub(super) fn rules() -> Vec<RuleDef> {
             ]),
         ),
     ]
+    .into_iter()
+    .chain(vxlan_gateway_rules("prerouting", "iifname"))
+    .chain(vxlan_gateway_rules("postrouting", "oifname"))
+    .collect()
 }
 
 impl RuleDef {

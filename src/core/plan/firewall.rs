@@ -1,7 +1,7 @@
 //! The nft table, networks' firewall data and published ports.
 
 use super::*;
-use crate::core::firewall::Stray;
+use crate::core::firewall::{FwVxlan, Stray};
 use crate::core::model::FirewallState;
 
 pub(super) fn port_summary(p: &FwPort) -> String {
@@ -130,6 +130,7 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
             ));
         }
     }
+    diff_fw_vxlans(want, have, out);
     for (key, w) in &want.ports {
         let what = format!("map {}/{} -> {}", w.host_port, w.proto, port_targets(w));
         match have.ports.get(key) {
@@ -178,9 +179,13 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
 fn diff_bridge_table(want: &Firewall, have: &FirewallState, out: &mut Vec<Change>) {
     let needed = crate::core::firewall::bridge_table_needed(want);
     let (action, what) = match (needed, have.bridge_table) {
-        (true, false) => (
+        (true, false) if want.networks.values().any(|n| !n.icc) => (
             Action::Create,
             "add table bridge netloom (icc = false isolation)",
+        ),
+        (true, false) => (
+            Action::Create,
+            "add table bridge netloom (cluster gateway filter)",
         ),
         (false, true) => (Action::Delete, "delete table bridge netloom"),
         _ => return,
@@ -229,6 +234,53 @@ fn diff_strays(want: &Firewall, have: &Firewall, strays: &[Stray], out: &mut Vec
         );
         c.reason = Some("not made by netloom from the file".into());
         out.push(c);
+    }
+}
+
+fn fw_vxlan_what(v: &FwVxlan) -> String {
+    format!(
+        "drop gateway {} / {} on {}",
+        v.gateway, v.gateway_mac, v.device
+    )
+}
+
+/// Cluster mode: the gateway filter elements of each VXLAN port.
+fn diff_fw_vxlans(want: &Firewall, have: &Firewall, out: &mut Vec<Change>) {
+    for (net, w) in &want.vxlans {
+        let addr = format!("nft.vxlan.{net}");
+        let op = || {
+            vec![Op::Nft {
+                what: format!("add elements: {}", fw_vxlan_what(w)),
+            }]
+        };
+        match have.vxlans.get(net) {
+            None => out.push(change(
+                addr,
+                Action::Create,
+                P_NFT_NETWORK,
+                fw_vxlan_what(w),
+                op(),
+            )),
+            Some(h) if h != w => {
+                let mut c = change(addr, Action::Update, P_NFT_NETWORK, fw_vxlan_what(w), op());
+                c.reason = Some(format!("{} -> {}", fw_vxlan_what(h), fw_vxlan_what(w)));
+                out.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    for (net, h) in &have.vxlans {
+        if !want.vxlans.contains_key(net) {
+            out.push(change(
+                format!("nft.vxlan.{net}"),
+                Action::Delete,
+                P_NFT_NETWORK,
+                fw_vxlan_what(h),
+                vec![Op::Nft {
+                    what: format!("delete elements: {}", fw_vxlan_what(h)),
+                }],
+            ));
+        }
     }
 }
 

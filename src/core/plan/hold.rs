@@ -51,6 +51,9 @@ pub(super) fn object_of(c: &Change, d: &State, o: &State) -> (String, Vec<String
     if let Some(net) = a.strip_prefix("nft.network.") {
         return (format!("network.{net}"), vec![NFT_TABLE.to_string()]);
     }
+    if let Some(net) = a.strip_prefix("nft.vxlan.") {
+        return (format!("vxlan.{net}"), vec![NFT_TABLE.to_string()]);
+    }
     if let Some(key) = a.strip_prefix("container.") {
         if let Some(e) = d.endpoints.get(key).or_else(|| o.endpoints.get(key)) {
             return (

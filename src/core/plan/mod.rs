@@ -20,6 +20,7 @@ mod firewall;
 mod hold;
 mod netns;
 mod network;
+mod resource;
 mod sysctl;
 mod values;
 mod vxlan;
@@ -32,6 +33,7 @@ use firewall::*;
 pub use hold::{Failure, NFT_TABLE, file_owner, hold_back};
 use netns::*;
 use network::*;
+use resource::*;
 use sysctl::*;
 use vxlan::*;
 
@@ -195,7 +197,8 @@ pub enum Op {
         /// itself is the firewall transaction's).
         what: String,
     },
-    /// Cluster mode: a VXLAN device (no learning), admin down, no master.
+    /// Cluster mode: a VXLAN device (no learning, ARP/ND proxy), admin
+    /// down, no master.
     CreateVxlan {
         /// Interface name ([`crate::core::cluster::vxlan_name`]).
         name: String,
@@ -228,6 +231,23 @@ pub enum Op {
         mac: String,
         /// The entry's underlay address.
         dst: std::net::Ipv4Addr,
+    },
+    /// A permanent neighbour entry on a VXLAN device, which its ARP/ND
+    /// proxy answers with (replaces an entry for the same address).
+    AddNeigh {
+        /// The VXLAN device.
+        dev: String,
+        /// The remote member's address.
+        ip: IpAddr,
+        /// Its MAC, `aa:bb:cc:dd:ee:ff`.
+        mac: String,
+    },
+    /// Remove a neighbour entry of a VXLAN device.
+    DelNeigh {
+        /// The VXLAN device.
+        dev: String,
+        /// The entry's address.
+        ip: IpAddr,
     },
     /// Write a file atomically (temporary file, then rename).
     WriteFile {
@@ -314,12 +334,19 @@ impl std::fmt::Display for Op {
                 alias,
             } => write!(
                 f,
-                "ip link add {name} mtu {mtu} type vxlan id {vni} local {local} dstport {port} nolearning && ip link set {name} alias \"{alias}\""
+                "ip link add {name} mtu {mtu} type vxlan id {vni} local {local} dstport {port} nolearning proxy && ip link set {name} alias \"{alias}\""
             ),
             Op::AddFdb { dev, mac, dst } => {
                 write!(f, "bridge fdb append {mac} dev {dev} dst {dst}")
             }
             Op::DelFdb { dev, mac, dst } => write!(f, "bridge fdb del {mac} dev {dev} dst {dst}"),
+            Op::AddNeigh { dev, ip, mac } => {
+                write!(
+                    f,
+                    "ip neigh replace {ip} lladdr {mac} dev {dev} nud permanent"
+                )
+            }
+            Op::DelNeigh { dev, ip } => write!(f, "ip neigh del {ip} dev {dev}"),
             Op::Nft { what } => write!(f, "nft: {what}"),
             Op::WriteFile { path, .. } => write!(f, "write {path}"),
             Op::RemoveFile { path } => write!(f, "rm {path}"),

@@ -30,83 +30,51 @@ pub(super) fn create_bridge_ops(network: &str, b: &Bridge) -> Vec<Op> {
     ops
 }
 
+impl Resource for Bridge {
+    const PREFIX: &'static str = "network";
+    const PHASE: u8 = P_NETWORK;
+    fn summary(&self) -> String {
+        bridge_summary(self)
+    }
+    fn create_ops(&self, network: &str) -> Vec<Op> {
+        create_bridge_ops(network, self)
+    }
+    fn delete_ops(&self) -> Vec<Op> {
+        delete_link(&self.name)
+    }
+    fn replace_reason(have: &Self, want: &Self) -> Option<String> {
+        (have.name != want.name).then(|| format!("bridge name {} -> {}", have.name, want.name))
+    }
+    fn update(have: &Self, want: &Self, ops: &mut Vec<Op>, what: &mut Vec<String>) {
+        addr_ops(None, &want.name, &want.addrs, &have.addrs, ops, what);
+        if have.mtu != want.mtu {
+            ops.push(Op::SetMtu {
+                netns: None,
+                name: want.name.clone(),
+                mtu: want.mtu,
+            });
+            what.push(format!("mtu {} -> {}", have.mtu, want.mtu));
+        }
+        if have.mac != want.mac {
+            ops.push(Op::SetMac {
+                netns: None,
+                name: want.name.clone(),
+                mac: want.mac.clone(),
+            });
+            what.push(format!("mac {} -> {}", have.mac, want.mac));
+        }
+        if !have.up {
+            ops.push(Op::LinkUp {
+                netns: None,
+                name: want.name.clone(),
+            });
+            what.push("down -> up".into());
+        }
+    }
+}
+
 pub(super) fn diff_bridges(d: &State, o: &State, out: &mut Vec<Change>) {
-    for (net, want) in &d.bridges {
-        let addr = format!("network.{net}");
-        match o.bridges.get(net) {
-            None => out.push(change(
-                addr,
-                Action::Create,
-                P_NETWORK,
-                bridge_summary(want),
-                create_bridge_ops(net, want),
-            )),
-            Some(have) if have.name != want.name => {
-                let mut ops = vec![Op::DeleteLink {
-                    netns: None,
-                    name: have.name.clone(),
-                }];
-                ops.extend(create_bridge_ops(net, want));
-                let mut c = change(addr, Action::Replace, P_NETWORK, bridge_summary(want), ops);
-                c.reason = Some(format!("bridge name {} -> {}", have.name, want.name));
-                out.push(c);
-            }
-            Some(have) => {
-                let mut ops = Vec::new();
-                let mut what = Vec::new();
-                addr_ops(
-                    None,
-                    &want.name,
-                    &want.addrs,
-                    &have.addrs,
-                    &mut ops,
-                    &mut what,
-                );
-                if have.mtu != want.mtu {
-                    ops.push(Op::SetMtu {
-                        netns: None,
-                        name: want.name.clone(),
-                        mtu: want.mtu,
-                    });
-                    what.push(format!("mtu {} -> {}", have.mtu, want.mtu));
-                }
-                if have.mac != want.mac {
-                    ops.push(Op::SetMac {
-                        netns: None,
-                        name: want.name.clone(),
-                        mac: want.mac.clone(),
-                    });
-                    what.push(format!("mac {} -> {}", have.mac, want.mac));
-                }
-                if !have.up {
-                    ops.push(Op::LinkUp {
-                        netns: None,
-                        name: want.name.clone(),
-                    });
-                    what.push("down -> up".into());
-                }
-                if !ops.is_empty() {
-                    let mut c = change(addr, Action::Update, P_NETWORK, bridge_summary(want), ops);
-                    c.reason = Some(what.join(", "));
-                    out.push(c);
-                }
-            }
-        }
-    }
-    for (net, have) in &o.bridges {
-        if !d.bridges.contains_key(net) {
-            out.push(change(
-                format!("network.{net}"),
-                Action::Delete,
-                P_NETWORK,
-                bridge_summary(have),
-                vec![Op::DeleteLink {
-                    netns: None,
-                    name: have.name.clone(),
-                }],
-            ));
-        }
-    }
+    diff_resources(&d.bridges, &o.bridges, out);
 }
 
 pub(super) fn addr_ops(

@@ -24,6 +24,9 @@ fn value_at(address: &str, s: &State) -> Option<Value> {
     if let Some(n) = address.strip_prefix("nft.network.") {
         return to_value(fw.and_then(|f| f.networks.get(n)));
     }
+    if let Some(n) = address.strip_prefix("nft.vxlan.") {
+        return to_value(fw.and_then(|f| f.vxlans.get(n)));
+    }
     if address.starts_with("nft.") {
         // The table as a whole: present or not, and whether its chains and
         // rules are netloom's own.
@@ -31,6 +34,9 @@ fn value_at(address: &str, s: &State) -> Option<Value> {
             .firewall
             .as_ref()
             .map(|f| serde_json::json!({ "skeleton_ok": f.skeleton_ok }));
+    }
+    if let Some(n) = address.strip_prefix("vxlan.") {
+        return to_value(s.vxlans.get(n));
     }
     if let Some(n) = address.strip_prefix("network.") {
         return to_value(s.bridges.get(n));

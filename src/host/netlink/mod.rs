@@ -33,7 +33,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -111,6 +112,16 @@ pub struct VxlanInfo {
     pub local: Option<Ipv4Addr>,
     pub port: u16,
     pub learning: bool,
+    /// ARP/ND proxy (`IFLA_VXLAN_PROXY`).
+    pub proxy: bool,
+}
+
+/// A permanent neighbour entry (`ip neigh ... nud permanent`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Neigh {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub mac: [u8; 6],
 }
 
 /// A static forwarding entry of a VXLAN device (`bridge fdb ... dst`).
@@ -419,6 +430,9 @@ impl Netlink {
                 InfoVxlan::Local(local),
                 InfoVxlan::Port(port),
                 InfoVxlan::Learning(false),
+                // Neighbour requests are answered from the device's own
+                // entries and never sent to other hosts.
+                InfoVxlan::Proxy(true),
             ])),
         ]));
         let echoed = self
@@ -513,6 +527,90 @@ impl Netlink {
             RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
             0,
             || format!("delete forwarding entry {} dst {dst}", fmt_mac(&mac)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Permanent IPv4 and IPv6 neighbour entries of every device (one dump
+    /// per family); entries the kernel learnt are left out.
+    pub async fn neighbours(&self) -> Result<Vec<Neigh>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = NeighbourMessage::default();
+            req.header.family = family;
+            let msgs = self
+                .dump(RouteNetlinkMessage::GetNeighbour(req), "neighbour entries")
+                .await?;
+            out.extend(msgs.into_iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n)
+                    if n.header.state == NeighbourState::Permanent =>
+                {
+                    let mut mac = None;
+                    let mut ip = None;
+                    for a in &n.attributes {
+                        match a {
+                            NeighbourAttribute::LinkLayerAddress(l) => {
+                                mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                                ip = Some(IpAddr::V4(*v))
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                                ip = Some(IpAddr::V6(*v))
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Neigh {
+                        index: n.header.ifindex,
+                        ip: ip?,
+                        mac: mac?,
+                    })
+                }
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    fn neigh_message(index: u32, ip: IpAddr, mac: Option<[u8; 6]>) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v) => NeighbourAddress::Inet(v),
+            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+        }));
+        if let Some(mac) = mac {
+            m.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        m
+    }
+
+    /// Add or replace the permanent neighbour entry `ip` -> `mac` on
+    /// device `index` (`ip neigh replace ... nud permanent`).
+    pub async fn replace_neigh(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.write(
+            RouteNetlinkMessage::NewNeighbour(Self::neigh_message(index, ip, Some(mac))),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("add neighbour entry {ip} lladdr {}", fmt_mac(&mac)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Remove the neighbour entry for `ip` on device `index`.
+    pub async fn delete_neigh(&self, index: u32, ip: IpAddr) -> Result<()> {
+        self.write(
+            RouteNetlinkMessage::DelNeighbour(Self::neigh_message(index, ip, None)),
+            0,
+            || format!("delete neighbour entry {ip}"),
         )
         .await?;
         Ok(())

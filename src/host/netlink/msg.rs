@@ -70,6 +70,7 @@ pub(super) fn parse_link(msg: &LinkMessage) -> Link {
                                     InfoVxlan::Local(ip) => v.local = Some(*ip),
                                     InfoVxlan::Port(p) => v.port = *p,
                                     InfoVxlan::Learning(l) => v.learning = *l,
+                                    InfoVxlan::Proxy(x) => v.proxy = *x,
                                     _ => {}
                                 }
                             }

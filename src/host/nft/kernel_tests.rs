@@ -507,3 +507,41 @@ fn nft_errors_are_reported() {
         );
     });
 }
+
+#[test]
+fn cluster_gateway_filter_lives_in_the_bridge_table() {
+    // Cluster mode's elements round-trip through nft (listing parsed back
+    // to the same firewall, text equal to what nft lists), and the bridge
+    // table exists for them alone and goes with them.
+    in_sandbox(|| {
+        let sb = Sandbox::new();
+        let mut fw = two_networks();
+        fw.vxlans.insert(
+            "bridge".into(),
+            FwVxlan {
+                device: "vx-app".into(),
+                gateway: Ipv4Addr::new(172, 17, 0, 1),
+                gateway_mac: "02:42:ac:11:00:01".into(),
+            },
+        );
+        assert!(validate(&fw).is_empty(), "{:?}", validate(&fw));
+        let tx = converge(&fw);
+        assert!(tx.script().contains("table bridge netloom {"));
+        let o = observe().expect("observe").expect("present");
+        assert_eq!(o.text, render(&fw));
+        let listed = sb.must("nft list table bridge netloom");
+        assert!(
+            listed.contains("\"vx-app\" . 02:42:ac:11:00:01")
+                && listed.contains("oifname . arp daddr ip @vxlan_gateway_ips drop"),
+            "{listed}"
+        );
+        // A moved gateway is one element replaced per set, no rebuild.
+        fw.vxlans.get_mut("bridge").expect("vxlan").gateway = Ipv4Addr::new(172, 17, 0, 254);
+        let tx = converge(&fw);
+        assert!(!tx.full_rebuild(), "{}", tx.script());
+        assert_eq!((tx.elements_added(), tx.elements_removed()), (1, 1));
+        fw.vxlans.clear();
+        let tx = converge(&fw);
+        assert!(tx.script().contains("delete table bridge netloom"));
+    });
+}
