@@ -15,6 +15,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The gateway of the cluster network `app` (10.200.0.0/24) on every host,
 /// and its MAC (netloom's Docker-style MAC of the address).
 const GATEWAY: &str = "10.200.0.1";
+/// A client on the underlay network that is no cluster host.
+const CLIENT_IP: &str = "10.98.0.50";
 const GATEWAY_MAC: &str = "02:42:0a:c8:00:01";
 
 /// The lab (underlay bridge + etcd) and three hosts with agents.
@@ -26,6 +28,8 @@ struct Cluster {
     etcd: Option<u32>,
     /// Captures started so far (names their files).
     captures: usize,
+    /// TLS to etcd: the directory with the throwaway CA and certificates.
+    tls: Option<PathBuf>,
 }
 
 fn etcd_url() -> String {
@@ -77,9 +81,21 @@ networks = ["app"]
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with(false)
+    }
+
+    /// `tls`: etcd serves https only and wants client certificates.
+    fn with(tls: bool) -> Cluster {
         let lab = Host::new();
         lab.sh(&format!(
             "ip link add under0 type bridge && ip addr add {ETCD_IP}/24 dev under0 && ip link set under0 up"
+        ))
+        .ok();
+        // A client outside the cluster, on the underlay network.
+        lab.sh(&format!(
+            "ip netns add client && ip link add c0 type veth peer name eth0 netns client && \
+             ip link set c0 master under0 && ip link set c0 up && \
+             ip -n client addr add {CLIENT_IP}/24 dev eth0 && ip -n client link set eth0 up"
         ))
         .ok();
         let mut hosts = Vec::new();
@@ -105,7 +121,11 @@ impl Cluster {
             agents: vec![None; 3],
             etcd: None,
             captures: 0,
+            tls: None,
         };
+        if tls {
+            c.tls = Some(make_certs(&c.lab));
+        }
         c.start_etcd();
         for i in 0..3 {
             c.start_agent(i);
@@ -116,10 +136,19 @@ impl Cluster {
     fn start_etcd(&mut self) {
         let data = self.lab.dir.path().join("etcd");
         let log = self.lab.dir.path().join("etcd.log");
+        let url = self.url();
+        let tls = match &self.tls {
+            None => String::new(),
+            Some(d) => format!(
+                "--cert-file {d}/server.crt --key-file {d}/server.key \
+                 --client-cert-auth --trusted-ca-file {d}/ca.crt",
+                d = d.display()
+            ),
+        };
         let pid = self.lab.spawn_logged(
             &format!(
-                "etcd --name lab --data-dir {data} \
-                 --listen-client-urls http://{ETCD_IP}:2379 --advertise-client-urls http://{ETCD_IP}:2379 \
+                "etcd --name lab --data-dir {data} {tls} \
+                 --listen-client-urls {url} --advertise-client-urls {url} \
                  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
                  --initial-cluster lab=http://127.0.0.1:2380",
                 data = data.display()
@@ -128,13 +157,8 @@ impl Cluster {
         );
         self.etcd = Some(pid);
         assert!(
-            self.lab.wait_for(
-                &format!(
-                    "ETCDCTL_API=3 etcdctl --endpoints={} endpoint health",
-                    etcd_url()
-                ),
-                WAIT
-            ),
+            self.lab
+                .wait_for(&format!("{} endpoint health", self.etcdctl()), WAIT),
             "etcd did not start:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
@@ -151,17 +175,58 @@ impl Cluster {
         self.hosts[i].dir.path().join("agent.log")
     }
 
+    fn url(&self) -> String {
+        match self.tls {
+            None => etcd_url(),
+            Some(_) => format!("https://{ETCD_IP}:2379"),
+        }
+    }
+
+    /// etcdctl with the endpoint (and the client certificate).
+    fn etcdctl(&self) -> String {
+        let tls = match &self.tls {
+            None => String::new(),
+            Some(d) => format!(
+                " --cacert {d}/ca.crt --cert {d}/client.crt --key {d}/client.key",
+                d = d.display()
+            ),
+        };
+        format!("ETCDCTL_API=3 etcdctl --endpoints={}{tls}", self.url())
+    }
+
+    /// [`file`] for this cluster: with TLS, the https endpoint and the
+    /// certificate files in `[cluster]`.
+    fn text(&self, extra: &str) -> String {
+        let t = file(extra);
+        match &self.tls {
+            None => t,
+            Some(d) => t.replace(&etcd_url(), &self.url()).replace(
+                "[cluster]\n",
+                &format!(
+                    "[cluster]\nca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n",
+                    d = d.display()
+                ),
+            ),
+        }
+    }
+
     fn start_agent(&mut self, i: usize) {
-        let cfg = self.hosts[i].dir.path().join("absent.toml");
+        // With TLS the agent finds etcd and its certificates in the file
+        // (the desired state still comes from etcd); otherwise it has none.
+        let cfg = match self.tls {
+            None => self.hosts[i].dir.path().join("absent.toml"),
+            Some(_) => self.hosts[i].config("cluster.toml", &self.text("")),
+        };
         let log = self.agent_log(i);
         // Appending: a restarted agent's lines follow the first one's.
-        let pid = self.hosts[i].spawn(&format!(
+        let cmd = format!(
             "{NETLOOM} -c {} watch --host node{} --etcd {} --resync 3 >> {} 2>&1",
             cfg.display(),
             i + 1,
-            etcd_url(),
+            self.url(),
             log.display()
-        ));
+        );
+        let pid = self.hosts[i].spawn(&cmd);
         self.agents[i] = Some(pid);
     }
 
@@ -214,7 +279,7 @@ impl Cluster {
 
     /// `netloom status --cluster` from the lab.
     fn status(&self) -> common::Run {
-        let cfg = self.lab.config("status.toml", &file(""));
+        let cfg = self.lab.config("status.toml", &self.text(""));
         self.lab.netloom(&cfg, &["status", "--cluster"])
     }
 }
@@ -319,7 +384,11 @@ fn three_hosts_reach_and_resolve_each_other_across_vxlan() {
     let web_ip = cl.exec(2, "worker", "getent hosts web").stdout;
     assert_eq!(dig.stdout.trim(), web_ip.split_whitespace().next().unwrap());
     // A server on host 2 answers a client on host 1, across the VXLAN.
-    cl.hosts[1].spawn("ip netns exec api python3 -m http.server 80 --bind 0.0.0.0");
+    let api_log = cl.hosts[1].dir.path().join("api-http.log");
+    cl.hosts[1].spawn_logged(
+        "ip netns exec api python3 -u -m http.server 80 --bind 0.0.0.0",
+        &api_log,
+    );
     assert!(cl.wait_exec(1, "api", "curl -s -o /dev/null http://127.0.0.1/"));
     let curl = cl.exec(
         0,
@@ -336,6 +405,19 @@ fn three_hosts_reach_and_resolve_each_other_across_vxlan() {
         pub_port.stdout, "200",
         "published port: {}",
         pub_port.stderr
+    );
+    // ... and from a client outside the cluster, which the server sees
+    // with its own address (DNAT only, no masquerade on the way in).
+    let outside = cl.lab.sh(&format!(
+        "ip netns exec client curl -s -m 5 -o /dev/null -w %{{http_code}} http://{}:8080/?from-outside",
+        underlay_ip(1)
+    ));
+    assert_eq!(outside.stdout, "200", "outside client: {}", outside.stderr);
+    let log = std::fs::read_to_string(&api_log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(&format!("{CLIENT_IP} ")) && l.contains("/?from-outside")),
+        "the server did not see the client's address:\n{log}"
     );
     // A local network of another host is not reachable.
     let secret = cl.exec(0, "secret", "getent hosts secret").stdout;
@@ -634,4 +716,66 @@ fn gateway_traffic_never_crosses_hosts() {
     let r = capture_result(&cl.lab, &out);
     assert_eq!(r["gateway"].as_array().map(Vec::len), Some(0), "{r}");
     cl.stop_etcd();
+}
+
+/// A throwaway CA, a server certificate for etcd's address and a client
+/// certificate, made with openssl in the lab's directory.
+fn make_certs(lab: &Host) -> PathBuf {
+    let d = lab.dir.path().join("pki");
+    std::fs::create_dir_all(&d).unwrap();
+    lab.sh(&format!(
+        "set -e; cd {d}; \
+         ec='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes'; \
+         openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj /CN=netloom-test-ca 2>/dev/null; \
+         printf 'subjectAltName=IP:{ETCD_IP}\\nextendedKeyUsage=serverAuth\\nbasicConstraints=CA:FALSE\\n' > server.ext; \
+         printf 'extendedKeyUsage=clientAuth\\nbasicConstraints=CA:FALSE\\n' > client.ext; \
+         for n in server client; do \
+           openssl req $ec -keyout $n.key -out $n.csr -subj /CN=netloom-$n 2>/dev/null; \
+           openssl x509 -req -in $n.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile $n.ext -out $n.crt 2>/dev/null; \
+         done",
+        d = d.display()
+    ))
+    .ok();
+    d
+}
+
+#[test]
+fn push_and_watch_over_tls() {
+    if !ready() || !kernel_tests_possible(&["openssl"]) {
+        return;
+    }
+    let cl = Cluster::with(true);
+    // Plain http is refused: the test really talks TLS.
+    let plain = cl.lab.sh(&format!(
+        "ETCDCTL_API=3 etcdctl --endpoints={} --dial-timeout=2s get x",
+        etcd_url()
+    ));
+    assert_ne!(plain.code, 0, "etcd answered plain http");
+    cl.push(&cl.text("")).ok();
+    let status = cl.lab.config("s.toml", &cl.text(""));
+    assert!(
+        cl.lab.wait_for(
+            &format!(
+                "{NETLOOM} -c {} status --cluster | grep -c '\tconverged\t' | grep -qx 3",
+                status.display()
+            ),
+            WAIT
+        ),
+        "not converged over TLS: {}\n{}",
+        cl.status().stdout,
+        cl.logs()
+    );
+    // The agents follow later pushes through their TLS watch.
+    cl.push(&cl.text("[containers.extra]\nhost = \"node3\"\nnetworks = [\"app\"]\n"))
+        .ok();
+    assert!(
+        cl.wait_exec(0, "web", "ping -c1 -W1 extra"),
+        "web cannot reach extra:\n{}",
+        cl.logs()
+    );
+    let stored = cl.lab.sh(&format!(
+        "{} get --print-value-only /netloom/v1/desired",
+        cl.etcdctl()
+    ));
+    assert!(stored.ok().stdout.contains("extra"));
 }
