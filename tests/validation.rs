@@ -267,3 +267,74 @@ fn dns_options_are_checked_at_their_values() {
         assert_refused(&text, &at(&text, value, 0), needle);
     }
 }
+
+#[test]
+fn every_unknown_key_and_wrong_type_beside_the_semantic_errors() {
+    let t = "\
+[settings]
+port_rnge = \"5000-6000\"
+[networks.a]
+subnet = \"10.1.0.0/16\"
+gateway = \"10.9.0.1\"
+colour = \"blue\"
+[networks.b]
+subnet = \"10.1.128.0/17\"
+mtu = \"1500\"
+[networks.c]
+subnet = 7
+[containers.x]
+port = [\"80\"]
+ports = [8080, \"0:1\"]
+networks = { a = { ipp = \"10.1.0.9\" } }
+links = [\"nope\"]
+[extra]
+";
+    let (code, errs) = validate(t);
+    assert_eq!(code, Some(1), "{errs:#?}");
+    let want = [
+        (
+            at(t, "port_rnge", 0),
+            "unknown key `port_rnge`; did you mean `port_range`?",
+        ),
+        (
+            at(t, "\"10.9.0.1\"", 0),
+            "gateway 10.9.0.1 is not inside subnet 10.1.0.0/16",
+        ),
+        (at(t, "colour", 0), "unknown key `colour`"),
+        // The bad gateway of `a` does not hide the overlap.
+        (
+            at(t, "\"10.1.128.0/17\"", 0),
+            "overlaps subnet 10.1.0.0/16 of network `a`",
+        ),
+        (
+            at(t, "\"1500\"", 0),
+            "`networks.b.mtu` must be an integer, not a string",
+        ),
+        (
+            "11:10".to_string(),
+            "`networks.c.subnet` must be a string, not an integer",
+        ),
+        (
+            at(t, "port ", 0),
+            "unknown key `port`; did you mean `ports`?",
+        ),
+        (
+            at(t, "8080", 0),
+            "`containers.x.ports[0]` must be a string, not an integer",
+        ),
+        (at(t, "\"0:1\"", 0), "out of range"),
+        (at(t, "ipp", 0), "unknown key `ipp`; did you mean `ip`?"),
+        (at(t, "\"nope\"", 0), "undeclared container `nope`"),
+        (at(t, "extra", 0), "unknown key `extra`"),
+    ];
+    for (pos, needle) in &want {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{pos}: ")) && e.contains(needle)),
+            "expected an error at {pos} containing {needle:?}, got {errs:#?}"
+        );
+    }
+    // Nothing else: no echo of a removed value ("network `c` needs a
+    // subnet").
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}

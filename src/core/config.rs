@@ -321,6 +321,13 @@ pub fn schema_json() -> String {
     s
 }
 
+/// The JSON Schema of the file as a value, built once: the shape check of
+/// every load walks it.
+pub fn schema_value() -> &'static serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| schemars::schema_for!(ConfigFile).to_value())
+}
+
 /// Where the state directory is when neither the file nor the environment say.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netloom";
 /// Docker's default range for `-P`.

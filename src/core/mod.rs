@@ -23,6 +23,7 @@ pub mod plan;
 pub mod ports;
 pub mod render;
 pub mod saved_plan;
+pub mod shape;
 pub mod share;
 pub mod spec;
 pub mod store;

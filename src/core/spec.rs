@@ -16,6 +16,7 @@ use crate::core::config::{self, ConfigFile, NetworkConfig};
 use crate::core::diag::{Diag, Diagnostics, hint_unknown_field, suggest};
 use crate::core::firewall::{self, Proto};
 use crate::core::ports::{self, PortSpec};
+use crate::core::shape;
 
 /// Name of Docker's default network.
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -229,16 +230,36 @@ pub fn load_bytes(path: &str, bytes: &[u8]) -> Result<Spec, Diagnostics> {
 /// Parses and validates the file's text, every error at its position.
 /// `path` is only used in messages.
 pub fn load(path: &str, text: &str) -> Result<Spec, Diagnostics> {
-    let file: ConfigFile = match toml::from_str(text) {
+    let toml_error = |e: toml::de::Error| {
+        let span = e.span().unwrap_or(0..0);
+        Diag::new(span, hint_unknown_field(e.message().trim()))
+    };
+    // A syntax error leaves no document to check further.
+    let mut doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => return Err(Diagnostics::render(path, text, vec![toml_error(e)])),
+    };
+    // Every unknown key and wrong type at once; what remains deserializes,
+    // so the checks below still see every other value.
+    let shape = shape::check(&mut doc, config::schema_value());
+    let file: ConfigFile = match serde::Deserialize::deserialize(toml::de::Deserializer::from(doc))
+    {
         Ok(f) => f,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let msg = hint_unknown_field(e.message().trim());
-            return Err(Diagnostics::render(path, text, vec![Diag::new(span, msg)]));
+            // What the walk cannot see (a duplicate container key): the
+            // shape errors and this one.
+            let mut diags = shape.diags;
+            diags.push(toml_error(e));
+            return Err(Diagnostics::render(path, text, diags));
         }
     };
     let mut v = Validator::default();
     let spec = v.check(&file);
+    // An error about a whole table whose entry was removed above (a
+    // network "needs a subnet" whose subnet had the wrong type) is only
+    // the echo of that entry's error.
+    v.diags.retain(|d| !shape.pruned_tables.contains(&d.span));
+    v.diags.extend(shape.diags);
     if v.diags.is_empty() {
         // A file whose addresses or ports cannot all be handed out would
         // only fail at plan time: run the allocator (pure) as a fresh host
@@ -490,7 +511,12 @@ impl Validator {
     ) -> Option<NetworkSpec> {
         let name = key.get_ref().clone();
         let n = net.get_ref();
-        let mut ok = true;
+        // Only a subnet that cannot be used keeps the network out of the
+        // checks that follow; any other bad value of it (its gateway, its
+        // MTU, its name) is reported and the network still takes part,
+        // so that it cannot hide an error elsewhere (an overlapping
+        // subnet, an address outside it).
+        let mut subnet_ok = true;
         if !valid_name(&name) {
             self.err(
                 sp(key),
@@ -498,7 +524,6 @@ impl Validator {
                     "invalid network name `{name}`: names match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"
                 ),
             );
-            ok = false;
         }
         let is_default = name == DEFAULT_NETWORK;
         let bridge = match &n.bridge {
@@ -511,7 +536,6 @@ impl Validator {
                             b.get_ref()
                         ),
                     );
-                    ok = false;
                 }
                 b.get_ref().clone()
             }
@@ -529,13 +553,13 @@ impl Validator {
                             net.prefix()
                         ),
                     );
-                    ok = false;
+                    subnet_ok = false;
                     net
                 }
                 Ok(net) if unusable_v4(net).is_some() => {
                     let why = unusable_v4(net).unwrap_or_default();
                     self.err(sp(s), format!("subnet {} {why}", s.get_ref()));
-                    ok = false;
+                    subnet_ok = false;
                     net
                 }
                 Ok(net) if net.prefix() > 30 => {
@@ -546,7 +570,7 @@ impl Validator {
                             s.get_ref()
                         ),
                     );
-                    ok = false;
+                    subnet_ok = false;
                     net
                 }
                 Ok(net) => net,
@@ -576,19 +600,17 @@ impl Validator {
                 Ok(ip) => {
                     if !subnet.contains(ip) {
                         self.err(sp(g), format!("gateway {ip} is not inside subnet {subnet}"));
-                        ok = false;
                     } else if ip == subnet.network() || ip == subnet.broadcast() {
                         self.err(
                             sp(g),
                             format!("gateway {ip} is the network or broadcast address of {subnet}"),
                         );
-                        ok = false;
                     }
                     ip
                 }
                 Err(_) => {
                     self.err(sp(g), format!("`{}` is not an IPv4 address", g.get_ref()));
-                    return None;
+                    first_host
                 }
             },
             None => first_host,
@@ -598,7 +620,6 @@ impl Validator {
                 let v = *m.get_ref();
                 if !(68..=65535).contains(&v) {
                     self.err(sp(m), format!("mtu {v} is out of range 68-65535"));
-                    ok = false;
                 }
                 v.clamp(68, 65535) as u32
             }
@@ -609,13 +630,11 @@ impl Validator {
                 match s.get_ref().parse::<Ipv6Network>() {
                     Ok(net) if net.prefix() > 126 || net.network() != net.ip() => {
                         self.err(sp(s), format!("subnet6 {} must be a network address with a prefix of at most /126", s.get_ref()));
-                        ok = false;
                         (None, None)
                     }
                     Ok(net) if unusable_v6(net).is_some() => {
                         let why = unusable_v6(net).unwrap_or_default();
                         self.err(sp(s), format!("subnet6 {} {why}", s.get_ref()));
-                        ok = false;
                         (None, None)
                     }
                     Ok(net) => (
@@ -627,7 +646,6 @@ impl Validator {
                             sp(s),
                             format!("`{}` is not an IPv6 subnet in CIDR notation", s.get_ref()),
                         );
-                        ok = false;
                         (None, None)
                     }
                 }
@@ -635,7 +653,7 @@ impl Validator {
             None => (None, None),
         };
         let internal = n.internal.unwrap_or(false);
-        ok.then(|| NetworkSpec {
+        subnet_ok.then(|| NetworkSpec {
             name,
             bridge,
             subnet,
