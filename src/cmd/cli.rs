@@ -211,4 +211,7 @@ pub enum StateAction {
     /// for a damaged, lost or newer-version record. The old record is kept
     /// beside it as state.json.damaged-TIME.
     Rebuild,
+    /// Print the state record as readable JSON, with every field (the
+    /// file itself is compact and leaves out what is derivable).
+    Show,
 }

@@ -53,8 +53,10 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
             }
         )
     );
-    // The table goes as a whole below: no element-wise transaction.
-    let outcome = crate::host::apply::execute(&plan, &|_| None, &mut record.owned).await;
+    // The table goes as a whole below: no element-wise transaction. The
+    // veths of deleted namespaces go with them (see below for stragglers).
+    let fast = crate::core::plan::without_veths_of_deleted_namespaces(&plan, &observation.state);
+    let outcome = crate::host::apply::execute(&fast, &|_| None, &mut record.owned).await;
     if !outcome.failed.is_empty() || outcome.interrupted.is_some() {
         // The record may have been unreadable: keep what is left readable.
         let saved = sd.save(&record);
@@ -73,6 +75,7 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
         }
         return Err(anyhow!(msg));
     }
+    remove_stray_veths().await?;
     if observation.firewall.is_some() {
         nft::delete_tables().context("delete netloom's nft table")?;
     }
@@ -97,4 +100,40 @@ pub async fn down(cli: &Cli) -> Result<Exit> {
     Owner::release(&dir)?;
     eprintln!("netloom removed everything it owned.");
     Ok(Exit::Ok)
+}
+
+/// Waits until the kernel has destroyed the veths of the deleted
+/// namespaces (it does so asynchronously, in one batch), and deletes
+/// netloom's veths still there after a while: their namespace outlived
+/// its file because a process is still in it.
+async fn remove_stray_veths() -> Result<()> {
+    let host = crate::host::netlink::open_host()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let strays: Vec<_> = host
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .and_then(crate::core::model::parse_alias)
+                    .is_some_and(|m| matches!(m, crate::core::model::AliasMark::Endpoint { .. }))
+            })
+            .collect();
+        if strays.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            for l in strays {
+                if let Err(e) = host.delete_link(l.index).await {
+                    if !crate::host::netlink::is_errno(&e, libc::ENODEV) {
+                        return Err(e).with_context(|| format!("delete {}", l.name));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

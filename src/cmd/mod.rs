@@ -124,6 +124,9 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::State {
             action: StateAction::Rebuild,
         } => state::rebuild(&cli).await,
+        Command::State {
+            action: StateAction::Show,
+        } => state::show(&cli),
         Command::Watch { resync, host } => {
             watch::watch(&cli, Duration::from_secs(*resync), host.as_deref()).await
         }

@@ -1,4 +1,5 @@
-//! `state rebuild`: reconstruct the state record from the kernel.
+//! `state rebuild`: reconstruct the state record from the kernel; `state
+//! show`: print it readably.
 //!
 //! What netloom owns is found from the marks on its objects (interface
 //! aliases, namespace marks, file headers, the nft table's comment), the
@@ -57,6 +58,19 @@ pub async fn rebuild(cli: &Cli) -> Result<Exit> {
             ""
         }
     );
+    Ok(Exit::Ok)
+}
+
+/// `netloom state show`: the record, every field, pretty-printed. Reads
+/// the file without the lock (a snapshot; it is only ever replaced
+/// whole) and without adopting marks, so it needs no root.
+pub fn show(cli: &Cli) -> Result<Exit> {
+    let spec = std::fs::read_to_string(&cli.config)
+        .ok()
+        .and_then(|t| spec::load(&cli.config.display().to_string(), &t).ok());
+    let dir = state_dir(cli, spec.as_ref());
+    let record = crate::host::state::read_record(&dir)?;
+    println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(Exit::Ok)
 }
 

@@ -21,6 +21,7 @@ pub mod model;
 pub mod oci;
 pub mod plan;
 pub mod ports;
+pub mod record;
 pub mod render;
 pub mod saved_plan;
 pub mod shape;

@@ -20,7 +20,11 @@ use crate::core::ipam::Allocations;
 use crate::core::model::State;
 
 const RECORD: &str = "state.json";
-const RECORD_VERSION: u32 = 1;
+/// Version 2: compact JSON, the applied state without what is derivable
+/// from the rest (see [`crate::core::record`]), what is owned without
+/// what the applied state already names. Version 1 (pretty JSON, every
+/// field) is still read.
+const RECORD_VERSION: u32 = 2;
 
 /// What netloom created and may therefore change or delete.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,11 +270,9 @@ impl StateDir {
     /// Writes the record atomically; the one it replaces is kept as
     /// `state.json.prev`, so that a bad record can be rolled back.
     pub fn save(&self, r: &Record) -> Result<()> {
-        let mut r = r.clone();
-        r.version = RECORD_VERSION;
-        // Files by digest: the record must stay small on a large host.
-        r.applied = r.applied.as_ref().map(crate::core::model::for_record);
-        let json = serde_json::to_vec_pretty(&r).context("serialize state record")?;
+        // Compact and without derivable data: the record must stay small
+        // on a large host (`netloom state show` prints it readably).
+        let json = serde_json::to_vec(&Disk::from_record(r)?).context("serialize state record")?;
         let p = self.path.join(RECORD);
         let prev = self.path.join(PREV_RECORD);
         // A hard link: state.json itself is only ever replaced by rename,
@@ -323,6 +325,14 @@ impl StateDir {
     }
 }
 
+/// The record in `dir` as it is on disk (no lock, no marks adopted): for
+/// showing it. A missing record is an error.
+pub fn read_record(dir: &Path) -> Result<Record> {
+    let p = dir.join(RECORD);
+    let bytes = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+    parse_record(&bytes).map_err(|why| anyhow!("{} {why}", p.display()))
+}
+
 /// Why a record cannot be used, or the record.
 fn parse_record(bytes: &[u8]) -> std::result::Result<Record, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -338,9 +348,121 @@ fn parse_record(bytes: &[u8]) -> std::result::Result<Record, String> {
                 "was written by a newer netloom (record version {n}; this netloom reads version {RECORD_VERSION}, use the newer one to keep it)"
             ));
         }
+        Some(1) => {
+            // Pretty JSON with every field; files as digests or contents.
+            return serde_json::from_value(v).map_err(|e| format!("is damaged ({e})"));
+        }
         Some(_) => {}
     }
-    serde_json::from_value(v).map_err(|e| format!("is damaged ({e})"))
+    let disk: Disk = serde_json::from_value(v).map_err(|e| format!("is damaged ({e})"))?;
+    disk.into_record().map_err(|e| format!("is damaged ({e})"))
+}
+
+/// The record as version 2 writes it.
+#[derive(Serialize, Deserialize)]
+struct Disk {
+    version: u32,
+    #[serde(default)]
+    allocations: Allocations,
+    #[serde(default)]
+    owned: DiskOwned,
+    /// [`crate::core::record::compact`] of the applied state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    applied: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Pending>,
+}
+
+/// [`Owned`] as the difference from what the applied state names: every
+/// named namespace and file of the applied state is owned unless listed
+/// in `not_netns` / `not_files`; `netns` and `files` are the owned ones
+/// it does not name.
+#[derive(Default, Serialize, Deserialize)]
+struct DiskOwned {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    bridges: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    netns: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    not_netns: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    netns_paths: BTreeSet<PathBuf>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    files: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    not_files: BTreeSet<String>,
+}
+
+/// The named namespaces and the files of an applied state.
+fn named_in(applied: Option<&State>) -> (BTreeSet<String>, BTreeSet<String>) {
+    let Some(st) = applied else {
+        return Default::default();
+    };
+    let netns = st
+        .namespaces
+        .values()
+        .filter_map(|n| match &n.netns {
+            crate::core::model::NsRef::Named(name) => Some(name.clone()),
+            crate::core::model::NsRef::Path(_) => None,
+        })
+        .collect();
+    (netns, st.files.keys().cloned().collect())
+}
+
+impl Disk {
+    fn from_record(r: &Record) -> Result<Disk> {
+        let (netns, files) = named_in(r.applied.as_ref());
+        let o = &r.owned;
+        Ok(Disk {
+            version: RECORD_VERSION,
+            allocations: r.allocations.clone(),
+            owned: DiskOwned {
+                bridges: o.bridges.clone(),
+                netns: o.netns.difference(&netns).cloned().collect(),
+                not_netns: netns.difference(&o.netns).cloned().collect(),
+                netns_paths: o.netns_paths.clone(),
+                files: o.files.difference(&files).cloned().collect(),
+                not_files: files.difference(&o.files).cloned().collect(),
+            },
+            applied: r
+                .applied
+                .as_ref()
+                .map(|st| crate::core::record::compact(st, &r.allocations))
+                .transpose()
+                .context("serialize the applied state")?,
+            pending: r.pending.clone(),
+        })
+    }
+
+    fn into_record(self) -> std::result::Result<Record, String> {
+        let applied = self
+            .applied
+            .map(|v| crate::core::record::expand(v, &self.allocations))
+            .transpose()?;
+        let (netns, files) = named_in(applied.as_ref());
+        let o = self.owned;
+        let owned = Owned {
+            bridges: o.bridges,
+            netns: netns
+                .difference(&o.not_netns)
+                .cloned()
+                .chain(o.netns)
+                .collect(),
+            netns_paths: o.netns_paths,
+            files: files
+                .difference(&o.not_files)
+                .cloned()
+                .chain(o.files)
+                .collect(),
+        };
+        Ok(Record {
+            version: RECORD_VERSION,
+            allocations: self.allocations,
+            owned,
+            applied,
+            pending: self.pending,
+        })
+    }
 }
 
 /// Takes into the record what carries netloom's mark but the record does
@@ -455,6 +577,104 @@ mod tests {
         // The previous record is the good one: rolling back works.
         fs::copy(dir.path().join(PREV_RECORD), &path).unwrap();
         assert_eq!(sd.load().unwrap().owned, r.owned);
+    }
+
+    /// The record `apply` of the tutorial file would keep.
+    fn tutorial_record() -> Record {
+        let text = include_str!("../../examples/docker-tutorial.toml");
+        let spec = crate::core::spec::load("t.toml", text).unwrap();
+        let d = crate::core::model::resolve(
+            &spec,
+            &Allocations::default(),
+            &crate::core::model::HostInfo::default(),
+        )
+        .unwrap();
+        let (netns, files) = named_in(Some(&d.state));
+        Record {
+            version: RECORD_VERSION,
+            allocations: d.allocations,
+            owned: Owned {
+                bridges: d.state.bridges.values().map(|b| b.name.clone()).collect(),
+                netns,
+                files,
+                ..Default::default()
+            },
+            applied: Some(crate::core::model::for_record(&d.state)),
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn records_of_version_1_load_and_are_rewritten_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let want = tutorial_record();
+        // Exactly as version 1 wrote it: pretty JSON of every field.
+        let mut v1 = want.clone();
+        v1.version = 1;
+        let path = dir.path().join(RECORD);
+        fs::write(&path, serde_json::to_vec_pretty(&v1).unwrap()).unwrap();
+        // parse_record: `load` would also adopt this machine's marks.
+        let loaded = parse_record(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(loaded, v1);
+        sd.save(&loaded).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"version\":2,"), "{text}");
+        assert!(!text.contains('\n'), "compact JSON");
+        assert_eq!(parse_record(text.as_bytes()).unwrap(), want);
+        // The version 1 record is the previous one, still readable.
+        let prev = parse_record(&fs::read(dir.path().join(PREV_RECORD)).unwrap()).unwrap();
+        assert_eq!(prev, v1);
+    }
+
+    #[test]
+    fn a_version_1_record_with_file_contents_still_loads() {
+        // Written before records kept digests: the file's whole content.
+        let text = r##"{
+  "version": 1,
+  "allocations": { "ipv4": { "n": { "web": "10.5.0.2" } } },
+  "owned": { "bridges": ["br-n"], "netns": ["web"], "files": ["/etc/netns/web/hosts"] },
+  "applied": {
+    "namespaces": { "web": { "netns": { "named": "web" }, "lo_up": true } },
+    "files": { "/etc/netns/web/hosts": "# Written by netloom\n10.5.0.2\tweb\n" }
+  }
+}"##;
+        let r = parse_record(text.as_bytes()).unwrap();
+        assert_eq!(r.owned.netns, BTreeSet::from(["web".to_string()]));
+        let applied = r.applied.as_ref().unwrap();
+        assert!(crate::core::model::file_matches(
+            &applied.files["/etc/netns/web/hosts"],
+            "# Written by netloom\n10.5.0.2\tweb\n"
+        ));
+        // Rewritten as version 2 it keeps the digest of that content.
+        let disk = serde_json::to_vec(&Disk::from_record(&r).unwrap()).unwrap();
+        let again = parse_record(&disk).unwrap();
+        assert_eq!(again.owned, r.owned);
+        assert_eq!(again.applied, Some(crate::core::model::for_record(applied)));
+    }
+
+    #[test]
+    fn owned_objects_the_applied_state_does_not_name_are_kept() {
+        let mut r = tutorial_record();
+        // A namespace and a file of an interrupted apply; a file the
+        // applied state names but netloom does not own (held back,
+        // foreign); an attached namespace; a pending apply.
+        r.owned.netns.insert("half-made".into());
+        r.owned.files.insert("/etc/netns/half-made/hosts".into());
+        let foreign = "/etc/netns/web/hosts".to_string();
+        assert!(r.owned.files.remove(&foreign));
+        assert!(r.owned.netns.remove("web"));
+        r.owned.netns_paths.insert("/proc/7/ns/net".into());
+        r.pending = Some(Pending {
+            started: 5,
+            changes: vec!["container.web".into()],
+        });
+        let disk = serde_json::to_vec(&Disk::from_record(&r).unwrap()).unwrap();
+        let text = String::from_utf8(disk.clone()).unwrap();
+        for listed in [&foreign, "half-made", "\"not_netns\":[\"web\"]"] {
+            assert!(text.contains(listed), "{listed}: {text}");
+        }
+        assert_eq!(parse_record(&disk).unwrap(), r);
     }
 
     #[test]

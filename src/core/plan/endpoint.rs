@@ -244,3 +244,83 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
         }
     }
 }
+
+/// `plan` with no veth deletion for an endpoint whose named namespace the
+/// plan deletes: the kernel destroys both ends of such a veth with the
+/// namespace, in one batch, where a deletion each costs a netlink round
+/// trip and an RCU grace period (what makes `down` of a large host slow).
+/// The changes stay (reported as done); only their operations go. A veth
+/// whose namespace outlives its file (a process still in it) is left to
+/// the caller to remove afterwards.
+pub fn without_veths_of_deleted_namespaces(plan: &Plan, observed: &State) -> Plan {
+    let deleted: BTreeSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete)
+        .flat_map(|c| &c.ops)
+        .filter_map(|op| match op {
+            Op::DeleteNetns { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = plan.clone();
+    for c in &mut out.changes {
+        if c.action != Action::Delete {
+            continue;
+        }
+        let goes_with_netns = c
+            .address
+            .strip_prefix("container.")
+            .and_then(|key| observed.endpoints.get(key))
+            .is_some_and(|e| matches!(&e.netns, NsRef::Named(n) if deleted.contains(n.as_str())));
+        if goes_with_netns {
+            c.ops
+                .retain(|op| !matches!(op, Op::DeleteLink { netns: None, .. }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_teardown_leaves_veths_to_their_deleted_namespaces() {
+        let text = "[networks.n]\nsubnet = \"10.1.0.0/24\"\n\
+                    [containers.a]\nnetworks = [\"n\"]\n\
+                    [containers.b]\nnetworks = [\"n\"]\nnetns_path = \"/proc/77/ns/net\"\n";
+        let spec = crate::core::spec::load("t.toml", text).unwrap();
+        let host = model::HostInfo::default();
+        let st = model::resolve(&spec, &Default::default(), &host)
+            .unwrap()
+            .state;
+        let plan = diff(&State::default(), &st, None);
+        let fast = without_veths_of_deleted_namespaces(&plan, &st);
+        let ops = |p: &Plan, addr: &str| -> Vec<String> {
+            let c = p.changes.iter().find(|c| c.address == addr).unwrap();
+            c.ops.iter().map(ToString::to_string).collect()
+        };
+        // The same changes, in the same order.
+        let addrs = |p: &Plan| {
+            p.changes
+                .iter()
+                .map(|c| c.address.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(addrs(&fast), addrs(&plan));
+        assert!(ops(&plan, "container.a.eth0")[0].contains("link del veth"));
+        assert!(ops(&fast, "container.a.eth0").is_empty());
+        // An attached namespace stays: its veth must still be deleted.
+        assert_eq!(
+            ops(&fast, "container.b.eth0"),
+            ops(&plan, "container.b.eth0")
+        );
+        assert!(
+            ops(&fast, "container.a")[0].contains("netns del a"),
+            "{:?}",
+            ops(&fast, "container.a")
+        );
+        assert!(ops(&fast, "network.n")[0].contains("link del br-"));
+    }
+}

@@ -91,6 +91,15 @@ pub fn file_owner(path: &str, st: &State) -> Option<String> {
     let leaf = dir.file_name()?.to_str()?;
     let parent = dir.parent()?;
     if parent == Path::new(model::ETC_NETNS) {
+        // Usually the container is named like its namespace: one lookup,
+        // not a scan (a plan asks this for every file of every container).
+        if st
+            .namespaces
+            .get(leaf)
+            .is_some_and(|n| matches!(&n.netns, NsRef::Named(x) if x == leaf))
+        {
+            return Some(leaf.to_string());
+        }
         return st
             .namespaces
             .iter()

@@ -26,6 +26,7 @@ mod values;
 mod vxlan;
 
 pub use drift::drift;
+pub use endpoint::without_veths_of_deleted_namespaces;
 use endpoint::*;
 pub use files::unified;
 use files::*;
