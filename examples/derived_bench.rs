@@ -66,6 +66,9 @@ fn mixed(n: usize) -> String {
 /// One measured run of the binary.
 struct Run {
     secs: f64,
+    /// User plus system CPU seconds: what load on a shared machine
+    /// inflates least.
+    cpu: f64,
     rss_mb: f64,
     stdout_bytes: usize,
     ok: bool,
@@ -74,7 +77,7 @@ struct Run {
 fn measure(netloom: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<Run> {
     let timing = tempfile::NamedTempFile::new()?;
     let mut cmd = Command::new("/usr/bin/time");
-    cmd.args(["-f", "%e %M", "-o"])
+    cmd.args(["-f", "%e %M %U %S", "-o"])
         .arg(timing.path())
         .arg(netloom);
     cmd.args(args);
@@ -87,8 +90,11 @@ fn measure(netloom: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Resu
     let mut w = last.split_whitespace();
     let secs: f64 = w.next().unwrap_or("nan").parse()?;
     let kb: f64 = w.next().unwrap_or("nan").parse()?;
+    let user: f64 = w.next().unwrap_or("nan").parse()?;
+    let sys: f64 = w.next().unwrap_or("nan").parse()?;
     Ok(Run {
         secs,
+        cpu: user + sys,
         rss_mb: kb / 1024.0,
         stdout_bytes: out.stdout.len(),
         ok: out.status.success(),
@@ -187,9 +193,9 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
 
-    println!("netloom validate (whole command; elapsed, peak RSS):\n");
-    println!("| file | containers | size | time | peak RSS |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("netloom validate (whole command; elapsed, CPU, peak RSS):\n");
+    println!("| file | containers | size | time | CPU | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for (kind, n) in [
         ("one network", 25_000),
         ("one network", 50_000),
@@ -206,16 +212,17 @@ fn main() -> anyhow::Result<()> {
         let r = measure(&netloom, &["validate", "-c", &p.display().to_string()], &[])?;
         anyhow::ensure!(r.ok, "validate failed for {kind} {n}");
         println!(
-            "| {kind} | {n} | {:.1} MB | {:.2} s | {:.0} MB |",
+            "| {kind} | {n} | {:.1} MB | {:.2} s | {:.2} s | {:.0} MB |",
             mb(text.len() as u64),
             r.secs,
+            r.cpu,
             r.rss_mb
         );
     }
 
-    println!("\nnetloom plan --offline (whole command; elapsed, peak RSS, plan printed):\n");
-    println!("| containers on one network | time | peak RSS | plan output |");
-    println!("|---:|---:|---:|---:|");
+    println!("\nnetloom plan --offline (whole command; elapsed, CPU, peak RSS, plan printed):\n");
+    println!("| containers on one network | time | CPU | peak RSS | plan output |");
+    println!("|---:|---:|---:|---:|---:|");
     for n in [1_000, 10_000] {
         let p = dir.path().join("p.toml");
         std::fs::write(&p, one_network(n))?;
@@ -226,8 +233,9 @@ fn main() -> anyhow::Result<()> {
         )?;
         anyhow::ensure!(r.ok, "plan --offline failed for {n}");
         println!(
-            "| {n} | {:.2} s | {:.0} MB | {:.1} MB |",
+            "| {n} | {:.2} s | {:.2} s | {:.0} MB | {:.1} MB |",
             r.secs,
+            r.cpu,
             r.rss_mb,
             mb(r.stdout_bytes as u64)
         );
