@@ -397,3 +397,109 @@ fn offline_plan_of_the_tutorial() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Runs a real JSON Schema validator (Python's `jsonschema`, Draft
+/// 2020-12 with format checks) over each TOML file converted to JSON
+/// (`tomllib`); the number of schema errors per file, or `None` when the
+/// validator is not installed (outside CI only).
+fn schema_errors(files: &[std::path::PathBuf]) -> Option<Vec<usize>> {
+    const SCRIPT: &str = r#"
+import json, sys, tomllib, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+for f in sys.argv[2:]:
+    with open(f, "rb") as fh:
+        print(len(list(v.iter_errors(tomllib.load(fh)))))
+"#;
+    let probe = Command::new("python3")
+        .args(["-c", "import jsonschema, tomllib"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with jsonschema and tomllib is required in CI (Debian: python3-jsonschema)"
+        );
+        println!("SKIPPED: schema validation: python3 jsonschema is not installed");
+        return None;
+    }
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/netloom.schema.json");
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, schema])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect(),
+    )
+}
+
+fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn schema_catches_what_it_can_of_the_invalid_files() {
+    let files = toml_files(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/invalid"));
+    assert_eq!(files.len(), 16, "one file per kind of error");
+    // Each file is one kind of error that `validate` refuses.
+    for f in &files {
+        let out = Command::new(NETLOOM)
+            .args(["validate", "-c"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{} validates", f.display());
+    }
+    let Some(counts) = schema_errors(&files) else {
+        return;
+    };
+    let name = |f: &std::path::PathBuf| f.file_stem().unwrap().to_string_lossy().into_owned();
+    let caught: Vec<String> = files
+        .iter()
+        .zip(&counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(f, _)| name(f))
+        .collect();
+    println!(
+        "the schema catches {} of the {} kinds of error: {caught:?}",
+        caught.len(),
+        files.len()
+    );
+    // What a schema can see in one value; overlaps, addresses against a
+    // subnet and references need the whole file (`validate`).
+    let expected: Vec<String> = files
+        .iter()
+        .map(name)
+        .filter(|n| n.as_str() < "13")
+        .collect();
+    assert_eq!(caught, expected);
+}
+
+#[test]
+fn every_example_passes_the_schema() {
+    // The patterns are never stricter than `validate`: an editor must not
+    // flag a file netloom accepts.
+    let files = toml_files(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"));
+    let Some(counts) = schema_errors(&files) else {
+        return;
+    };
+    for (f, n) in files.iter().zip(counts) {
+        assert_eq!(n, 0, "{} fails the schema", f.display());
+    }
+}

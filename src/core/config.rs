@@ -315,8 +315,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
 
 /// The JSON Schema of the file, as committed in `schemas/netloom.schema.json`.
 pub fn schema_json() -> String {
-    let schema = schemars::schema_for!(ConfigFile);
-    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(schema_value()).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -325,7 +324,12 @@ pub fn schema_json() -> String {
 /// every load walks it.
 pub fn schema_value() -> &'static serde_json::Value {
     static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    SCHEMA.get_or_init(|| schemars::schema_for!(ConfigFile).to_value())
+    SCHEMA.get_or_init(|| {
+        let mut schema = schemars::schema_for!(ConfigFile).to_value();
+        // Patterns, closed sets and ranges beyond the types' shape.
+        crate::core::schema_rules::refine(&mut schema);
+        schema
+    })
 }
 
 /// Where the state directory is when neither the file nor the environment say.

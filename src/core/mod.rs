@@ -24,6 +24,7 @@ pub mod ports;
 pub mod record;
 pub mod render;
 pub mod saved_plan;
+pub mod schema_rules;
 pub mod shape;
 pub mod share;
 pub mod spec;
