@@ -27,6 +27,9 @@ pub fn validate(cli: &Cli) -> Result<Exit> {
         l.spec.networks.len(),
         l.spec.containers.len()
     );
+    // The process exits next: freeing a file of 100,000 containers piece
+    // by piece would cost a fifth of the command.
+    std::mem::forget(l);
     Ok(Exit::Ok)
 }
 
