@@ -8,7 +8,11 @@
 //! ports), and `status` — each next to the counts the command reports with
 //! `NETLOOM_STATS=1` (netlink requests sent, nft elements read and
 //! written), which do not depend on machine noise. A missing count line is
-//! an error, not a blank.
+//! an error, not a blank. Then it starts the agent (`netloom watch`) and
+//! runs the no-op `plan` and `status` again, answered by the agent over its
+//! socket (the counts are the command's own: the agent's reading is not in
+//! them; the run fails if the agent did not answer), and prints the
+//! agent's RSS and the CPU it used while idle for two seconds.
 //!
 //! Every run happens in a throwaway sandbox (`unshare --net --mount` with
 //! tmpfs on /run and /etc/netns and a private state dir), so the machine's
@@ -27,12 +31,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 const NETWORKS: usize = 10;
-const STEPS: [&str; 5] = [
+const STEPS: [&str; 7] = [
     "cold apply",
     "no-op plan",
     "apply +1 port",
     "apply +1 container",
     "status",
+    "no-op plan (agent)",
+    "status (agent)",
 ];
 
 fn config(n: usize, ports: usize, extra_port: bool, extra_container: bool) -> String {
@@ -148,6 +154,16 @@ fn inner(bin: &Path, dir: &Path, n: usize, ports: usize) -> Result<()> {
     results.push(run(&cont, &["apply"], &[0])?);
     run(&base, &["apply"], &[0])?;
     results.push(run(&base, &["status"], &[0])?);
+    let agent = Agent::start(bin, &state, &base, dir)?;
+    results.push(run(&base, &["plan", "--detailed-exitcode"], &[0])?);
+    results.push(run(&base, &["status"], &[0])?);
+    let answered = agent.answers();
+    if answered != 2 {
+        bail!("the agent answered {answered} of 2 commands");
+    }
+    let (rss_kb, idle_ticks) = agent.footprint()?;
+    drop(agent);
+    println!("agent\t{rss_kb}\t{idle_ticks}");
     for (step, (t, c)) in STEPS.iter().zip(results) {
         println!(
             "{step}\t{}\t{}\t{}\t{}",
@@ -160,7 +176,87 @@ fn inner(bin: &Path, dir: &Path, n: usize, ports: usize) -> Result<()> {
     Ok(())
 }
 
-fn sandbox(me: &Path, n: usize, ports: usize) -> Result<Vec<(Duration, Counts)>> {
+/// The agent running in the sandbox; killed on drop.
+struct Agent {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `watch` and waits until it has reconciled and gone quiet.
+    fn start(bin: &Path, state: &Path, cfg: &Path, dir: &Path) -> Result<Agent> {
+        let log = dir.join("agent.log");
+        let child = Command::new(bin)
+            .env("NETLOOM_STATE_DIR", state)
+            .env("RUST_LOG", "info,netloom::cmd::watch::serve=debug")
+            .arg("-c")
+            .arg(cfg)
+            .args(["watch", "--resync", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("start the agent")?;
+        let agent = Agent { child, log };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut last = String::new();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            if now == last
+                && now.contains("reconciled in")
+                && Path::new("/run/netloom/agent.sock").exists()
+            {
+                return Ok(agent);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not settle:\n{now}");
+            }
+            last = now;
+        }
+    }
+
+    fn answers(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("answering `")
+            .count()
+    }
+
+    /// RSS in kB, and clock ticks of CPU used while idle for two seconds.
+    fn footprint(&self) -> Result<(u64, u64)> {
+        let pid = self.child.id();
+        let ticks = || -> Result<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime: fields 14 and 15, i.e. 12 and 13 after the name.
+            Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        };
+        let before = ticks()?;
+        std::thread::sleep(Duration::from_secs(2));
+        let idle = ticks()? - before;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS"))?;
+        Ok((rss, idle))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sandbox's results: the steps, and the agent's (RSS kB, idle ticks).
+type Sandbox = (Vec<(Duration, Counts)>, (u64, u64));
+
+fn sandbox(me: &Path, n: usize, ports: usize) -> Result<Sandbox> {
     let dir = tempfile::tempdir()?;
     let out = Command::new("unshare")
         .args(["--net", "--mount", "--propagation", "private", "--"])
@@ -175,8 +271,13 @@ fn sandbox(me: &Path, n: usize, ports: usize) -> Result<Vec<(Duration, Counts)>>
     }
     let text = String::from_utf8(out.stdout)?;
     let mut v = Vec::new();
+    let mut agent = (0, 0);
     for l in text.lines() {
         let f: Vec<&str> = l.split('\t').collect();
+        if let ["agent", rss, idle] = f.as_slice() {
+            agent = (rss.parse()?, idle.parse()?);
+            continue;
+        }
         let [_, ns, nl, rd, wr] = f.as_slice() else {
             bail!("bad line from sandbox: {l}");
         };
@@ -192,7 +293,7 @@ fn sandbox(me: &Path, n: usize, ports: usize) -> Result<Vec<(Duration, Counts)>>
     if v.len() != STEPS.len() {
         bail!("sandbox reported {} steps:\n{text}", v.len());
     }
-    Ok(v)
+    Ok((v, agent))
 }
 
 fn main() -> Result<()> {
@@ -230,9 +331,16 @@ fn main() -> Result<()> {
     );
     for (n, p) in sizes {
         let mut all = Vec::new();
+        let mut rss = Vec::new();
+        let mut idle = Vec::new();
         for _ in 0..runs {
-            all.push(sandbox(&me, n, p)?);
+            let (steps, (r, i)) = sandbox(&me, n, p)?;
+            all.push(steps);
+            rss.push(r);
+            idle.push(i);
         }
+        rss.sort();
+        idle.sort();
         for (i, step) in STEPS.iter().enumerate() {
             let mut times: Vec<Duration> = all.iter().map(|r| r[i].0).collect();
             times.sort();
@@ -250,6 +358,13 @@ fn main() -> Result<()> {
                 if stable { "" } else { "  (counts varied)" }
             );
         }
+        println!(
+            "{:>10} {:>6}  agent RSS {:.1} MiB (median of {runs}), CPU while idle for 2 s: {} tick(s) (median)",
+            n,
+            n * p,
+            rss[rss.len() / 2] as f64 / 1024.0,
+            idle[idle.len() / 2]
+        );
     }
     Ok(())
 }

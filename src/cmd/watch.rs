@@ -136,6 +136,7 @@ struct ClusterMode {
 
 pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Exit> {
     steps::require_root("watch")?;
+    crate::host::memory::limit_arenas();
     let (mut loaded, cluster) = match host {
         Some(h) => {
             let (l, c) = cluster_start(cli, h).await?;
@@ -624,6 +625,9 @@ impl Agent {
             Some(e) => format!("last reconcile {} ({}) failed: {e}", run.time, run.trigger),
         };
         sdnotify::notify(&format!("STATUS={}", self.status.summary));
+        // The reconcile's reading is dropped (its view is kept): give the
+        // pages back.
+        crate::host::memory::trim();
         self.status.runs.push(run);
         let n = self.status.runs.len();
         if n > KEPT_RUNS {

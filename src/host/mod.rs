@@ -20,6 +20,7 @@ pub mod identity;
 pub mod inplace;
 pub mod interrupt;
 pub mod marks;
+pub mod memory;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

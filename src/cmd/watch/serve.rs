@@ -154,6 +154,7 @@ impl Agent {
             }
         };
         let _ = reply.send(answer);
+        crate::host::memory::trim();
     }
 
     async fn answer_inner(
