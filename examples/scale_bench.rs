@@ -21,7 +21,11 @@
 //! ```text
 //! cargo build --release && cargo run --release --example scale_bench
 //! cargo run --release --example scale_bench -- 1000x2     # one size: N x P
+//! NETLOOM_BIN=/path/to/other/netloom cargo run --release --example scale_bench
 //! ```
+//!
+//! `NETLOOM_BIN` measures another build (e.g. the one before a change, in
+//! the same run as this one).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -298,7 +302,11 @@ fn sandbox(me: &Path, n: usize, ports: usize) -> Result<Sandbox> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/netloom");
+    let bin = std::env::var_os("NETLOOM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/netloom")
+        });
     if args.get(1).map(String::as_str) == Some("--inner") {
         let (Some(dir), Some(n), Some(p)) = (args.get(2), args.get(3), args.get(4)) else {
             bail!("--inner DIR N PORTS");

@@ -320,9 +320,25 @@ pub async fn plan_live_with(
 ) -> Result<Planned> {
     refuse_if_other_owner(&l.host.state_dir)?;
     let t0 = std::time::Instant::now();
-    let desired = resolve(l, record)?;
-    tracing::debug!("resolved in {:?}", t0.elapsed());
-    let observation = observe::observe_with(&desired.state, record, reuse).await?;
+    // The agent's view (`reuse`) vouches for the namespaces already;
+    // without one, what does not depend on the file (nft's tables, the
+    // namespaces the record names) is read on helper threads while the
+    // file resolves.
+    let (desired, early) = match reuse {
+        Some(_) => (resolve(l, record), None),
+        None => std::thread::scope(|s| {
+            let early = s.spawn(|| observe::read_early(record));
+            let desired = resolve(l, record);
+            tracing::debug!("resolved in {:?}", t0.elapsed());
+            match early.join() {
+                Ok(e) => (desired, Some(e)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }),
+    };
+    let desired = desired?;
+    tracing::debug!("resolved and read early after {:?}", t0.elapsed());
+    let observation = observe::observe_with(&desired.state, record, reuse, early).await?;
     tracing::debug!("observed after {:?}", t0.elapsed());
     // Never the host's own namespace, never one namespace for two
     // containers, never an address the host has: refused, nothing changed.
@@ -363,11 +379,14 @@ pub async fn plan_live_with(
 /// The namespaces and files a plan's operations change, for verifying only
 /// those. Deleting a host veth removes its peer too, so a change addressed
 /// to an endpoint or container marks its namespace (desired and observed).
-fn touched(p: &Planned) -> observe::Reuse<'_> {
+/// `firewall` is what the caller knows of the firewall without reading it.
+fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> observe::Reuse<'_> {
     use crate::core::model::NsRef;
     use crate::core::plan::Op;
     let mut stale = BTreeSet::new();
     let mut stale_files = BTreeSet::new();
+    let mut host = false;
+    let mut sysctls = false;
     let states = [&p.target, &p.observation.state];
     for c in &p.plan.changes {
         if let Some(rest) = c.address.strip_prefix("container.") {
@@ -381,6 +400,21 @@ fn touched(p: &Planned) -> observe::Reuse<'_> {
             }
         }
         for op in &c.ops {
+            // Everything but nft, files and what happens inside a
+            // container's namespace can change the host namespace (a veth
+            // created into a namespace has its host end here).
+            match op {
+                Op::Nft { .. } | Op::WriteFile { .. } | Op::RemoveFile { .. } => {}
+                Op::Sysctl { .. } => sysctls = true,
+                Op::LinkUp { netns: Some(_), .. }
+                | Op::SetMtu { netns: Some(_), .. }
+                | Op::SetMac { netns: Some(_), .. }
+                | Op::AddAddr { netns: Some(_), .. }
+                | Op::DelAddr { netns: Some(_), .. }
+                | Op::AddDefaultRoute { .. }
+                | Op::DelDefaultRoute { .. } => {}
+                _ => host = true,
+            }
             match op {
                 Op::DeleteLink { netns, .. }
                 | Op::LinkUp { netns, .. }
@@ -407,6 +441,9 @@ fn touched(p: &Planned) -> observe::Reuse<'_> {
         earlier: &p.observation,
         stale,
         stale_files,
+        host,
+        sysctls,
+        firewall,
     }
 }
 
@@ -574,11 +611,18 @@ impl Applied {
 /// the host back).
 pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<Applied> {
     let want_fw = p.target.firewall.as_ref().map(|f| &f.fw);
+    // The firewall the apply's transaction makes, if it runs one.
+    let realised: std::cell::RefCell<Option<Option<model::FirewallState>>> = Default::default();
     let fw_tx = |failed: &BTreeSet<String>| {
         let t = plan::hold_back(&p.target, &p.observation.state, failed);
-        t.firewall
+        let tx = t
+            .firewall
             .as_ref()
-            .map(|f| firewall::plan_transaction(&f.fw, p.observation.firewall.as_ref()))
+            .map(|f| firewall::plan_transaction(&f.fw, p.observation.firewall.as_ref()));
+        if tx.as_ref().is_some_and(|t| !t.is_empty()) {
+            *realised.borrow_mut() = Some(t.firewall.clone());
+        }
+        tx
     };
     // Write-ahead: the owner, the allocations and the changes about to be
     // made are on disk before the first of them (the objects themselves
@@ -611,6 +655,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         && p.observation.firewall.is_some()
     {
         applied.nft_transactions += 1;
+        *realised.borrow_mut() = Some(None);
         if let Err(e) = nft::delete_tables() {
             applied.failed.push((
                 plan::NFT_TABLE.into(),
@@ -648,10 +693,10 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         .collect();
     let made = plan::hold_back(&p.target, &p.observation.state, &failed);
     // Verify: read back; what did not fail must now match.
-    // Only what the apply touched is read again (plus the host namespace,
-    // nft and sysctls); the rest is as the plan's observation saw it.
-    let reuse = touched(p);
-    let again = observe::observe_with(&p.target, record, Some(&reuse)).await?;
+    // Only what the apply touched is read again; the rest is as the plan's
+    // observation saw it.
+    let reuse = touched(p, known_firewall(p, &applied, realised.into_inner()));
+    let again = observe::observe_with(&p.target, record, Some(&reuse), None).await?;
     let rest = plan::diff(&made, &again.state, None);
     let rest: Vec<&plan::Change> = rest
         .changes
@@ -669,6 +714,31 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     record.pending = None;
     sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
     Ok(applied)
+}
+
+/// The firewall after the apply, known without listing it: nft
+/// transactions are all or nothing, and the ruleset generation, which
+/// every committed transaction moves by one, shows whether anything but
+/// this apply's own transactions changed the ruleset since the plan read
+/// it. `None` (list it again) when that cannot be shown.
+fn known_firewall(
+    p: &Planned,
+    applied: &Applied,
+    realised: Option<Option<model::FirewallState>>,
+) -> Option<Option<model::FirewallState>> {
+    let nft_failed = applied
+        .failed
+        .iter()
+        .any(|(_, f)| f.object == plan::NFT_TABLE);
+    let read_at = p.observation.nft_generation?;
+    if nft_failed {
+        return None;
+    }
+    let now = nft::generation::generation().ok()?;
+    if now != read_at.wrapping_add(applied.nft_transactions) {
+        return None;
+    }
+    Some(realised.unwrap_or_else(|| p.observation.state.firewall.clone()))
 }
 
 /// The changes were made but their record could not be written.

@@ -217,7 +217,10 @@ pub fn run_in<T: Send + 'static>(
 /// Runs `f` inside each namespace of `paths`, in order, on the calling
 /// thread, which must be a disposable helper thread (it stays in the last
 /// namespace). `setns` is cheap; a thread per namespace is not.
-pub fn run_in_each<T>(paths: Vec<PathBuf>, f: impl Fn() -> Result<T>) -> Result<Vec<Result<T>>> {
+pub fn run_in_each<T>(
+    paths: Vec<PathBuf>,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<Vec<Result<T>>> {
     Ok(paths
         .into_iter()
         .map(|p| {

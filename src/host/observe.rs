@@ -61,6 +61,10 @@ pub struct Observation {
     /// Tables named `netloom` that netloom did not make (no mark, not in
     /// the record), e.g. `["inet"]`: never read as netloom's, never changed.
     pub foreign_tables: Vec<String>,
+    /// The nftables ruleset generation the firewall was read at; `None`
+    /// when unknown (the ruleset moved during the listing, or the kernel
+    /// did not say).
+    pub nft_generation: Option<u32>,
     /// Netlink requests this observation sent.
     pub counters: Counters,
     /// What each container namespace held.
@@ -93,32 +97,120 @@ fn namespaces_of_interest(desired: &State, record: &Record) -> BTreeMap<String, 
 /// Reads the host. `desired` says which namespaces and files to look at,
 /// together with the state record.
 pub async fn observe(desired: &State, record: &Record) -> Result<Observation> {
-    observe_with(desired, record, None).await
+    observe_with(desired, record, None, None).await
 }
 
 /// Parts of an earlier observation that the caller knows are unchanged:
-/// the verification after an apply re-reads only the namespaces and files
-/// the apply touched (the host namespace, nft and sysctls are always read).
+/// the verification after an apply re-reads only what the apply touched.
 pub struct Reuse<'a> {
     pub earlier: &'a Observation,
     /// Namespaces to read again.
     pub stale: BTreeSet<NsRef>,
     /// Files to read again.
     pub stale_files: BTreeSet<String>,
+    /// Read the host namespace's links and addresses again.
+    pub host: bool,
+    /// Read the sysctls again.
+    pub sysctls: bool,
+    /// The firewall as it is known to be without reading it (the
+    /// generation counter showed that only the apply's own transaction
+    /// changed the ruleset since the earlier reading); `None`: read it.
+    pub firewall: Option<Option<FirewallState>>,
 }
 
-/// [`observe`], taking what `reuse` vouches for from an earlier observation.
+/// Readings that need only the state record, not the file: taken by
+/// [`read_early`] while the file is being resolved.
+pub struct Early {
+    /// nft's tables, and the generation they were read at.
+    firewall: Result<(Option<firewall::Observed>, Option<u32>)>,
+    /// The namespaces the record names that could be read.
+    views: HashMap<NsRef, NsView>,
+}
+
+/// Reads, on helper threads, what does not depend on the file: nft's
+/// tables and the namespaces the state record names (those the file adds
+/// are read later, by [`observe_with`]). Blocks the caller.
+pub fn read_early(record: &Record) -> Early {
+    let named: BTreeSet<String> = netns::list_named()
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default();
+    let mut list: Vec<NsRef> = namespaces_of_interest(&State::default(), record)
+        .into_values()
+        .filter(|ns| ns_exists(ns, &named, record))
+        .collect();
+    list.sort();
+    list.dedup();
+    std::thread::scope(|s| {
+        // nft is another process: its listing runs beside the dumps.
+        let fw = s.spawn(read_firewall);
+        let paths: Vec<PathBuf> = list.iter().map(NsRef::path).collect();
+        let mut views = HashMap::with_capacity(list.len());
+        // A namespace that cannot be read now is read again later, which
+        // reports the error in its place.
+        if let Ok(dumps) = netlink::sync::dump_each(paths, READ_THREADS) {
+            for (ns, d) in list.into_iter().zip(dumps) {
+                if let Ok((links, addrs, routes)) = d {
+                    views.insert(
+                        ns,
+                        NsView {
+                            links,
+                            addrs,
+                            routes,
+                        },
+                    );
+                }
+            }
+        }
+        let firewall = match fw.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        Early { firewall, views }
+    })
+}
+
+/// netloom's nft tables and the ruleset generation they were read at
+/// (`None` when the ruleset moved during the listing).
+fn read_firewall() -> Result<(Option<firewall::Observed>, Option<u32>)> {
+    let before = crate::host::nft::generation::generation().ok();
+    let fw = crate::host::nft::observe().context("read netloom's nft table")?;
+    let after = crate::host::nft::generation::generation().ok();
+    Ok((fw, before.filter(|b| Some(*b) == after)))
+}
+
+/// Whether `ns` is a namespace netloom may observe as its own: a named
+/// one it created (and that is mounted), or an attached path.
+fn ns_exists(ns: &NsRef, named: &BTreeSet<String>, record: &Record) -> bool {
+    match ns {
+        // A named namespace netloom did not create is foreign: never
+        // part of the observed state (a clash, reported as such). A
+        // file without a namespace mounted on it (a creation cut short)
+        // is not a namespace yet.
+        NsRef::Named(n) => {
+            named.contains(n) && record.owned.netns.contains(n) && is_netns(&ns.path())
+        }
+        NsRef::Path(p) => is_netns(p),
+    }
+}
+
+/// [`observe`], taking what `reuse` vouches for from an earlier
+/// observation and what `early` read already.
 pub async fn observe_with(
     desired: &State,
     record: &Record,
     reuse: Option<&Reuse<'_>>,
+    early: Option<Early>,
 ) -> Result<Observation> {
     let t0 = std::time::Instant::now();
     let host_nl = netlink::open_host().context("open netlink socket in the host namespace")?;
-    let host = NsView {
-        links: host_nl.links().await.context("dump host links")?,
-        addrs: host_nl.addresses().await.context("dump host addresses")?,
-        routes: Vec::new(),
+    let earlier_host = reuse.filter(|r| !r.host).map(|r| r.earlier);
+    let host = match earlier_host {
+        Some(e) => e.host.clone(),
+        None => NsView {
+            links: host_nl.links().await.context("dump host links")?,
+            addrs: host_nl.addresses().await.context("dump host addresses")?,
+            routes: Vec::new(),
+        },
     };
     let mut counters = host_nl.counters();
     let by_index: HashMap<u32, &Link> = host.links.iter().map(|l| (l.index, l)).collect();
@@ -159,7 +251,9 @@ pub async fn observe_with(
             )
         })
         .collect();
-    if !vxlans.is_empty() {
+    if let Some(e) = earlier_host {
+        st.vxlans = e.state.vxlans.clone();
+    } else if !vxlans.is_empty() {
         let fdb = host_nl.fdb().await.context("dump forwarding entries")?;
         let neigh = host_nl
             .neighbours()
@@ -207,17 +301,7 @@ pub async fn observe_with(
     let mut to_read: Vec<NsRef> = Vec::new();
     let mut seen: BTreeSet<NsRef> = BTreeSet::new();
     for (container, ns) in namespaces_of_interest(desired, record) {
-        let exists = match &ns {
-            // A named namespace netloom did not create is foreign: never
-            // part of the observed state (a clash, reported as such). A
-            // file without a namespace mounted on it (a creation cut
-            // short) is not a namespace yet.
-            NsRef::Named(n) => {
-                named_netns.contains(n) && record.owned.netns.contains(n) && is_netns(&ns.path())
-            }
-            NsRef::Path(p) => is_netns(p),
-        };
-        if !exists {
+        if !ns_exists(&ns, &named_netns, record) {
             continue;
         }
         if seen.insert(ns.clone()) {
@@ -233,6 +317,21 @@ pub async fn observe_with(
                 false
             }
             _ => true,
+        });
+    }
+    let (early_fw, early_views) = match early {
+        Some(e) => (Some(e.firewall), e.views),
+        None => (None, HashMap::new()),
+    };
+    if !early_views.is_empty() {
+        let mut early_views = early_views;
+        to_read.retain(|ns| match early_views.remove(ns) {
+            Some(v) => {
+                counters.dumps += 3;
+                views.insert(ns.clone(), v);
+                false
+            }
+            None => true,
         });
     }
     views.extend(read_namespaces(to_read, &mut counters).await?);
@@ -329,16 +428,32 @@ pub async fn observe_with(
         .keys()
         .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
         .collect();
-    for key in keys {
-        if let Ok(v) = crate::host::sysctl::read_sysctl(None, key) {
-            st.sysctls.insert(key.clone(), v.trim().to_string());
+    match reuse.filter(|r| !r.sysctls) {
+        Some(r) => {
+            for key in keys {
+                if let Some(v) = r.earlier.state.sysctls.get(key) {
+                    st.sysctls.insert(key.clone(), v.clone());
+                }
+            }
+        }
+        None => {
+            for key in keys {
+                if let Ok(v) = crate::host::sysctl::read_sysctl(None, key) {
+                    st.sysctls.insert(key.clone(), v.trim().to_string());
+                }
+            }
         }
     }
 
     tracing::debug!("observe: endpoints and sysctls after {:?}", t0.elapsed());
     // The firewall: netloom's only when the record says netloom made it or
     // the table carries netloom's mark; a hand-made namesake is foreign.
-    let mut fw = crate::host::nft::observe().context("read netloom's nft table")?;
+    let known = reuse.and_then(|r| r.firewall.clone());
+    let (mut fw, nft_generation) = match (&known, early_fw) {
+        (Some(_), _) => (None, None),
+        (None, Some(early)) => early?,
+        (None, None) => read_firewall()?,
+    };
     let mut foreign_tables = Vec::new();
     let vouched = record
         .applied
@@ -354,13 +469,16 @@ pub async fn observe_with(
             fw = None;
         }
     }
-    st.firewall = fw.as_ref().map(|o| FirewallState {
-        fw: o.fw.clone(),
-        skeleton_ok: o.skeleton_ok,
-        bridge_table: o.bridge_present(),
-        problems: o.problems.clone(),
-        strays: o.strays.clone(),
-    });
+    st.firewall = match known {
+        Some(k) => k,
+        None => fw.as_ref().map(|o| FirewallState {
+            fw: o.fw.clone(),
+            skeleton_ok: o.skeleton_ok,
+            bridge_table: o.bridge_present(),
+            problems: o.problems.clone(),
+            strays: o.strays.clone(),
+        }),
+    };
 
     tracing::debug!("observe: nft read after {:?}", t0.elapsed());
     // Files netloom owns or will own.
@@ -402,6 +520,7 @@ pub async fn observe_with(
         firewall: fw,
         named_netns,
         foreign_tables,
+        nft_generation,
         counters,
         views,
     })

@@ -267,6 +267,10 @@ impl Agent {
             earlier: &view.obs,
             stale,
             stale_files,
+            // Events are followed for the container namespaces only.
+            host: true,
+            sysctls: true,
+            firewall: None,
         };
         let p = steps::plan_live_with(&l, &record, Some(&reuse))
             .await

@@ -41,7 +41,7 @@ use rtnetlink::packet_route::address::{
 };
 use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -154,6 +154,64 @@ pub struct Route {
 
 /// Protocol number netloom's own routes carry ([`Netlink::add_route`]).
 pub const RTPROT_STATIC: u8 = 4;
+
+/// An object kind observation reads by one dump: the request that dumps
+/// it and how to read one reply (`None` for replies it does not report).
+pub(crate) trait Dumped: Sized {
+    /// What the dump reads, for errors ("dump links: ...").
+    const WHAT: &'static str;
+    fn request() -> RouteNetlinkMessage;
+    fn parse(msg: &RouteNetlinkMessage) -> Option<Self>;
+}
+
+impl Dumped for Link {
+    const WHAT: &'static str = "links";
+    // Without the counters (nothing here reads them): less for the kernel
+    // to write and for us to parse, per link. Kernels that do not know
+    // the flag ignore it.
+    fn request() -> RouteNetlinkMessage {
+        let mut m = LinkMessage::default();
+        m.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        RouteNetlinkMessage::GetLink(m)
+    }
+    fn parse(msg: &RouteNetlinkMessage) -> Option<Link> {
+        match msg {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+            _ => None,
+        }
+    }
+}
+
+impl Dumped for Addr {
+    const WHAT: &'static str = "addresses";
+    // AF_UNSPEC in the request dumps every family in one go.
+    fn request() -> RouteNetlinkMessage {
+        RouteNetlinkMessage::GetAddress(AddressMessage::default())
+    }
+    fn parse(msg: &RouteNetlinkMessage) -> Option<Addr> {
+        match msg {
+            RouteNetlinkMessage::NewAddress(a) => parse_addr(a),
+            _ => None,
+        }
+    }
+}
+
+impl Dumped for Route {
+    const WHAT: &'static str = "routes";
+    // AF_UNSPEC dumps all families; without NETLINK_GET_STRICT_CHK the
+    // kernel ignores header filters, so table and type are filtered in
+    // `parse_route`.
+    fn request() -> RouteNetlinkMessage {
+        RouteNetlinkMessage::GetRoute(RouteMessage::default())
+    }
+    fn parse(msg: &RouteNetlinkMessage) -> Option<Route> {
+        match msg {
+            RouteNetlinkMessage::NewRoute(r) => parse_route(r),
+            _ => None,
+        }
+    }
+}
 
 /// Changes applied by [`Netlink::set_link`]; `None` fields are left alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,60 +366,27 @@ impl Netlink {
         Ok(inner_messages(replies))
     }
 
+    /// Every object of kind `T` in the namespace (one dump).
+    async fn dump_of<T: Dumped>(&self) -> Result<Vec<T>> {
+        let msgs = self.dump(T::request(), T::WHAT).await?;
+        Ok(msgs.iter().filter_map(T::parse).collect())
+    }
+
     /// All links of the namespace (one dump).
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs = self
-            .dump(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                "links",
-            )
-            .await?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(parse_link(&link)),
-                _ => None,
-            })
-            .collect())
+        self.dump_of().await
     }
 
     /// All IPv4 and IPv6 addresses except IPv6 link-local (one dump).
     pub async fn addresses(&self) -> Result<Vec<Addr>> {
-        // AF_UNSPEC in the request dumps every family in one go.
-        let msgs = self
-            .dump(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                "addresses",
-            )
-            .await?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(addr) => parse_addr(&addr),
-                _ => None,
-            })
-            .collect())
+        self.dump_of().await
     }
 
     /// Unicast routes of the main table, IPv4 and IPv6 (one dump). IPv6
     /// link-local prefix routes (`fe80::/64`, added by the kernel on every
     /// interface) are not reported.
     pub async fn routes(&self) -> Result<Vec<Route>> {
-        // AF_UNSPEC dumps all families; without NETLINK_GET_STRICT_CHK the
-        // kernel ignores header filters, so table/type are filtered here.
-        let msgs = self
-            .dump(
-                RouteNetlinkMessage::GetRoute(RouteMessage::default()),
-                "routes",
-            )
-            .await?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(route) => parse_route(&route),
-                _ => None,
-            })
-            .collect())
+        self.dump_of().await
     }
 
     /// Create bridge `name` (admin down) and return its ifindex. `alias`

@@ -28,46 +28,16 @@ pub fn dump_each(paths: Vec<PathBuf>, threads: usize) -> Result<Vec<Result<Dumps
         .collect::<Vec<_>>();
     for chunk in chunks.drain(..) {
         handles.push(std::thread::spawn(move || {
+            // One receive buffer per thread: a fresh one per namespace
+            // would be mapped and faulted in a thousand times.
+            let mut buf = Vec::with_capacity(RECV_BUF);
             netns::run_in_each(chunk, || {
                 let socket = new_socket()?;
-                let mut buf = Vec::with_capacity(RECV_BUF);
-                let links = dump(
-                    &socket,
-                    &mut buf,
-                    RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                    "links",
-                )?
-                .into_iter()
-                .filter_map(|m| match m {
-                    RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
-                    _ => None,
-                })
-                .collect();
-                let addrs = dump(
-                    &socket,
-                    &mut buf,
-                    RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                    "addresses",
-                )?
-                .into_iter()
-                .filter_map(|m| match m {
-                    RouteNetlinkMessage::NewAddress(a) => parse_addr(&a),
-                    _ => None,
-                })
-                .collect();
-                let routes = dump(
-                    &socket,
-                    &mut buf,
-                    RouteNetlinkMessage::GetRoute(RouteMessage::default()),
-                    "routes",
-                )?
-                .into_iter()
-                .filter_map(|m| match m {
-                    RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
-                    _ => None,
-                })
-                .collect();
-                Ok((links, addrs, routes))
+                Ok((
+                    dump_of(&socket, &mut buf)?,
+                    dump_of(&socket, &mut buf)?,
+                    dump_of(&socket, &mut buf)?,
+                ))
             })
         }));
     }
@@ -81,18 +51,15 @@ pub fn dump_each(paths: Vec<PathBuf>, threads: usize) -> Result<Vec<Result<Dumps
     Ok(out)
 }
 
-/// One dump request and all its replies; retried when the kernel says a
-/// concurrent change interrupted it, like the async [`Netlink`] dumps.
-fn dump(
-    socket: &Socket,
-    buf: &mut Vec<u8>,
-    msg: RouteNetlinkMessage,
-    what: &str,
-) -> Result<Vec<RouteNetlinkMessage>> {
+/// Every object of kind `T` in the socket's namespace: one dump request
+/// and all its replies, retried when the kernel says a concurrent change
+/// interrupted it, like the async [`Netlink`] dumps.
+fn dump_of<T: Dumped>(socket: &Socket, buf: &mut Vec<u8>) -> Result<Vec<T>> {
+    let what = T::WHAT;
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
         crate::host::stats::netlink_request();
-        let mut req = NetlinkMessage::from(msg.clone());
+        let mut req = NetlinkMessage::from(T::request());
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         req.header.sequence_number = 1;
         req.finalize();
@@ -127,7 +94,7 @@ fn dump(
                         .with_context(|| format!("dump {what}"));
                     }
                     NetlinkPayload::Overrun(_) => bail!("dump {what}: receive buffer overrun"),
-                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                    NetlinkPayload::InnerMessage(inner) => out.extend(T::parse(&inner)),
                     _ => {}
                 }
                 rest = &rest[((len + 3) & !3).min(rest.len())..];

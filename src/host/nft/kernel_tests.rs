@@ -545,3 +545,33 @@ fn cluster_gateway_filter_lives_in_the_bridge_table() {
         assert!(tx.script().contains("delete table bridge netloom"));
     });
 }
+
+#[test]
+fn generation_moves_once_per_committed_transaction() {
+    // Verification after an apply relies on this: one committed
+    // transaction moves the generation by exactly one, a listing or a
+    // rejected transaction not at all, and any other table's change too.
+    in_sandbox(|| {
+        let sb = Sandbox::new();
+        let g0 = generation::generation().expect("generation");
+        assert!(observe().expect("observe").is_none());
+        assert_eq!(generation::generation().expect("generation"), g0);
+        let fw = two_networks();
+        converge(&fw); // one transaction (and listings)
+        let g1 = generation::generation().expect("generation");
+        assert_eq!(g1, g0.wrapping_add(1));
+        let _ = observe().expect("observe").expect("present");
+        assert_eq!(generation::generation().expect("generation"), g1);
+        let mut clash = fw.clone();
+        clash
+            .networks
+            .insert("clash".into(), net("br-clash", "172.17.0.0/24"));
+        assert!(apply(&plan_transaction(&clash, None)).is_err());
+        assert_eq!(generation::generation().expect("generation"), g1);
+        sb.must("nft add table ip someone_else");
+        assert_eq!(
+            generation::generation().expect("generation"),
+            g1.wrapping_add(1)
+        );
+    });
+}
