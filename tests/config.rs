@@ -135,6 +135,9 @@ fn names() {
 fn networks() {
     let t = "[networks.a]\nsubnet = \"10.1.0.0/16\"\nbridge = \"sixteen-bytes-xx\"\n";
     assert_error(t, "3:10", "at most 15 bytes");
+    // Reserved: netloom creates its interfaces under such names first.
+    let t = "[networks.a]\nsubnet = \"10.1.0.0/16\"\nbridge = \"nl~mine\"\n";
+    assert_error(t, "3:10", "netloom's temporary interface names");
     let t = "[networks.a]\nsubnet = \"10.1.0.0/16\"\nbridge = \"br0\"\n[networks.b]\nsubnet = \"10.2.0.0/16\"\nbridge = \"br0\"\n";
     assert_error(t, "6:10", "already used by network `a`");
     let t = "[networks.a]\nsubnet = \"10.1.0.0/16\"\n[networks.b]\nsubnet = \"10.1.128.0/17\"\n";

@@ -3,7 +3,9 @@
 //! of a topology holding every kind of write, and for points spread over a
 //! 150-container apply. After each crash: the next `apply` exits 0, `plan`
 //! is empty, `down` leaves nothing of netloom's, and foreign objects are
-//! byte-identical.
+//! byte-identical. Among the points are those between creating a bridge or
+//! veth (under netloom's temporary name) and naming and marking it: the
+//! sweep checks that it met both kinds and that they converged too.
 //!
 //!     cargo test --features fault-injection --test kernel_crash -- --nocapture
 
@@ -42,17 +44,52 @@ fn points_of(h: &Host, cfg: &std::path::Path) -> u64 {
     n
 }
 
+/// The kinds (`bridge`, `veth`) of the links a crash left under netloom's
+/// temporary name (`nl~...`): created, not yet named and marked.
+fn half_made(h: &Host) -> Vec<String> {
+    let out = h.sh("ip -o -d link show").ok().stdout.clone();
+    let mut kinds: Vec<String> = out
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|n| n.starts_with("nl~"))
+        })
+        .map(|l| {
+            let kind = ["bridge", "veth", "vxlan"]
+                .into_iter()
+                .find(|k| l.split_whitespace().any(|w| w == *k));
+            kind.unwrap_or("other").to_string()
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
 /// Crashes `apply` after write `k`, then checks that netloom converges and
-/// cleans up. Returns a description of what went wrong, if anything.
-fn crash_at(h: &Host, cfg: &std::path::Path, k: u64, foreign: &str) -> Option<String> {
+/// cleans up. Returns a description of what went wrong, if anything, and
+/// the kinds of half-made links the crash left.
+fn crash_at(
+    h: &Host,
+    cfg: &std::path::Path,
+    k: u64,
+    foreign: &str,
+) -> (Option<String>, Vec<String>) {
     let k_text = k.to_string();
     let crashed = h.netloom_env(cfg, &["apply"], &[("NETLOOM_FAULT_AFTER", &k_text)]);
     if crashed.code != -1 {
-        return Some(format!(
+        let f = format!(
             "k={k}: apply was not killed (exit {}): {}",
             crashed.code, crashed.stderr
-        ));
+        );
+        return (Some(f), Vec::new());
     }
+    let half = half_made(h);
+    (converges_after_crash(h, cfg, k, foreign), half)
+}
+
+fn converges_after_crash(h: &Host, cfg: &std::path::Path, k: u64, foreign: &str) -> Option<String> {
+    let k_text = k.to_string();
     let again = h.netloom(cfg, &["apply"]);
     if again.code != 0 {
         return Some(format!(
@@ -98,18 +135,35 @@ fn crash_at(h: &Host, cfg: &std::path::Path, k: u64, foreign: &str) -> Option<St
     None
 }
 
-fn sweep(h: &Host, cfg: &std::path::Path, points: &[u64]) -> (usize, Vec<String>) {
+/// What a sweep found.
+struct Swept {
+    tried: usize,
+    failures: Vec<String>,
+    /// Points whose crash left a half-made link, by the link's kind.
+    half_made: std::collections::BTreeMap<String, usize>,
+}
+
+fn sweep(h: &Host, cfg: &std::path::Path, points: &[u64]) -> Swept {
     let foreign = foreign_snapshot(h);
     let mut failures = Vec::new();
+    let mut half_made = std::collections::BTreeMap::new();
     for &k in points {
-        if let Some(f) = crash_at(h, cfg, k, &foreign) {
+        let (failure, half) = crash_at(h, cfg, k, &foreign);
+        for kind in half {
+            *half_made.entry(kind).or_insert(0) += 1;
+        }
+        if let Some(f) = failure {
             eprintln!("{f}");
             failures.push(f);
             // Start the next point from a clean host all the same.
             let _ = h.netloom(cfg, &["down"]);
         }
     }
-    (points.len(), failures)
+    Swept {
+        tried: points.len(),
+        failures,
+        half_made,
+    }
 }
 
 #[test]
@@ -126,12 +180,23 @@ fn a_crash_after_any_write_converges_and_down_leaves_nothing() {
     let n = points_of(&h, &cfg);
     assert!(n > 30, "only {n} fault points");
     let points: Vec<u64> = (1..=n).collect();
-    let (tried, failures) = sweep(&h, &cfg, &points);
+    let s = sweep(&h, &cfg, &points);
     println!(
-        "{tried} points tried, {} converged (every write of a 9-container apply)",
-        tried - failures.len()
+        "{} points tried, {} converged (every write of a 9-container apply); half-made links left by a crash: {:?}",
+        s.tried,
+        s.tried - s.failures.len(),
+        s.half_made
     );
-    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(s.failures.is_empty(), "{:#?}", s.failures);
+    // The points between creating a link and naming and marking it were
+    // among those tried (and, with the rest, converged).
+    for kind in ["bridge", "veth"] {
+        assert!(
+            s.half_made.get(kind).is_some_and(|n| *n > 0),
+            "no crash left a half-made {kind}: {:?}",
+            s.half_made
+        );
+    }
 }
 
 #[test]
@@ -149,10 +214,12 @@ fn crashes_across_a_150_container_apply_converge() {
     // point): the first, the last, and evenly between.
     let mut points: Vec<u64> = (0..8).map(|i| 1 + i * (n - 1) / 7).collect();
     points.dedup();
-    let (tried, failures) = sweep(&h, &cfg, &points);
+    let s = sweep(&h, &cfg, &points);
     println!(
-        "{tried} points tried, {} converged (150 containers, {n} points in all)",
-        tried - failures.len()
+        "{} points tried, {} converged (150 containers, {n} points in all); half-made links left by a crash: {:?}",
+        s.tried,
+        s.tried - s.failures.len(),
+        s.half_made
     );
-    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(s.failures.is_empty(), "{:#?}", s.failures);
 }

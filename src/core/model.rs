@@ -29,6 +29,33 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 pub const FILE_MARK: &str = "# Written by netloom";
 /// Everything below this line of a hosts file is the user's.
 pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
+/// Interface names starting with this are netloom's own temporary names
+/// (see [`temp_link_name`]); a file may not use them.
+pub const TEMP_LINK_PREFIX: &str = "nl~";
+
+/// The temporary name a marked interface is created under before it takes
+/// its own name and its mark in one request: `nl~` + 12 hex digits of a
+/// hash of `name`, 15 bytes, the longest name Linux allows.
+///
+/// The kernel ignores `IFLA_IFALIAS` when it creates a link, so the mark
+/// can only follow the creation. Created under its final name, a link
+/// would exist unmarked between the two requests, and a crash there would
+/// leave an interface that no later run could tell from a user's. Under a
+/// reserved name it is recognisably netloom's at every instant: first by
+/// its name, then (one rename-and-alias request, atomic for the kernel) by
+/// its mark. A link still under such a name is what a crash left between
+/// the two: observe reports it in [`State::half_made`] and the next
+/// `apply` or `down` deletes it. Deterministic, so that a run can find the
+/// link it just made by name on kernels that do not echo the creation.
+pub fn temp_link_name(name: &str) -> String {
+    let h = crate::core::hash::fnv64(format!("netloom-temp\0{name}").as_bytes());
+    format!("{TEMP_LINK_PREFIX}{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Whether `name` is one of netloom's temporary interface names.
+pub fn is_temp_link(name: &str) -> bool {
+    name.starts_with(TEMP_LINK_PREFIX)
+}
 
 /// The whole state of one host, desired or observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +81,12 @@ pub struct State {
     /// Cluster mode: the VXLAN device of each cluster network, by network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vxlans: BTreeMap<String, Vxlan>,
+    /// Observed only: host interfaces still under a temporary name
+    /// ([`temp_link_name`]), left by a run cut short between creating a
+    /// link and naming and marking it. Never desired: a plan deletes them
+    /// (a veth's other end goes with it).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub half_made: BTreeSet<String>,
 }
 
 /// The kernel VXLAN device that extends a cluster network's bridge to the

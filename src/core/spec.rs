@@ -528,7 +528,17 @@ impl Validator {
         let is_default = name == DEFAULT_NETWORK;
         let bridge = match &n.bridge {
             Some(b) => {
-                if !valid_ifname(b.get_ref()) {
+                if crate::core::model::is_temp_link(b.get_ref()) {
+                    self.err(
+                        sp(b),
+                        format!(
+                            "invalid bridge name `{}`: names starting with `{}` are netloom's temporary interface names",
+                            b.get_ref(),
+                            crate::core::model::TEMP_LINK_PREFIX
+                        ),
+                    );
+                    ok = false;
+                } else if !valid_ifname(b.get_ref()) {
                     self.err(
                         sp(b),
                         format!(

@@ -2,8 +2,9 @@
 //! namespace, `nft -j list table`, and the files netloom owns.
 //!
 //! Only netloom's objects become part of the observed state: bridges and
-//! veths carrying its `ifalias` mark, the namespaces the file or the state
-//! record name, its nft table and its files. Everything else is read only
+//! veths carrying its `ifalias` mark, links under its temporary names, the
+//! namespaces the file or the state record name, its nft table and its
+//! files. Everything else is read only
 //! to detect clashes ([`Observation::foreign_conflicts`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -236,6 +237,15 @@ pub async fn observe_with(
             );
         }
     }
+
+    // Links under netloom's temporary name: a creation cut short before
+    // its naming-and-marking request (see `model::temp_link_name`).
+    st.half_made = host
+        .links
+        .iter()
+        .filter(|l| model::is_temp_link(&l.name))
+        .map(|l| l.name.clone())
+        .collect();
 
     // VXLAN devices of cluster networks carrying netloom's mark, with
     // their forwarding and neighbour entries (one dump each, only when

@@ -61,7 +61,7 @@ pub fn leftovers(h: &Host) -> Vec<String> {
     let state = h.state_dir();
     let script = format!(
         "ls /run/netns | grep -vx foreign | sed 's/^/netns /'; \
-         ip -o link show | grep -E 'netloom:|veth|docker0|br-[0-9a-f]' | grep -v br-user | sed 's/^/link /'; \
+         ip -o link show | grep -E 'netloom:|veth|docker0|br-[0-9a-f]|nl~' | grep -v br-user | sed 's/^/link /'; \
          nft list tables | grep -vx 'table inet user' | sed 's/^/nft /'; \
          ls /etc/netns | grep -vx foreign | sed 's/^/etc-netns /'; \
          ls /run/netloom/netns 2>/dev/null | sed 's/^/mark /'; \

@@ -17,6 +17,7 @@ mod drift;
 mod endpoint;
 mod files;
 mod firewall;
+mod half_made;
 mod hold;
 mod netns;
 mod network;
@@ -31,6 +32,7 @@ use endpoint::*;
 pub use files::unified;
 use files::*;
 use firewall::*;
+use half_made::*;
 pub use hold::{Failure, NFT_TABLE, file_owner, hold_back};
 use netns::*;
 use network::*;
@@ -485,6 +487,7 @@ pub(super) fn change(
 /// `observed` from `applied` (the state of the last successful apply).
 pub fn diff(desired: &State, observed: &State, applied: Option<&State>) -> Plan {
     let mut changes = Vec::new();
+    diff_half_made(desired, observed, &mut changes);
     diff_sysctls(desired, observed, &mut changes);
     diff_bridges(desired, observed, &mut changes);
     diff_vxlans(desired, observed, &mut changes);

@@ -53,6 +53,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 
+use crate::core::model;
 use crate::host::netns;
 
 mod error;
@@ -390,48 +391,93 @@ impl Netlink {
     }
 
     /// Create bridge `name` (admin down) and return its ifindex. `alias`
-    /// (if not empty) becomes its `IFLA_IFALIAS`.
+    /// (if not empty) becomes its `IFLA_IFALIAS`: netloom's mark.
     ///
-    /// The create is one write; `NLM_F_ECHO` makes the kernel send the new
-    /// link back, which gives the ifindex without a lookup (older kernels
-    /// that do not echo cost one extra lookup, counted as a dump). The kernel
-    /// ignores `IFLA_IFALIAS` when creating a link (checked on 6.18), so a
-    /// non-empty alias costs a second write unless the echo shows it applied.
-    /// If that second write fails, the bridge stays, without alias.
+    /// A marked bridge costs two writes (see [`Netlink::create_marked`]),
+    /// an unmarked one a single write. `NLM_F_ECHO` makes the kernel send
+    /// the new link back, which gives the ifindex without a lookup (older
+    /// kernels that do not echo cost one extra lookup, counted as a dump).
     pub async fn create_bridge(&self, name: &str, mtu: Option<u32>, alias: &str) -> Result<u32> {
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         if let Some(mtu) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if !alias.is_empty() {
-            msg.attributes
-                .push(LinkAttribute::IfAlias(alias.to_string()));
         }
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
             )]));
+        let created = self
+            .create_marked(msg, name, alias, &|| format!("create bridge {name}"))
+            .await?;
+        Ok(created.index)
+    }
+
+    /// Creates the link `msg` describes (everything but its name) as
+    /// `name`, marked with `alias` when that is not empty.
+    ///
+    /// The kernel ignores `IFLA_IFALIAS` when it creates a link (checked
+    /// on 6.18), so a mark takes a second request. Created under `name`,
+    /// the link would be an unmarked interface between the two, and a
+    /// crash there would leave what every later run must call a user's. So
+    /// a marked link is born under netloom's temporary name
+    /// ([`model::temp_link_name`], reserved: a file cannot use it) and the
+    /// second request renames it to `name` and sets its alias together
+    /// (one `RTM_NEWLINK`, carried out whole under the kernel's lock). At
+    /// any instant the link is netloom's by its name or by its mark; a
+    /// crash between the two (a fault point) leaves the temporary name,
+    /// which the next `apply` or `down` deletes. The same two writes as
+    /// create-then-alias cost.
+    async fn create_marked(
+        &self,
+        mut msg: LinkMessage,
+        name: &str,
+        alias: &str,
+        what: &dyn Fn() -> String,
+    ) -> Result<Link> {
+        let born = if alias.is_empty() {
+            name.to_string()
+        } else {
+            model::temp_link_name(name)
+        };
+        msg.attributes
+            .insert(0, LinkAttribute::IfName(born.clone()));
         let echoed = self
             .write(
                 RouteNetlinkMessage::NewLink(msg),
                 NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-                || format!("create bridge {name}"),
+                what,
             )
             .await?;
         let created = self
-            .echoed_or_looked_up(echoed, name)
+            .echoed_or_looked_up(echoed, &born)
             .await
-            .with_context(|| format!("create bridge {name}"))?;
-        self.ensure_alias(&created, alias)
-            .await
-            .with_context(|| format!("create bridge {name}"))?;
-        Ok(created.index)
+            .with_context(what)?;
+        if alias.is_empty() {
+            return Ok(created);
+        }
+        // Created, not yet named or marked: a crash here must be survivable.
+        crate::host::fault::point();
+        let naming = LinkChange {
+            name: Some(name.to_string()),
+            alias: Some(alias.to_string()),
+            ..LinkChange::default()
+        };
+        if let Err(e) = self.set_link(created.index, &naming).await {
+            // E.g. a user made `name` meanwhile: take the temporary link
+            // away now rather than leave it to the next run.
+            let _ = self.delete_link(created.index).await;
+            return Err(e).with_context(|| format!("{}: name it and mark it", what()));
+        }
+        Ok(Link {
+            name: name.to_string(),
+            alias: Some(alias.to_string()),
+            ..created
+        })
     }
 
     /// Create a VXLAN device (admin down, no learning, no multicast group:
     /// forwarding comes from static entries) and return its ifindex. Like
-    /// [`Netlink::create_bridge`], the alias may cost a second write.
+    /// [`Netlink::create_bridge`], a mark costs a second write.
     pub async fn create_vxlan(
         &self,
         name: &str,
@@ -442,12 +488,7 @@ impl Netlink {
         alias: &str,
     ) -> Result<u32> {
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
-        if !alias.is_empty() {
-            msg.attributes
-                .push(LinkAttribute::IfAlias(alias.to_string()));
-        }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(vec![
@@ -460,23 +501,9 @@ impl Netlink {
                 InfoVxlan::Proxy(true),
             ])),
         ]));
-        let echoed = self
-            .write(
-                RouteNetlinkMessage::NewLink(msg),
-                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-                || format!("create vxlan {name}"),
-            )
+        let created = self
+            .create_marked(msg, name, alias, &|| format!("create vxlan {name}"))
             .await?;
-        let created = match echoed_link(echoed, name) {
-            Some(link) => link,
-            None => self
-                .link_by_name(name)
-                .await
-                .with_context(|| format!("create vxlan {name}"))?,
-        };
-        self.ensure_alias(&created, alias)
-            .await
-            .with_context(|| format!("create vxlan {name}"))?;
         Ok(created.index)
     }
 
@@ -644,9 +671,15 @@ impl Netlink {
     /// Create a veth pair: `host_name` in this namespace, `peer_name` born
     /// directly inside the namespace `peer_ns` (so it never appears here and
     /// needs no rename or move), with `peer_mac` if given. `mtu` applies to
-    /// both ends; `alias` (if not empty) is set on the host end, which takes
-    /// a second write (see [`Netlink::create_bridge`]). Both ends start admin
-    /// down. Returns the host end's ifindex when the kernel echoes it.
+    /// both ends; `alias` (if not empty) marks the host end, which takes a
+    /// second write (see [`Netlink::create_marked`]). Both ends start admin
+    /// down. Returns the host end's ifindex.
+    ///
+    /// The peer needs no mark of its own: the kernel creates and destroys
+    /// the two ends together, so it exists exactly as long as the host end,
+    /// which is netloom's by its temporary name and then by its mark.
+    /// Deleting a half-made host end takes the peer with it, which frees
+    /// the peer's name in the container's namespace for the next attempt.
     pub async fn create_veth(
         &self,
         host_name: &str,
@@ -671,62 +704,19 @@ impl Netlink {
         }
 
         let mut msg = LinkMessage::default();
-        msg.attributes
-            .push(LinkAttribute::IfName(host_name.to_string()));
         if let Some(mtu) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if !alias.is_empty() {
-            msg.attributes
-                .push(LinkAttribute::IfAlias(alias.to_string()));
         }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        let what = || format!("create veth {host_name} (peer {peer_name})");
-        let echoed = self
-            .write(
-                RouteNetlinkMessage::NewLink(msg),
-                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-                what,
-            )
+        let created = self
+            .create_marked(msg, host_name, alias, &|| {
+                format!("create veth {host_name} (peer {peer_name})")
+            })
             .await?;
-        let link = echoed_link(echoed, host_name);
-        let index = link.as_ref().map(|l| l.index);
-        if alias.is_empty() {
-            return Ok(index);
-        }
-        match link {
-            Some(link) => self.ensure_alias(&link, alias).await,
-            // No echo (old kernel): address the link by name instead.
-            None => {
-                let mut msg = LinkMessage::default();
-                msg.attributes
-                    .push(LinkAttribute::IfName(host_name.to_string()));
-                msg.attributes
-                    .push(LinkAttribute::IfAlias(alias.to_string()));
-                self.write(RouteNetlinkMessage::NewLink(msg), 0, || {
-                    format!("set alias on {host_name}")
-                })
-                .await
-                .map(drop)
-            }
-        }
-        .with_context(what)?;
-        Ok(index)
-    }
-
-    /// Set the alias of a just-created link unless the kernel already did.
-    async fn ensure_alias(&self, link: &Link, alias: &str) -> Result<()> {
-        if alias.is_empty() || link.alias.as_deref() == Some(alias) {
-            return Ok(());
-        }
-        let change = LinkChange {
-            alias: Some(alias.to_string()),
-            ..LinkChange::default()
-        };
-        self.set_link(link.index, &change).await
+        Ok(Some(created.index))
     }
 
     /// Look one link up by name (one request, counted as a dump).
@@ -1143,6 +1133,21 @@ mod tests {
                 .expect_err("duplicate veth accepted");
             assert!(is_errno(&err, libc::EEXIST), "{err:#}");
             assert!(format!("{err:#}").starts_with("create veth vethnl0 (peer eth1): "));
+            // Marked, the duplicate is born under the temporary name and
+            // fails to take its own: nothing of it is left, in the host
+            // (the temporary end) or in the container (its peer).
+            let err = host
+                .create_veth("vethnl0", "eth1", ctr_fd.as_fd(), None, None, "netloom:x")
+                .await
+                .expect_err("duplicate marked veth accepted");
+            assert!(is_errno(&err, libc::EEXIST), "{err:#}");
+            let host_links = host.links().await?;
+            assert!(
+                !host_links.iter().any(|l| model::is_temp_link(&l.name)),
+                "{host_links:?}"
+            );
+            let inside = open_in(&ctr_path)?.links().await?;
+            assert!(!inside.iter().any(|l| l.name == "eth1"), "{inside:?}");
 
             let links = host.links().await?;
             let bridge = by_name(&links, "nl-br0")?;
