@@ -223,3 +223,67 @@ fn crashes_across_a_150_container_apply_converge() {
     );
     assert!(s.failures.is_empty(), "{:#?}", s.failures);
 }
+
+/// After a crash, `status` names the interrupted apply, what it was about
+/// to make and what to run, and exits 2 (not in sync) even when every
+/// change happened to land before the kill; `plan` says so too. Once
+/// `apply` has finished it, `status` is back to in sync.
+#[test]
+fn status_and_plan_name_an_interrupted_apply() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let h = Host::new();
+    let cfg = h.config("three.toml", &many_containers(3));
+    let n = points_of(&h, &cfg);
+    // A point in the middle (changes left to make) and the last one (all
+    // made, only the record of the end missing).
+    for k in [n / 2, n] {
+        let crashed = h.netloom_env(&cfg, &["apply"], &[("NETLOOM_FAULT_AFTER", &k.to_string())]);
+        assert_eq!(crashed.code, -1, "k={k}: not killed: {}", crashed.stderr);
+
+        let st = h.netloom(&cfg, &["status"]);
+        assert_eq!(st.code, 2, "k={k}: status exit\n{}{}", st.stdout, st.stderr);
+        assert!(
+            st.stdout.contains("Interrupted: the apply started")
+                && st.stdout.contains("was about to make")
+                && st.stdout.contains("network.bridge")
+                && st.stdout.contains("run `netloom apply` to finish it"),
+            "k={k}: {}",
+            st.stdout
+        );
+        if k == n {
+            assert!(
+                st.stdout
+                    .contains("Not in sync: the last apply was interrupted"),
+                "k={k}: {}",
+                st.stdout
+            );
+        }
+        let js = h.netloom(&cfg, &["status", "--format", "json"]);
+        assert_eq!(js.code, 2, "k={k}: {}", js.stderr);
+        let doc: serde_json::Value = serde_json::from_str(&js.stdout).expect("status json");
+        assert_eq!(doc["in_sync"], serde_json::Value::Bool(false));
+        let changes = doc["interrupted"]["changes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("k={k}: no interrupted part: {}", js.stdout));
+        assert!(changes.iter().any(|c| c == "network.bridge"), "{changes:?}");
+
+        let plan = h.netloom(&cfg, &["plan"]);
+        assert!(
+            plan.stderr.contains("was interrupted")
+                && plan.stderr.contains("run `netloom apply` to finish it"),
+            "k={k}: plan: {}",
+            plan.stderr
+        );
+
+        h.netloom(&cfg, &["apply"]).ok();
+        let st = h.netloom(&cfg, &["status"]);
+        assert_eq!(st.code, 0, "k={k}: {}{}", st.stdout, st.stderr);
+        assert!(!st.stdout.contains("Interrupted"), "{}", st.stdout);
+        let plan = h.netloom(&cfg, &["plan"]);
+        assert!(!plan.stderr.contains("interrupted"), "{}", plan.stderr);
+        h.netloom(&cfg, &["down"]).ok();
+        assert_eq!(leftovers(&h), Vec::<String>::new());
+    }
+}

@@ -130,7 +130,8 @@ pub enum Command {
     },
     /// What netloom owns, live, with drift and per-port packet/byte counters.
     ///
-    /// Exit status: 0 in sync; 2 drift or pending changes; 1 error.
+    /// Exit status: 0 in sync; 2 drift, pending changes or an interrupted
+    /// apply; 1 error.
     Status {
         /// Output format: text for people, json for programs.
         #[arg(long, value_enum, default_value_t)]

@@ -88,6 +88,7 @@ pub async fn rollback(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Re
         plan,
         held: Vec::new(),
         warnings: Vec::new(),
+        interrupted: None,
     };
     if !p.plan.is_empty() {
         let applied = steps::apply_planned(sd, record, &p).await?;

@@ -1,5 +1,6 @@
 //! `validate`, `plan` and `apply`.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -7,9 +8,9 @@ use anyhow::{Context, Result};
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::confirm;
 use crate::cmd::steps::{
-    Exit, Loaded, Out, Planned, apply_planned, detail, held_text, load, load_bytes, open_state,
-    plan_exit, plan_live, plan_text, print_held, print_plan_as, print_warnings, record_converged,
-    refuse_if_agent, require_root, resolve, warnings_to,
+    self, Exit, Loaded, Out, Planned, apply_planned, detail, held_text, load, load_bytes,
+    open_state, plan_exit, plan_live, plan_text, print_held, print_plan_as, print_warnings,
+    record_converged, refuse_if_agent, require_root, resolve, warnings_to,
 };
 use crate::core::model::State;
 use crate::core::plan;
@@ -147,6 +148,7 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
             )?);
         }
     }
+    // `plan` says so in its output (plan_out), which an agent may give.
     if let (Some(p), false) = (&record.pending, how.dry_run) {
         eprintln!(
             "netloom: the apply started {}s ago did not finish (interrupted); this run continues it.",
@@ -195,6 +197,14 @@ pub fn plan_out(
     color: bool,
 ) -> (Out, Exit) {
     let mut out = Out::default();
+    if let Some(i) = &p.interrupted {
+        let _ = writeln!(
+            out.stderr,
+            "netloom: {}; {}.",
+            steps::interrupted_note(i),
+            steps::INTERRUPTED_HINT
+        );
+    }
     warnings_to(&mut out, &p.warnings, format);
     let d = if verbose {
         Detail::Full

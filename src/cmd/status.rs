@@ -106,7 +106,10 @@ pub fn status_out(
         }
     };
     let obs = &p.observation.state;
-    let in_sync = p.plan.is_empty() && p.held.is_empty();
+    // An apply that did not finish leaves the host unconverged, even when
+    // its last change happened to land: only an apply records the end.
+    let interrupted = p.interrupted.as_ref();
+    let in_sync = p.plan.is_empty() && p.held.is_empty() && interrupted.is_none();
     if format == Format::Json {
         let networks: Vec<_> = want
             .bridges
@@ -142,9 +145,10 @@ pub fn status_out(
             "pending": p.plan.changes.iter().map(|c| json!({"address": c.address, "action": c.action})).collect::<Vec<_>>(),
             "agent": agent,
             "held_back": confirm_note,
+            "interrupted": interrupted.map(|i| json!({"started": i.started, "changes": i.changes, "message": steps::interrupted_note(i), "hint": steps::INTERRUPTED_HINT})),
         });
         let _ = writeln!(answer.stdout, "{}", serde_json::to_string_pretty(&doc)?);
-        return Ok((answer, status_exit(p)));
+        return Ok((answer, status_exit(p, interrupted.is_some())));
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -246,9 +250,22 @@ pub fn status_out(
             let _ = writeln!(out, "  ! {}: {}", f.object, f.error);
         }
     }
+    if let Some(i) = interrupted {
+        let _ = writeln!(
+            out,
+            "\nInterrupted: {}.\n  To continue: {}.",
+            steps::interrupted_note(i),
+            steps::INTERRUPTED_HINT
+        );
+    }
     let s = p.plan.summary();
     if in_sync {
         let _ = writeln!(out, "\nIn sync: no changes pending.");
+    } else if p.plan.is_empty() && p.held.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNot in sync: the last apply was interrupted (run `netloom apply`)."
+        );
     } else {
         let _ = writeln!(
             out,
@@ -257,14 +274,15 @@ pub fn status_out(
         );
     }
     answer.stdout.push_str(&out);
-    Ok((answer, status_exit(p)))
+    Ok((answer, status_exit(p, interrupted.is_some())))
 }
 
-/// 1 when an object cannot be applied, 2 on drift or pending changes.
-fn status_exit(p: &steps::Planned) -> Exit {
+/// 1 when an object cannot be applied; 2 on drift, pending changes or an
+/// interrupted apply (all three mean "run `netloom apply`").
+fn status_exit(p: &steps::Planned, interrupted: bool) -> Exit {
     if !p.held.is_empty() {
         Exit::Error
-    } else if p.plan.is_empty() {
+    } else if p.plan.is_empty() && !interrupted {
         Exit::Ok
     } else {
         Exit::Changes

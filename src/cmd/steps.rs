@@ -303,6 +303,9 @@ pub struct Planned {
     /// Findings that do not stop the plan (a subnet overlapping a host
     /// route, a `host_ip` the host does not have).
     pub warnings: Vec<String>,
+    /// The write-ahead part of an apply that did not finish, from the
+    /// record: `status` and `plan` name it.
+    pub interrupted: Option<Pending>,
 }
 
 /// Resolves, observes, holds back the objects that cannot be changed
@@ -373,6 +376,7 @@ pub async fn plan_live_with(
         plan,
         held,
         warnings,
+        interrupted: record.pending.clone(),
     })
 }
 
@@ -747,3 +751,31 @@ fn unrecorded(e: &anyhow::Error) -> String {
         "the changes were made but their record could not be written ({e:#}); they carry netloom's marks, so the next `netloom apply` (once the state dir can be written) adopts them, and `netloom down` removes them"
     )
 }
+
+/// What `status` and `plan` say about an apply that did not finish (the
+/// record still holds the write-ahead part it wrote before its first
+/// change): when it started and what it was about to make.
+pub fn interrupted_note(p: &Pending) -> String {
+    const SHOWN: usize = 8;
+    let ago = unix_now().saturating_sub(p.started);
+    let mut what = p
+        .changes
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if p.changes.len() > SHOWN {
+        what.push_str(&format!(", and {} more", p.changes.len() - SHOWN));
+    }
+    if what.is_empty() {
+        what = "nothing".into();
+    }
+    format!(
+        "the apply started {ago}s ago was interrupted (killed, stopped by a signal, or its record could not be written) before it finished; it was about to make {} change(s): {what}",
+        p.changes.len()
+    )
+}
+
+/// What to run after an interrupted apply.
+pub const INTERRUPTED_HINT: &str = "run `netloom apply` to finish it (it adopts what was made and continues), or `netloom down` to remove what it made";
