@@ -224,7 +224,7 @@ impl StateDir {
             Ok(bytes) => parse_record(&bytes).map_err(|why| {
                 let rollback = if prev.exists() {
                     format!(
-                        ", roll back to the previous record with `cp {} {}`",
+                        ", or roll back to the previous record with `cp {} {}`",
                         prev.display(),
                         p.display()
                     )
