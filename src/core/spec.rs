@@ -537,7 +537,6 @@ impl Validator {
                             crate::core::model::TEMP_LINK_PREFIX
                         ),
                     );
-                    ok = false;
                 } else if !valid_ifname(b.get_ref()) {
                     self.err(
                         sp(b),
