@@ -30,8 +30,9 @@ pub const FILE_MARK: &str = "# Written by netloom";
 /// Everything below this line of a hosts file is the user's.
 pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
 /// Interface names starting with this are netloom's own temporary names
-/// (see [`temp_link_name`]); a file may not use them.
-pub const TEMP_LINK_PREFIX: &str = "nl~";
+/// (see [`temp_link_name`]); a file may not use them. Defined beside the
+/// validation that refuses them.
+pub use crate::core::spec::TEMP_LINK_PREFIX;
 
 /// The temporary name a marked interface is created under before it takes
 /// its own name and its mark in one request: `nl~` + 12 hex digits of a

@@ -141,6 +141,10 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
+/// Interface names starting with this are netloom's own temporary names
+/// (`model::temp_link_name`): a bridge name may not start with it.
+pub const TEMP_LINK_PREFIX: &str = "nl~";
+
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
@@ -528,13 +532,13 @@ impl Validator {
         let is_default = name == DEFAULT_NETWORK;
         let bridge = match &n.bridge {
             Some(b) => {
-                if crate::core::model::is_temp_link(b.get_ref()) {
+                if b.get_ref().starts_with(TEMP_LINK_PREFIX) {
                     self.err(
                         sp(b),
                         format!(
                             "invalid bridge name `{}`: names starting with `{}` are netloom's temporary interface names",
                             b.get_ref(),
-                            crate::core::model::TEMP_LINK_PREFIX
+                            TEMP_LINK_PREFIX
                         ),
                     );
                 } else if !valid_ifname(b.get_ref()) {
