@@ -266,3 +266,81 @@ fn dual_stack_networks_are_served_on_the_ipv6_gateway_too() {
     // Control: the same dig from inside the network is answered.
     assert_eq!(dig(&h, "web", "@fd00:81::1 AAAA db").0, "NOERROR");
 }
+
+/// Docker's name options through the real binary: the files, `getent`
+/// through them and `dig` against the embedded DNS.
+#[test]
+fn extra_hosts_domainname_and_resolver_options() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config(
+        "netloom.toml",
+        "[networks.app]\nsubnet = \"10.74.0.0/24\"\n\n\
+         [containers.opt]\nnetworks = [\"app\"]\nhostname = \"box\"\ndomainname = \"corp.example\"\n\
+         extra_hosts = [\"legacy:192.0.2.7\", \"gw:host-gateway\"]\n\
+         dns = [\"10.74.0.53\"]\ndns_search = [\"corp.example\"]\ndns_options = [\"ndots:1\"]\n\n\
+         [containers.plain]\nnetworks = [\"app\"]\n",
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    let hosts = h.sh("cat /etc/netns/opt/hosts").ok().stdout.clone();
+    assert!(
+        hosts.contains("10.74.0.2\tbox.corp.example box opt\n"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.contains("192.0.2.7\tlegacy\n10.74.0.1\tgw\n"),
+        "{hosts}"
+    );
+    assert_eq!(
+        h.sh("cat /etc/netns/opt/resolv.conf").ok().stdout,
+        "# Written by netloom.\nnameserver 10.74.0.53\nsearch corp.example\noptions ndots:1 timeout:1 attempts:2\n"
+    );
+    let getent = |ns: &str, name: &str| {
+        h.sh(&format!("ip netns exec {ns} getent hosts {name}"))
+            .stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(getent("opt", "legacy"), "192.0.2.7");
+    assert_eq!(getent("opt", "gw"), "10.74.0.1");
+    assert_eq!(getent("opt", "box.corp.example"), "10.74.0.2");
+    assert_eq!(getent("plain", "legacy"), "", "extra hosts are opt's only");
+
+    // The agent: resolv.conf names the gateway, then opt's own server;
+    // the embedded DNS answers opt's extra hosts for opt only.
+    let log = h.dir.path().join("agent.log");
+    h.spawn_logged(
+        &format!(
+            "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait(|| nameservers(&h, "opt") == ["10.74.0.1", "10.74.0.53"]),
+        "resolv.conf of opt: {:?}\n{}",
+        nameservers(&h, "opt"),
+        read_log()
+    );
+    assert!(
+        wait(|| dig(&h, "opt", "@10.74.0.1 legacy").1 == "192.0.2.7"),
+        "dig legacy from opt: {:?}\n{}",
+        dig(&h, "opt", "@10.74.0.1 legacy"),
+        read_log()
+    );
+    assert_eq!(
+        getent_dns(&h, "opt", "legacy").as_deref(),
+        Some("192.0.2.7")
+    );
+    assert_eq!(
+        dig(&h, "plain", "@10.74.0.1 legacy"),
+        ("NXDOMAIN".into(), String::new())
+    );
+    // (`opt` alone would be read by dig as the record type OPT.)
+    assert_eq!(dig(&h, "plain", "@10.74.0.1 opt.app").1, "10.74.0.2");
+}
