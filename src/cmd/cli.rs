@@ -195,7 +195,7 @@ pub enum Command {
     /// Exit status: 0; 1 unknown container or one without a namespace
     /// (network_mode = "host").
     OciSpec {
-        /// Container name (a key of [containers]).
+        /// Container name (a key of the file's containers table).
         name: String,
     },
     /// The state record in the state dir.

@@ -71,7 +71,7 @@ pub fn subscribe() -> Result<Subscription> {
 /// with a way to prove that none is still unread ([`Watched::quiet`]).
 /// `sink` returns false once nobody listens any more.
 ///
-/// Unlike [`subscribe_in`] there is no queue between the socket and
+/// Unlike [`subscribe`] there is no queue between the socket and
 /// `sink`: a datagram leaves the socket and reaches `sink` under one lock,
 /// so an empty socket queue seen under that lock means that every event
 /// sent before was handed over. It also keeps no buffer per namespace

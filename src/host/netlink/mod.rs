@@ -393,7 +393,7 @@ impl Netlink {
     /// Create bridge `name` (admin down) and return its ifindex. `alias`
     /// (if not empty) becomes its `IFLA_IFALIAS`: netloom's mark.
     ///
-    /// A marked bridge costs two writes (see [`Netlink::create_marked`]),
+    /// A marked bridge costs two writes (see `Netlink::create_marked`),
     /// an unmarked one a single write. `NLM_F_ECHO` makes the kernel send
     /// the new link back, which gives the ifindex without a lookup (older
     /// kernels that do not echo cost one extra lookup, counted as a dump).
@@ -672,7 +672,7 @@ impl Netlink {
     /// directly inside the namespace `peer_ns` (so it never appears here and
     /// needs no rename or move), with `peer_mac` if given. `mtu` applies to
     /// both ends; `alias` (if not empty) marks the host end, which takes a
-    /// second write (see [`Netlink::create_marked`]). Both ends start admin
+    /// second write (see `Netlink::create_marked`). Both ends start admin
     /// down. Returns the host end's ifindex.
     ///
     /// The peer needs no mark of its own: the kernel creates and destroys
