@@ -13,8 +13,15 @@ use common::{Host, NETLOOM, UPLINK_IP, kernel_tests_possible};
 const TOOLS: &[&str] = &["ip", "nft", "curl", "python3", "unshare", "nsenter"];
 
 const PUBLISHED: &str = "[containers.web]\nports = [\"8080:80\"]\n";
-/// The change that cuts the outside off: the port is no longer published.
-const CUT: &str = "[containers.web]\n";
+/// The change that cuts the outside off: the port is no longer published
+/// (and `web`'s own hosts line changes, so a rollback has files to restore).
+const CUT: &str = "[containers.web]\nhostname = \"cut\"\n";
+
+/// The files netloom wrote for `web`.
+fn web_files(h: &Host) -> String {
+    h.sh("cat /etc/netns/web/hosts /etc/netns/web/resolv.conf")
+        .stdout
+}
 
 fn outside_reaches(h: &Host) -> bool {
     h.sh(&format!(
@@ -70,6 +77,8 @@ fn an_unconfirmed_change_is_rolled_back_and_its_content_rejected() {
         return;
     }
     let (h, cfg) = serving_host();
+    let files_before = web_files(&h);
+    assert!(files_before.contains("172.17.0.2"), "{files_before}");
     h.config("c.toml", CUT);
     let r = h.netloom(&cfg, &["apply", "--confirm-timeout", "2"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
@@ -77,6 +86,9 @@ fn an_unconfirmed_change_is_rolled_back_and_its_content_rejected() {
     // The change was made (the plan removed the port) and undone.
     assert!(r.stdout.contains("- port.web.8080/tcp"), "{}", r.stdout);
     assert!(outside_reaches(&h), "not rolled back");
+    // The files are back to their text (the state record keeps only their
+    // digests: a rollback once wrote those into hosts and resolv.conf).
+    assert_eq!(web_files(&h), files_before, "files not rolled back");
 
     // The rolled-back content is not applied again by a plain apply ...
     let r = h.netloom(&cfg, &["apply"]);

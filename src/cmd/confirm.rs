@@ -21,7 +21,7 @@ use crate::cmd::cli::Cli;
 use crate::cmd::steps::{self, Exit, Planned, open_state};
 use crate::core::checkpoint::{Checkpoint, Phase, Rejected};
 use crate::core::hash::sha256_hex;
-use crate::core::model::Desired;
+use crate::core::model::{self, Desired, State};
 use crate::core::plan;
 use crate::host::checkpoint as store;
 use crate::host::state::{Record, StateDir, unix_now};
@@ -56,7 +56,7 @@ pub fn begin(
         pid: std::process::id(),
         config_path: file_key(path),
         config_sha256: content_sha(bytes),
-        previous: record.applied.clone(),
+        previous: record.applied.as_ref().map(with_texts),
         previous_allocations: record.allocations.clone(),
     };
     // Applying with --confirm-timeout is the way to try a rejected content
@@ -66,6 +66,27 @@ pub fn begin(
     }
     store::write_checkpoint(dir, &cp)?;
     Ok(cp)
+}
+
+/// `applied` with the text of each file that still holds what netloom
+/// last wrote. The record keeps only digests of files, but a rollback has
+/// to write them back; the checkpoint is taken before this apply changes
+/// anything, so the files on disk are still the previous apply's. A file
+/// that drifted meanwhile keeps its digest and is left as it is by the
+/// rollback (the plan writes no file whose text it does not know).
+fn with_texts(applied: &State) -> State {
+    let mut st = applied.clone();
+    for (path, content) in st.files.iter_mut() {
+        if !model::is_digest(content) {
+            continue;
+        }
+        if let Ok(on_disk) = std::fs::read_to_string(path)
+            && model::file_matches(content, &on_disk)
+        {
+            *content = model::netloom_part(&on_disk).to_string();
+        }
+    }
+    st
 }
 
 /// Plans the host back to the checkpoint's state, applies that, and marks

@@ -1060,9 +1060,15 @@ pub fn file_matches(written: &str, on_disk: &str) -> bool {
     }
 }
 
+/// Whether `content` is a [`file_digest`] standing for a file's text
+/// (what the state record keeps) rather than the text itself.
+pub fn is_digest(content: &str) -> bool {
+    content.starts_with(DIGEST_PREFIX)
+}
+
 /// The part of a file netloom writes: all of it, or for a hosts file
 /// everything up to and including the user marker line.
-fn netloom_part(on_disk: &str) -> &str {
+pub fn netloom_part(on_disk: &str) -> &str {
     match on_disk.find(USER_MARKER) {
         Some(i) => {
             let end = i + USER_MARKER.len();

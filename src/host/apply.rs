@@ -322,6 +322,11 @@ impl Executor {
             }
             Op::Nft { .. } => bail!("nft operations run as one transaction, not one by one"),
             Op::WriteFile { path, content } => {
+                // The record keeps digests, never texts: writing one would
+                // replace a container's names with a hash.
+                if crate::core::model::is_digest(content) {
+                    bail!("{path}: only a digest of its content is known; not written");
+                }
                 // In place: a runtime's bind mount of the file keeps its
                 // inode and must see the change.
                 crate::host::inplace::write_in_place(
