@@ -116,6 +116,9 @@ fn netloom(
         .arg(cfg)
         .args(args)
         .env("NETLOOM_STATS", "1")
+        // Before the agent starts there is no socket: the command reads
+        // the kernel; after, it asks the agent.
+        .env("NETLOOM_ASK_AGENT", "1")
         .output()
         .with_context(|| format!("run {}", bin.display()))?;
     let took = start.elapsed();

@@ -1,6 +1,6 @@
 //! `plan` and `status` asking the running agent over its socket, in a
 //! throwaway host: the agent's answers are the very output the commands
-//! print when they read the kernel themselves (`NETLOOM_NO_AGENT=1`), with
+//! print when they read the kernel themselves (without `NETLOOM_ASK_AGENT=1`), with
 //! and without drift; a stale, hostile or hung socket is not trusted (the
 //! command reads the kernel); and the agent never applies while a command
 //! holds the state dir.
@@ -66,7 +66,16 @@ fn answers(log: &Path) -> usize {
 /// The command's output read from the kernel (no agent asked).
 fn from_kernel(h: &Host, cfg: &Path, args: &[&str]) -> Run {
     h.sh(&format!(
-        "env NETLOOM_NO_AGENT=1 {NETLOOM} -c {} {}",
+        "{NETLOOM} -c {} {}",
+        cfg.display(),
+        args.join(" ")
+    ))
+}
+
+/// Runs the command asking the agent first (`NETLOOM_ASK_AGENT=1`).
+fn asking(h: &Host, cfg: &Path, args: &[&str]) -> Run {
+    h.sh(&format!(
+        "env NETLOOM_ASK_AGENT=1 {NETLOOM} -c {} {}",
         cfg.display(),
         args.join(" ")
     ))
@@ -76,7 +85,7 @@ fn from_kernel(h: &Host, cfg: &Path, args: &[&str]) -> Run {
 /// kernel; both must print the same and exit the same.
 fn same_answer(h: &Host, cfg: &Path, log: &Path, args: &[&str]) -> Run {
     let before = answers(log);
-    let a = h.netloom(cfg, args);
+    let a = asking(h, cfg, args);
     assert_eq!(
         answers(log),
         before + 1,
@@ -84,6 +93,8 @@ fn same_answer(h: &Host, cfg: &Path, log: &Path, args: &[&str]) -> Run {
         read(log)
     );
     let k = from_kernel(h, cfg, args);
+    // Without NETLOOM_ASK_AGENT the command did not ask.
+    assert_eq!(answers(log), before + 1, "asked without NETLOOM_ASK_AGENT");
     assert_eq!(a.stdout, k.stdout, "stdout of {args:?} differs");
     assert_eq!(a.stderr, k.stderr, "stderr of {args:?} differs");
     assert_eq!(a.code, k.code, "exit of {args:?} differs");
@@ -187,7 +198,7 @@ fn stale_hostile_or_hung_sockets_are_not_trusted() {
     // (The agent's DNS is gone: resolv.conf files are to change back.)
     let truth = from_kernel(&h, &cfg, &["plan"]);
     assert_eq!(truth.code, 0, "{}", truth.stderr);
-    let r = h.netloom(&cfg, &["plan"]);
+    let r = asking(&h, &cfg, &["plan"]);
     assert_eq!((r.code, &r.stdout), (0, &truth.stdout), "{}", r.stderr);
     h.sh(&format!("rm -f {SOCK}")).ok();
 
@@ -244,7 +255,7 @@ fn stale_hostile_or_hung_sockets_are_not_trusted() {
             // The file root's and 0600, the process behind it not root.
             h.sh(&format!("chown 0:0 {SOCK}; chmod 0600 {SOCK}")).ok();
         }
-        let r = h.netloom(&cfg, &["plan"]);
+        let r = asking(&h, &cfg, &["plan"]);
         assert!(
             !r.stdout.contains("HACKED"),
             "trusted a {mode} {who} socket"
@@ -257,7 +268,7 @@ fn stale_hostile_or_hung_sockets_are_not_trusted() {
     h.sh(&format!("rm -f {up}")).ok();
     let fake_pid = h.spawn(&format!("/usr/bin/python3 /run/fake.py 0600 {up}"));
     assert!(wait(|| is_up(&h), DEADLINE));
-    let r = h.netloom(&cfg, &["plan"]);
+    let r = asking(&h, &cfg, &["plan"]);
     assert_eq!(r.stdout, "HACKED\n");
     stop(&h, fake_pid);
 
@@ -265,7 +276,7 @@ fn stale_hostile_or_hung_sockets_are_not_trusted() {
     let (pid, _log) = agent(&mut h, &cfg);
     h.sh(&format!("kill -STOP {pid}")).ok();
     let truth = from_kernel(&h, &cfg, &["plan"]);
-    let r = h.netloom(&cfg, &["plan"]);
+    let r = asking(&h, &cfg, &["plan"]);
     h.sh(&format!("kill -CONT {pid}")).ok();
     assert_eq!((r.code, &r.stdout), (0, &truth.stdout), "{}", r.stderr);
 }
@@ -312,6 +323,6 @@ fn the_agent_does_not_apply_while_a_command_holds_the_state_dir() {
         read(&log)
     );
     // Meanwhile `plan` fell back or was answered; either way it is right.
-    let r = h.netloom(&cfg, &["plan", "--detailed-exitcode"]);
+    let r = asking(&h, &cfg, &["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
