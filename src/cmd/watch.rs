@@ -308,7 +308,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
                     }
                 }
                 if !echoed.is_empty() {
-                    let _ = tx.send(Trigger::Echo(echoed.join("; ")));
+                    let _ = tx.send(Trigger::Echo(summarize(&echoed)));
                 }
             }
         }
