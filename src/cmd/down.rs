@@ -145,17 +145,7 @@ async fn remove_stray_veths() -> Result<()> {
 /// to the plan's own deletion, which runs next and finds the namespaces
 /// that went already gone (it still removes their marks and records it).
 fn delete_namespaces_together(plan: &crate::core::plan::Plan) {
-    use crate::core::plan::{Action, Op};
-    let names: Vec<&str> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Delete)
-        .flat_map(|c| &c.ops)
-        .filter_map(|op| match op {
-            Op::DeleteNetns { name } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names: Vec<&str> = plan.deleted_namespaces().collect();
     const THREADS: usize = 16;
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {

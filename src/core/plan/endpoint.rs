@@ -253,16 +253,7 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
 /// whose namespace outlives its file (a process still in it) is left to
 /// the caller to remove afterwards.
 pub fn without_veths_of_deleted_namespaces(plan: &Plan, observed: &State) -> Plan {
-    let deleted: BTreeSet<&str> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Delete)
-        .flat_map(|c| &c.ops)
-        .filter_map(|op| match op {
-            Op::DeleteNetns { name } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let deleted: BTreeSet<&str> = plan.deleted_namespaces().collect();
     let mut out = plan.clone();
     for c in &mut out.changes {
         if c.action != Action::Delete {

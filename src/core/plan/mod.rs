@@ -422,6 +422,18 @@ pub struct Summary {
 }
 
 impl Plan {
+    /// The named namespaces this plan deletes (a teardown's `down`
+    /// deletes them together and leaves their veths to the kernel).
+    pub fn deleted_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.changes
+            .iter()
+            .filter(|c| c.action == Action::Delete)
+            .flat_map(|c| &c.ops)
+            .filter_map(|op| match op {
+                Op::DeleteNetns { name } => Some(name.as_str()),
+                _ => None,
+            })
+    }
     /// Whether there is nothing to change (drift may still be listed).
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
