@@ -1,7 +1,8 @@
 //! `plan` and `status` asking the running agent over its socket, in a
 //! throwaway host: the agent's answers are the very output the commands
-//! print when they read the kernel themselves (without `NETLOOM_ASK_AGENT=1`), with
-//! and without drift; a stale, hostile or hung socket is not trusted (the
+//! print when they read the kernel themselves (`NETLOOM_ASK_AGENT=0`), with
+//! and without drift, also when the agent answers from its view without
+//! reading anything again (each kind of drift alone); a stale, hostile or hung socket is not trusted (the
 //! command reads the kernel); and the agent never applies while a command
 //! holds the state dir.
 
@@ -66,16 +67,16 @@ fn answers(log: &Path) -> usize {
 /// The command's output read from the kernel (no agent asked).
 fn from_kernel(h: &Host, cfg: &Path, args: &[&str]) -> Run {
     h.sh(&format!(
-        "{NETLOOM} -c {} {}",
+        "env NETLOOM_ASK_AGENT=0 {NETLOOM} -c {} {}",
         cfg.display(),
         args.join(" ")
     ))
 }
 
-/// Runs the command asking the agent first (`NETLOOM_ASK_AGENT=1`).
+/// Runs the command as a user does: asking the agent first.
 fn asking(h: &Host, cfg: &Path, args: &[&str]) -> Run {
     h.sh(&format!(
-        "env NETLOOM_ASK_AGENT=1 {NETLOOM} -c {} {}",
+        "{NETLOOM} -c {} {}",
         cfg.display(),
         args.join(" ")
     ))
@@ -93,8 +94,8 @@ fn same_answer(h: &Host, cfg: &Path, log: &Path, args: &[&str]) -> Run {
         read(log)
     );
     let k = from_kernel(h, cfg, args);
-    // Without NETLOOM_ASK_AGENT the command did not ask.
-    assert_eq!(answers(log), before + 1, "asked without NETLOOM_ASK_AGENT");
+    // With NETLOOM_ASK_AGENT=0 the command did not ask.
+    assert_eq!(answers(log), before + 1, "asked with NETLOOM_ASK_AGENT=0");
     assert_eq!(a.stdout, k.stdout, "stdout of {args:?} differs");
     assert_eq!(a.stderr, k.stderr, "stderr of {args:?} differs");
     assert_eq!(a.code, k.code, "exit of {args:?} differs");
@@ -126,7 +127,7 @@ fn agent_answers_are_the_kernel_answers_with_and_without_drift() {
     // (The kernel's own housekeeping in a namespace, e.g. IPv6 address
     // configuration, marks it to be read again; an untouched one is not.)
     assert!(
-        read(&log).contains(": 0 of 2 namespaces"),
+        read(&log).contains(": 0 of 2 namespaces") || from_view(&log) > 0,
         "an untouched host was read again:\n{}",
         read(&log)
     );
@@ -172,6 +173,88 @@ fn agent_answers_are_the_kernel_answers_with_and_without_drift() {
     }
     let s = same_answer(&h, &cfg, &log, &["status"]);
     assert!(s.stdout.contains("drift"), "{}", s.stdout);
+}
+
+/// Counts the answers given from the agent's view with nothing read again.
+fn from_view(log: &Path) -> usize {
+    read(log).matches("from the view: nothing changed").count()
+}
+
+#[test]
+fn answers_from_the_view_see_each_kind_of_drift_alone() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    // An unconfirmed change rolled back: the agent holds every reconcile
+    // back from here on, so drift stays until it is seen.
+    h.config(
+        "netloom.toml",
+        &BASE.replace("ports = [\"8080:80\"]", "ports = [\"9090:80\"]"),
+    );
+    let r = h.netloom(&cfg, &["apply", "--confirm-timeout", "1"]);
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert!(
+        wait(|| read(&log).contains("held back"), DEADLINE),
+        "the agent did not hold back:\n{}",
+        read(&log)
+    );
+    // Control: with nothing changing, an answer comes from the view (the
+    // kernel's own housekeeping in new namespaces may take a moment).
+    let before = from_view(&log);
+    assert!(
+        wait(
+            || {
+                same_answer(&h, &cfg, &log, &["plan"]);
+                from_view(&log) > before
+            },
+            DEADLINE
+        ),
+        "no answer came from the view:\n{}",
+        read(&log)
+    );
+    let bridge = h
+        .sh("ip -o link show type bridge | awk -F': ' '{print $2}' | head -1")
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!bridge.is_empty(), "no bridge");
+    let drifts = [
+        (
+            "a container interface's MTU",
+            "ip -n c1 link set eth0 mtu 1400".to_string(),
+        ),
+        (
+            "an extra container address",
+            "ip -n c2 addr add 10.60.0.77/24 dev eth0".into(),
+        ),
+        (
+            "an edited hosts file",
+            // Above the user marker (lines below it are the user's).
+            "sed -i '2s/.*/10.9.9.9 intruder/' /etc/netns/c1/hosts".into(),
+        ),
+        (
+            "a flushed nft map",
+            "nft flush map inet netloom dnat_any".into(),
+        ),
+        ("a bridge set down", format!("ip link set {bridge} down")),
+        ("a sysctl", "sysctl -qw net.ipv4.ip_forward=0".into()),
+        ("a deleted namespace", "ip netns delete c2".into()),
+    ];
+    let mut last = same_answer(&h, &cfg, &log, &["plan"]).stdout;
+    for (what, cmd) in drifts {
+        h.sh(&cmd).ok();
+        // At once: an answer never waits for the agent to notice.
+        let now = same_answer(&h, &cfg, &log, &["plan"]);
+        assert_ne!(now.stdout, last, "the plan does not show {what}");
+        // And the answer after it, from the view or not, still shows it.
+        let again = same_answer(&h, &cfg, &log, &["plan"]);
+        assert_eq!(again.stdout, now.stdout, "{what}: the next answer differs");
+        same_answer(&h, &cfg, &log, &["status"]);
+        last = now.stdout;
+    }
 }
 
 /// Stops a fake agent and removes its socket.

@@ -1,12 +1,14 @@
-//! With `NETLOOM_ASK_AGENT=1`, `plan` and `status` ask a running agent
-//! first (see [`crate::host::agentsock`]) and read the kernel themselves
-//! when no agent answers, or when it declines.
+//! `plan` and `status` ask a running agent first (see
+//! [`crate::host::agentsock`]) and read the kernel themselves when no
+//! agent answers, or when it declines. `NETLOOM_ASK_AGENT=0` skips the
+//! agent.
 //!
-//! Opt-in because it does not pay yet: at 1,000 containers the agent's
-//! answer took longer than the command's own reading of the kernel (it
-//! still resolves the file and reads the host namespace and nft for each
-//! question; see the README's performance section). The answers are the
-//! same either way (tests/kernel_agentsock.rs).
+//! The agent answers from its view of the host, kept current by kernel
+//! events, and computes again only what may have changed (see
+//! `cmd::watch::serve`): at 1,000 containers that is a few milliseconds
+//! against the few hundred a command needs to read the kernel (the
+//! README's performance section). The answers are the same either way
+//! (tests/kernel_agentsock.rs).
 
 use std::io::IsTerminal;
 
@@ -14,7 +16,7 @@ use crate::cmd::cli::Format;
 use crate::cmd::steps::{Exit, Loaded, Out};
 use crate::host::agentsock::{self, Answer, Request};
 
-/// Set to 1 to ask a running agent before reading the kernel.
+/// Set to 0 to read the kernel without asking a running agent.
 pub const ASK_AGENT_ENV: &str = "NETLOOM_ASK_AGENT";
 
 /// What the command asks the agent.
@@ -28,7 +30,7 @@ pub struct Ask {
 
 /// The agent's answer, or None: read the kernel (why is logged at debug).
 pub fn ask(l: &Loaded, bytes: &[u8], ask: &Ask) -> Option<(Out, Exit)> {
-    if std::env::var_os(ASK_AGENT_ENV).is_none_or(|v| v != "1") {
+    if std::env::var_os(ASK_AGENT_ENV).is_some_and(|v| v == "0") {
         return None;
     }
     // No socket: no agent (the common case without one), no message.

@@ -32,7 +32,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
     let p = steps::plan_live(&l, &record).await?;
-    let (out, exit) = status_out(&l, sd.path(), &p, format)?;
+    let (out, exit) = status_out(&l.path, sd.path(), &p, format)?;
     drop(sd);
     out.print();
     Ok(exit)
@@ -41,7 +41,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
 /// What `status` prints for `p`, and its exit status. The command and the
 /// agent answering for it both print this.
 pub fn status_out(
-    l: &steps::Loaded,
+    config: &std::path::Path,
     state_dir: &std::path::Path,
     p: &steps::Planned,
     format: Format,
@@ -59,8 +59,8 @@ pub fn status_out(
     let agent = AgentStatus::read(state_dir);
     // A change awaiting confirmation, or a rolled-back content that apply
     // and the agent hold back.
-    let confirm_note = match steps::read_config(&l.path) {
-        Ok(bytes) => crate::cmd::confirm::refusal(state_dir, &l.path, &bytes, false)?,
+    let confirm_note = match steps::read_config(config) {
+        Ok(bytes) => crate::cmd::confirm::refusal(state_dir, config, &bytes, false)?,
         Err(_) => None,
     };
     let pending: BTreeMap<&str, &str> = p

@@ -311,15 +311,18 @@ pub struct Planned {
 /// Resolves, observes, holds back the objects that cannot be changed
 /// (clashes, taken ports, vanished namespaces), and plans the rest.
 pub async fn plan_live(l: &Loaded, record: &Record) -> Result<Planned> {
-    plan_live_with(l, record, None).await
+    plan_live_with(l, record, None, None).await
 }
 
 /// [`plan_live`], taking from `reuse` what it vouches for instead of
-/// reading it again (the agent's view, kept current by kernel events).
+/// reading it again (the agent's view, kept current by kernel events),
+/// and `resolved`, the file already resolved against `record`'s
+/// allocations and this host, instead of resolving it again.
 pub async fn plan_live_with(
     l: &Loaded,
     record: &Record,
     reuse: Option<&observe::Reuse<'_>>,
+    resolved: Option<Desired>,
 ) -> Result<Planned> {
     refuse_if_other_owner(&l.host.state_dir)?;
     let t0 = std::time::Instant::now();
@@ -327,9 +330,10 @@ pub async fn plan_live_with(
     // without one, what does not depend on the file (nft's tables, the
     // namespaces the record names) is read on helper threads while the
     // file resolves.
-    let (desired, early) = match reuse {
-        Some(_) => (resolve(l, record), None),
-        None => std::thread::scope(|s| {
+    let (desired, early) = match (reuse, resolved) {
+        (_, Some(d)) => (Ok(d), None),
+        (Some(_), None) => (resolve(l, record), None),
+        (None, None) => std::thread::scope(|s| {
             let early = s.spawn(|| observe::read_early(record));
             let desired = resolve(l, record);
             tracing::debug!("resolved in {:?}", t0.elapsed());

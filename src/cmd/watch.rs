@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -114,8 +115,15 @@ struct Agent {
     ns_watch: HashMap<String, serve::NsWatch>,
     /// The host as last read, for answering `plan` and `status`.
     view: Option<serve::View>,
-    /// Containers whose namespace reported an event since `view` was read.
-    dirty: HashSet<String>,
+    /// Containers whose namespace reported an event since `view` was
+    /// read: marked by the namespace's watch as it hands the event over.
+    dirty: Arc<Mutex<HashSet<String>>>,
+    /// The host namespace's events, followed to prove that nothing there
+    /// changed since `view` was read (None: it could not be watched, and
+    /// every answer reads the host namespace again).
+    host_watch: Option<events::Watched>,
+    /// Set by every host event; cleared before the host is read.
+    host_dirty: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Trigger>,
     status: AgentStatus,
     /// Cluster mode: the desired state comes from etcd, not the file.
@@ -180,7 +188,9 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         fs_watch: FsWatch::new(tx.clone())?,
         ns_watch: HashMap::new(),
         view: None,
-        dirty: HashSet::new(),
+        dirty: Arc::default(),
+        host_watch: None,
+        host_dirty: Arc::new(AtomicBool::new(true)),
         tx: tx.clone(),
         status: AgentStatus {
             pid: std::process::id(),
@@ -221,6 +231,32 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         file
     });
     spawn_kernel_events(tx.clone())?;
+    let flag = agent.host_dirty.clone();
+    agent.host_watch = match events::watch_here(move |ev| {
+        // Not part of the view: the host's routes (every plan dumps them
+        // afresh) and link-local addresses (IPv6 autoconfiguration adds
+        // them to every new veth for seconds; no bridge or container
+        // address can be one, validation refuses link-local subnets, so
+        // only the hint about a link-local `host_ip` may lag).
+        let outside = matches!(
+            ev,
+            KernelEvent::Route { .. }
+                | KernelEvent::Address {
+                    link_local: true,
+                    ..
+                }
+        );
+        if !outside {
+            flag.store(true, Ordering::SeqCst);
+        }
+        true
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!("no proof of an unchanged host namespace ({e:#}); every answer reads it");
+            None
+        }
+    };
     spawn_nft_events(tx.clone())?;
     spawn_sysctl_ticker(tx.clone(), agent.sysctls.clone());
     spawn_signals(tx.clone())?;
@@ -317,7 +353,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         }
         for q in queries {
             if let Trigger::Query(q) = q {
-                agent.answer(q, &mut rx).await;
+                agent.answer(q).await;
             }
         }
     }
@@ -547,8 +583,8 @@ impl Agent {
             Trigger::Kernel(ev) => self.expect.host_drift(ev),
             Trigger::NsKernel(c, ev) => {
                 // Whatever it is, what the view holds of this namespace
-                // may be out of date.
-                self.dirty.insert(c.clone());
+                // may be out of date (its watch marked it already).
+                self.mark_dirty(c);
                 self.expect.ns_drift(c, ev).map(|d| format!("{c}: {d}"))
             }
             Trigger::Fs(p) => self.expect.fs_drift(p),
@@ -566,7 +602,11 @@ impl Agent {
             return false;
         }
         let start = Instant::now();
-        let result = self.reconcile_inner().await;
+        let full = matches!(
+            trigger,
+            Trigger::Start | Trigger::Resync | Trigger::Reload | Trigger::Stop
+        );
+        let result = self.reconcile_inner(full).await;
         let millis = start.elapsed().as_millis() as u64;
         let (summary, failed) = match result {
             Ok((s, f)) => ((s, Ok(())), f),
@@ -641,6 +681,7 @@ impl Agent {
     /// failed (left as they are).
     async fn reconcile_inner(
         &mut self,
+        full: bool,
     ) -> Result<(crate::core::plan::Summary, Vec<crate::core::plan::Failure>)> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = sd.load()?;
@@ -657,10 +698,24 @@ impl Agent {
         {
             return Err(anyhow::anyhow!("held back: {why}"));
         }
-        // Identities of the files before they are read: a change after
-        // this moment shows in a later comparison.
-        let files = serve::file_ids(serve::file_paths(&record, &self.expect.files));
-        let p = steps::plan_live(&self.loaded, &record).await?;
+        let allocations = record.allocations.clone();
+        // A start, a resync (the safety net) and SIGHUP read everything;
+        // other reconciles read again what the view does not vouch for.
+        let fresh = self.fresh().filter(|_| !full);
+        let (p, files) = match fresh {
+            Some(fresh) => self.plan_fresh(&self.loaded, &record, &fresh).await?,
+            None => {
+                // Identities of the files before they are read: a change
+                // after this moment shows in a later comparison.
+                let files = serve::file_ids(serve::file_paths(&record, &self.expect.files));
+                // Events from here on are news to this reading.
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.clear();
+                }
+                self.host_dirty.store(false, Ordering::SeqCst);
+                (steps::plan_live(&self.loaded, &record).await?, files)
+            }
+        };
         let mut summary = crate::core::plan::Summary::default();
         let mut failures = p.held.clone();
         if !p.plan.is_empty() {
@@ -684,9 +739,6 @@ impl Agent {
             s.clone_from(&self.expect.sysctls);
         }
         self.fs_watch.update(&self.expect);
-        // Everything up to the observation is in it; a namespace watched
-        // from now on marks itself until the next one.
-        self.dirty.clear();
         self.watch_namespaces(&p.desired.state);
         self.dns
             .update_with(p.desired.zones.clone(), &p.desired.dns_clients)
@@ -698,6 +750,14 @@ impl Agent {
         self.view = Some(serve::View {
             obs: p.observation,
             files,
+            resolved: Some(serve::Resolved {
+                config: self.seen,
+                host: self.loaded.host.clone(),
+                allocations,
+                desired: p.desired,
+            }),
+            // Planned before its own changes: not an answer to reuse.
+            settled: None,
         });
         Ok((summary, failures))
     }
@@ -724,11 +784,17 @@ impl Agent {
             }
             let tx = self.tx.clone();
             let c = container.clone();
-            let sink = move |ev| tx.send(Trigger::NsKernel(c.clone(), ev)).is_ok();
+            let dirty = self.dirty.clone();
+            let sink = move |ev| {
+                if let Ok(mut d) = dirty.lock() {
+                    d.insert(c.clone());
+                }
+                tx.send(Trigger::NsKernel(c.clone(), ev)).is_ok()
+            };
             match events::watch_in(&path, sink) {
                 Ok(watched) => {
                     // A new watch saw nothing of what happened before it.
-                    self.dirty.insert(container.clone());
+                    self.mark_dirty(container);
                     self.ns_watch.insert(
                         container.clone(),
                         serve::NsWatch {
@@ -746,6 +812,12 @@ impl Agent {
             }
         }
         self.ns_watch.retain(|c, _| keep.contains(c));
+    }
+
+    fn mark_dirty(&self, container: &str) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(container.to_string());
+        }
     }
 
     fn write_status(&self) {
@@ -834,10 +906,15 @@ fn watch_file(
         .ok_or_else(|| anyhow!("{} has no file name", abs.display()))?;
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()))
+            // Opening and reading the file (by `plan`, by this agent's own
+            // reload) changes nothing: reacting to it made every read
+            // trigger the next, one debounce apart, and delayed every
+            // answer by a debounce.
+            if !matches!(ev.kind, notify::EventKind::Access(_))
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(name.as_os_str()))
             {
                 let _ = tx.send(Trigger::File);
             }

@@ -303,7 +303,7 @@ pub struct Desired {
 }
 
 /// Inputs of [`resolve`] that come from the host.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostInfo {
     /// Upstream DNS servers when the file names none.
     pub upstream_dns: Vec<SocketAddr>,

@@ -82,10 +82,30 @@ pub fn watch_in(
 ) -> Result<Watched> {
     let socket = crate::host::netns::run_in(ns, multicast_socket)
         .with_context(|| format!("subscribe to rtnetlink events in {}", ns.display()))?;
+    watch_socket(socket, false, sink)
+}
+
+/// [`watch_in`] for the caller's own namespace, for proving that nothing
+/// changed there: a notification this reader cannot name reaches `sink`
+/// as [`KernelEvent::Lost`] instead of being skipped.
+pub fn watch_here(sink: impl Fn(KernelEvent) -> bool + Send + Sync + 'static) -> Result<Watched> {
+    watch_socket(
+        multicast_socket().context("subscribe to rtnetlink events")?,
+        true,
+        sink,
+    )
+}
+
+fn watch_socket(
+    socket: Socket,
+    unknown_is_lost: bool,
+    sink: impl Fn(KernelEvent) -> bool + Send + Sync + 'static,
+) -> Result<Watched> {
     let gate = Arc::new(Gate {
         socket,
         lock: Mutex::new(()),
         open: AtomicBool::new(true),
+        unknown_is_lost,
     });
     // SAFETY: the gate owns the socket, and the AsyncFd holds the gate
     // (an Arc) for its whole life: the fd stays open and the same.
@@ -115,6 +135,8 @@ struct Gate {
     lock: Mutex<()>,
     /// False once the reader stopped (the socket failed, the sink closed).
     open: AtomicBool,
+    /// Hand a datagram without a known event over as [`KernelEvent::Lost`].
+    unknown_is_lost: bool,
 }
 
 enum Read {
@@ -138,7 +160,13 @@ impl Gate {
         let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
         match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
             Ok(_) => {
-                for ev in events_of(&buf) {
+                let events = events_of(&buf);
+                // A notification this reader cannot name still says that
+                // something changed: it must not pass unseen.
+                if events.is_empty() && self.unknown_is_lost && !sink(KernelEvent::Lost) {
+                    return Read::Closed;
+                }
+                for ev in events {
                     if !sink(ev) {
                         return Read::Closed;
                     }

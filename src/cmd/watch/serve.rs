@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,11 +30,13 @@ use tracing::debug;
 use super::{Agent, Trigger};
 use crate::cmd::agent_client::format_of;
 use crate::cmd::steps::{self, Exit, Loaded, Out};
-use crate::core::model::{HostInfo, NsRef};
+use crate::core::ipam::Allocations;
+use crate::core::model::{Desired, HostInfo, NsRef, State};
+use crate::core::plan::{Failure, Plan};
 use crate::host::agentsock::{Answer, Listener, Request};
 use crate::host::events::Watched;
 use crate::host::observe::{Observation, Reuse};
-use crate::host::state::{Record, StateDir};
+use crate::host::state::{Pending, Record, StateDir};
 
 /// How long an answer waits for the state dir (held by an `apply`): the
 /// command then reads the kernel itself, after waiting for the lock.
@@ -62,6 +65,75 @@ pub struct View {
     pub obs: Observation,
     /// Identities of the files taken before they were read (None: absent).
     pub files: HashMap<String, Option<FileId>>,
+    /// The file as resolved for that reading, and what it was resolved
+    /// from.
+    pub resolved: Option<Resolved>,
+    /// The rest of an answer computed from this reading: reused whole
+    /// while every input is provably unchanged.
+    pub settled: Option<Settled>,
+}
+
+/// The agent's file resolved against a record's allocations and a host.
+pub struct Resolved {
+    /// Hash of the file's content.
+    pub config: u64,
+    pub host: HostInfo,
+    pub allocations: Allocations,
+    pub desired: Desired,
+}
+
+impl Resolved {
+    fn fits(&self, config: u64, host: &HostInfo, record: &Record) -> bool {
+        self.config == config && self.host == *host && self.allocations == record.allocations
+    }
+}
+
+/// What an answer computed besides its reading ([`View::obs`]) and the
+/// resolved file, with what else it was computed from.
+pub struct Settled {
+    /// The record it was planned against (the record file's identity and
+    /// the namespace marks adopted into it).
+    record: RecordId,
+    target: State,
+    plan: Plan,
+    held: Vec<Failure>,
+    warnings: Vec<String>,
+    interrupted: Option<Pending>,
+    /// The host ports found taken by processes (no kernel event says when
+    /// a process binds a port: probed again for every answer).
+    probes: Vec<Failure>,
+    /// The sysctls it read (their values are in the view), read again for
+    /// every answer: no event says when one changes.
+    sysctls: Vec<String>,
+}
+
+/// A state record as [`StateDir::load`] reads it: the record file and the
+/// namespace marks it adopts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RecordId {
+    file: Option<FileId>,
+    marks: Vec<String>,
+}
+
+impl RecordId {
+    fn now(sd: &StateDir) -> RecordId {
+        RecordId {
+            file: file_id(&sd.record_path()),
+            marks: crate::host::marks::marked_netns(),
+        }
+    }
+}
+
+/// What of the agent's view is still the host ([`Agent::fresh`]).
+pub struct Fresh {
+    /// Container namespaces to read again.
+    pub stale: BTreeSet<NsRef>,
+    /// The host namespace is as the view read it.
+    pub host_same: bool,
+    /// The nft ruleset generation now.
+    pub nft_now: Option<u32>,
+    /// The nft ruleset is the one the view read.
+    pub nft_same: bool,
 }
 
 /// A question and where its answer goes.
@@ -102,16 +174,21 @@ pub fn file_ids(paths: BTreeSet<String>) -> HashMap<String, Option<FileId>> {
     paths
         .into_iter()
         .map(|p| {
-            let id = std::fs::symlink_metadata(&p).ok().map(|m| FileId {
-                dev: m.dev(),
-                ino: m.ino(),
-                size: m.size(),
-                mtime: (m.mtime(), m.mtime_nsec()),
-                ctime: (m.ctime(), m.ctime_nsec()),
-            });
+            let id = file_id(std::path::Path::new(&p));
             (p, id)
         })
         .collect()
+}
+
+/// The identity of the file at `p` now (None: absent).
+fn file_id(p: &std::path::Path) -> Option<FileId> {
+    std::fs::symlink_metadata(p).ok().map(|m| FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
 }
 
 /// Accepts commands on the socket and hands their questions to the
@@ -142,11 +219,11 @@ pub fn spawn_listener(listener: tokio::net::UnixListener, tx: mpsc::UnboundedSen
 
 impl Agent {
     /// Answers one question (or declines it).
-    pub(super) async fn answer(&mut self, q: Query, rx: &mut mpsc::UnboundedReceiver<Trigger>) {
+    pub(super) async fn answer(&mut self, q: Query) {
         let Some((req, reply)) = q.take() else {
             return;
         };
-        let answer = match self.answer_inner(&req, rx).await {
+        let answer = match self.answer_inner(&req).await {
             Ok(a) => a,
             Err(why) => {
                 debug!("declined a `{}` query: {why}", req.command);
@@ -157,11 +234,7 @@ impl Agent {
         crate::host::memory::trim();
     }
 
-    async fn answer_inner(
-        &mut self,
-        req: &Request,
-        rx: &mut mpsc::UnboundedReceiver<Trigger>,
-    ) -> Result<Answer, String> {
+    async fn answer_inner(&mut self, req: &Request) -> Result<Answer, String> {
         let format = format_of(&req.format).ok_or("unknown format")?;
         if req.command != "plan" && req.command != "status" {
             return Err(format!("unknown command {}", req.command));
@@ -181,36 +254,153 @@ impl Agent {
         if crate::core::hash::fnv64(text) != self.seen || self.status.config_error.is_some() {
             return Err("another version of the file than the one in force".into());
         }
-        if self.view.is_none() {
+        let Some(fresh) = self.fresh() else {
             return Err("nothing read yet".into());
-        }
-        // Which namespaces are provably as read: first each watch says
-        // under its lock that nothing is left unread in its socket, then
-        // every event already forwarded is examined.
-        let quiet: HashSet<String> = self
-            .ns_watch
-            .iter()
-            .filter(|(_, w)| w.watched.quiet())
-            .map(|(c, _)| c.clone())
-            .collect();
-        let mut later = Vec::new();
-        while let Ok(t) = rx.try_recv() {
-            let _ = self.drift_of(&t);
-            later.push(t);
-        }
-        // Examined here; the loop judges them again for a reconcile.
-        for t in later {
-            let _ = self.tx.send(t);
-        }
+        };
         let Some(view) = &self.view else {
             return Err("nothing read yet".into());
         };
+        let Fresh {
+            stale,
+            host_same,
+            nft_now,
+            nft_same,
+        } = fresh;
+        let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)
+            .map_err(|e| format!("the state dir is busy: {e:#}"))?;
+        let host = HostInfo {
+            upstream_dns: req.upstream_dns.clone(),
+            state_dir: req.state_dir.clone(),
+            agent_dns: req.agent_dns,
+        };
+        let record_id = RecordId::now(&sd);
+        let same_inputs = view.settled.as_ref().is_some_and(|s| s.record == record_id)
+            && view
+                .resolved
+                .as_ref()
+                .is_some_and(|r| r.config == self.seen && r.host == host);
+        // The record is read only when it may have changed.
+        let record = match same_inputs {
+            true => None,
+            false => Some(sd.load().map_err(|e| format!("{e:#}"))?),
+        };
+        let paths: BTreeSet<String> = match &record {
+            Some(r) => file_paths(r, &self.expect.files),
+            None => file_paths(&Record::default(), &self.expect.files),
+        }
+        .into_iter()
+        .chain(view.files.keys().cloned())
+        .collect();
+        let files_now = file_ids(paths);
+        let stale_files = stale_files(view, &files_now);
+        if same_inputs
+            && stale.is_empty()
+            && stale_files.is_empty()
+            && host_same
+            && nft_same
+            && self.unchanged_besides_events()
+        {
+            debug!(
+                "answering `{}` from the view: nothing changed since it was read",
+                req.command
+            );
+            return self.answer_from_view(req, format, &sd);
+        }
+        let record = match record {
+            Some(r) => r,
+            None => sd.load().map_err(|e| format!("{e:#}"))?,
+        };
+        // The agent's own file: parsed already.
+        let spec = self.loaded.spec.clone();
+        let l = Loaded {
+            path: req.config.clone(),
+            spec,
+            host: host.clone(),
+        };
+        debug!(
+            "answering `{}`: {} of {} namespaces and {} of {} files read again{}{}",
+            req.command,
+            stale.len(),
+            view.obs.views.len(),
+            stale_files.len(),
+            files_now.len(),
+            if host_same {
+                ""
+            } else {
+                ", the host namespace"
+            },
+            if nft_same { "" } else { ", nft" },
+        );
+        let fresh = Fresh {
+            stale,
+            host_same,
+            nft_now,
+            nft_same,
+        };
+        let (p, files_now) = self
+            .plan_fresh(&l, &record, &fresh)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let (out, exit) = render(req, format, &l.path, &sd, &p)?;
+        let probes = crate::host::portprobe::conflicts(&p.desired.state, &p.observation.state);
+        let sysctls = sysctl_keys(&p.desired.state, &record);
+        let steps::Planned {
+            desired,
+            target,
+            observation,
+            plan,
+            held,
+            warnings,
+            interrupted,
+        } = p;
+        self.view = Some(View {
+            obs: observation,
+            files: files_now,
+            resolved: Some(Resolved {
+                config: self.seen,
+                host,
+                allocations: record.allocations.clone(),
+                desired,
+            }),
+            settled: Some(Settled {
+                record: record_id,
+                target,
+                plan,
+                held,
+                warnings,
+                interrupted,
+                probes,
+                sysctls,
+            }),
+        });
+        drop(sd);
+        Ok(Answer::Output {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit: exit as u8,
+        })
+    }
+
+    /// What of the view is provably still the host. A container
+    /// namespace is when its watch says under its lock that nothing is
+    /// left unread in its socket, no event came since the view was read
+    /// (each marks its namespace as it is handed over), and its path still
+    /// names the namespace the watch listens to; the host namespace
+    /// likewise. VXLAN forwarding and neighbour entries have no watch: a
+    /// view with VXLANs has its host namespace read again. nft is when the
+    /// ruleset's generation, which every change to any table moves, did
+    /// not move. None: nothing read yet.
+    pub(super) fn fresh(&self) -> Option<Fresh> {
+        let view = self.view.as_ref()?;
         let mut trusted: HashSet<&NsRef> = HashSet::new();
         let mut doubted: HashSet<&NsRef> = HashSet::new();
         for (c, w) in &self.ns_watch {
             let same_ns =
                 std::fs::metadata(w.netns.path()).is_ok_and(|m| (m.dev(), m.ino()) == w.id);
-            if quiet.contains(c) && !self.dirty.contains(c) && same_ns {
+            // Quiet first: an event handed over until then has marked it.
+            let quiet = w.watched.quiet();
+            let marked = self.dirty.lock().map_or(true, |d| d.contains(c));
+            if quiet && same_ns && !marked {
                 trusted.insert(&w.netns);
             } else {
                 doubted.insert(&w.netns);
@@ -223,76 +413,199 @@ impl Agent {
             .filter(|ns| !trusted.contains(ns) || doubted.contains(ns))
             .cloned()
             .collect();
+        let host_same = self.host_watch.as_ref().is_some_and(|w| w.quiet())
+            && !self.host_dirty.load(Ordering::SeqCst)
+            && view.obs.state.vxlans.is_empty();
+        let nft_now = crate::host::nft::generation::generation().ok();
+        let nft_same = nft_now.is_some() && nft_now == view.obs.nft_generation;
+        Some(Fresh {
+            stale,
+            host_same,
+            nft_now,
+            nft_same,
+        })
+    }
 
-        let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)
-            .map_err(|e| format!("the state dir is busy: {e:#}"))?;
-        let record = sd.load().map_err(|e| format!("{e:#}"))?;
-        let paths = file_paths(&record, &self.expect.files);
-        let paths: BTreeSet<String> = paths
+    /// Plans `l` against the host, taking from the view what `fresh`
+    /// vouches for (and the resolved file, when it was resolved from the
+    /// same file, allocations and host), and reading the rest. Returns the
+    /// plan and the identities of the files taken before they were read.
+    pub(super) async fn plan_fresh(
+        &self,
+        l: &Loaded,
+        record: &Record,
+        fresh: &Fresh,
+    ) -> anyhow::Result<(steps::Planned, HashMap<String, Option<FileId>>)> {
+        let Some(view) = &self.view else {
+            anyhow::bail!("nothing read yet");
+        };
+        let desired = match view
+            .resolved
+            .as_ref()
+            .filter(|r| r.fits(self.seen, &l.host, record))
+        {
+            Some(r) => r.desired.clone(),
+            None => steps::resolve(l, record)?,
+        };
+        // Every file the reading looks at, new ones included: a file the
+        // view did not read is read.
+        let paths: BTreeSet<String> = file_paths(record, &self.expect.files)
             .into_iter()
+            .chain(desired.state.files.keys().cloned())
             .chain(view.files.keys().cloned())
             .collect();
         let files_now = file_ids(paths);
-        let stale_files: BTreeSet<String> = files_now
-            .iter()
-            .filter(|(p, now)| match view.files.get(*p) {
-                // Present then and now, unchanged: reusable if it was read.
-                Some(then) if then == *now => {
-                    now.is_some() && !view.obs.state.files.contains_key(*p)
-                }
-                _ => true,
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        let spec = crate::core::spec::load_bytes(&req.config.display().to_string(), text)
-            .map_err(|_| "the file does not validate".to_string())?;
-        let l = Loaded {
-            path: req.config.clone(),
-            spec,
-            host: HostInfo {
-                upstream_dns: req.upstream_dns.clone(),
-                state_dir: req.state_dir.clone(),
-                agent_dns: req.agent_dns,
-            },
-        };
-        debug!(
-            "answering `{}`: {} of {} namespaces and {} of {} files read again",
-            req.command,
-            stale.len(),
-            view.obs.views.len(),
-            stale_files.len(),
-            files_now.len()
-        );
         let reuse = Reuse {
             earlier: &view.obs,
-            stale,
-            stale_files,
-            // Events are followed for the container namespaces only.
-            host: true,
+            stale: fresh.stale.clone(),
+            stale_files: stale_files(view, &files_now),
+            host: !fresh.host_same,
             sysctls: true,
-            firewall: None,
+            firewall: fresh.nft_same.then(|| view.obs.state.firewall.clone()),
         };
-        let p = steps::plan_live_with(&l, &record, Some(&reuse))
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        let (out, exit): (Out, Exit) = if req.command == "plan" {
-            crate::cmd::plan_apply::plan_out(&p, format, req.detailed, req.verbose, req.color)
-        } else {
-            crate::cmd::status::status_out(&l, sd.path(), &p, format)
-                .map_err(|e| format!("{e:#}"))?
+        // Events from here on are news to the reading below: what it reads
+        // again is marked again by any event during the reading.
+        if let Ok(mut d) = self.dirty.lock() {
+            d.clear();
+        }
+        if !fresh.host_same {
+            self.host_dirty.store(false, Ordering::SeqCst);
+        }
+        let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
+        if fresh.nft_same {
+            // The ruleset is the one the view read: its generation and its
+            // raw listing (an apply's minimal transaction starts from it).
+            p.observation.nft_generation = fresh.nft_now;
+            p.observation.firewall = view.obs.firewall.clone();
+        }
+        Ok((p, files_now))
+    }
+
+    /// What the view says that no event reports: the named namespaces,
+    /// the sysctls netloom reads and the host ports processes hold are as
+    /// they were when the settled answer was computed.
+    fn unchanged_besides_events(&self) -> bool {
+        let Some(view) = &self.view else {
+            return false;
         };
-        drop(sd);
-        // What was just read is the newest view; events examined so far
-        // are in it.
-        self.dirty.clear();
+        let (Some(set), Some(resolved)) = (&view.settled, &view.resolved) else {
+            return false;
+        };
+        let Ok(named) = crate::host::netns::list_named() else {
+            return false;
+        };
+        if named.into_iter().collect::<BTreeSet<_>>() != view.obs.named_netns {
+            return false;
+        }
+        for key in &set.sysctls {
+            let now = crate::host::sysctl::read_sysctl(None, key)
+                .ok()
+                .map(|v| v.trim().to_string());
+            if now.as_ref() != view.obs.state.sysctls.get(key) {
+                return false;
+            }
+        }
+        crate::host::portprobe::conflicts(&resolved.desired.state, &view.obs.state) == set.probes
+    }
+
+    /// The settled answer again, rendered now (`status` reads the agent's
+    /// status and the confirmation state as they are now).
+    fn answer_from_view(
+        &mut self,
+        req: &Request,
+        format: crate::cmd::cli::Format,
+        sd: &StateDir,
+    ) -> Result<Answer, String> {
+        steps::refuse_if_other_owner(sd.path()).map_err(|e| format!("{e:#}"))?;
+        let Some(View {
+            obs,
+            files,
+            resolved: Some(resolved),
+            settled: Some(settled),
+        }) = self.view.take()
+        else {
+            return Err("nothing settled".into());
+        };
+        let Resolved {
+            config,
+            host,
+            allocations,
+            desired,
+        } = resolved;
+        let p = steps::Planned {
+            desired,
+            target: settled.target,
+            observation: obs,
+            plan: settled.plan,
+            held: settled.held,
+            warnings: settled.warnings,
+            interrupted: settled.interrupted,
+        };
+        let answer = render(req, format, &req.config, sd, &p);
         self.view = Some(View {
             obs: p.observation,
-            files: files_now,
+            files,
+            resolved: Some(Resolved {
+                config,
+                host,
+                allocations,
+                desired: p.desired,
+            }),
+            settled: Some(Settled {
+                target: p.target,
+                plan: p.plan,
+                held: p.held,
+                warnings: p.warnings,
+                interrupted: p.interrupted,
+                ..settled
+            }),
         });
+        let (out, exit) = answer?;
         Ok(Answer::Output {
             stdout: out.stdout,
             stderr: out.stderr,
             exit: exit as u8,
         })
     }
+}
+
+/// The command's output for `p`, as the command itself prints it.
+fn render(
+    req: &Request,
+    format: crate::cmd::cli::Format,
+    config: &std::path::Path,
+    sd: &StateDir,
+    p: &steps::Planned,
+) -> Result<(Out, Exit), String> {
+    Ok(if req.command == "plan" {
+        crate::cmd::plan_apply::plan_out(p, format, req.detailed, req.verbose, req.color)
+    } else {
+        crate::cmd::status::status_out(config, sd.path(), p, format)
+            .map_err(|e| format!("{e:#}"))?
+    })
+}
+
+/// The files of `files_now` whose reading in `view` cannot be reused.
+pub fn stale_files(view: &View, files_now: &HashMap<String, Option<FileId>>) -> BTreeSet<String> {
+    files_now
+        .iter()
+        .filter(|(p, now)| match view.files.get(*p) {
+            // Present then and now, unchanged: reusable if it was read.
+            Some(then) if then == *now => now.is_some() && !view.obs.state.files.contains_key(*p),
+            _ => true,
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// The sysctls an observation reads for `desired` and `record`.
+pub fn sysctl_keys(desired: &State, record: &Record) -> Vec<String> {
+    desired
+        .sysctls
+        .keys()
+        .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
