@@ -257,6 +257,59 @@ fn answers_from_the_view_see_each_kind_of_drift_alone() {
     }
 }
 
+#[test]
+fn apply_of_the_agents_file_is_applied_by_the_agent() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    let applied_by_agent = |log: &Path| read(log).matches("apply (command)").count();
+    h.config(
+        "netloom.toml",
+        &BASE.replace(
+            "[containers.c2]\nnetworks = [\"green\"]\n",
+            "[containers.c2]\nnetworks = [\"green\"]\nports = [\"9191:91\"]\n",
+        ),
+    );
+    let r = h.netloom(&cfg, &["apply"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("+ port.c2.9191/tcp"), "{}", r.stdout);
+    assert!(r.stderr.contains("Apply complete! 1 added"), "{}", r.stderr);
+    assert_eq!(applied_by_agent(&log), 1, "{}", read(&log));
+    assert!(
+        h.sh("nft list map inet netloom dnat_any")
+            .stdout
+            .contains("9191"),
+        "the port is not published"
+    );
+    // Nothing left to do, said as `apply` says it; `--detailed-exitcode`
+    // and JSON as the command gives them.
+    let r = h.netloom(&cfg, &["apply", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("Nothing to apply"), "{}", r.stderr);
+    h.config("netloom.toml", BASE);
+    let r = h.netloom(&cfg, &["apply", "--format", "json", "--detailed-exitcode"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert!(r.stdout.contains("port.c2.9191/tcp"), "{doc}");
+    assert_eq!(applied_by_agent(&log), 3, "{}", read(&log));
+    assert!(
+        !h.sh("nft list map inet netloom dnat_any")
+            .stdout
+            .contains("9191"),
+        "the port is still published"
+    );
+    // Opting out: the command applies itself.
+    let r = h.sh(&format!(
+        "env NETLOOM_ASK_AGENT=0 {NETLOOM} -c {} apply",
+        cfg.display()
+    ));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(applied_by_agent(&log), 3, "{}", read(&log));
+}
+
 /// Stops a fake agent and removes its socket.
 fn stop(h: &Host, pid: u32) {
     h.sh(&format!("kill {pid}")).ok();

@@ -1,7 +1,7 @@
-//! `plan` and `status` ask a running agent first (see
+//! `plan`, `status` and `apply` ask a running agent first (see
 //! [`crate::host::agentsock`]) and read the kernel themselves when no
-//! agent answers, or when it declines. `NETLOOM_ASK_AGENT=0` skips the
-//! agent.
+//! agent answers, or when it declines. The agent applies only its own
+//! file, as the command read it. `NETLOOM_ASK_AGENT=0` skips the agent.
 //!
 //! The agent answers from its view of the host, kept current by kernel
 //! events, and computes again only what may have changed (see
@@ -21,7 +21,7 @@ pub const ASK_AGENT_ENV: &str = "NETLOOM_ASK_AGENT";
 
 /// What the command asks the agent.
 pub struct Ask {
-    /// `plan` or `status`.
+    /// `plan`, `status` or `apply`.
     pub command: &'static str,
     pub format: Format,
     pub detailed: bool,

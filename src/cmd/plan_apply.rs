@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use crate::cmd::cli::{Cli, Format};
 use crate::cmd::confirm;
 use crate::cmd::steps::{
-    self, Exit, Loaded, Out, Planned, apply_planned, detail, held_text, load, load_bytes,
-    open_state, plan_exit, plan_live, plan_text, print_held, print_plan_as, print_warnings,
-    record_converged, refuse_if_agent, require_root, resolve, warnings_to,
+    self, Applied, Exit, Loaded, Out, Planned, apply_planned, detail, held_text, load, load_bytes,
+    open_state, plan_exit, plan_live, plan_text, print_plan_as, record_converged, refuse_if_agent,
+    require_root, resolve, warnings_to,
 };
 use crate::core::model::State;
 use crate::core::plan;
@@ -125,6 +125,20 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     }
     if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
+        // A running agent of this file applies it from its view of the
+        // host (it would apply the edit itself a moment later anyway).
+        if how.out.is_none() && how.confirm_timeout.is_none() {
+            let ask = crate::cmd::agent_client::Ask {
+                command: "apply",
+                format: how.format,
+                detailed: how.detailed,
+                verbose: cli.verbose,
+            };
+            if let Some((out, exit)) = crate::cmd::agent_client::ask(&l, &bytes, &ask) {
+                out.print();
+                return Ok(exit);
+            }
+        }
         crate::host::interrupt::install()?;
     }
     let sd = open_state(&l.host.state_dir)?;
@@ -156,16 +170,14 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
         );
     }
     let p = plan_live(&l, &record).await?;
-    let json = if how.dry_run {
+    if how.dry_run {
         let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
         plan_out(&p, how.format, how.detailed, cli.verbose, color)
             .0
             .print();
-        false
     } else {
-        print_warnings(&p.warnings, how.format);
-        show_plan(cli, &p, how.format, how.dry_run)
-    };
+        show_plan(cli, &p, how.format);
+    }
     if let Some(out) = how.out {
         let doc = saved_now(&l, &bytes, &record, &p)?;
         write_file(out, &saved_plan::to_text(&doc))?;
@@ -174,7 +186,7 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
             out.display()
         );
     }
-    let exit = finish(&sd, &mut record, &p, how.dry_run, how.detailed, json).await?;
+    let exit = finish(&sd, &mut record, &p, how.dry_run, how.detailed, how.format).await?;
     match checkpoint {
         Some(cp) => {
             // `confirm` and the rollback take the lock; the wait must not
@@ -299,71 +311,71 @@ pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format)
         );
         return Ok(Exit::Error);
     }
-    print_warnings(&p.warnings, format);
-    let json = show_plan(cli, &p, format, false);
-    finish(&sd, &mut record, &p, false, detailed, json).await
+    show_plan(cli, &p, format);
+    finish(&sd, &mut record, &p, false, detailed, format).await
 }
 
-/// Applies `p` (unless `dry_run`) and reports, with `apply`'s exit status.
-/// Prints the plan (`plan`: with its operations; `apply`: one line per
-/// change) and the held-back objects. Returns whether the result is to be
-/// printed as one JSON document at the end instead (`apply --format json`).
-fn show_plan(cli: &Cli, p: &Planned, format: Format, dry_run: bool) -> bool {
-    let json_result = format == Format::Json && !dry_run;
-    if !json_result {
-        let d = if dry_run {
-            Detail::Normal
-        } else {
-            Detail::Brief
-        };
-        print_plan_as(&p.plan, format, detail(cli, d));
+/// Prints what `apply` shows before applying ([`apply_head`]).
+fn show_plan(cli: &Cli, p: &Planned, format: Format) {
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    apply_head(p, format, cli.verbose, color).print();
+}
+
+/// What `apply` prints before applying: the warnings, one line per change
+/// (with `--format json` nothing: the plan and its result are one
+/// document at the end, [`apply_tail`]) and the held-back objects. The
+/// command and an agent applying for it both print this.
+pub fn apply_head(p: &Planned, format: Format, verbose: bool, color: bool) -> Out {
+    let mut out = Out::default();
+    warnings_to(&mut out, &p.warnings, format);
+    if format != Format::Json {
+        let d = if verbose { Detail::Full } else { Detail::Brief };
+        out.stdout.push_str(&plan_text(&p.plan, format, d, color));
     }
-    print_held(&p.held);
-    json_result
+    out.stderr.push_str(&held_text(&p.held));
+    out
 }
 
-/// Applies (unless `dry_run`), reports, and with `json` prints the plan and
-/// its result as one document.
-async fn finish(
-    sd: &StateDir,
-    record: &mut Record,
+/// What `apply` prints after applying `p` (`applied`: None when there was
+/// nothing to apply), and its exit status.
+pub fn apply_tail(
     p: &Planned,
-    dry_run: bool,
+    applied: Option<&Applied>,
+    format: Format,
     detailed: bool,
-    json: bool,
-) -> Result<Exit> {
-    let held = if p.held.is_empty() {
-        None
-    } else {
-        Some(Exit::Error)
-    };
-    if dry_run || p.plan.is_empty() {
-        if !dry_run {
-            let c = p.observation.counters;
-            eprintln!(
-                "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
-                c.dumps, c.writes
-            );
-            record_converged(sd, record, p)?;
-        }
+) -> (Out, Exit) {
+    let mut out = Out::default();
+    let json = format == Format::Json;
+    let held = !p.held.is_empty();
+    let Some(applied) = applied else {
+        let c = p.observation.counters;
+        let _ = writeln!(
+            out.stderr,
+            "Nothing to apply ({} netlink dumps, {} netlink writes, 0 nft transactions).",
+            c.dumps, c.writes
+        );
         if json {
             let r = ApplyResult {
                 held: &p.held,
                 ..Default::default()
             };
-            print!("{}", render::apply_json(&p.plan, &r));
+            out.stdout.push_str(&render::apply_json(&p.plan, &r));
         }
-        return Ok(held.unwrap_or_else(|| plan_exit(&p.plan, detailed)));
-    }
-    let applied = apply_planned(sd, record, p).await;
-    if let Some(n) = crate::host::fault::count() {
-        eprintln!("fault points passed: {n}");
-    }
-    let applied = applied?;
+        let exit = if held {
+            Exit::Error
+        } else {
+            plan_exit(&p.plan, detailed)
+        };
+        return (out, exit);
+    };
     for (addr, f) in &applied.failed {
-        eprintln!("Error: {}: {addr} failed: {}", f.object, f.error);
+        let _ = writeln!(
+            out.stderr,
+            "Error: {}: {addr} failed: {}",
+            f.object, f.error
+        );
     }
-    eprintln!("{}", applied.report(&p.plan, &p.held));
+    let _ = writeln!(out.stderr, "{}", applied.report(&p.plan, &p.held));
     if json {
         let r = ApplyResult {
             applied: &applied.done,
@@ -371,10 +383,46 @@ async fn finish(
             held: &p.held,
             waiting: &applied.not_done,
         };
-        print!("{}", render::apply_json(&p.plan, &r));
+        out.stdout.push_str(&render::apply_json(&p.plan, &r));
     }
-    if held.is_some() || !applied.failed.is_empty() {
-        return Ok(Exit::Error);
+    let exit = if held || !applied.failed.is_empty() {
+        Exit::Error
+    } else if detailed {
+        Exit::Changes
+    } else {
+        Exit::Ok
+    };
+    (out, exit)
+}
+
+/// Applies `p` (unless `dry_run`) and reports, with `apply`'s exit status
+/// (`plan` printed its plan already).
+async fn finish(
+    sd: &StateDir,
+    record: &mut Record,
+    p: &Planned,
+    dry_run: bool,
+    detailed: bool,
+    format: Format,
+) -> Result<Exit> {
+    if dry_run {
+        return Ok(if p.held.is_empty() {
+            plan_exit(&p.plan, detailed)
+        } else {
+            Exit::Error
+        });
     }
-    Ok(if detailed { Exit::Changes } else { Exit::Ok })
+    let applied = if p.plan.is_empty() {
+        record_converged(sd, record, p)?;
+        None
+    } else {
+        let applied = apply_planned(sd, record, p).await;
+        if let Some(n) = crate::host::fault::count() {
+            eprintln!("fault points passed: {n}");
+        }
+        Some(applied?)
+    };
+    let (out, exit) = apply_tail(p, applied.as_ref(), format, detailed);
+    out.print();
+    Ok(exit)
 }

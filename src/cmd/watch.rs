@@ -71,11 +71,18 @@ enum Trigger {
     Stop,
     /// Cluster mode: news from etcd.
     Etcd(FromEtcd),
-    /// `plan` or `status` asks over the agent's socket.
+    /// `plan`, `status` or `apply` asks over the agent's socket.
     Query(serve::Query),
+    /// `apply` of the agent's file, applied by the agent for the command.
+    Apply,
 }
 
 impl Trigger {
+    /// An `apply` asked over the socket.
+    fn is_apply(&self) -> bool {
+        matches!(self, Trigger::Query(q) if q.is_apply())
+    }
+
     fn name(&self) -> String {
         match self {
             Trigger::Start => "start".into(),
@@ -93,6 +100,7 @@ impl Trigger {
             Trigger::Etcd(FromEtcd::Desired(_, rev)) => format!("etcd (revision {rev})"),
             Trigger::Etcd(FromEtcd::Unreachable(_)) => "etcd unreachable".into(),
             Trigger::Query(_) => "query".into(),
+            Trigger::Apply => "apply (command)".into(),
         }
     }
 }
@@ -271,7 +279,15 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         if batch.contains(&Trigger::File) {
-            tokio::time::sleep(DEBOUNCE).await;
+            // Editors write in steps: wait for the last one, unless an
+            // `apply` says the file is ready.
+            let until = tokio::time::Instant::now() + DEBOUNCE;
+            while !batch.iter().any(Trigger::is_apply) {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(t)) => batch.push(t),
+                    _ => break,
+                }
+            }
         }
         while let Ok(t) = rx.try_recv() {
             batch.push(t);
@@ -304,6 +320,10 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
                 drift.push(d);
             }
         }
+        // An `apply` waiting converges the host itself (and says what it
+        // did): a reconcile for the same file change or drift before it
+        // would leave it nothing to show.
+        let applying = queries.iter().any(Trigger::is_apply);
         let trigger = if reload {
             Some(Trigger::Reload)
         } else if file_changed {
@@ -315,6 +335,8 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         } else {
             None
         };
+        let trigger =
+            trigger.filter(|t| !applying || matches!(t, Trigger::Reload | Trigger::Resync));
         if let Some(t) = trigger {
             let changed = agent.reconcile(&t).await;
             if changed {
@@ -595,21 +617,36 @@ impl Agent {
 
     /// One reconcile; returns whether it changed anything.
     async fn reconcile(&mut self, trigger: &Trigger) -> bool {
+        self.reconcile_with(trigger, None).await.0
+    }
+
+    /// [`Agent::reconcile`]; with `ask`, also what `apply` prints for it
+    /// (or why there is nothing to print: the reconcile failed or was held
+    /// back).
+    async fn reconcile_with(
+        &mut self,
+        trigger: &Trigger,
+        ask: Option<&serve::ApplyAsk>,
+    ) -> (bool, Result<(steps::Out, Exit), String>) {
         if self.cluster.as_ref().is_some_and(|c| c.doc.is_none()) {
             // Cluster mode before any desired state: nothing to converge
             // to, and nothing is torn down for want of one.
             info!("waiting for the desired state from etcd");
-            return false;
+            return (false, Err("no desired state yet".into()));
         }
         let start = Instant::now();
         let full = matches!(
             trigger,
             Trigger::Start | Trigger::Resync | Trigger::Reload | Trigger::Stop
         );
-        let result = self.reconcile_inner(full).await;
+        let result = self.reconcile_inner(full, ask).await;
         let millis = start.elapsed().as_millis() as u64;
+        let mut printed = Err(String::new());
         let (summary, failed) = match result {
-            Ok((s, f)) => ((s, Ok(())), f),
+            Ok((s, f, out)) => {
+                printed = out.ok_or_else(String::new);
+                ((s, Ok(())), f)
+            }
             Err(e) => ((Default::default(), Err(e)), Vec::new()),
         };
         let (summary, result): (crate::core::plan::Summary, Result<()>) = summary;
@@ -668,21 +705,29 @@ impl Agent {
         // The reconcile's reading is dropped (its view is kept): give the
         // pages back.
         crate::host::memory::trim();
+        if let Some(e) = &run.error {
+            printed = Err(e.clone());
+        }
         self.status.runs.push(run);
         let n = self.status.runs.len();
         if n > KEPT_RUNS {
             self.status.runs.drain(..n - KEPT_RUNS);
         }
         self.write_status();
-        changed
+        (changed, printed)
     }
 
-    /// Plans and applies; returns what was made and the objects that
-    /// failed (left as they are).
+    /// Plans and applies; returns what was made, the objects that failed
+    /// (left as they are) and, with `ask`, what `apply` prints for it.
     async fn reconcile_inner(
         &mut self,
         full: bool,
-    ) -> Result<(crate::core::plan::Summary, Vec<crate::core::plan::Failure>)> {
+        ask: Option<&serve::ApplyAsk>,
+    ) -> Result<(
+        crate::core::plan::Summary,
+        Vec<crate::core::plan::Failure>,
+        Option<(steps::Out, Exit)>,
+    )> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = sd.load()?;
         // Confirmed applies: an unconfirmed change whose time ran out is
@@ -718,15 +763,25 @@ impl Agent {
         };
         let mut summary = crate::core::plan::Summary::default();
         let mut failures = p.held.clone();
-        if !p.plan.is_empty() {
+        let applied = if !p.plan.is_empty() {
             let applied = steps::apply_planned(&sd, &mut record, &p).await?;
             summary = applied.made(&p.plan);
             log_changes(&p.plan, &applied.done);
             failures.extend(applied.failed_objects().into_iter().cloned());
+            Some(applied)
         } else {
             steps::record_converged(&sd, &mut record, &p)?;
-        }
+            None
+        };
         drop(sd);
+        let printed = ask.map(|a| {
+            use crate::cmd::plan_apply::{apply_head, apply_tail};
+            let mut out = apply_head(&p, a.format, a.verbose, a.color);
+            let (tail, exit) = apply_tail(&p, applied.as_ref(), a.format, a.detailed);
+            out.stdout.push_str(&tail.stdout);
+            out.stderr.push_str(&tail.stderr);
+            (out, exit)
+        });
         self.expect = Expect::new(
             &p.desired.state,
             p.observation
@@ -759,7 +814,7 @@ impl Agent {
             // Planned before its own changes: not an answer to reuse.
             settled: None,
         });
-        Ok((summary, failures))
+        Ok((summary, failures, printed))
     }
 
     /// Keeps one event subscription per container namespace. A subscription

@@ -155,6 +155,21 @@ impl Query {
     fn take(&self) -> Option<Asked> {
         self.0.lock().ok()?.take()
     }
+
+    /// Whether it asks for an `apply`.
+    pub fn is_apply(&self) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|q| q.as_ref().is_some_and(|(r, _)| r.command == "apply"))
+    }
+}
+
+/// How `apply`'s output is asked for.
+pub struct ApplyAsk {
+    pub format: crate::cmd::cli::Format,
+    pub detailed: bool,
+    pub verbose: bool,
+    pub color: bool,
 }
 
 /// The paths observation reads files at, as far as the agent knows them.
@@ -236,7 +251,7 @@ impl Agent {
 
     async fn answer_inner(&mut self, req: &Request) -> Result<Answer, String> {
         let format = format_of(&req.format).ok_or("unknown format")?;
-        if req.command != "plan" && req.command != "status" {
+        if !["plan", "status", "apply"].contains(&req.command.as_str()) {
             return Err(format!("unknown command {}", req.command));
         }
         if self.cluster.is_some() {
@@ -251,8 +266,27 @@ impl Agent {
             return Err("another file".into());
         }
         let text = req.config_text.as_bytes();
+        if req.command == "apply" && crate::core::hash::fnv64(text) != self.seen {
+            // The command read the file after the agent last did.
+            self.reload_file(false);
+        }
         if crate::core::hash::fnv64(text) != self.seen || self.status.config_error.is_some() {
             return Err("another version of the file than the one in force".into());
+        }
+        if req.command == "apply" {
+            let ask = ApplyAsk {
+                format,
+                detailed: req.detailed,
+                verbose: req.verbose,
+                color: req.color,
+            };
+            let (_, printed) = self.reconcile_with(&Trigger::Apply, Some(&ask)).await;
+            let (out, exit) = printed?;
+            return Ok(Answer::Output {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit: exit as u8,
+            });
         }
         let Some(fresh) = self.fresh() else {
             return Err("nothing read yet".into());
