@@ -16,6 +16,7 @@ pub mod diag;
 pub mod dns;
 pub mod firewall;
 pub mod hash;
+pub mod hosts;
 pub mod ipam;
 pub mod model;
 pub mod oci;

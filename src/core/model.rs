@@ -28,7 +28,7 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// marks a file as netloom's even when the state record is lost.
 pub const FILE_MARK: &str = "# Written by netloom";
 /// Everything below this line of a hosts file is the user's.
-pub const USER_MARKER: &str = "# user entries below (kept by netloom)";
+pub use crate::core::hosts::USER_MARKER;
 /// Interface names starting with this are netloom's own temporary names
 /// (see [`temp_link_name`]); a file may not use them. Defined beside the
 /// validation that refuses them.
@@ -319,10 +319,8 @@ pub struct HostInfo {
 }
 
 /// Above this many members, a user-defined network with DNS is no longer
-/// listed in its members' hosts files: its names come from the embedded
-/// DNS only. 256 members make hosts files of about 10 KiB each (2.5 MiB
-/// for the network); the full listing grows with the square of the size.
-pub const HOSTS_FILE_MAX_MEMBERS: usize = 256;
+/// listed in its members' hosts files (see [`crate::core::hosts`]).
+pub use crate::core::hosts::HOSTS_FILE_MAX_MEMBERS;
 
 /// Path of the named namespace `name`: `/run/netns/NAME`.
 pub fn named_path(name: &str) -> PathBuf {
@@ -704,17 +702,6 @@ pub fn resolve(
 
     // Names: hosts files, resolv.conf and DNS zones.
     let addr_on = |c: &str, net: &str| alloc.ipv4.get(net).and_then(|m| m.get(c)).copied();
-    // Every address of a container on a network, IPv4 first.
-    let addrs_on = |c: &str, net: &str| -> Vec<IpAddr> {
-        let v4 = addr_on(c, net).map(IpAddr::V4);
-        let v6 = alloc
-            .ipv6
-            .get(net)
-            .and_then(|m| m.get(c))
-            .copied()
-            .map(IpAddr::V6);
-        v4.into_iter().chain(v6).collect()
-    };
     let upstream: Vec<SocketAddr> = spec
         .upstream_dns
         .clone()
@@ -727,6 +714,8 @@ pub fn resolve(
             members.entry(e.network.as_str()).or_default().push((c, e));
         }
     }
+    let tables =
+        crate::core::hosts::HostsTables::new(&networks, &members, &by_name, &alloc, &remote_of);
     let mut external_files = BTreeMap::new();
     let mut dns_clients = Vec::new();
     for c in &spec.containers {
@@ -736,10 +725,8 @@ pub fn resolve(
         ) else {
             continue;
         };
-        let extra = extra_hosts(c, &networks);
-        let hosts = hosts_file(
-            c, &by_name, &networks, &members, &addrs_on, &remote_of, &extra,
-        );
+        let extra = crate::core::hosts::extra_hosts(c, &networks);
+        let hosts = tables.file(c, &extra);
         let resolv = resolv_file(c, &networks, &upstream, host.agent_dns);
         if !extra.is_empty() || !c.dns.servers.is_empty() {
             dns_clients.push(crate::core::dns::Client {
@@ -803,28 +790,6 @@ pub fn resolve(
     })
 }
 
-/// A container's `extra_hosts` with `host-gateway` made an address (the
-/// gateway of its first network; left out when it has none).
-fn extra_hosts(
-    c: &ContainerSpec,
-    networks: &BTreeMap<String, NetworkSpec>,
-) -> Vec<(String, IpAddr)> {
-    use crate::core::container_dns::ExtraAddr;
-    let gateway = c
-        .endpoints
-        .first()
-        .and_then(|e| networks.get(&e.network))
-        .map(|n| IpAddr::V4(n.gateway));
-    c.dns
-        .extra_hosts
-        .iter()
-        .filter_map(|h| match h.addr {
-            ExtraAddr::Ip(ip) => Some((h.name.clone(), ip)),
-            ExtraAddr::HostGateway => gateway.map(|g| (h.name.clone(), g)),
-        })
-        .collect()
-}
-
 fn nsref(n: &NetnsSpec) -> NsRef {
     match n {
         NetnsSpec::Named(s) => NsRef::Named(s.clone()),
@@ -842,139 +807,6 @@ fn remote_members<'a>(
         .and_then(|s| s.vxlans.get(net))
         .map(|v| v.remote.as_slice())
         .unwrap_or(&[])
-}
-
-/// `/etc/hosts` of a container, as the seed's `cat /etc/hosts` shows it,
-/// with names that follow addresses (never stale).
-///
-/// On a user-defined network of more than [`HOSTS_FILE_MAX_MEMBERS`]
-/// members with DNS, the other members are left to the embedded DNS (as
-/// Docker does for every user-defined network): listing them all in every
-/// member's file would make the files grow with the square of the
-/// network. A comment line in the file says so.
-fn hosts_file<'a>(
-    c: &ContainerSpec,
-    by_name: &HashMap<&str, &ContainerSpec>,
-    networks: &BTreeMap<String, NetworkSpec>,
-    members: &HashMap<&str, Vec<(&ContainerSpec, &EndpointSpec)>>,
-    addrs_on: &dyn Fn(&str, &str) -> Vec<IpAddr>,
-    remote_of: &dyn for<'n> Fn(&'n str) -> &'a [crate::core::cluster::RemoteMember],
-    extra: &[(String, IpAddr)],
-) -> String {
-    let mut out = String::from(
-        "# Written by netloom; edits above the user marker are replaced.\n\
-         127.0.0.1\tlocalhost\n\
-         ::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\n\
-         ff00::0\tip6-mcastprefix\n\
-         ff02::1\tip6-allnodes\n\
-         ff02::2\tip6-allrouters\n",
-    );
-    // With a domain name the fully qualified name comes first, as
-    // Docker writes it (`hostname -f` reads it from there).
-    let mut own_names = Vec::new();
-    if let Some(d) = &c.dns.domainname {
-        own_names.push(format!("{}.{d}", c.hostname));
-    }
-    own_names.push(c.hostname.clone());
-    if c.name != c.hostname {
-        own_names.push(c.name.clone());
-    }
-    for e in &c.endpoints {
-        for ip in addrs_on(&c.name, &e.network) {
-            out.push_str(&format!("{ip}\t{}\n", own_names.join(" ")));
-        }
-    }
-    // `extra_hosts` (`--add-host`), in file order before the other
-    // containers: the first line naming a host wins, and an extra host is
-    // a deliberate override.
-    for (name, ip) in extra {
-        out.push_str(&format!("{ip}\t{name}\n"));
-    }
-    // Links: one way, to the target's address on a network both share.
-    let mut lines: Vec<(IpAddr, Vec<String>)> = Vec::new();
-    for (target, alias) in &c.links {
-        let Some(t) = by_name.get(target.as_str()) else {
-            continue;
-        };
-        let t = crate::core::spec::resolve_shared(t, by_name);
-        let shared = c
-            .endpoints
-            .iter()
-            .find(|e| t.endpoints.iter().any(|o| o.network == e.network));
-        let Some(e) = shared else { continue };
-        let ips = addrs_on(&t.name, &e.network);
-        let mut names = vec![target.clone()];
-        names.extend(alias.iter().cloned());
-        lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
-    }
-    // User-defined networks: every other member, both ways.
-    let mut dns_only: Vec<String> = Vec::new();
-    for e in &c.endpoints {
-        if e.network == crate::core::spec::DEFAULT_NETWORK {
-            continue;
-        }
-        let Some(net) = networks.get(&e.network) else {
-            continue;
-        };
-        let list = members
-            .get(net.name.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let size = list.len() + remote_of(&net.name).len();
-        if net.dns && size > HOSTS_FILE_MAX_MEMBERS {
-            dns_only.push(format!(
-                "# The {size} members of network `{}` are resolved by netloom's DNS on {} (netloom watch).\n",
-                net.name,
-                net.gateway
-            ));
-            continue;
-        }
-        for (other, oe) in list {
-            if other.name == c.name {
-                continue;
-            }
-            let ips = addrs_on(&other.name, &net.name);
-            let mut names = vec![other.name.clone(), format!("{}.{}", other.name, net.name)];
-            for a in &oe.aliases {
-                names.push(a.clone());
-            }
-            lines.extend(ips.iter().map(|ip| (*ip, names.clone())));
-        }
-        // Cluster networks: the members on other hosts too.
-        for m in remote_of(&net.name) {
-            let mut names = vec![m.name.clone(), format!("{}.{}", m.name, net.name)];
-            names.extend(m.aliases.iter().cloned());
-            let ips = std::iter::once(IpAddr::V4(m.ipv4)).chain(m.ipv6.map(IpAddr::V6));
-            lines.extend(ips.map(|ip| (ip, names.clone())));
-        }
-    }
-    // One line per address: a linked container that is also on a shared
-    // network (or several aliases of one address) gets its names merged,
-    // not a second line for the same address.
-    lines.sort();
-    let mut merged: Vec<(IpAddr, Vec<String>)> = Vec::with_capacity(lines.len());
-    for (ip, names) in lines {
-        match merged.last_mut() {
-            Some((last, have)) if *last == ip => {
-                for n in names {
-                    if !have.contains(&n) {
-                        have.push(n);
-                    }
-                }
-            }
-            _ => merged.push((ip, names)),
-        }
-    }
-    for (ip, names) in merged {
-        out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
-    }
-    for line in dns_only {
-        out.push_str(&line);
-    }
-    out.push_str(USER_MARKER);
-    out.push('\n');
-    out
 }
 
 fn resolv_file(
