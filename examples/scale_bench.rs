@@ -8,11 +8,15 @@
 //! ports), and `status` — each next to the counts the command reports with
 //! `NETLOOM_STATS=1` (netlink requests sent, nft elements read and
 //! written), which do not depend on machine noise. A missing count line is
-//! an error, not a blank. Then it starts the agent (`netloom watch`) and
-//! runs the no-op `plan` and `status` again, answered by the agent over its
-//! socket (the counts are the command's own: the agent's reading is not in
-//! them; the run fails if the agent did not answer), and prints the
-//! agent's RSS and the CPU it used while idle for two seconds.
+//! an error, not a blank. No agent runs yet: each command reads the
+//! kernel itself. Then it starts the agent (`netloom
+//! watch`) and runs the no-op `plan` and `status` again, answered by the
+//! agent over its socket, and the two `apply`s again, with the agent's file
+//! edited in place (the agent applies only its own file) and applied by the
+//! agent for the command (the counts are the command's own: the agent's
+//! reading is not in them; the run fails if the agent did not answer or
+//! apply), and prints the agent's RSS and the CPU it used while idle for two
+//! seconds.
 //!
 //! Every run happens in a throwaway sandbox (`unshare --net --mount` with
 //! tmpfs on /run and /etc/netns and a private state dir), so the machine's
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 const NETWORKS: usize = 10;
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 9] = [
     "cold apply",
     "no-op plan",
     "apply +1 port",
@@ -43,6 +47,8 @@ const STEPS: [&str; 7] = [
     "status",
     "no-op plan (agent)",
     "status (agent)",
+    "apply +1 port (agent)",
+    "apply +1 container (agent)",
 ];
 
 fn config(n: usize, ports: usize, extra_port: bool, extra_container: bool) -> String {
@@ -117,8 +123,7 @@ fn netloom(
         .args(args)
         .env("NETLOOM_STATS", "1")
         // Before the agent starts there is no socket: the command reads
-        // the kernel; after, it asks the agent.
-        .env("NETLOOM_ASK_AGENT", "1")
+        // the kernel; after, it asks the agent (the default).
         .output()
         .with_context(|| format!("run {}", bin.display()))?;
     let took = start.elapsed();
@@ -167,6 +172,20 @@ fn inner(bin: &Path, dir: &Path, n: usize, ports: usize) -> Result<()> {
     let answered = agent.answers();
     if answered != 2 {
         bail!("the agent answered {answered} of 2 commands");
+    }
+    // The agent applies only its own file: edit it in place, as a user
+    // does, then `apply` (the agent applies it for the command).
+    std::fs::write(&base, config(n, ports, true, false))?;
+    results.push(run(&base, &["apply"], &[0])?);
+    std::fs::write(&base, config(n, ports, false, false))?;
+    run(&base, &["apply"], &[0])?;
+    std::fs::write(&base, config(n, ports, false, true))?;
+    results.push(run(&base, &["apply"], &[0])?);
+    std::fs::write(&base, config(n, ports, false, false))?;
+    run(&base, &["apply"], &[0])?;
+    let applied = agent.applies();
+    if applied != 4 {
+        bail!("the agent applied {applied} of 4 `apply` commands");
     }
     let (rss_kb, idle_ticks) = agent.footprint()?;
     drop(agent);
@@ -226,6 +245,14 @@ impl Agent {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .matches("answering `")
+            .count()
+    }
+
+    /// `apply` commands the agent applied for.
+    fn applies(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("apply (command)")
             .count()
     }
 

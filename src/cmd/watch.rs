@@ -132,6 +132,10 @@ struct Agent {
     host_watch: Option<events::Watched>,
     /// Set by every host event; cleared before the host is read.
     host_dirty: Arc<AtomicBool>,
+    /// The nft ruleset generation right after the agent's last apply, when
+    /// only its own transactions moved it: notifications up to it are the
+    /// echo of that apply, not drift.
+    nft_own: Option<u32>,
     tx: mpsc::UnboundedSender<Trigger>,
     status: AgentStatus,
     /// Cluster mode: the desired state comes from etcd, not the file.
@@ -199,6 +203,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         dirty: Arc::default(),
         host_watch: None,
         host_dirty: Arc::new(AtomicBool::new(true)),
+        nft_own: None,
         tx: tx.clone(),
         status: AgentStatus {
             pid: std::process::id(),
@@ -610,7 +615,13 @@ impl Agent {
                 self.expect.ns_drift(c, ev).map(|d| format!("{c}: {d}"))
             }
             Trigger::Fs(p) => self.expect.fs_drift(p),
-            Trigger::Nft(d) | Trigger::Sysctl(d) | Trigger::Echo(d) => Some(d.clone()),
+            // The notification of the agent's own last transaction, when
+            // no other change to the ruleset came after it.
+            Trigger::Nft(d) => {
+                let now = crate::host::nft::generation::generation().ok();
+                (self.nft_own.is_none() || now != self.nft_own).then(|| d.clone())
+            }
+            Trigger::Sysctl(d) | Trigger::Echo(d) => Some(d.clone()),
             _ => None,
         }
     }
@@ -765,6 +776,11 @@ impl Agent {
         let mut failures = p.held.clone();
         let applied = if !p.plan.is_empty() {
             let applied = steps::apply_planned(&sd, &mut record, &p).await?;
+            self.nft_own = p
+                .observation
+                .nft_generation
+                .map(|g| g.wrapping_add(applied.nft_transactions))
+                .filter(|g| crate::host::nft::generation::generation().ok() == Some(*g));
             summary = applied.made(&p.plan);
             log_changes(&p.plan, &applied.done);
             failures.extend(applied.failed_objects().into_iter().cloned());
