@@ -43,6 +43,8 @@ use expect::Expect;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often the sysctls netloom sets are compared with their values.
 const SYSCTL_TICK: Duration = Duration::from_millis(250);
+/// How long after a reconcile the view is brought up to date.
+const REFRESH_AFTER: Duration = Duration::from_secs(1);
 /// Runs kept in the agent's status file.
 const KEPT_RUNS: usize = 20;
 
@@ -75,6 +77,8 @@ enum Trigger {
     Query(serve::Query),
     /// `apply` of the agent's file, applied by the agent for the command.
     Apply,
+    /// Time to bring the view up to date after a reconcile.
+    Refresh,
 }
 
 impl Trigger {
@@ -101,6 +105,7 @@ impl Trigger {
             Trigger::Etcd(FromEtcd::Unreachable(_)) => "etcd unreachable".into(),
             Trigger::Query(_) => "query".into(),
             Trigger::Apply => "apply (command)".into(),
+            Trigger::Refresh => "refresh".into(),
         }
     }
 }
@@ -280,6 +285,13 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     agent.write_status();
     agent.reconcile(&Trigger::Start).await;
     sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REFRESH_AFTER).await;
+            let _ = tx.send(Trigger::Refresh);
+        });
+    }
 
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -342,6 +354,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         };
         let trigger =
             trigger.filter(|t| !applying || matches!(t, Trigger::Reload | Trigger::Resync));
+        let reconciled = trigger.is_some() || applying;
         if let Some(t) = trigger {
             let changed = agent.reconcile(&t).await;
             if changed {
@@ -378,10 +391,23 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         if reload {
             sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
         }
+        let answered = !queries.is_empty();
         for q in queries {
             if let Trigger::Query(q) = q {
                 agent.answer(q).await;
             }
+        }
+        if reconciled {
+            // Once things settle, read again what the reconcile's own
+            // changes made stale: the next question finds the view
+            // current. Once per reconcile; nothing is polled.
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REFRESH_AFTER).await;
+                let _ = tx.send(Trigger::Refresh);
+            });
+        } else if batch.contains(&Trigger::Refresh) && !answered {
+            agent.refresh().await;
         }
     }
     sdnotify::notify("STOPPING=1");

@@ -238,7 +238,7 @@ impl Agent {
         let Some((req, reply)) = q.take() else {
             return;
         };
-        let answer = match self.answer_inner(&req).await {
+        let answer = match self.answer_inner(&req, false).await {
             Ok(a) => a,
             Err(why) => {
                 debug!("declined a `{}` query: {why}", req.command);
@@ -249,7 +249,14 @@ impl Agent {
         crate::host::memory::trim();
     }
 
-    async fn answer_inner(&mut self, req: &Request) -> Result<Answer, String> {
+    /// The answer to `req`; `refresh`: nobody asked (see
+    /// [`Agent::refresh`]), and the log says so.
+    async fn answer_inner(&mut self, req: &Request, refresh: bool) -> Result<Answer, String> {
+        let asked = if refresh {
+            "refreshing the view".to_string()
+        } else {
+            format!("answering `{}`", req.command)
+        };
         let format = format_of(&req.format).ok_or("unknown format")?;
         if !["plan", "status", "apply"].contains(&req.command.as_str()) {
             return Err(format!("unknown command {}", req.command));
@@ -334,10 +341,7 @@ impl Agent {
             && nft_same
             && self.unchanged_besides_events()
         {
-            debug!(
-                "answering `{}` from the view: nothing changed since it was read",
-                req.command
-            );
+            debug!("{asked} from the view: nothing changed since it was read");
             return self.answer_from_view(req, format, &sd);
         }
         let record = match record {
@@ -352,8 +356,7 @@ impl Agent {
             host: host.clone(),
         };
         debug!(
-            "answering `{}`: {} of {} namespaces and {} of {} files read again{}{}",
-            req.command,
+            "{asked}: {} of {} namespaces and {} of {} files read again{}{}",
             stale.len(),
             view.obs.views.len(),
             stale_files.len(),
@@ -413,6 +416,32 @@ impl Agent {
             stderr: out.stderr,
             exit: exit as u8,
         })
+    }
+
+    /// Reads again what changed since the view was read, as an answer to
+    /// `plan` would, so that the next question finds the view current
+    /// (after a reconcile, whose own changes made parts of it stale).
+    pub(super) async fn refresh(&mut self) {
+        let Ok(Ok(config_text)) = steps::read_config(&self.config).map(String::from_utf8) else {
+            return;
+        };
+        let req = Request {
+            version: crate::host::agentsock::VERSION,
+            command: "plan".into(),
+            config: self.config.clone(),
+            config_text,
+            state_dir: self.loaded.host.state_dir.clone(),
+            upstream_dns: self.loaded.host.upstream_dns.clone(),
+            agent_dns: self.loaded.host.agent_dns,
+            format: "text".into(),
+            detailed: false,
+            verbose: false,
+            color: false,
+        };
+        if let Err(why) = self.answer_inner(&req, true).await {
+            debug!("the view was not refreshed: {why}");
+        }
+        crate::host::memory::trim();
     }
 
     /// What of the view is provably still the host. A container
