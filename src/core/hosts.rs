@@ -158,8 +158,15 @@ impl<'a> HostsTables<'a> {
             [one] if c.links.is_empty() && use_block => one.block.as_ref(),
             _ => None,
         };
+        // Room for the fixed parts and a line per own address and extra
+        // host; the general merge grows it as it goes.
         let mut out = String::with_capacity(
-            HEADER.len() + 256 + block.map_or(listed.len() * 4096, |b| b.text.len()),
+            HEADER.len()
+                + USER_MARKER.len()
+                + 1
+                + 64 * (2 * c.endpoints.len() + extra.len())
+                + dns_only.iter().map(|l| l.len()).sum::<usize>()
+                + block.map_or(0, |b| b.text.len()),
         );
         out.push_str(HEADER);
         // With a domain name the fully qualified name comes first, as

@@ -8,7 +8,7 @@
 //! allocations are made in file order, so a fresh host numbers containers
 //! the way `docker run` in that order would.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
@@ -67,25 +67,27 @@ pub fn port_key(container: &str, raw: &str) -> String {
 /// still valid and releasing what belongs to containers no longer declared.
 pub fn allocate(spec: &Spec, prev: &Allocations) -> Result<Allocations, IpamError> {
     let mut out = Allocations::default();
-    for net in spec.networks.values() {
-        let members: Vec<(&str, Option<Ipv4Addr>, Option<Ipv6Addr>)> = spec
-            .containers
-            .iter()
-            .flat_map(|c| {
-                c.endpoints
-                    .iter()
-                    .filter(|e| e.network == net.name)
-                    .map(move |e| (c.name.as_str(), e.ip, e.ip6))
-            })
-            .collect();
-        if members.is_empty() {
-            continue;
+    // Each network's members in file order, in one pass over the file
+    // (not one pass per network).
+    type Member<'a> = (&'a str, Option<Ipv4Addr>, Option<Ipv6Addr>);
+    let mut by_network: HashMap<&str, Vec<Member>> = HashMap::new();
+    for c in &spec.containers {
+        for e in &c.endpoints {
+            by_network
+                .entry(e.network.as_str())
+                .or_default()
+                .push((c.name.as_str(), e.ip, e.ip6));
         }
+    }
+    for net in spec.networks.values() {
+        let Some(members) = by_network.get(net.name.as_str()) else {
+            continue;
+        };
         out.ipv4
-            .insert(net.name.clone(), allocate_v4(net, &members, prev)?);
+            .insert(net.name.clone(), allocate_v4(net, members, prev)?);
         if net.subnet6.is_some() {
             out.ipv6
-                .insert(net.name.clone(), allocate_v6(net, &members, prev)?);
+                .insert(net.name.clone(), allocate_v6(net, members, prev)?);
         }
     }
     out.ports = allocate_ports(spec, prev)?;

@@ -343,7 +343,7 @@ pub fn veth_name(container: &str, network: &str) -> String {
 /// (K = 1, 2, ...). Deterministic: the same set of endpoints gives the
 /// same names whatever the file's order, so plans can still name veths
 /// before they exist.
-pub fn veth_names(spec: &Spec) -> HashMap<(String, String), String> {
+pub fn veth_names(spec: &Spec) -> HashMap<(&str, &str), String> {
     let mut keys: Vec<(&str, &str)> = spec
         .containers
         .iter()
@@ -382,7 +382,7 @@ pub fn veth_names(spec: &Spec) -> HashMap<(String, String), String> {
         if name != plain[i] {
             extra.insert(name.clone());
         }
-        out.insert((c.to_string(), n.to_string()), name);
+        out.insert((*c, *n), name);
     }
     out
 }
@@ -400,10 +400,10 @@ pub fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
 
 /// A MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// The alias that marks a host-side veth as netloom's.
@@ -590,7 +590,7 @@ pub fn resolve(
                     netns: ns.clone(),
                     ifname: ifname.clone(),
                     host_veth: veths
-                        .get(&(c.name.clone(), e.network.clone()))
+                        .get(&(c.name.as_str(), e.network.as_str()))
                         .cloned()
                         .unwrap_or_else(|| veth_name(&c.name, &e.network)),
                     bridge: Some(net.bridge.clone()),
