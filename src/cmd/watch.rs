@@ -552,6 +552,9 @@ impl Agent {
             Ok(share) => {
                 c.doc = Some((doc, rev));
                 self.loaded.spec = share;
+                // The file's hash does not change with etcd's desired
+                // state: what was resolved from the old one goes.
+                self.forget_resolved();
                 self.status.config_error = None;
                 self.dns.set_upstreams(upstreams(&self.loaded));
                 true
@@ -613,6 +616,7 @@ impl Agent {
                     spec,
                     host,
                 };
+                self.forget_resolved();
                 self.status.config_error = None;
                 self.dns.set_upstreams(upstreams(&self.loaded));
                 true
@@ -909,6 +913,15 @@ impl Agent {
             }
         }
         self.ns_watch.retain(|c, _| keep.contains(c));
+    }
+
+    /// Drops what the view holds that was computed from the desired state
+    /// in force until now.
+    fn forget_resolved(&mut self) {
+        if let Some(v) = &mut self.view {
+            v.resolved = None;
+            v.settled = None;
+        }
     }
 
     fn mark_dirty(&self, container: &str) {
