@@ -518,13 +518,17 @@ impl Agent {
             .chain(view.files.keys().cloned())
             .collect();
         let files_now = file_ids(paths);
+        // The ruleset is reused with its raw listing only: an apply's
+        // minimal transaction starts from that listing.
+        let nft_same = fresh.nft_same
+            && (view.obs.firewall.is_some() || view.obs.state.firewall.is_none());
         let reuse = Reuse {
             earlier: &view.obs,
             stale: fresh.stale.clone(),
             stale_files: stale_files(view, &files_now),
             host: !fresh.host_same,
             sysctls: true,
-            firewall: fresh.nft_same.then(|| view.obs.state.firewall.clone()),
+            firewall: nft_same.then(|| view.obs.state.firewall.clone()),
         };
         // Events from here on are news to the reading below: what it reads
         // again is marked again by any event during the reading.
@@ -535,9 +539,9 @@ impl Agent {
             self.host_dirty.store(false, Ordering::SeqCst);
         }
         let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
-        if fresh.nft_same {
+        if nft_same {
             // The ruleset is the one the view read: its generation and its
-            // raw listing (an apply's minimal transaction starts from it).
+            // raw listing.
             p.observation.nft_generation = fresh.nft_now;
             p.observation.firewall = view.obs.firewall.clone();
         }
