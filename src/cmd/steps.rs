@@ -713,9 +713,16 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         .collect();
     if !rest.is_empty() {
         let addrs: Vec<&str> = rest.iter().map(|c| c.address.as_str()).collect();
+        // The failures of this run are part of why: say them too.
+        let why: Vec<String> = applied
+            .failed
+            .iter()
+            .map(|(a, f)| format!("\n  {a} failed: {}", f.error))
+            .collect();
         return Err(anyhow!(
-            "apply did not converge; still different after applying: {}",
-            addrs.join(", ")
+            "apply did not converge; still different after applying: {}{}",
+            addrs.join(", "),
+            why.concat()
         ));
     }
     record.applied = Some(made);

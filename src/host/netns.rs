@@ -52,6 +52,17 @@ fn validate_name(name: &str) -> Result<()> {
 /// Fails with `EEXIST` in the chain if the name is taken. On failure nothing
 /// is left behind except the (harmless, shared) `/run/netns` mount point.
 pub fn create_named(name: &str) -> Result<()> {
+    create_named_with(name, || Ok(()))
+}
+
+/// [`create_named`], then `inside` run in the new namespace by the thread
+/// that made it, its result returned: what a caller needs from inside
+/// (a netlink socket, an interface index) without a second thread
+/// joining the namespace. If `inside` fails the namespace is removed.
+pub fn create_named_with<T: Send + 'static>(
+    name: &str,
+    inside: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     validate_name(name)?;
     ensure_run_dir()?;
 
@@ -72,7 +83,7 @@ pub fn create_named(name: &str) -> Result<()> {
     let target = path.clone();
     let result = std::thread::Builder::new()
         .name("netns-create".into())
-        .spawn(move || -> Result<()> {
+        .spawn(move || -> Result<T> {
             // Only this short-lived thread moves into the new namespace; the
             // bind mount below is what keeps the namespace alive after the
             // thread exits.
@@ -85,19 +96,19 @@ pub fn create_named(name: &str) -> Result<()> {
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-            .with_context(|| format!("bind-mount {own} onto {}", target.display()))
+            .with_context(|| format!("bind-mount {own} onto {}", target.display()))?;
+            inside()
         })
         .context("spawn netns thread")
         .and_then(join_thread);
 
-    if let Err(err) = result {
+    result.map_err(|err| {
         // Best effort: the mount may or may not exist depending on where we
         // failed; the file always does.
         let _ = umount2(&path, MntFlags::MNT_DETACH);
         let _ = fs::remove_file(&path);
-        return Err(err.context(format!("create netns {name}")));
-    }
-    Ok(())
+        err.context(format!("create netns {name}"))
+    })
 }
 
 /// Make sure `/run/netns` exists and is a shared mount point, like iproute2.

@@ -56,6 +56,7 @@ use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use crate::core::model;
 use crate::host::netns;
 
+mod blocking;
 mod error;
 mod msg;
 pub mod sync;
@@ -233,8 +234,18 @@ pub struct LinkChange {
 /// clones share the connection and the [`Counters`].
 #[derive(Clone, Debug)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    transport: Transport,
     counters: Arc<SharedCounters>,
+}
+
+/// How requests reach the kernel.
+#[derive(Clone, Debug)]
+enum Transport {
+    /// rtnetlink's connection, driven by the tokio runtime.
+    Async(rtnetlink::Handle),
+    /// A plain socket; each request blocks the caller for its round trip
+    /// (see [`blocking`]).
+    Blocking(Arc<blocking::Blocking>),
 }
 
 /// Open rtnetlink in the calling thread's current network namespace. Must be
@@ -254,6 +265,21 @@ pub fn open_in(ns: &Path) -> Result<Netlink> {
     let socket = netns::run_in(ns, new_socket)
         .with_context(|| format!("open netlink in {}", ns.display()))?;
     Netlink::from_socket(&rt, socket)
+}
+
+/// Like [`open_host`], but each request blocks the calling thread for its
+/// round trip instead of going through the runtime (see [`blocking`]):
+/// for a caller that waits for every answer before its next request
+/// anyway, like `apply`.
+pub fn open_host_blocking() -> Result<Netlink> {
+    Ok(Netlink::from_blocking(new_socket()?))
+}
+
+/// Like [`open_in`], with a blocking socket (see [`open_host_blocking`]).
+pub fn open_in_blocking(ns: &Path) -> Result<Netlink> {
+    let socket = netns::run_in(ns, new_socket)
+        .with_context(|| format!("open netlink in {}", ns.display()))?;
+    Ok(Netlink::from_blocking(socket))
 }
 
 fn current_runtime() -> Result<tokio::runtime::Handle> {
@@ -288,9 +314,16 @@ impl Netlink {
         // The task ends when the last clone of `handle` is dropped.
         rt.spawn(conn);
         Ok(Netlink {
-            handle,
+            transport: Transport::Async(handle),
             counters: Arc::default(),
         })
+    }
+
+    fn from_blocking(socket: Socket) -> Netlink {
+        Netlink {
+            transport: Transport::Blocking(Arc::new(blocking::Blocking::new(socket))),
+            counters: Arc::default(),
+        }
     }
 
     /// Requests sent so far by this connection and all its clones.
@@ -311,7 +344,10 @@ impl Netlink {
         crate::host::stats::netlink_request();
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
-        let mut handle = self.handle.clone();
+        let mut handle = match &self.transport {
+            Transport::Async(handle) => handle.clone(),
+            Transport::Blocking(socket) => return socket.exchange(req),
+        };
         let mut replies = handle.request(req)?;
         let mut out = Vec::new();
         while let Some(reply) = replies.next().await {
@@ -673,7 +709,9 @@ impl Netlink {
     /// needs no rename or move), with `peer_mac` if given. `mtu` applies to
     /// both ends; `alias` (if not empty) marks the host end, which takes a
     /// second write (see `Netlink::create_marked`). Both ends start admin
-    /// down. Returns the host end's ifindex.
+    /// down. Returns the host end's ifindex and, when the kernel said
+    /// (`IFLA_LINK` of the echo or lookup, with the peer in another
+    /// namespace), the peer's ifindex in `peer_ns`.
     ///
     /// The peer needs no mark of its own: the kernel creates and destroys
     /// the two ends together, so it exists exactly as long as the host end,
@@ -688,7 +726,7 @@ impl Netlink {
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
         alias: &str,
-    ) -> Result<Option<u32>> {
+    ) -> Result<(u32, Option<u32>)> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_string()));
@@ -716,7 +754,10 @@ impl Netlink {
                 format!("create veth {host_name} (peer {peer_name})")
             })
             .await?;
-        Ok(Some(created.index))
+        // Without a netns id the index would name a link of this
+        // namespace, not the peer.
+        let peer_index = created.link_netnsid.and(created.peer_index);
+        Ok((created.index, peer_index))
     }
 
     /// Look one link up by name (one request, counted as a dump).
@@ -1117,15 +1158,16 @@ mod tests {
             let ctr_path = netns::named_path("nl-ctr1");
             let ctr_fd = netns::open(&ctr_path)?;
             let w0 = host.counters().writes;
-            host.create_veth(
-                "vethnl0",
-                "eth0",
-                ctr_fd.as_fd(),
-                Some(1400),
-                Some(CTR_MAC),
-                "netloom:ctr1",
-            )
-            .await?;
+            let (host_index, peer_index) = host
+                .create_veth(
+                    "vethnl0",
+                    "eth0",
+                    ctr_fd.as_fd(),
+                    Some(1400),
+                    Some(CTR_MAC),
+                    "netloom:ctr1",
+                )
+                .await?;
             assert_eq!(host.counters().writes - w0, 2);
             let err = host
                 .create_veth("vethnl0", "eth1", ctr_fd.as_fd(), None, None, "")
@@ -1148,6 +1190,9 @@ mod tests {
             );
             let inside = open_in(&ctr_path)?.links().await?;
             assert!(!inside.iter().any(|l| l.name == "eth1"), "{inside:?}");
+            // The indexes returned are those of the two ends.
+            assert_eq!(peer_index, Some(by_name(&inside, "eth0")?.index));
+            assert_eq!(host_index, by_name(&host.links().await?, "vethnl0")?.index);
 
             let links = host.links().await?;
             let bridge = by_name(&links, "nl-br0")?;
@@ -1435,6 +1480,63 @@ mod tests {
             let err = read_sysctl(Some(&ctr_path), "net.ipv4.conf.nl-br0.forwarding")
                 .expect_err("bridge is not in the container");
             assert!(is_errno(&err, libc::ENOENT), "{err:#}");
+            Ok(())
+        });
+    }
+
+    /// The blocking transport answers like the async one: echoes, errors
+    /// with the kernel's errno under the object's name, dumps; a request
+    /// after a failed one gets its own answer; a namespace's maker hands
+    /// out a socket that works inside it and lo's index there.
+    #[test]
+    fn blocking_sockets_answer_like_async_ones() {
+        in_sandbox(|| async {
+            let host = open_host_blocking()?;
+            let br = host
+                .create_bridge("nl-br0", Some(1400), "netloom:n")
+                .await?;
+            let err = host
+                .create_bridge("nl-br0", None, "")
+                .await
+                .expect_err("duplicate bridge accepted");
+            assert!(is_errno(&err, libc::EEXIST), "{err:#}");
+            assert_eq!(format!("{err:#}"), "create bridge nl-br0: File exists");
+            let links = host.links().await?;
+            let b = by_name(&links, "nl-br0")?;
+            assert_eq!((b.index, b.mtu), (br, 1400));
+            assert_eq!(b.alias.as_deref(), Some("netloom:n"));
+            assert_eq!(
+                host.counters(),
+                Counters {
+                    dumps: 1,
+                    writes: 3
+                }
+            );
+
+            let (ctr, lo) = netns::create_named_with("nl-ctr1", || {
+                Ok((open_host_blocking()?, nix::net::if_::if_nametoindex("lo")?))
+            })?;
+            let up = LinkChange {
+                up: Some(true),
+                ..LinkChange::default()
+            };
+            ctr.set_link(lo, &up).await?;
+            // Seen from another socket in the namespace: lo, up, with its
+            // address; nothing of the host.
+            let other = open_in_blocking(&netns::named_path("nl-ctr1"))?;
+            let inside = other.links().await?;
+            assert_eq!(inside.len(), 1, "{inside:?}");
+            assert!(inside[0].name == "lo" && inside[0].index == lo && inside[0].up);
+            assert!(
+                other
+                    .addresses()
+                    .await?
+                    .iter()
+                    .any(|a| a.ip == v4("127.0.0.1"))
+            );
+            let err = ctr.set_link(999, &up).await.expect_err("link 999 found");
+            assert!(is_errno(&err, libc::ENODEV), "{err:#}");
+            assert!(ctr.routes().await?.iter().all(|r| r.oif == Some(lo)));
             Ok(())
         });
     }

@@ -21,6 +21,8 @@ use crate::host::netlink::{self, Counters, LinkChange, Netlink};
 use crate::host::state::Owned;
 use crate::host::{fault, interrupt, marks, netns};
 
+mod lanes;
+
 /// Runs operations against the kernel, caching netlink sockets and
 /// interface indexes per namespace.
 pub struct Executor {
@@ -54,7 +56,8 @@ pub struct Interrupted(pub i32);
 impl Executor {
     pub fn new() -> Result<Executor> {
         Ok(Executor {
-            host: netlink::open_host().context("open netlink socket in the host namespace")?,
+            host: netlink::open_host_blocking()
+                .context("open netlink socket in the host namespace")?,
             ns: HashMap::new(),
             index: HashMap::new(),
             retired: Counters::default(),
@@ -67,7 +70,7 @@ impl Executor {
             Some(ns) => {
                 let p = ns.path();
                 if !self.ns.contains_key(&p) {
-                    let nl = netlink::open_in(&p)
+                    let nl = netlink::open_in_blocking(&p)
                         .with_context(|| format!("open netlink socket in {ns}"))?;
                     self.ns.insert(p.clone(), nl);
                 }
@@ -103,6 +106,27 @@ impl Executor {
 
     fn forget(&mut self, ns: Option<&NsRef>, name: &str) {
         self.index.remove(&(ns.map(NsRef::path), name.to_string()));
+    }
+
+    /// Takes over the sockets, indexes and counts of an executor that ran
+    /// some of the same plan (see [`lanes`]).
+    fn adopt(&mut self, other: Executor) {
+        self.retire(&other.host);
+        self.retired.dumps += other.retired.dumps;
+        self.retired.writes += other.retired.writes;
+        for (p, nl) in other.ns {
+            if let Some(old) = self.ns.insert(p, nl) {
+                self.retire(&old);
+            }
+        }
+        self.index.extend(other.index);
+    }
+
+    /// Keeps the counts of a connection about to be dropped.
+    fn retire(&mut self, nl: &Netlink) {
+        let c = nl.counters();
+        self.retired.dumps += c.dumps;
+        self.retired.writes += c.writes;
     }
 
     /// Netlink requests sent so far.
@@ -209,16 +233,27 @@ impl Executor {
                     // (this name is marked as ours): finish by starting over.
                     netns::delete_named(name)?;
                 }
-                netns::create_named(name)?;
+                // The thread that makes the namespace opens the socket
+                // for the operations inside it and reads lo's index, which
+                // saves a thread joining it and a links dump.
+                let (nl, lo) = netns::create_named_with(name, || {
+                    let nl = netlink::open_host_blocking()?;
+                    let lo = nix::net::if_::if_nametoindex("lo")
+                        .context("index of lo in a new namespace")?;
+                    Ok((nl, lo))
+                })?;
                 marks::netns_seal(name)?;
                 owned.netns.insert(name.clone());
+                self.index.retain(|(n, _), _| n.as_ref() != Some(&p));
+                self.index.insert((Some(p.clone()), "lo".into()), lo);
+                if let Some(old) = self.ns.insert(p, nl) {
+                    self.retire(&old);
+                }
             }
             Op::DeleteNetns { name } => {
                 let p = netns::named_path(name);
                 if let Some(nl) = self.ns.remove(&p) {
-                    let c = nl.counters();
-                    self.retired.dumps += c.dumps;
-                    self.retired.writes += c.writes;
+                    self.retire(&nl);
                 }
                 self.index.clear();
                 if p.exists() {
@@ -238,19 +273,20 @@ impl Executor {
                 let fd = netns::open(&ns.path())?;
                 let m = parse_mac(mac).ok_or_else(|| anyhow!("invalid MAC {mac}"))?;
                 use std::os::fd::AsFd;
-                let index = self
+                let (index, peer_index) = self
                     .host
                     .create_veth(host, peer, fd.as_fd(), Some(*mtu), Some(m), alias)
                     .await?;
-                // The echoed index saves a dump of the host's links before
-                // the next operation on this veth.
-                match index {
+                // The echoed indexes save a dump of the host's links and
+                // one of the namespace's before the next operations on
+                // this pair.
+                self.index.insert((None, host.clone()), index);
+                match peer_index {
                     Some(i) => {
-                        self.index.insert((None, host.clone()), i);
+                        self.index.insert((Some(ns.path()), peer.clone()), i);
                     }
-                    None => self.forget(None, host),
+                    None => self.forget(Some(ns), peer),
                 }
-                self.forget(Some(ns), peer);
             }
             Op::AddDefaultRoute {
                 netns: ns,
@@ -380,6 +416,15 @@ pub trait Runner {
     fn nft(&mut self, tx: &firewall::Transaction) -> Result<()>;
     /// Netlink requests sent so far.
     fn counters(&self) -> Counters;
+    /// Runs `batch`, changes of several objects that only create (see
+    /// [`lanes::batchable`]): each object's changes in plan order, the
+    /// objects independently of each other. The result of each change,
+    /// `None` when it did not run (its object failed earlier in the batch,
+    /// or a signal stopped the run). One after the other by default; the
+    /// kernel executor runs objects at once.
+    async fn run_batch(&mut self, batch: &[&Change], owned: &mut Owned) -> Vec<Option<Result<()>>> {
+        lanes::one_by_one(self, batch, owned).await
+    }
 }
 
 impl Runner for Executor {
@@ -391,6 +436,17 @@ impl Runner for Executor {
     }
     fn counters(&self) -> Counters {
         Executor::counters(self)
+    }
+    async fn run_batch(&mut self, batch: &[&Change], owned: &mut Owned) -> Vec<Option<Result<()>>> {
+        // The batch blocks this thread for as long as it runs: on a
+        // multi-thread runtime (the agent's DNS server shares it) the
+        // runtime first hands this worker's other tasks to another one.
+        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+        if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+            tokio::task::block_in_place(|| lanes::at_once(self, batch, owned))
+        } else {
+            lanes::at_once(self, batch, owned)
+        }
     }
 }
 
@@ -424,11 +480,28 @@ pub async fn execute_with<R: Runner>(
     let mut out = Outcome::default();
     let mut fw_done = false;
     let mut failed: BTreeSet<String> = BTreeSet::new();
-    for (n, c) in plan.changes.iter().enumerate() {
+    let mut n = 0;
+    while n < plan.changes.len() {
+        let c = &plan.changes[n];
         if failed.contains(&c.object) || c.needs.iter().any(|n| failed.contains(n)) {
             out.not_done.push(c.address.clone());
+            n += 1;
             continue;
         }
+        let batch = lanes::batch_at(&plan.changes[n..], &failed);
+        if batch.objects > 1 {
+            let ran = runner.run_batch(&batch.changes, owned).await;
+            let stop = lanes::merge(&batch.changes, ran, &mut failed, &mut out);
+            n += batch.len;
+            if let Some(sig) = stop {
+                out.interrupted = Some(sig);
+                out.not_done
+                    .extend(plan.changes[n..].iter().map(|c| c.address.clone()));
+                break;
+            }
+            continue;
+        }
+        n += 1;
         match run_change(runner, c, fw_tx, &failed, &mut fw_done, owned, &mut out).await {
             Ok(()) => out.done.push(c.address.clone()),
             Err(e) => {
@@ -436,7 +509,7 @@ pub async fn execute_with<R: Runner>(
                     // Stop here: this change and every later one are not done.
                     out.interrupted = Some(i.0);
                     out.not_done
-                        .extend(plan.changes[n..].iter().map(|c| c.address.clone()));
+                        .extend(plan.changes[n - 1..].iter().map(|c| c.address.clone()));
                     break;
                 }
                 let object = if e.is::<NftFailed>() {
@@ -498,12 +571,35 @@ async fn run_change<R: Runner>(
             }
             continue;
         }
-        tracing::debug!(address = %c.address, "{op}");
-        runner
-            .run(op, owned)
-            .await
-            .with_context(|| format!("{op}"))?;
-        fault::point();
+        run_op(runner, c, op, owned).await?;
+    }
+    Ok(())
+}
+
+/// One operation of change `c`, then the fault point after it.
+async fn run_op<R: Runner + ?Sized>(
+    runner: &mut R,
+    c: &Change,
+    op: &Op,
+    owned: &mut Owned,
+) -> Result<()> {
+    tracing::debug!(address = %c.address, "{op}");
+    runner
+        .run(op, owned)
+        .await
+        .with_context(|| format!("{op}"))?;
+    fault::point();
+    Ok(())
+}
+
+/// Every operation of `c` (which has no nft operation), stopping between
+/// two when a signal asked to.
+async fn run_ops<R: Runner + ?Sized>(runner: &mut R, c: &Change, owned: &mut Owned) -> Result<()> {
+    for op in &c.ops {
+        if let Some(sig) = interrupt::requested() {
+            return Err(Interrupted(sig).into());
+        }
+        run_op(runner, c, op, owned).await?;
     }
     Ok(())
 }
@@ -552,7 +648,7 @@ mod tests {
     }
 
     fn tutorial() -> State {
-        let text = include_str!("../../examples/docker-tutorial.toml");
+        let text = include_str!("../../../examples/docker-tutorial.toml");
         let spec = crate::core::spec::load("t.toml", text).unwrap();
         let host = HostInfo {
             upstream_dns: Vec::new(),
@@ -655,6 +751,65 @@ mod tests {
         assert!(
             out.done.contains(&"container.web".to_string()),
             "the namespace does not need the bridge"
+        );
+    }
+
+    #[test]
+    fn a_cold_plan_creates_its_containers_in_one_batch() {
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
+        let first = plan
+            .changes
+            .iter()
+            .position(|c| c.object.starts_with("container."))
+            .expect("no container change");
+        assert!(lanes::batch_at(&plan.changes[..first], &BTreeSet::new()).len == 0);
+        let batch = lanes::batch_at(&plan.changes[first..], &BTreeSet::new());
+        let containers: BTreeSet<&str> = plan
+            .changes
+            .iter()
+            .filter(|c| c.object.starts_with("container."))
+            .map(|c| c.object.as_str())
+            .collect();
+        assert_eq!(batch.objects, containers.len());
+        // The namespaces, up to the first endpoint.
+        let after = &plan.changes[first + batch.len];
+        assert!(!lanes::batchable(after), "{}", after.address);
+        assert!(after.ops.iter().any(|o| matches!(o, Op::CreateVeth { .. })));
+        assert!(batch.changes.iter().all(|c| lanes::batchable(c)));
+        assert!(
+            batch
+                .changes
+                .iter()
+                .all(|c| c.ops.iter().any(|o| matches!(o, Op::CreateNetns { .. })))
+        );
+        // A failed container is left out: the batch ends before it.
+        let failed: BTreeSet<String> = [batch.changes[1].object.clone()].into();
+        let cut = lanes::batch_at(&plan.changes[first..], &failed);
+        assert_eq!(cut.len, 1);
+    }
+
+    #[test]
+    fn a_batch_reports_in_plan_order_and_holds_back_only_the_failed_container() {
+        let plan = crate::core::plan::diff(&tutorial(), &State::default(), None);
+        let mut rec = Recorder {
+            fail_on: Some("ip netns add tomcat1".into()),
+            ..Default::default()
+        };
+        let out = run(&plan, &mut rec);
+        assert_eq!(out.failed.len(), 1, "{:?}", out.failed);
+        assert_eq!(out.failed[0].1.object, "container.tomcat1");
+        assert!(out.interrupted.is_none());
+        // Its endpoint waits; the other containers are made.
+        assert!(out.not_done.contains(&"container.tomcat1.eth0".to_string()));
+        assert!(out.done.contains(&"container.tomcat2.eth0".to_string()));
+        assert!(!rec.ops.iter().any(|o| o.contains("netns tomcat1")));
+        // Reported in plan order: namespaces before endpoints.
+        let done = |a: &str| out.done.iter().position(|d| d == a).expect(a);
+        assert!(done("container.tomcat2") < done("container.web.eth0"));
+        assert!(done("container.tomcat2") < done("container.web"));
+        assert_eq!(
+            out.done.len() + out.failed.len() + out.not_done.len(),
+            plan.changes.len()
         );
     }
 
