@@ -94,7 +94,9 @@ pub struct Settled {
     /// The record it was planned against (the record file's identity and
     /// the namespace marks adopted into it).
     record: RecordId,
-    target: State,
+    /// None when it is the desired state itself (nothing held back): a
+    /// second copy of every file text is not kept for that.
+    target: Option<State>,
     plan: Plan,
     held: Vec<Failure>,
     warnings: Vec<String>,
@@ -390,6 +392,7 @@ impl Agent {
             warnings,
             interrupted,
         } = p;
+        let target = (target != desired.state).then_some(target);
         self.view = Some(View {
             obs: observation,
             files: files_now,
@@ -599,9 +602,14 @@ impl Agent {
             allocations,
             desired,
         } = resolved;
+        let kept_target = settled.target.is_some();
+        let target = match settled.target {
+            Some(t) => t,
+            None => desired.state.clone(),
+        };
         let p = steps::Planned {
             desired,
-            target: settled.target,
+            target,
             observation: obs,
             plan: settled.plan,
             held: settled.held,
@@ -619,7 +627,7 @@ impl Agent {
                 desired: p.desired,
             }),
             settled: Some(Settled {
-                target: p.target,
+                target: kept_target.then_some(p.target),
                 plan: p.plan,
                 held: p.held,
                 warnings: p.warnings,
