@@ -13,7 +13,7 @@
 //! watch`) and runs the no-op `plan` and `status` again, answered by the
 //! agent over its socket, and the two `apply`s again, with the agent's file
 //! edited in place (the agent applies only its own file) and applied by the
-//! agent for the command (the counts are the command's own: the agent's
+//! agent for the command (`NETLOOM_AGENT_APPLIES=1`) (the counts are the command's own: the agent's
 //! reading is not in them; the run fails if the agent did not answer or
 //! apply), and prints the agent's RSS and the CPU it used while idle for two
 //! seconds.
@@ -107,6 +107,9 @@ fn counts(stderr: &str) -> Result<Counts> {
     })
 }
 
+/// `apply` of the agent's file applied by the agent.
+const AGENT_APPLIES: &[(&str, &str)] = &[("NETLOOM_AGENT_APPLIES", "1")];
+
 /// Runs netloom once; fails on an unexpected exit status.
 fn netloom(
     bin: &Path,
@@ -115,8 +118,21 @@ fn netloom(
     args: &[&str],
     ok: &[i32],
 ) -> Result<(Duration, Counts)> {
+    netloom_with(bin, state, cfg, args, ok, &[])
+}
+
+/// [`netloom`] with more environment variables.
+fn netloom_with(
+    bin: &Path,
+    state: &Path,
+    cfg: &Path,
+    args: &[&str],
+    ok: &[i32],
+    envs: &[(&str, &str)],
+) -> Result<(Duration, Counts)> {
     let start = Instant::now();
     let out = Command::new(bin)
+        .envs(envs.iter().copied())
         .env("NETLOOM_STATE_DIR", state)
         .arg("-c")
         .arg(cfg)
@@ -175,14 +191,15 @@ fn inner(bin: &Path, dir: &Path, n: usize, ports: usize) -> Result<()> {
     }
     // The agent applies only its own file: edit it in place, as a user
     // does, then `apply` (the agent applies it for the command).
+    let apply = |cfg: &Path| netloom_with(bin, &state, cfg, &["apply"], &[0], AGENT_APPLIES);
     std::fs::write(&base, config(n, ports, true, false))?;
-    results.push(run(&base, &["apply"], &[0])?);
+    results.push(apply(&base)?);
     std::fs::write(&base, config(n, ports, false, false))?;
-    run(&base, &["apply"], &[0])?;
+    apply(&base)?;
     std::fs::write(&base, config(n, ports, false, true))?;
-    results.push(run(&base, &["apply"], &[0])?);
+    results.push(apply(&base)?);
     std::fs::write(&base, config(n, ports, false, false))?;
-    run(&base, &["apply"], &[0])?;
+    apply(&base)?;
     let applied = agent.applies();
     if applied != 4 {
         bail!("the agent applied {applied} of 4 `apply` commands");

@@ -298,7 +298,13 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
             "[containers.c2]\nnetworks = [\"green\"]\nports = [\"9191:91\"]\n",
         ),
     );
-    let r = h.netloom(&cfg, &["apply"]);
+    let by_agent = |h: &Host, args: &str| {
+        h.sh(&format!(
+            "env NETLOOM_AGENT_APPLIES=1 {NETLOOM} -c {} {args}",
+            cfg.display()
+        ))
+    };
+    let r = by_agent(&h, "apply");
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("+ port.c2.9191/tcp"), "{}", r.stdout);
     assert!(r.stderr.contains("Apply complete! 1 added"), "{}", r.stderr);
@@ -311,11 +317,11 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
     );
     // Nothing left to do, said as `apply` says it; `--detailed-exitcode`
     // and JSON as the command gives them.
-    let r = h.netloom(&cfg, &["apply", "--detailed-exitcode"]);
+    let r = by_agent(&h, "apply --detailed-exitcode");
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("Nothing to apply"), "{}", r.stderr);
     h.config("netloom.toml", BASE);
-    let r = h.netloom(&cfg, &["apply", "--format", "json", "--detailed-exitcode"]);
+    let r = by_agent(&h, "apply --format json --detailed-exitcode");
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
     assert!(r.stdout.contains("port.c2.9191/tcp"), "{doc}");
@@ -326,11 +332,8 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
             .contains("9191"),
         "the port is still published"
     );
-    // Opting out: the command applies itself.
-    let r = h.sh(&format!(
-        "env NETLOOM_ASK_AGENT=0 {NETLOOM} -c {} apply",
-        cfg.display()
-    ));
+    // Without opting in: the command applies itself.
+    let r = h.netloom(&cfg, &["apply"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(applied_by_agent(&log), 3, "{}", read(&log));
 }

@@ -1,7 +1,8 @@
-//! `plan`, `status` and `apply` ask a running agent first (see
+//! `plan` and `status` ask a running agent first (see
 //! [`crate::host::agentsock`]) and read the kernel themselves when no
-//! agent answers, or when it declines. The agent applies only its own
-//! file, as the command read it. `NETLOOM_ASK_AGENT=0` skips the agent.
+//! agent answers, or when it declines; `NETLOOM_ASK_AGENT=0` skips the
+//! agent. With `NETLOOM_AGENT_APPLIES=1`, `apply` of the agent's own file
+//! is applied by the agent, as the command read it.
 //!
 //! The agent answers from its view of the host, kept current by kernel
 //! events, and computes again only what may have changed (see
@@ -18,6 +19,9 @@ use crate::host::agentsock::{self, Answer, Request};
 
 /// Set to 0 to read the kernel without asking a running agent.
 pub const ASK_AGENT_ENV: &str = "NETLOOM_ASK_AGENT";
+
+/// Set to 1 to have `apply` of the agent's file applied by the agent.
+pub const AGENT_APPLIES_ENV: &str = "NETLOOM_AGENT_APPLIES";
 
 /// What the command asks the agent.
 pub struct Ask {

@@ -125,9 +125,13 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     }
     if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
-        // A running agent of this file applies it from its view of the
-        // host (it would apply the edit itself a moment later anyway).
-        if how.out.is_none() && how.confirm_timeout.is_none() {
+        // With NETLOOM_AGENT_APPLIES=1 a running agent of this file
+        // applies it from its view of the host (it would apply the edit
+        // itself a moment later anyway). Opt-in: at 1,000 containers it is
+        // not faster yet than the command's own apply (README).
+        let agent_applies =
+            std::env::var_os(crate::cmd::agent_client::AGENT_APPLIES_ENV).is_some_and(|v| v == "1");
+        if agent_applies && how.out.is_none() && how.confirm_timeout.is_none() {
             let ask = crate::cmd::agent_client::Ask {
                 command: "apply",
                 format: how.format,

@@ -523,8 +523,8 @@ impl Agent {
         let files_now = file_ids(paths);
         // The ruleset is reused with its raw listing only: an apply's
         // minimal transaction starts from that listing.
-        let nft_same = fresh.nft_same
-            && (view.obs.firewall.is_some() || view.obs.state.firewall.is_none());
+        let nft_same =
+            fresh.nft_same && (view.obs.firewall.is_some() || view.obs.state.firewall.is_none());
         let reuse = Reuse {
             earlier: &view.obs,
             stale: fresh.stale.clone(),
