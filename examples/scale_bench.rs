@@ -16,7 +16,7 @@
 //! agent for the command (`NETLOOM_AGENT_APPLIES=1`) (the counts are the command's own: the agent's
 //! reading is not in them; the run fails if the agent did not answer or
 //! apply), and prints the agent's RSS and the CPU it used while idle for two
-//! seconds.
+//! seconds (once its log was quiet for two seconds).
 //!
 //! Every run happens in a throwaway sandbox (`unshare --net --mount` with
 //! tmpfs on /run and /etc/netns and a private state dir), so the machine's
@@ -273,8 +273,23 @@ impl Agent {
             .count()
     }
 
-    /// RSS in kB, and clock ticks of CPU used while idle for two seconds.
+    /// RSS in kB, and clock ticks of CPU used while idle for two seconds,
+    /// once the agent logged nothing for two seconds (after the applies it
+    /// checks its own changes and refreshes its view).
     fn footprint(&self) -> Result<(u64, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = std::fs::read_to_string(&self.log).unwrap_or_default();
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if now == last {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not go quiet:\n{now}");
+            }
+            last = now;
+        }
         let pid = self.child.id();
         let ticks = || -> Result<u64> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -8,7 +8,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// (docker0, veth pairs, `-p`, `--link`, user-defined networks, embedded
 /// DNS) as a plan/apply reconciler driven by one TOML file.
 #[derive(Debug, Parser)]
-#[command(name = "netloom", version, about, long_about = None)]
+#[command(
+    name = "netloom",
+    version,
+    about,
+    long_about = None,
+    after_help = "While an agent (`netloom watch`) runs, `plan` and `status` ask it over /run/netloom/agent.sock \
+        (NETLOOM_ASK_AGENT=0: read the kernel instead); with NETLOOM_AGENT_APPLIES=1 it also applies `apply` of its own file."
+)]
 pub struct Cli {
     /// The configuration file.
     #[arg(
