@@ -285,13 +285,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     agent.write_status();
     agent.reconcile(&Trigger::Start).await;
     sdnotify::notify(&format!("READY=1\nSTATUS={}", agent.status.summary));
-    {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(REFRESH_AFTER).await;
-            let _ = tx.send(Trigger::Refresh);
-        });
-    }
+    schedule_refresh(&tx);
 
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -398,14 +392,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
             }
         }
         if reconciled {
-            // Once things settle, read again what the reconcile's own
-            // changes made stale: the next question finds the view
-            // current. Once per reconcile; nothing is polled.
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(REFRESH_AFTER).await;
-                let _ = tx.send(Trigger::Refresh);
-            });
+            schedule_refresh(&tx);
         } else if batch.contains(&Trigger::Refresh) && !answered {
             agent.refresh().await;
         }
@@ -418,6 +405,17 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     agent.reconcile(&Trigger::Stop).await;
     agent.dns.shutdown().await;
     Ok(Exit::Ok)
+}
+
+/// Once things settle after a reconcile, read again what its own changes
+/// made stale, so that the next question finds the view current. Once per
+/// reconcile; nothing is polled.
+fn schedule_refresh(tx: &mpsc::UnboundedSender<Trigger>) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(REFRESH_AFTER).await;
+        let _ = tx.send(Trigger::Refresh);
+    });
 }
 
 /// Cluster mode: the agent's state dir and etcd, without the file.

@@ -534,9 +534,15 @@ impl Agent {
             firewall: nft_same.then(|| view.obs.state.firewall.clone()),
         };
         // Events from here on are news to the reading below: what it reads
-        // again is marked again by any event during the reading.
+        // again is marked again by any event during the reading. A mark
+        // on a namespace that is not read again stays (it may have come
+        // after `fresh` was taken).
         if let Ok(mut d) = self.dirty.lock() {
-            d.clear();
+            d.retain(|c| {
+                self.ns_watch
+                    .get(c)
+                    .is_some_and(|w| !fresh.stale.contains(&w.netns))
+            });
         }
         if !fresh.host_same {
             self.host_dirty.store(false, Ordering::SeqCst);
