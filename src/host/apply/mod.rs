@@ -417,7 +417,7 @@ pub trait Runner {
     /// Netlink requests sent so far.
     fn counters(&self) -> Counters;
     /// Runs `batch`, changes of several objects that only create (see
-    /// [`lanes::batchable`]): each object's changes in plan order, the
+    /// `lanes::batchable`): each object's changes in plan order, the
     /// objects independently of each other. The result of each change,
     /// `None` when it did not run (its object failed earlier in the batch,
     /// or a signal stopped the run). One after the other by default; the

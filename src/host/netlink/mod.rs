@@ -268,7 +268,7 @@ pub fn open_in(ns: &Path) -> Result<Netlink> {
 }
 
 /// Like [`open_host`], but each request blocks the calling thread for its
-/// round trip instead of going through the runtime (see [`blocking`]):
+/// round trip instead of going through the runtime (see `netlink::blocking`):
 /// for a caller that waits for every answer before its next request
 /// anyway, like `apply`.
 pub fn open_host_blocking() -> Result<Netlink> {
