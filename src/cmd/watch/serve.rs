@@ -1,21 +1,28 @@
 //! The agent answers `plan` and `status` over its socket
-//! ([`crate::host::agentsock`]) from the host as its last reconcile read
-//! it, reading again only what may have changed since:
+//! ([`crate::host::agentsock`]) from its view of the host (the last
+//! reading, by a reconcile, an answer or a refresh), reading again only
+//! what may have changed since ([`Agent::fresh`]):
 //!
-//! - the host namespace, the nft table, sysctls and /run/netns: always
-//!   (a few requests, not one per container);
 //! - a container namespace: unless its event watch is running, saw no
 //!   event since the view was read, and has no event left unread (proved
 //!   under the watch's lock: see [`crate::host::events::watch_in`]), and
 //!   its path still names the namespace the watch listens to;
+//! - the host namespace: likewise, by its own watch
+//!   ([`crate::host::events::watch_here`]);
+//! - nft: unless the ruleset's generation moved;
 //! - a file: unless its identity (inode, size, times) is the one taken
-//!   before it was read.
+//!   before it was read;
+//! - sysctls, /run/netns and host ports held by processes: always (no
+//!   event tells of them).
 //!
-//! The answer is computed by the same functions the command runs, with
-//! the command's file, state dir and host settings, so that it is the
+//! When nothing changed at all, the last answer is rendered again. The
+//! answer is computed by the same functions the command runs, with the
+//! command's file, state dir and host settings, so that it is the
 //! command's own output. The agent declines (and the command reads the
 //! kernel itself) for another file than its own or another version of it,
 //! another state dir, in cluster mode, or while the state dir is locked.
+//! With `NETLOOM_AGENT_APPLIES=1`, `apply` of its file is a reconcile
+//! whose output goes to the command.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
