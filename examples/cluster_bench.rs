@@ -35,11 +35,28 @@ struct Sandbox {
     children: Vec<Child>,
 }
 
+/// `c`, killed by the kernel when the thread that starts it ends: a
+/// benchmark killed half-way leaves no sandbox holder (and its namespaces)
+/// behind.
+fn dies_with_bench(mut c: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 impl Sandbox {
     fn new(state: PathBuf) -> Result<Sandbox> {
         std::fs::create_dir_all(&state)?;
         std::fs::create_dir_all("/etc/netns")?;
-        let mut holder = Command::new("unshare")
+        let mut holder = dies_with_bench(Command::new("unshare"))
             .args(["--net", "--mount", "--propagation", "private", "--"])
             .args([
                 "sh",
@@ -67,7 +84,7 @@ impl Sandbox {
     }
 
     fn command(&self, script: &str) -> Command {
-        let mut c = Command::new("nsenter");
+        let mut c = dies_with_bench(Command::new("nsenter"));
         c.args(["-t", &self.pid.to_string(), "-n", "-m", "--", "sh", "-c"])
             .arg(script)
             .env("NETLOOM_STATE_DIR", &self.state);

@@ -136,7 +136,7 @@ impl Host {
             resolv = resolv.display(),
             state = state.display()
         );
-        let mut sandbox = Command::new("unshare")
+        let mut sandbox = dies_with_test(Command::new("unshare"))
             .args([
                 "--net",
                 "--mount",
@@ -209,7 +209,7 @@ impl Host {
     }
 
     fn enter(&self) -> Command {
-        let mut c = Command::new("nsenter");
+        let mut c = dies_with_test(Command::new("nsenter"));
         c.args(["-t", &self.pid.to_string(), "-n", "-m", "--"]);
         c.env("NETLOOM_STATE_DIR", self.state_dir());
         c.env_remove("NETLOOM_CONFIG");
@@ -315,6 +315,24 @@ impl Host {
         }
         false
     }
+}
+
+/// `c`, killed by the kernel when the test thread that starts it ends.
+/// Drop cleans up after a test that returns or panics; this covers a test
+/// process that is killed (a timeout, a cancelled run), which used to leave
+/// the sandbox's holder and its namespaces running on the machine.
+fn dies_with_test(mut c: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
 }
 
 impl Drop for Host {
