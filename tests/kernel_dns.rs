@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Host, NETLOOM, OUTSIDE_IP, kernel_tests_possible};
+use common::{Host, OUTSIDE_IP, kernel_tests_possible};
 
 const TOOLS: &[&str] = &["ip", "nft", "dig", "getent", "unshare", "nsenter", "mount"];
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -118,14 +118,7 @@ fn a_container_resolves_every_network_it_is_on_and_resolv_conf_follows_the_agent
     );
 
     // The agent starts: resolv.conf points at the first network's gateway.
-    let log = h.dir.path().join("agent.log");
-    let pid = h.spawn_logged(
-        &format!(
-            "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
-            cfg.display()
-        ),
-        &log,
-    );
+    let (pid, log) = h.start_agent(&cfg);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait(|| nameservers(&h, "api") == [FRONTEND_GW, OUTSIDE_IP]),
@@ -218,14 +211,7 @@ fn dual_stack_networks_are_served_on_the_ipv6_gateway_too() {
              [containers.db]\nnetworks = {{ dual = {{ ip6 = \"fd00:81::db\" }} }}\n"
         ),
     );
-    let log = h.dir.path().join("agent.log");
-    h.spawn_logged(
-        &format!(
-            "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
-            cfg.display()
-        ),
-        &log,
-    );
+    let (_, log) = h.start_agent(&cfg);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     // web asks the IPv6 gateway over IPv6 (the gateway's address may still
     // be in duplicate address detection for a moment: wait for it).
@@ -312,14 +298,7 @@ fn extra_hosts_domainname_and_resolver_options() {
 
     // The agent: resolv.conf names the gateway, then opt's own server;
     // the embedded DNS answers opt's extra hosts for opt only.
-    let log = h.dir.path().join("agent.log");
-    h.spawn_logged(
-        &format!(
-            "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
-            cfg.display()
-        ),
-        &log,
-    );
+    let (_, log) = h.start_agent(&cfg);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait(|| nameservers(&h, "opt") == ["10.74.0.1", "10.74.0.53"]),

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Host, NETLOOM, OUTSIDE_IP, UPLINK_IP, kernel_tests_possible};
+use common::{Host, OUTSIDE_IP, UPLINK_IP, kernel_tests_possible};
 
 const TOOLS: &[&str] = &[
     "ip", "nft", "unshare", "nsenter", "mount", "runc", "busybox", "jq",
@@ -194,14 +194,7 @@ fn a_running_runc_container_sees_moves_and_the_agent_reaches_ports_and_resolves_
     assert_eq!(nameservers(&resolv()), [OUTSIDE_IP]);
     // The agent starts: the running container's resolv.conf names the
     // gateway, and names resolve through the embedded DNS.
-    let log = h.dir.path().join("agent.log");
-    let agent = h.spawn_logged(
-        &format!(
-            "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
-            cfg.display()
-        ),
-        &log,
-    );
+    let (agent, log) = h.start_agent(&cfg);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait(|| nameservers(&resolv()) == [GATEWAY, OUTSIDE_IP]),

@@ -304,6 +304,20 @@ impl Host {
         id
     }
 
+    /// Starts the agent (`watch --resync 3600`, info log) on `cfg`; its pid
+    /// and the file its log goes to.
+    pub fn start_agent(&mut self, cfg: &Path) -> (u32, PathBuf) {
+        let log = self.dir.path().join("agent.log");
+        let pid = self.spawn_logged(
+            &format!(
+                "env RUST_LOG=info {NETLOOM} watch --resync 3600 -c {}",
+                cfg.display()
+            ),
+            &log,
+        );
+        (pid, log)
+    }
+
     /// Polls `script` until it succeeds or `timeout` passes.
     pub fn wait_for(&self, script: &str, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
