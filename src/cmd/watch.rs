@@ -161,7 +161,6 @@ struct ClusterMode {
 
 pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Exit> {
     steps::require_root("watch")?;
-    crate::host::memory::limit_arenas();
     let (mut loaded, cluster) = match host {
         Some(h) => {
             let (l, c) = cluster_start(cli, h).await?;
