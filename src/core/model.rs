@@ -885,11 +885,33 @@ pub fn for_record(st: &State) -> State {
 /// the content or its digest (records before digests kept the content);
 /// the user's block below the marker of a hosts file does not count.
 pub fn file_matches(written: &str, on_disk: &str) -> bool {
-    if written.starts_with(DIGEST_PREFIX) {
-        file_digest(netloom_part(on_disk)) == written
-    } else {
-        with_user_block(written, Some(on_disk)) == on_disk
+    match written.strip_prefix(DIGEST_PREFIX) {
+        Some(digest) => digest_matches(digest, netloom_part(on_disk)),
+        None => with_user_block_is(written, on_disk, on_disk),
     }
+}
+
+/// Whether `digest` (a [`file_digest`] without its prefix) is the digest
+/// of `text`, which is `file_digest(text) == DIGEST_PREFIX + digest`
+/// without rendering it: the length is compared before anything is hashed
+/// (a plan of a large host checks thousands of files, and an edit usually
+/// changes the length), and a digest in any other spelling than the one
+/// [`file_digest`] writes matches nothing, as the string comparison would.
+fn digest_matches(digest: &str, text: &str) -> bool {
+    let Some((hash, len)) = digest.split_once(':') else {
+        return false;
+    };
+    let canonical_hash = hash.len() == 16
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let canonical_len = !len.is_empty()
+        && len.bytes().all(|b| b.is_ascii_digit())
+        && (len == "0" || !len.starts_with('0'));
+    if !canonical_hash || !canonical_len || len.parse::<usize>().ok() != Some(text.len()) {
+        return false;
+    }
+    u64::from_str_radix(hash, 16).ok() == Some(crate::core::hash::fnv64(text.as_bytes()))
 }
 
 /// Whether `content` is a [`file_digest`] standing for a file's text
@@ -901,7 +923,7 @@ pub fn is_digest(content: &str) -> bool {
 /// The part of a file netloom writes: all of it, or for a hosts file
 /// everything up to and including the user marker line.
 pub fn netloom_part(on_disk: &str) -> &str {
-    match on_disk.find(USER_MARKER) {
+    match find_user_marker(on_disk) {
         Some(i) => {
             let end = i + USER_MARKER.len();
             // The marker's own newline belongs to netloom's part.
@@ -915,16 +937,49 @@ pub fn netloom_part(on_disk: &str) -> &str {
     }
 }
 
+/// Where the first [`USER_MARKER`] of `text` starts: the first `#` that
+/// starts it (a byte search for `#` skips a hosts file's address lines
+/// faster than a search for the whole marker).
+pub fn find_user_marker(text: &str) -> Option<usize> {
+    text.match_indices('#')
+        .map(|(i, _)| i)
+        .find(|&i| text[i..].starts_with(USER_MARKER))
+}
+
+/// The user's block of a hosts file on disk, which [`with_user_block`]
+/// appends to `desired`: `None` when nothing is appended.
+fn user_block<'a>(desired: &str, on_disk: Option<&'a str>) -> Option<&'a str> {
+    let on_disk = on_disk?;
+    let at = find_user_marker(on_disk)?;
+    let ends_with_marker = desired
+        .strip_suffix('\n')
+        .is_some_and(|d| d.ends_with(USER_MARKER));
+    if !ends_with_marker {
+        return None;
+    }
+    let tail = &on_disk[at + USER_MARKER.len()..];
+    Some(tail.strip_prefix('\n').unwrap_or(tail))
+}
+
 /// Joins the netloom part of a hosts file with the user's block of the
 /// file currently on disk.
 pub fn with_user_block(desired: &str, on_disk: Option<&str>) -> String {
-    match on_disk.and_then(|d| d.split_once(USER_MARKER)) {
-        Some((_, tail)) if desired.ends_with(&format!("{USER_MARKER}\n")) => {
-            let tail = tail.strip_prefix('\n').unwrap_or(tail);
-            format!("{desired}{tail}")
+    match user_block(desired, on_disk) {
+        Some(tail) => {
+            let mut s = String::with_capacity(desired.len() + tail.len());
+            s.push_str(desired);
+            s.push_str(tail);
+            s
         }
-        _ => desired.to_string(),
+        None => desired.to_string(),
     }
+}
+
+/// Whether `with_user_block(desired, Some(on_disk)) == text`, without
+/// building the joined text (a plan compares every file it writes).
+pub fn with_user_block_is(desired: &str, on_disk: &str, text: &str) -> bool {
+    let tail = user_block(desired, Some(on_disk)).unwrap_or("");
+    text.len() == desired.len() + tail.len() && text.starts_with(desired) && text.ends_with(tail)
 }
 
 /// Whether `p` is a file netloom writes (used by `down`).

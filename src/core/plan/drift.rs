@@ -6,67 +6,44 @@ use super::*;
 /// that the kernel no longer holds as applied.
 pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
     let mut out = Vec::new();
-    fn cmp(out: &mut Vec<Drift>, addr: String, a: Option<String>, o: Option<String>) {
-        match (a, o) {
-            (Some(_), None) => out.push(Drift {
-                address: addr,
-                what: "deleted outside netloom".into(),
-            }),
-            (Some(a), Some(o)) if a != o => out.push(Drift {
-                address: addr,
-                what: format!("changed outside netloom: {o} (was {a})"),
-            }),
-            _ => {}
-        }
-    }
     for (k, v) in &applied.sysctls {
-        cmp(
+        compare(
             &mut out,
-            format!("sysctl.{k}"),
-            Some(v.clone()),
-            observed.sysctls.get(k).cloned(),
+            "sysctl",
+            k,
+            v,
+            observed.sysctls.get(k),
+            String::clone,
         );
     }
     for (k, b) in &applied.bridges {
-        cmp(
+        compare(
             &mut out,
-            format!("network.{k}"),
-            Some(bridge_drift_view(b)),
-            observed.bridges.get(k).map(bridge_drift_view),
+            "network",
+            k,
+            b,
+            observed.bridges.get(k),
+            bridge_drift_view,
         );
     }
     for (k, v) in &applied.vxlans {
-        cmp(
+        compare(
             &mut out,
-            format!("vxlan.{k}"),
-            Some(vxlan_drift_view(v)),
-            observed.vxlans.get(k).map(vxlan_drift_view),
+            "vxlan",
+            k,
+            v,
+            observed.vxlans.get(k),
+            vxlan_drift_view,
         );
     }
     for (k, n) in &applied.namespaces {
-        cmp(
-            &mut out,
-            format!("container.{k}"),
-            Some(n.netns.to_string()),
-            observed.namespaces.get(k).map(|x| x.netns.to_string()),
-        );
+        let o = observed.namespaces.get(k).map(|x| &x.netns);
+        compare(&mut out, "container", k, &n.netns, o, NsRef::to_string);
     }
     for (k, e) in &applied.endpoints {
-        cmp(
-            &mut out,
-            format!("container.{k}"),
-            Some(endpoint_drift_view(e)),
-            observed.endpoints.get(k).map(endpoint_drift_view),
-        );
+        let o = observed.endpoints.get(k);
+        compare(&mut out, "container", k, e, o, endpoint_drift_view);
     }
-    let empty = BTreeMap::new();
-    let fw_ports = |s: &State| {
-        s.firewall
-            .as_ref()
-            .map(|f| &f.fw.ports)
-            .cloned()
-            .unwrap_or_else(|| empty.clone())
-    };
     if let Some(a) = &applied.firewall {
         match &observed.firewall {
             None => out.push(Drift {
@@ -97,7 +74,12 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
                     }),
                     _ => {}
                 }
-                let applied_keys = crate::core::firewall::element_keys(&a.fw);
+                // Every element's key, only when some element needs one.
+                let applied_keys = if o.strays.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    crate::core::firewall::element_keys(&a.fw)
+                };
                 for s in &o.strays {
                     let how = if applied_keys.contains(&(s.set.clone(), s.key.clone())) {
                         "changed"
@@ -111,34 +93,53 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
                 }
             }
         }
-        if observed.firewall.is_some() {
-            let op = fw_ports(observed);
+        if let Some(o) = &observed.firewall {
             for (k, p) in &a.fw.ports {
-                cmp(
-                    &mut out,
-                    format!("port.{k}"),
-                    Some(port_summary(p)),
-                    op.get(k).map(port_summary),
-                );
+                compare(&mut out, "port", k, p, o.fw.ports.get(k), port_summary);
             }
         }
     }
     for (k, v) in &applied.files {
-        let o = observed.files.get(k);
-        let changed = o.map(|o| !model::file_matches(v, o));
-        match changed {
-            None => out.push(Drift {
-                address: format!("file.{k}"),
-                what: "deleted outside netloom".into(),
-            }),
-            Some(true) => out.push(Drift {
-                address: format!("file.{k}"),
-                what: "edited outside netloom".into(),
-            }),
-            Some(false) => {}
-        }
+        let what = match observed.files.get(k) {
+            None => "deleted outside netloom",
+            Some(o) if !model::file_matches(v, o) => "edited outside netloom",
+            Some(_) => continue,
+        };
+        out.push(Drift {
+            address: format!("file.{k}"),
+            what: what.into(),
+        });
     }
     out
+}
+
+/// Drift of the object `PREFIX.KEY` that was `a` when applied and is `o`
+/// now: deleted, or changed as its `view` shows. Equal objects have equal
+/// views, so only objects that differ are rendered (a plan of a large host
+/// compares thousands of unchanged ones).
+fn compare<T: PartialEq + ?Sized>(
+    out: &mut Vec<Drift>,
+    prefix: &str,
+    key: &str,
+    a: &T,
+    o: Option<&T>,
+    view: impl Fn(&T) -> String,
+) {
+    let what = match o {
+        None => "deleted outside netloom".to_string(),
+        Some(o) if o == a => return,
+        Some(o) => {
+            let (a, o) = (view(a), view(o));
+            if a == o {
+                return;
+            }
+            format!("changed outside netloom: {o} (was {a})")
+        }
+    };
+    out.push(Drift {
+        address: format!("{prefix}.{key}"),
+        what,
+    });
 }
 
 pub(super) fn bridge_drift_view(b: &Bridge) -> String {

@@ -68,8 +68,14 @@ pub(super) fn endpoint_create_ops(e: &Endpoint) -> Vec<Op> {
 
 pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
     for (key, want) in &d.endpoints {
+        let have = o.endpoints.get(key);
+        // An endpoint exactly as wanted and up needs nothing (the common
+        // case: decided before anything is rendered for it).
+        if have.is_some_and(|h| h == want && h.up) {
+            continue;
+        }
         let addr = format!("container.{key}");
-        let Some(have) = o.endpoints.get(key) else {
+        let Some(have) = have else {
             out.push(change(
                 addr,
                 Action::Create,

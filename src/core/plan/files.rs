@@ -12,6 +12,10 @@ pub(super) fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
             // so the file stays as it is rather than receive the digest.
             continue;
         }
+        // The text compared without joining it: most files are as wanted.
+        if have.is_some_and(|h| model::with_user_block_is(want, h, h)) {
+            continue;
+        }
         let want_full = model::with_user_block(want, have.map(String::as_str));
         match have {
             None => {
@@ -28,7 +32,7 @@ pub(super) fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
                 c.diff = Some(unified("/dev/null", path, "", &want_full));
                 out.push(c);
             }
-            Some(h) if *h != want_full => {
+            Some(h) => {
                 let mut c = change(
                     format!("file.{path}"),
                     Action::Update,
@@ -42,7 +46,6 @@ pub(super) fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
                 c.diff = Some(unified(path, path, h, &want_full));
                 out.push(c);
             }
-            Some(_) => {}
         }
     }
     for (path, have) in &o.files {

@@ -132,8 +132,12 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
     }
     diff_fw_vxlans(want, have, out);
     for (key, w) in &want.ports {
+        let h = have.ports.get(key);
+        if h == Some(w) {
+            continue;
+        }
         let what = format!("map {}/{} -> {}", w.host_port, w.proto, port_targets(w));
-        match have.ports.get(key) {
+        match h {
             None => out.push(change(
                 format!("port.{key}"),
                 Action::Create,
@@ -212,6 +216,9 @@ pub(super) fn element_addr(s: &Stray) -> String {
 /// will take over is already covered by that port's or network's change,
 /// unless the firewall otherwise matches (then it is listed as changed).
 fn diff_strays(want: &Firewall, have: &Firewall, strays: &[Stray], out: &mut Vec<Change>) {
+    if strays.is_empty() {
+        return;
+    }
     let wanted = crate::core::firewall::element_keys(want);
     for s in strays {
         let taken = wanted.contains(&(s.set.clone(), s.key.clone()));

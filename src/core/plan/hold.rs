@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::*;
+use crate::core::model::netloom_part;
 
 /// An object that could not be changed, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -127,13 +128,15 @@ pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> 
         .filter_map(|h| h.strip_prefix("container."))
         .map(str::to_string)
         .collect();
-    for e in desired
-        .endpoints
-        .values()
-        .chain(observed.endpoints.values())
-    {
-        if networks.contains(e.network.as_str()) {
-            containers.insert(e.container.clone());
+    if !networks.is_empty() {
+        for e in desired
+            .endpoints
+            .values()
+            .chain(observed.endpoints.values())
+        {
+            if networks.contains(e.network.as_str()) {
+                containers.insert(e.container.clone());
+            }
         }
     }
     let mut st = desired.clone();
@@ -149,46 +152,75 @@ pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> 
             splice(&mut fw.fw.networks, have, net);
         }
     }
+    if containers.is_empty() {
+        return st;
+    }
+    // Each held container's objects as observed. Done for all of them at
+    // once: what one container's objects are never depends on another's.
     for c in &containers {
         splice(&mut st.namespaces, &observed.namespaces, c);
-        st.endpoints.retain(|_, e| &e.container != c);
-        for (k, e) in &observed.endpoints {
-            if &e.container == c {
-                st.endpoints.insert(k.clone(), e.clone());
-            }
+    }
+    st.endpoints
+        .retain(|_, e| !containers.contains(&e.container));
+    for (k, e) in &observed.endpoints {
+        if containers.contains(&e.container) {
+            st.endpoints.insert(k.clone(), e.clone());
         }
-        if let Some(fw) = st.firewall.as_mut() {
-            fw.fw.ports.retain(|_, p| &p.container != c);
-            for (k, p) in observed.firewall.iter().flat_map(|f| &f.fw.ports) {
-                if &p.container == c {
-                    fw.fw.ports.insert(k.clone(), p.clone());
-                }
-            }
-        }
-        let owned = |path: &String| {
-            file_owner(path, desired).as_ref() == Some(c)
-                || file_owner(path, observed).as_ref() == Some(c)
-        };
-        st.files.retain(|p, _| !owned(p));
-        for (p, text) in &observed.files {
-            if owned(p) {
-                st.files.insert(p.clone(), netloom_part(text).to_string());
+    }
+    if let Some(fw) = st.firewall.as_mut() {
+        fw.fw
+            .ports
+            .retain(|_, p| !containers.contains(&p.container));
+        for (k, p) in observed.firewall.iter().flat_map(|f| &f.fw.ports) {
+            if containers.contains(&p.container) {
+                fw.fw.ports.insert(k.clone(), p.clone());
             }
         }
     }
-    if !containers.is_empty() {
-        let owned_by_held = |p: &str| {
-            file_owner(p, desired).is_some_and(|o| containers.contains(&o))
-                || file_owner(p, observed).is_some_and(|o| containers.contains(&o))
-        };
-        for (path, text) in st.files.iter_mut() {
-            if path.ends_with("/hosts") && !owned_by_held(path) {
-                let have = observed.files.get(path).map(|t| netloom_part(t));
+    // A file belongs to a held container when it does by the desired or by
+    // the observed state; each path's owner is looked up once.
+    let owned_by_held = |p: &str| {
+        [desired, observed]
+            .iter()
+            .any(|s| file_owner(p, s).is_some_and(|o| containers.contains(&o)))
+    };
+    let held_files: BTreeSet<&str> = desired
+        .files
+        .keys()
+        .chain(observed.files.keys())
+        .map(String::as_str)
+        .filter(|p| owned_by_held(p))
+        .collect();
+    st.files.retain(|p, _| !held_files.contains(p.as_str()));
+    for (p, text) in &observed.files {
+        if held_files.contains(p.as_str()) {
+            st.files.insert(p.clone(), netloom_part(text).to_string());
+        }
+    }
+    for (path, text) in st.files.iter_mut() {
+        if path.ends_with("/hosts") && !held_files.contains(path.as_str()) {
+            let have = observed.files.get(path).map(|t| netloom_part(t));
+            if may_name(text, have, &containers) {
                 *text = hold_lines(text, have, &containers);
             }
         }
     }
     st
+}
+
+/// Whether [`hold_lines`] may change `desired`: false only when it
+/// certainly returns it as it is (no line of either text can name a held
+/// container, and no carriage return, which `lines()` would drop). A
+/// search for each name, when there are few, is much cheaper than reading
+/// every line of every hosts file of a large host.
+fn may_name(desired: &str, observed: Option<&str>, held: &BTreeSet<String>) -> bool {
+    const FEW: usize = 16;
+    if held.len() > FEW || desired.contains('\r') {
+        return true;
+    }
+    let texts = [Some(desired), observed];
+    held.iter()
+        .any(|name| texts.iter().flatten().any(|t| t.contains(name.as_str())))
 }
 
 /// Sets `want[key]` to `have[key]`, or removes it when `have` lacks it.
@@ -203,23 +235,6 @@ fn splice<V: Clone>(want: &mut BTreeMap<String, V>, have: &BTreeMap<String, V>, 
     }
 }
 
-/// A hosts file up to and including netloom's user marker (the desired
-/// state holds only that part; the user's block below is kept by the plan).
-fn netloom_part(text: &str) -> &str {
-    match text.find(model::USER_MARKER) {
-        Some(i) => {
-            let end = i + model::USER_MARKER.len();
-            let end = if text[end..].starts_with('\n') {
-                end + 1
-            } else {
-                end
-            };
-            &text[..end]
-        }
-        None => text,
-    }
-}
-
 /// Whether a hosts line names one of `held` first (`IP NAME ...`).
 fn names_held(line: &str, held: &BTreeSet<String>) -> bool {
     let mut w = line.split_whitespace();
@@ -231,7 +246,7 @@ fn names_held(line: &str, held: &BTreeSet<String>) -> bool {
 /// in `observed`: dropped when absent there, kept where they were. When the
 /// other lines are unchanged the result equals `observed`, so the file is
 /// not rewritten for a held container.
-fn hold_lines(desired: &str, observed: Option<&str>, held: &BTreeSet<String>) -> String {
+pub(super) fn hold_lines(desired: &str, observed: Option<&str>, held: &BTreeSet<String>) -> String {
     let mut out: Vec<&str> = desired.lines().filter(|l| !names_held(l, held)).collect();
     let mut prev: Option<&str> = None;
     for l in observed.unwrap_or("").lines() {

@@ -21,6 +21,8 @@ mod half_made;
 mod hold;
 mod netns;
 mod network;
+#[cfg(test)]
+mod reference;
 mod resource;
 mod sysctl;
 mod values;

@@ -25,8 +25,12 @@ pub(super) fn ns_delete_ops(ns: &Namespace) -> Vec<Op> {
 
 pub(super) fn diff_namespaces(d: &State, o: &State, out: &mut Vec<Change>) {
     for (name, want) in &d.namespaces {
+        let have = o.namespaces.get(name);
+        if have.is_some_and(|h| h.netns == want.netns && h.lo_up) {
+            continue;
+        }
         let addr = format!("container.{name}");
-        match o.namespaces.get(name) {
+        match have {
             None => out.push(change(
                 addr,
                 Action::Create,
