@@ -1,6 +1,6 @@
 //! In-process cost of the pure planning steps of an `apply` that publishes
 //! one more port: `plan::hold_back`, `plan::diff` (drift included) and
-//! `plan::drift`, on a host of N containers on 10 networks with 2 ports
+//! `plan::drift` (and the file's loading before them), on a host of N containers on 10 networks with 2 ports
 //! each, where the file asks for one port more than the host has.
 //!
 //! No kernel: the desired state comes from `model::resolve`, the observed
@@ -137,6 +137,18 @@ struct Row {
 }
 
 fn bench(n: usize, runs: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let text = spread(n);
+    let loaded = spec::load("bench.toml", &text).map_err(|d| anyhow::anyhow!("{d}"))?;
+    rows.push({
+        let (median, fastest) = time(runs, || spec::load("bench.toml", &text));
+        Row {
+            step: "spec::load (the file)",
+            n,
+            median,
+            fastest,
+            digest: format!("{} containers", loaded.containers.len()),
+        }
+    });
     let (desired, observed, applied) = states(n)?;
     let none = BTreeSet::new();
     // c0 is the container with the new port: held, it keeps its ports.

@@ -885,22 +885,47 @@ pub fn for_record(st: &State) -> State {
 /// the content or its digest (records before digests kept the content);
 /// the user's block below the marker of a hosts file does not count.
 pub fn file_matches(written: &str, on_disk: &str) -> bool {
-    match written.strip_prefix(DIGEST_PREFIX) {
-        Some(digest) => digest_matches(digest, netloom_part(on_disk)),
-        None => with_user_block_is(written, on_disk, on_disk),
-    }
+    files_match(&[(written, on_disk)])[0]
 }
 
-/// Whether `digest` (a [`file_digest`] without its prefix) is the digest
-/// of `text`, which is `file_digest(text) == DIGEST_PREFIX + digest`
-/// without rendering it: the length is compared before anything is hashed
-/// (a plan of a large host checks thousands of files, and an edit usually
-/// changes the length), and a digest in any other spelling than the one
-/// [`file_digest`] writes matches nothing, as the string comparison would.
-fn digest_matches(digest: &str, text: &str) -> bool {
-    let Some((hash, len)) = digest.split_once(':') else {
-        return false;
-    };
+/// [`file_matches`] of each `(written, on_disk)` pair, in order. The
+/// length a digest records is compared before anything is hashed (an edit
+/// usually changes it), and the files left are hashed together
+/// ([`crate::core::hash::fnv64_many`]): a plan of a large host checks
+/// thousands of files.
+pub fn files_match(pairs: &[(&str, &str)]) -> Vec<bool> {
+    let mut out = Vec::with_capacity(pairs.len());
+    // (pair, recorded hash, text to hash)
+    let mut to_hash: Vec<(usize, u64, &[u8])> = Vec::new();
+    for (i, (written, on_disk)) in pairs.iter().enumerate() {
+        let matches = match written.strip_prefix(DIGEST_PREFIX) {
+            Some(digest) => {
+                let part = netloom_part(on_disk);
+                if let Some((hash, len)) = parse_digest(digest)
+                    && len == part.len()
+                {
+                    to_hash.push((i, hash, part.as_bytes()));
+                }
+                false
+            }
+            None => with_user_block_is(written, on_disk, on_disk),
+        };
+        out.push(matches);
+    }
+    let texts: Vec<&[u8]> = to_hash.iter().map(|(_, _, t)| *t).collect();
+    let hashes = crate::core::hash::fnv64_many(&texts);
+    for ((i, recorded, _), hash) in to_hash.iter().zip(hashes) {
+        out[*i] = hash == *recorded;
+    }
+    out
+}
+
+/// The hash and length of a [`file_digest`] without its prefix, when it is
+/// spelled exactly as [`file_digest`] spells them: comparing these with a
+/// text's is comparing the digest strings, without rendering one. A digest
+/// in any other spelling matches no text, as the strings would not.
+fn parse_digest(digest: &str) -> Option<(u64, usize)> {
+    let (hash, len) = digest.split_once(':')?;
     let canonical_hash = hash.len() == 16
         && hash
             .bytes()
@@ -908,10 +933,10 @@ fn digest_matches(digest: &str, text: &str) -> bool {
     let canonical_len = !len.is_empty()
         && len.bytes().all(|b| b.is_ascii_digit())
         && (len == "0" || !len.starts_with('0'));
-    if !canonical_hash || !canonical_len || len.parse::<usize>().ok() != Some(text.len()) {
-        return false;
+    if !canonical_hash || !canonical_len {
+        return None;
     }
-    u64::from_str_radix(hash, 16).ok() == Some(crate::core::hash::fnv64(text.as_bytes()))
+    Some((u64::from_str_radix(hash, 16).ok()?, len.parse().ok()?))
 }
 
 /// Whether `content` is a [`file_digest`] standing for a file's text

@@ -99,10 +99,22 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
             }
         }
     }
-    for (k, v) in &applied.files {
-        let what = match observed.files.get(k) {
+    // The files still there are compared all at once (their hashes are
+    // computed together), then reported in order.
+    let files: Vec<(&String, &String, Option<&String>)> = applied
+        .files
+        .iter()
+        .map(|(k, v)| (k, v, observed.files.get(k)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = files
+        .iter()
+        .filter_map(|(_, v, o)| Some((v.as_str(), (*o)?.as_str())))
+        .collect();
+    let mut matches = model::files_match(&pairs).into_iter();
+    for (k, _, o) in files {
+        let what = match o {
             None => "deleted outside netloom",
-            Some(o) if !model::file_matches(v, o) => "edited outside netloom",
+            Some(_) if matches.next() == Some(false) => "edited outside netloom",
             Some(_) => continue,
         };
         out.push(Drift {

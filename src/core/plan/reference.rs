@@ -607,6 +607,16 @@ proptest! {
         if digest {
             written = model::for_record(&written);
         }
+        let pairs: Vec<(&str, &str)> = written
+            .files
+            .iter()
+            .filter_map(|(p, w)| Some((w.as_str(), disk.files.get(p)?.as_str())))
+            .collect();
+        let one_by_one: Vec<bool> = pairs
+            .iter()
+            .map(|(w, d)| file_matches_reference(w, d))
+            .collect();
+        prop_assert_eq!(model::files_match(&pairs), one_by_one);
         for (path, w) in &written.files {
             let Some(d) = disk.files.get(path) else { continue };
             prop_assert_eq!(model::file_matches(w, d), file_matches_reference(w, d));
