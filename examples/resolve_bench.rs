@@ -94,7 +94,7 @@ fn digest(d: &model::Desired) -> Result<String> {
         "{:016x} ({} files, {} bytes)",
         hash::fnv64(s.as_bytes()),
         d.state.files.len(),
-        d.state.files.values().map(String::len).sum::<usize>()
+        d.state.files.values().map(|t| t.len()).sum::<usize>()
     ))
 }
 

@@ -83,7 +83,7 @@ fn with_texts(applied: &State) -> State {
         if let Ok(on_disk) = std::fs::read_to_string(path)
             && model::file_matches(content, &on_disk)
         {
-            *content = model::netloom_part(&on_disk).to_string();
+            *content = model::netloom_part(&on_disk).into();
         }
     }
     st

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 
 use crate::core::firewall;
 use crate::core::model::{
-    self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State,
+    self, AliasMark, Bridge, Endpoint, FileText, FirewallState, Namespace, NsRef, State,
 };
 use crate::core::plan::Failure;
 use crate::host::netlink::{self, Addr, Counters, Link, Route};
@@ -70,6 +70,16 @@ pub struct Observation {
     pub counters: Counters,
     /// What each container namespace held.
     pub views: HashMap<NsRef, NsView>,
+}
+
+/// The text of the file at `path` as the observed state holds it: the
+/// desired text itself when it is the same, so that a file netloom wrote
+/// is held once, not once per state.
+fn shared(desired: &State, path: &str, text: &str) -> FileText {
+    match desired.files.get(path) {
+        Some(want) if **want == *text => want.clone(),
+        _ => text.into(),
+    }
 }
 
 /// Which namespaces to look into: container name -> namespace.
@@ -503,7 +513,7 @@ pub async fn observe_with(
             && !r.stale_files.contains(p)
         {
             if let Some(text) = r.earlier.state.files.get(p) {
-                st.files.insert(p.clone(), text.clone());
+                st.files.insert(p.clone(), shared(desired, p, text));
             }
             continue;
         }
@@ -516,7 +526,7 @@ pub async fn observe_with(
                     && !record.owned.files.contains(p)
                     && !text.starts_with(model::FILE_MARK) => {}
             Ok(text) => {
-                st.files.insert(p.clone(), text);
+                st.files.insert(p.clone(), shared(desired, p, &text));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("read {p}")),
@@ -694,4 +704,30 @@ pub fn attached_paths(st: &State) -> BTreeSet<PathBuf> {
 /// bind mounts in /run/netns are.
 pub fn is_netns(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_as_desired_is_held_once() {
+        let mut desired = State::default();
+        desired
+            .files
+            .insert("/etc/netns/a/hosts".into(), "10.0.0.2\ta\n".into());
+        let same = shared(&desired, "/etc/netns/a/hosts", "10.0.0.2\ta\n");
+        assert!(std::sync::Arc::ptr_eq(
+            &same,
+            &desired.files["/etc/netns/a/hosts"]
+        ));
+        // Drifted, or not desired at all: the text read is kept.
+        let drifted = shared(&desired, "/etc/netns/a/hosts", "10.0.0.9\ta\n");
+        assert_eq!(&*drifted, "10.0.0.9\ta\n");
+        let other = shared(&desired, "/etc/netns/b/hosts", "10.0.0.2\ta\n");
+        assert!(!std::sync::Arc::ptr_eq(
+            &other,
+            &desired.files["/etc/netns/a/hosts"]
+        ));
+    }
 }

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use anyhow::{Result, anyhow, bail};
 use netloom::core::firewall::Transaction;
 use netloom::core::model::{
-    self, AliasMark, Bridge, Endpoint, FirewallState, Namespace, NsRef, State,
+    self, AliasMark, Bridge, Endpoint, FileText, FirewallState, Namespace, NsRef, State,
 };
 use netloom::core::plan::Op;
 use netloom::host::apply::Runner;
@@ -89,7 +89,7 @@ pub struct FakeKernel {
     pub host: Ns,
     pub netns: BTreeMap<NsRef, Ns>,
     pub sysctls: BTreeMap<String, String>,
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FileText>,
     pub firewall: Option<FirewallState>,
     /// What a successful nft transaction installs (see the module docs).
     pub nft_target: Option<FirewallState>,
@@ -315,7 +315,7 @@ impl FakeKernel {
             }
             Op::Nft { .. } => unreachable!("execute_with runs nft ops as one transaction"),
             Op::WriteFile { path, content } => {
-                self.files.insert(path.clone(), content.clone());
+                self.files.insert(path.clone(), content.as_str().into());
             }
             Op::RemoveFile { path } => {
                 self.files

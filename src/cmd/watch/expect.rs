@@ -294,7 +294,7 @@ mod tests {
             },
         );
         st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
-        st.files.insert("/etc/netns/c1/hosts".into(), String::new());
+        st.files.insert("/etc/netns/c1/hosts".into(), "".into());
         st
     }
 

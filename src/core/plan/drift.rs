@@ -101,14 +101,14 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
     }
     // The files still there are compared all at once (their hashes are
     // computed together), then reported in order.
-    let files: Vec<(&String, &String, Option<&String>)> = applied
+    let files: Vec<(&String, &str, Option<&str>)> = applied
         .files
         .iter()
-        .map(|(k, v)| (k, v, observed.files.get(k)))
+        .map(|(k, v)| (k, &**v, observed.files.get(k).map(|o| &**o)))
         .collect();
     let pairs: Vec<(&str, &str)> = files
         .iter()
-        .filter_map(|(_, v, o)| Some((v.as_str(), (*o)?.as_str())))
+        .filter_map(|(_, v, o)| Some((*v, (*o)?)))
         .collect();
     let mut matches = model::files_match(&pairs).into_iter();
     for (k, _, o) in files {

@@ -16,7 +16,7 @@ pub(super) fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
         if have.is_some_and(|h| model::with_user_block_is(want, h, h)) {
             continue;
         }
-        let want_full = model::with_user_block(want, have.map(String::as_str));
+        let want_full = model::with_user_block(want, have.map(|h| &**h));
         match have {
             None => {
                 let mut c = change(

@@ -194,14 +194,14 @@ pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> 
     st.files.retain(|p, _| !held_files.contains(p.as_str()));
     for (p, text) in &observed.files {
         if held_files.contains(p.as_str()) {
-            st.files.insert(p.clone(), netloom_part(text).to_string());
+            st.files.insert(p.clone(), netloom_part(text).into());
         }
     }
     for (path, text) in st.files.iter_mut() {
         if path.ends_with("/hosts") && !held_files.contains(path.as_str()) {
             let have = observed.files.get(path).map(|t| netloom_part(t));
             if may_name(text, have, &containers) {
-                *text = hold_lines(text, have, &containers);
+                *text = hold_lines(text, have, &containers).into();
             }
         }
     }
@@ -322,7 +322,7 @@ mod tests {
                     .filter(|l| !l.contains("tomcat5"))
                     .map(|l| format!("{l}\n"))
                     .collect();
-                have.files.insert(p.clone(), t);
+                have.files.insert(p.clone(), t.into());
             }
         }
         let target = hold_back(&want, &have, &held(&["container.tomcat5"]));

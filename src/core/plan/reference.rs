@@ -252,7 +252,7 @@ fn hold_back_reference(desired: &State, observed: &State, held: &BTreeSet<String
         for (p, text) in &observed.files {
             if owned(p) {
                 st.files
-                    .insert(p.clone(), netloom_part_reference(text).to_string());
+                    .insert(p.clone(), netloom_part_reference(text).into());
             }
         }
     }
@@ -264,7 +264,7 @@ fn hold_back_reference(desired: &State, observed: &State, held: &BTreeSet<String
         for (path, text) in st.files.iter_mut() {
             if path.ends_with("/hosts") && !owned_by_held(path) {
                 let have = observed.files.get(path).map(|t| netloom_part_reference(t));
-                *text = hold::hold_lines(text, have, &containers);
+                *text = hold::hold_lines(text, have, &containers).into();
             }
         }
     }
@@ -417,11 +417,13 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
             if let Some(k) = nth(&st.files, at)
                 && let Some(f) = st.files.get_mut(&k)
             {
+                let mut s = f.to_string();
                 if v % 2 == 0 {
-                    f.push_str(&text(v / 2));
+                    s.push_str(&text(v / 2));
                 } else {
-                    f.insert_str(f.len() / 2, &text(v / 2));
+                    s.insert_str(s.len() / 2, &text(v / 2));
                 }
+                *f = s.into();
             }
         }
         13 => st.firewall = None,
@@ -472,7 +474,7 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
             );
             st.files.insert(
                 format!("/etc/netns/extra{at}/hosts"),
-                format!("# h\n10.1.0.77\textra{at}\n{USER_MARKER}\n"),
+                format!("# h\n10.1.0.77\textra{at}\n{USER_MARKER}\n").into(),
             );
         }
         19 => {
@@ -497,7 +499,10 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
             if let Some(k) = nth(&st.files, at)
                 && let Some(f) = st.files.get_mut(&k)
             {
-                *f = f.replace("\tdb", "\tdb-old").replace("\tapi", "\tapi ");
+                *f = f
+                    .replace("\tdb", "\tdb-old")
+                    .replace("\tapi", "\tapi ")
+                    .into();
             }
         }
         22 => {
@@ -512,7 +517,7 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
                     1 => digest.replacen(':', ":0", 3),
                     _ => digest,
                 };
-                st.files.insert(k, spelled);
+                st.files.insert(k, spelled.into());
             }
         }
         23 => {
@@ -522,7 +527,9 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
                 && let Some(i) = f.find(|c: char| c.is_ascii_digit())
             {
                 let d = if &f[i..=i] == "7" { "8" } else { "7" };
-                f.replace_range(i..=i, d);
+                let mut s = f.to_string();
+                s.replace_range(i..=i, d);
+                *f = s.into();
             }
         }
         _ => {
@@ -610,7 +617,7 @@ proptest! {
         let pairs: Vec<(&str, &str)> = written
             .files
             .iter()
-            .filter_map(|(p, w)| Some((w.as_str(), disk.files.get(p)?.as_str())))
+            .filter_map(|(p, w)| Some((&**w, &**disk.files.get(p)?)))
             .collect();
         let one_by_one: Vec<bool> = pairs
             .iter()
@@ -623,7 +630,7 @@ proptest! {
             prop_assert_eq!(model::netloom_part(d), netloom_part_reference(d));
             let joined = with_user_block_reference(w, Some(d));
             prop_assert_eq!(&model::with_user_block(w, Some(d)), &joined);
-            prop_assert_eq!(model::with_user_block_is(w, d, d), joined == *d);
+            prop_assert_eq!(model::with_user_block_is(w, d, d), *joined == **d);
         }
     }
 }
