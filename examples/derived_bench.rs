@@ -111,25 +111,23 @@ fn record_size(text: &str, dir: &Path) -> anyhow::Result<u64> {
     };
     let desired = model::resolve(&spec, &ipam::Allocations::default(), &host)?;
     let st = &desired.state;
-    let record = Record {
-        version: 1,
-        allocations: desired.allocations.clone(),
-        owned: Owned {
-            bridges: st.bridges.values().map(|b| b.name.clone()).collect(),
-            netns: st
-                .namespaces
-                .values()
-                .filter_map(|n| match &n.netns {
-                    model::NsRef::Named(name) => Some(name.clone()),
-                    model::NsRef::Path(_) => None,
-                })
-                .collect(),
-            files: st.files.keys().cloned().collect::<BTreeSet<_>>(),
-            ..Default::default()
-        },
-        applied: Some(st.clone()),
+    let mut record = Record::default();
+    record.version = 1;
+    record.allocations = desired.allocations.clone();
+    record.owned = Owned {
+        bridges: st.bridges.values().map(|b| b.name.clone()).collect(),
+        netns: st
+            .namespaces
+            .values()
+            .filter_map(|n| match &n.netns {
+                model::NsRef::Named(name) => Some(name.clone()),
+                model::NsRef::Path(_) => None,
+            })
+            .collect(),
+        files: st.files.keys().cloned().collect::<BTreeSet<_>>(),
         ..Default::default()
     };
+    record.set_applied(Some(st.clone()));
     let sd = StateDir::open(dir, Duration::from_secs(5))?;
     sd.save(&record)?;
     Ok(std::fs::metadata(dir.join("state.json"))?.len())

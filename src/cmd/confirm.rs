@@ -56,7 +56,7 @@ pub fn begin(
         pid: std::process::id(),
         config_path: file_key(path),
         config_sha256: content_sha(bytes),
-        previous: record.applied.as_ref().map(with_texts),
+        previous: record.applied().map(with_texts),
         previous_allocations: record.allocations.clone(),
     };
     // Applying with --confirm-timeout is the way to try a rejected content
@@ -94,7 +94,7 @@ fn with_texts(applied: &State) -> State {
 pub async fn rollback(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Result<()> {
     let target = cp.previous.clone().unwrap_or_default();
     let observation = crate::host::observe::observe(&target, record).await?;
-    let plan = plan::diff(&target, &observation.state, record.applied.as_ref());
+    let plan = plan::diff(&target, &observation.state, record.applied());
     let p = Planned {
         desired: Desired {
             state: target.clone(),

@@ -68,10 +68,8 @@ pub fn plan_offline(
                 .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
             // The new file keeps the base's addresses, as a host that
             // applied the base would.
-            let record = Record {
-                allocations: old.allocations,
-                ..Default::default()
-            };
+            let mut record = Record::default();
+            record.allocations = old.allocations;
             (old.state, record)
         }
     };

@@ -371,7 +371,7 @@ pub async fn plan_live_with(
         // so that no transaction ever touches it.
         target.firewall = observation.state.firewall.clone();
     }
-    let plan = plan::diff(&target, &observation.state, record.applied.as_ref());
+    let plan = plan::diff(&target, &observation.state, record.applied());
     tracing::debug!("planned after {:?}", t0.elapsed());
     Ok(Planned {
         desired,
@@ -502,11 +502,13 @@ pub fn held_text(held: &[Failure]) -> String {
 /// it, so that later drift is measured from here.
 pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
     // The record keeps files by digest: compare in that form.
-    if record.applied.as_ref().map(model::for_record) != Some(model::for_record(&p.target))
+    if !record
+        .applied()
+        .is_some_and(|a| model::same_as_recorded(a, &p.target))
         || record.pending.is_some()
     {
         record.allocations = p.desired.allocations.clone();
-        record.applied = Some(p.target.clone());
+        record.set_applied(Some(model::for_record(&p.target)));
         record.pending = None;
         // Files found at their paths with netloom's header (e.g. after
         // `state rebuild`) are netloom's again; a held-back foreign file
@@ -725,7 +727,9 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
             why.concat()
         ));
     }
-    record.applied = Some(made);
+    // As the record file keeps it (files by digest): the same record as
+    // a later load reads, and no second copy of every file's text.
+    record.set_applied(Some(model::into_record_form(made)));
     record.pending = None;
     sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
     Ok(applied)

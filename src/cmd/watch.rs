@@ -33,7 +33,7 @@ use crate::host::agentlock::AgentLock;
 use crate::host::dns::DnsServer;
 use crate::host::events::{self, KernelEvent};
 use crate::host::sdnotify;
-use crate::host::state::{AgentStatus, Run, StateDir};
+use crate::host::state::{AgentStatus, Record, Run, StateDir};
 
 mod expect;
 mod serve;
@@ -128,6 +128,9 @@ struct Agent {
     ns_watch: HashMap<String, serve::NsWatch>,
     /// The host as last read, for answering `plan` and `status`.
     view: Option<serve::View>,
+    /// The state record as this agent last read or wrote it, with the
+    /// identity of its file and the namespace marks then.
+    record: Option<(serve::RecordId, Arc<Record>)>,
     /// Containers whose namespace reported an event since `view` was
     /// read: marked by the namespace's watch as it hands the event over.
     dirty: Arc<Mutex<HashSet<String>>>,
@@ -204,6 +207,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         fs_watch: FsWatch::new(tx.clone())?,
         ns_watch: HashMap::new(),
         view: None,
+        record: None,
         dirty: Arc::default(),
         host_watch: None,
         host_dirty: Arc::new(AtomicBool::new(true)),
@@ -767,7 +771,7 @@ impl Agent {
         Option<(steps::Out, Exit)>,
     )> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
-        let mut record = sd.load()?;
+        let mut record = self.take_record(&sd)?;
         // Confirmed applies: an unconfirmed change whose time ran out is
         // rolled back; a change awaiting confirmation is not reconciled
         // away, and a rolled-back content is not applied again (the last
@@ -816,6 +820,8 @@ impl Agent {
             steps::record_converged(&sd, &mut record, &p)?;
             None
         };
+        // The record as saved: the next reconcile or answer starts from it.
+        self.keep_record(&sd, record);
         drop(sd);
         let printed = ask.map(|a| {
             use crate::cmd::plan_apply::{apply_head, apply_tail};

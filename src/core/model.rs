@@ -878,13 +878,51 @@ pub fn file_digest(content: &str) -> String {
 /// its [`file_digest`]. Drift detection compares digests
 /// ([`file_matches`]); nothing else reads recorded contents.
 pub fn for_record(st: &State) -> State {
-    let mut out = st.clone();
-    for v in out.files.values_mut() {
+    into_record_form(st.clone())
+}
+
+/// [`for_record`] of a state no longer needed as it is.
+pub fn into_record_form(mut st: State) -> State {
+    for v in st.files.values_mut() {
         if !v.starts_with(DIGEST_PREFIX) {
             *v = file_digest(v).into();
         }
     }
-    out
+    st
+}
+
+/// Whether `a` and `b` are the same as the record keeps them, i.e.
+/// `for_record(a) == for_record(b)`, without copying either.
+pub fn same_as_recorded(a: &State, b: &State) -> bool {
+    // Every field by name: a field added later must be compared here too.
+    let State {
+        sysctls,
+        bridges,
+        namespaces,
+        endpoints,
+        firewall,
+        files,
+        vxlans,
+        half_made,
+    } = a;
+    fn recorded(text: &str) -> std::borrow::Cow<'_, str> {
+        match text.starts_with(DIGEST_PREFIX) {
+            true => std::borrow::Cow::Borrowed(text),
+            false => std::borrow::Cow::Owned(file_digest(text)),
+        }
+    }
+    *sysctls == b.sysctls
+        && *bridges == b.bridges
+        && *namespaces == b.namespaces
+        && *endpoints == b.endpoints
+        && *firewall == b.firewall
+        && *vxlans == b.vxlans
+        && *half_made == b.half_made
+        && files.len() == b.files.len()
+        && files
+            .iter()
+            .zip(&b.files)
+            .all(|((pa, ta), (pb, tb))| pa == pb && (ta == tb || recorded(ta) == recorded(tb)))
 }
 
 /// Whether the file on disk still holds what netloom wrote: `written` is
@@ -1021,6 +1059,53 @@ pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_as_recorded_is_equality_of_the_recorded_forms() {
+        let mut a = State::default();
+        a.files.insert(
+            "/etc/netns/web/hosts".into(),
+            "127.0.0.1 localhost\n".into(),
+        );
+        a.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        let digested = for_record(&a);
+        let cases = [
+            (a.clone(), a.clone()),
+            (a.clone(), digested.clone()),
+            (digested.clone(), a.clone()),
+            (a.clone(), {
+                let mut b = a.clone();
+                b.files
+                    .insert("/etc/netns/web/hosts".into(), "other\n".into());
+                b
+            }),
+            (digested.clone(), {
+                let mut b = a.clone();
+                b.files
+                    .insert("/etc/netns/web/hosts".into(), "other\n".into());
+                b
+            }),
+            (a.clone(), {
+                let mut b = digested.clone();
+                b.sysctls.clear();
+                b
+            }),
+            (a.clone(), {
+                let mut b = a.clone();
+                b.files.insert("/etc/netns/db/hosts".into(), "x\n".into());
+                b
+            }),
+        ];
+        for (x, y) in &cases {
+            assert_eq!(
+                same_as_recorded(x, y),
+                for_record(x) == for_record(y),
+                "{x:?} vs {y:?}"
+            );
+        }
+        assert!(same_as_recorded(&a, &digested));
+        assert!(!same_as_recorded(&cases[3].0, &cases[3].1));
+    }
 
     fn resolved(text: &str) -> Desired {
         let spec = crate::core::spec::load("t.toml", text).expect("valid config");

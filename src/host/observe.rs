@@ -85,7 +85,7 @@ fn shared(desired: &State, path: &str, text: &str) -> FileText {
 /// Which namespaces to look into: container name -> namespace.
 fn namespaces_of_interest(desired: &State, record: &Record) -> BTreeMap<String, NsRef> {
     let mut out = BTreeMap::new();
-    if let Some(applied) = &record.applied {
+    if let Some(applied) = record.applied() {
         for (c, n) in &applied.namespaces {
             out.insert(c.clone(), n.netns.clone());
         }
@@ -446,7 +446,7 @@ pub async fn observe_with(
     let keys: BTreeSet<&String> = desired
         .sysctls
         .keys()
-        .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
+        .chain(record.applied().into_iter().flat_map(|a| a.sysctls.keys()))
         .collect();
     match reuse.filter(|r| !r.sysctls) {
         Some(r) => {
@@ -475,10 +475,7 @@ pub async fn observe_with(
         (None, None) => read_firewall()?,
     };
     let mut foreign_tables = Vec::new();
-    let vouched = record
-        .applied
-        .as_ref()
-        .is_some_and(|a| a.firewall.is_some());
+    let vouched = record.applied().is_some_and(|a| a.firewall.is_some());
     if fw.is_some() && !vouched {
         for (family, marked) in crate::host::nft::tables_marked()? {
             if !marked {
@@ -506,7 +503,7 @@ pub async fn observe_with(
         .files
         .keys()
         .chain(record.owned.files.iter())
-        .chain(record.applied.iter().flat_map(|a| a.files.keys()))
+        .chain(record.applied().into_iter().flat_map(|a| a.files.keys()))
         .collect();
     for p in paths {
         if let Some(r) = reuse

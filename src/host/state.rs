@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::Arc;
 
 use crate::core::ipam::Allocations;
 use crate::core::model::State;
@@ -50,13 +52,101 @@ pub struct Record {
     pub allocations: Allocations,
     #[serde(default)]
     pub owned: Owned,
-    /// The desired state of the last apply that converged.
+    /// The desired state of the last apply that converged. Private: it
+    /// changes only through [`Record::set_applied`], which forgets its
+    /// compact text.
     #[serde(default)]
-    pub applied: Option<State>,
+    applied: Option<State>,
     /// The apply in progress, recorded before its first change; still
     /// here on the next run when that apply was interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    #[serde(skip)]
+    compacted: Compacted,
+}
+
+impl Record {
+    /// The desired state of the last apply that converged.
+    pub fn applied(&self) -> Option<&State> {
+        self.applied.as_ref()
+    }
+
+    /// Records `st` as the applied state.
+    pub fn set_applied(&mut self, st: Option<State>) {
+        self.applied = st;
+        self.compacted = Compacted::default();
+    }
+}
+
+/// The compact JSON text of a record's applied state as the record file
+/// holds it, with the allocations it was compacted against: read with
+/// the record, or made by its first save. An apply saves its record three
+/// times (the intent, what was made, what was verified), and compacting a
+/// large applied state is most of a save; the first two saves write the
+/// same applied state, so only a new one (or new allocations) is
+/// compacted again.
+#[derive(Default)]
+struct Compacted(std::sync::Mutex<Option<Arc<CompactText>>>);
+
+/// See [`Compacted`].
+struct CompactText {
+    alloc: Allocations,
+    text: Box<RawValue>,
+}
+
+impl Compacted {
+    fn of(alloc: Allocations, text: Box<RawValue>) -> Compacted {
+        Compacted(std::sync::Mutex::new(Some(Arc::new(CompactText {
+            alloc,
+            text,
+        }))))
+    }
+
+    fn get(&self) -> Option<Arc<CompactText>> {
+        self.0.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// The compact text of `st` against `alloc`: remembered, or made now
+    /// and remembered.
+    fn text(&self, st: &State, alloc: &Allocations) -> Result<Box<RawValue>> {
+        if let Some(c) = self.get().filter(|c| c.alloc == *alloc) {
+            return Ok(c.text.clone());
+        }
+        let v = crate::core::record::compact(st, alloc).context("serialize the applied state")?;
+        let text = serde_json::value::to_raw_value(&v).context("serialize the applied state")?;
+        if let Ok(mut m) = self.0.lock() {
+            *m = Some(Arc::new(CompactText {
+                alloc: alloc.clone(),
+                text: text.clone(),
+            }));
+        }
+        Ok(text)
+    }
+}
+
+/// A copy of a record has the same applied state, so the same text.
+impl Clone for Compacted {
+    fn clone(&self) -> Compacted {
+        Compacted(std::sync::Mutex::new(self.get()))
+    }
+}
+
+/// Derived from the record's other fields: never a difference.
+impl PartialEq for Compacted {
+    fn eq(&self, _: &Compacted) -> bool {
+        true
+    }
+}
+
+impl Eq for Compacted {}
+
+impl std::fmt::Debug for Compacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.get() {
+            Some(_) => "Compacted(known)",
+            None => "Compacted(none)",
+        })
+    }
 }
 
 /// An apply in progress: written (fsync'd) before its first change, so that
@@ -338,9 +428,24 @@ fn parse_record(bytes: &[u8]) -> std::result::Result<Record, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("is empty (truncated?)".into());
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("is damaged (not JSON: {e})"))?;
-    let version = v.get("version").and_then(serde_json::Value::as_u64);
+    // The version first: it says how to read the rest.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: Option<serde_json::Value>,
+    }
+    let not_json = |e: serde_json::Error| format!("is damaged (not JSON: {e})");
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let version = match object {
+        true => serde_json::from_slice::<Versioned>(bytes)
+            .map_err(not_json)?
+            .version
+            .as_ref()
+            .and_then(serde_json::Value::as_u64),
+        // JSON but not an object has no version either.
+        false => serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map(|_| None)
+            .map_err(not_json)?,
+    };
     match version {
         None => return Err("is not a netloom state record (no \"version\")".into()),
         Some(n) if n > u64::from(RECORD_VERSION) => {
@@ -350,11 +455,11 @@ fn parse_record(bytes: &[u8]) -> std::result::Result<Record, String> {
         }
         Some(1) => {
             // Pretty JSON with every field; files as digests or contents.
-            return serde_json::from_value(v).map_err(|e| format!("is damaged ({e})"));
+            return serde_json::from_slice(bytes).map_err(|e| format!("is damaged ({e})"));
         }
         Some(_) => {}
     }
-    let disk: Disk = serde_json::from_value(v).map_err(|e| format!("is damaged ({e})"))?;
+    let disk: Disk = serde_json::from_slice(bytes).map_err(|e| format!("is damaged ({e})"))?;
     disk.into_record().map_err(|e| format!("is damaged ({e})"))
 }
 
@@ -366,9 +471,10 @@ struct Disk {
     allocations: Allocations,
     #[serde(default)]
     owned: DiskOwned,
-    /// [`crate::core::record::compact`] of the applied state.
+    /// [`crate::core::record::compact`] of the applied state, as text:
+    /// kept with the record read ([`Compacted`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    applied: Option<serde_json::Value>,
+    applied: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending: Option<Pending>,
 }
@@ -427,9 +533,8 @@ impl Disk {
             applied: r
                 .applied
                 .as_ref()
-                .map(|st| crate::core::record::compact(st, &r.allocations))
-                .transpose()
-                .context("serialize the applied state")?,
+                .map(|st| r.compacted.text(st, &r.allocations))
+                .transpose()?,
             pending: r.pending.clone(),
         })
     }
@@ -437,8 +542,16 @@ impl Disk {
     fn into_record(self) -> std::result::Result<Record, String> {
         let applied = self
             .applied
-            .map(|v| crate::core::record::expand(v, &self.allocations))
+            .as_ref()
+            .map(|text| {
+                let v = serde_json::from_str(text.get()).map_err(|e| e.to_string())?;
+                crate::core::record::expand(v, &self.allocations)
+            })
             .transpose()?;
+        let compacted = match self.applied {
+            Some(text) => Compacted::of(self.allocations.clone(), text),
+            None => Compacted::default(),
+        };
         let (netns, files) = named_in(applied.as_ref());
         let o = self.owned;
         let owned = Owned {
@@ -461,6 +574,7 @@ impl Disk {
             owned,
             applied,
             pending: self.pending,
+            compacted,
         })
     }
 }
@@ -601,7 +715,41 @@ mod tests {
             },
             applied: Some(crate::core::model::for_record(&d.state)),
             pending: None,
+            compacted: Compacted::default(),
         }
+    }
+
+    #[test]
+    fn a_record_saved_again_keeps_its_text_until_its_applied_state_or_allocations_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let path = dir.path().join(RECORD);
+        sd.save(&tutorial_record()).unwrap();
+        let first = fs::read(&path).unwrap();
+        let mut r = sd.load().unwrap();
+        assert!(r.compacted.get().is_some(), "the text read is kept");
+        sd.save(&r).unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            first,
+            "the same record, the same text"
+        );
+        // Other allocations: compacted against them, or the state read
+        // back would differ.
+        r.allocations = Allocations::default();
+        sd.save(&r).unwrap();
+        assert_ne!(fs::read(&path).unwrap(), first);
+        let back = sd.load().unwrap();
+        assert_eq!(back.allocations, r.allocations);
+        assert_eq!(back.applied(), r.applied());
+        // Another applied state: written, not the text kept.
+        let mut other = r.applied().cloned().unwrap();
+        other
+            .sysctls
+            .insert("net.ipv4.conf.all.forwarding".into(), "1".into());
+        r.set_applied(Some(other.clone()));
+        sd.save(&r).unwrap();
+        assert_eq!(sd.load().unwrap().applied(), Some(&other));
     }
 
     #[test]

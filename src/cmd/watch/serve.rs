@@ -119,7 +119,7 @@ pub struct Settled {
 /// A state record as [`StateDir::load`] reads it: the record file and the
 /// namespace marks it adopts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct RecordId {
+pub(super) struct RecordId {
     file: Option<FileId>,
     marks: Vec<String>,
 }
@@ -188,7 +188,12 @@ pub fn file_paths(record: &Record, expected: &HashSet<PathBuf>) -> BTreeSet<Stri
         .files
         .iter()
         .cloned()
-        .chain(record.applied.iter().flat_map(|a| a.files.keys().cloned()))
+        .chain(
+            record
+                .applied()
+                .into_iter()
+                .flat_map(|a| a.files.keys().cloned()),
+        )
         .chain(expected.iter().map(|p| p.display().to_string()))
         .collect()
 }
@@ -213,6 +218,25 @@ fn file_id(p: &std::path::Path) -> Option<FileId> {
         mtime: (m.mtime(), m.mtime_nsec()),
         ctime: (m.ctime(), m.ctime_nsec()),
     })
+}
+
+/// The record in `sd`, whose file and namespace marks are `id` now: the
+/// one in `kept` (what the agent last read or wrote) while they are still
+/// what they were then (a record file is only ever replaced by rename, and
+/// `sd` holds the lock), else read and kept.
+fn record_now(
+    kept: &mut Option<(RecordId, Arc<Record>)>,
+    sd: &StateDir,
+    id: &RecordId,
+) -> anyhow::Result<Arc<Record>> {
+    if let Some((k, r)) = kept.as_ref()
+        && k == id
+    {
+        return Ok(r.clone());
+    }
+    let r = Arc::new(sd.load()?);
+    *kept = Some((id.clone(), r.clone()));
+    Ok(r)
 }
 
 /// Accepts commands on the socket and hands their questions to the
@@ -242,6 +266,22 @@ pub fn spawn_listener(listener: tokio::net::UnixListener, tx: mpsc::UnboundedSen
 }
 
 impl Agent {
+    /// [`record_now`] to change and save: the agent's copy is taken
+    /// (given back by [`Agent::keep_record`] once saved), so that no
+    /// half-changed record is ever kept.
+    pub(super) fn take_record(&mut self, sd: &StateDir) -> anyhow::Result<Record> {
+        let id = RecordId::now(sd);
+        let r = record_now(&mut self.record, sd, &id)?;
+        self.record = None;
+        Ok(Arc::unwrap_or_clone(r))
+    }
+
+    /// Keeps `r`, as `sd` now holds it, for the next
+    /// [`record_now`].
+    pub(super) fn keep_record(&mut self, sd: &StateDir, r: Record) {
+        self.record = Some((RecordId::now(sd), Arc::new(r)));
+    }
+
     /// Answers one question (or declines it).
     pub(super) async fn answer(&mut self, q: Query) {
         let Some((req, reply)) = q.take() else {
@@ -332,7 +372,9 @@ impl Agent {
         // The record is read only when it may have changed.
         let record = match same_inputs {
             true => None,
-            false => Some(sd.load().map_err(|e| format!("{e:#}"))?),
+            false => {
+                Some(record_now(&mut self.record, &sd, &record_id).map_err(|e| format!("{e:#}"))?)
+            }
         };
         let paths: BTreeSet<String> = match &record {
             Some(r) => file_paths(r, &self.expect.files),
@@ -355,7 +397,7 @@ impl Agent {
         }
         let record = match record {
             Some(r) => r,
-            None => sd.load().map_err(|e| format!("{e:#}"))?,
+            None => record_now(&mut self.record, &sd, &record_id).map_err(|e| format!("{e:#}"))?,
         };
         // The agent's own file: parsed already.
         let spec = self.loaded.spec.clone();
@@ -691,7 +733,7 @@ pub fn sysctl_keys(desired: &State, record: &Record) -> Vec<String> {
     desired
         .sysctls
         .keys()
-        .chain(record.applied.iter().flat_map(|a| a.sysctls.keys()))
+        .chain(record.applied().into_iter().flat_map(|a| a.sysctls.keys()))
         .cloned()
         .collect::<BTreeSet<_>>()
         .into_iter()
