@@ -280,10 +280,11 @@ fn a_full_state_disk_fails_cleanly_and_recovers() {
     h.sh(&format!("rm {s}/filler")).ok();
     // Room for the intent, not for the record of the finished apply: the
     // objects are made, their record cannot be written. (The compact
-    // record of these 40 containers: intents of 6 and 9 KB, 13 KB when
-    // done, each kept beside its successor as state.json.prev; tmpfs
-    // counts 4 KiB pages, so 28k holds the intents and not the last.)
-    h.sh(&format!("mount -o remount,size=28k {s}")).ok();
+    // record of these 40 containers: 6 KB for the intent, 13 KB when
+    // done, written beside the intent before it replaces it; tmpfs counts
+    // 4 KiB pages and the lock file takes one, so 20k holds the lock and
+    // the intent, 12 KiB, and not the 28 KiB of the last write.)
+    h.sh(&format!("mount -o remount,size=20k {s}")).ok();
     let run = h.netloom(&cfg, &["apply"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("No space left"), "{}", run.stderr);
@@ -292,7 +293,7 @@ fn a_full_state_disk_fails_cleanly_and_recovers() {
     h.sh(&format!("mount -o remount,size=16m {s}")).ok();
     converges_and_cleans(&h, &cfg);
     // And `down` on the full disk removes everything; the mount point stays.
-    h.sh(&format!("mount -o remount,size=28k {s}")).ok();
+    h.sh(&format!("mount -o remount,size=20k {s}")).ok();
     assert_eq!(h.netloom(&cfg, &["apply"]).code, 1);
     h.netloom(&cfg, &["down"]).ok();
     assert_eq!(leftovers(&h), Vec::<String>::new());

@@ -677,8 +677,8 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         }
     }
     record.owned.netns_paths = observe::attached_paths(&p.target);
-    let saved = sd.save(record);
     if let Some(sig) = interrupted {
+        let saved = sd.save(record);
         let mut msg = format!(
             "apply interrupted by {}: finished the operation in progress, then stopped\n",
             crate::host::interrupt::name(sig)
@@ -693,7 +693,15 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         msg.push_str("Run `netloom apply` again to finish (it continues from here), or `netloom down` to remove what was made.");
         return Err(anyhow!(msg));
     }
-    saved.map_err(|e| anyhow!("{}", unrecorded(&e)))?;
+    // The record is written next after verifying. A crash before then
+    // finds the write-ahead record and the objects' marks, as after any
+    // operation of the apply (each is followed by a fault point the crash
+    // test kills at); a write here would only cost time. A verification
+    // that fails or cannot read the host writes what was made first.
+    let stop = |record: &Record, e: anyhow::Error| match sd.save(record) {
+        Ok(()) => e,
+        Err(s) => anyhow!("{e:#}\n{}", unrecorded(&s)),
+    };
     // What this run made true: the target with the failed objects as they
     // were.
     let failed: BTreeSet<String> = applied
@@ -706,7 +714,10 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     // Only what the apply touched is read again; the rest is as the plan's
     // observation saw it.
     let reuse = touched(p, known_firewall(p, &applied, realised.into_inner()));
-    let again = observe::observe_with(&p.target, record, Some(&reuse), None).await?;
+    let again = match observe::observe_with(&p.target, record, Some(&reuse), None).await {
+        Ok(again) => again,
+        Err(e) => return Err(stop(record, e)),
+    };
     let rest = plan::diff(&made, &again.state, None);
     let rest: Vec<&plan::Change> = rest
         .changes
@@ -721,10 +732,13 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
             .iter()
             .map(|(a, f)| format!("\n  {a} failed: {}", f.error))
             .collect();
-        return Err(anyhow!(
-            "apply did not converge; still different after applying: {}{}",
-            addrs.join(", "),
-            why.concat()
+        return Err(stop(
+            record,
+            anyhow!(
+                "apply did not converge; still different after applying: {}{}",
+                addrs.join(", "),
+                why.concat()
+            ),
         ));
     }
     // As the record file keeps it (files by digest): the same record as

@@ -80,11 +80,10 @@ impl Record {
 
 /// The compact JSON text of a record's applied state as the record file
 /// holds it, with the allocations it was compacted against: read with
-/// the record, or made by its first save. An apply saves its record three
-/// times (the intent, what was made, what was verified), and compacting a
-/// large applied state is most of a save; the first two saves write the
-/// same applied state, so only a new one (or new allocations) is
-/// compacted again.
+/// the record, or made by its first save. Compacting a large applied
+/// state is most of a save, and an apply's write-ahead save writes the
+/// applied state it read (the agent keeps its record between applies), so
+/// only a new applied state (or new allocations) is compacted again.
 #[derive(Default)]
 struct Compacted(std::sync::Mutex<Option<Arc<CompactText>>>);
 
