@@ -4,7 +4,7 @@
 //! and without drift, also when the agent answers from its view without
 //! reading anything again (each kind of drift alone); a stale, hostile or hung socket is not trusted (the
 //! command reads the kernel); and the agent never applies while a command
-//! holds the state dir.
+//! holds the state dir, nor reads its file while a writer has it open.
 
 mod common;
 
@@ -331,7 +331,13 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
     };
     let r = by_agent(&h, "apply");
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("+ port.c2.9191/tcp"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("+ port.c2.9191/tcp"),
+        "{}\n{}\nLOG:\n{}",
+        r.stdout,
+        r.stderr,
+        read(&log)
+    );
     assert!(r.stderr.contains("Apply complete! 1 added"), "{}", r.stderr);
     assert_eq!(applied_by_agent(&log), 1, "{}", read(&log));
     assert!(
@@ -514,4 +520,47 @@ fn the_agent_does_not_apply_while_a_command_holds_the_state_dir() {
     // Meanwhile `plan` fell back or was answered; either way it is right.
     let r = asking(&h, &cfg, &["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn a_file_being_written_is_read_once_its_writer_closes_it() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    let edited = h.config(
+        "edited.toml",
+        &BASE.replace(
+            "[containers.c2]\nnetworks = [\"green\"]\n",
+            "[containers.c2]\nnetworks = [\"green\"]\nports = [\"9292:92\"]\n",
+        ),
+    );
+    // A slow writer: it truncates the file, then writes it a second and a
+    // half later. Meanwhile the file is empty, which is a valid file that
+    // wants nothing: read then, it would tear the host down.
+    let r = h.sh(&format!(
+        "exec 3>{}; sleep 1.5; cat {} >&3; exec 3>&-",
+        cfg.display(),
+        edited.display()
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        wait(
+            || h.sh("nft list map inet netloom dnat_any")
+                .stdout
+                .contains("9292"),
+            DEADLINE
+        ),
+        "the edit was not applied:\n{}",
+        read(&log)
+    );
+    let destroying: Vec<String> = read(&log)
+        .lines()
+        .filter(|l| l.contains("reconciled in") && !l.contains(" 0 destroyed"))
+        .map(str::to_string)
+        .collect();
+    assert!(destroying.is_empty(), "{destroying:#?}\n{}", read(&log));
+    assert!(h.netns_list().contains("c1"), "{}", read(&log));
 }

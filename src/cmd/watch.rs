@@ -41,6 +41,9 @@ use expect::Expect;
 
 /// Editors write a file in several steps; wait this long for the last one.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long a change waits for the writer of the file to close it before
+/// the file is read anyway.
+const WRITER_WAIT: Duration = Duration::from_secs(5);
 /// How often the sysctls netloom sets are compared with their values.
 const SYSCTL_TICK: Duration = Duration::from_millis(250);
 /// How long after a reconcile the view is brought up to date.
@@ -222,8 +225,10 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         cluster: None,
     };
 
+    // Set while a writer has the file open after writing to it.
+    let writing = Arc::new(AtomicBool::new(false));
     let _watcher = match &cluster {
-        None => Some(watch_file(&cli.config, tx.clone())?),
+        None => Some(watch_file(&cli.config, tx.clone(), writing.clone())?),
         Some((_, etcd)) => {
             let (etx, mut erx) = mpsc::unbounded_channel();
             let after = 0;
@@ -293,11 +298,19 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         if batch.contains(&Trigger::File) {
-            // Editors write in steps: wait for the last one, unless an
-            // `apply` says the file is ready.
-            let until = tokio::time::Instant::now() + DEBOUNCE;
+            // Editors write in steps: wait for the last one, and for a
+            // writer that still has the file open to close it (a writer
+            // that truncated it and has not written yet leaves an empty
+            // file, which is valid: nothing wanted), unless an `apply`
+            // says the file is ready.
+            let now = tokio::time::Instant::now();
+            let (until, give_up) = (now + DEBOUNCE, now + WRITER_WAIT);
             while !batch.iter().any(Trigger::is_apply) {
-                match tokio::time::timeout_at(until, rx.recv()).await {
+                let deadline = match writing.load(Ordering::SeqCst) {
+                    true => give_up,
+                    false => until,
+                };
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(t)) => batch.push(t),
                     _ => break,
                 }
@@ -319,10 +332,20 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
                 sdnotify::monotonic_usec()
             ));
         }
+        // The file is read when it changed (once its writer is done, see
+        // above), on SIGHUP and on resync; not on other events: one that
+        // came between a writer's truncating the file and writing it would
+        // read an empty or half file, and an empty file is valid (nothing
+        // wanted), so the agent would tear the host down.
+        let file_event = batch
+            .iter()
+            .any(|t| matches!(t, Trigger::File | Trigger::Resync));
         let file_changed = if agent.cluster.is_some() {
             agent.take_etcd_news(&batch).await || reload
-        } else {
+        } else if file_event || reload {
             agent.reload_file(reload)
+        } else {
+            false
         };
         // Every drift event of the batch, for the log line.
         let mut drift: Vec<String> = Vec::new();
@@ -1005,6 +1028,7 @@ fn upstreams(l: &Loaded) -> Vec<std::net::SocketAddr> {
 fn watch_file(
     config: &Path,
     tx: mpsc::UnboundedSender<Trigger>,
+    writing: Arc<AtomicBool>,
 ) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let abs =
@@ -1018,20 +1042,37 @@ fn watch_file(
         .map(|n| n.to_os_string())
         .ok_or_else(|| anyhow!("{} has no file name", abs.display()))?;
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
+        use notify::EventKind as K;
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        let Ok(ev) = res else {
+            return;
+        };
+        if !ev
+            .paths
+            .iter()
+            .any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            return;
+        }
+        match ev.kind {
+            // Written to in place: the writer may not be done.
+            K::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                writing.store(true, Ordering::SeqCst);
+            }
+            // The writer closed it, or it was replaced (renamed over,
+            // created, removed): whole.
+            K::Access(AccessKind::Close(AccessMode::Write))
+            | K::Create(_)
+            | K::Remove(_)
+            | K::Modify(ModifyKind::Name(_)) => writing.store(false, Ordering::SeqCst),
             // Opening and reading the file (by `plan`, by this agent's own
             // reload) changes nothing: reacting to it made every read
             // trigger the next, one debounce apart, and delayed every
             // answer by a debounce.
-            if !matches!(ev.kind, notify::EventKind::Access(_))
-                && ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()))
-            {
-                let _ = tx.send(Trigger::File);
-            }
+            K::Access(_) => return,
+            _ => {}
         }
+        let _ = tx.send(Trigger::File);
     })
     .context("start the file watcher")?;
     w.watch(&dir, notify::RecursiveMode::NonRecursive)
