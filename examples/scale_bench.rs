@@ -13,7 +13,8 @@
 //! watch`) and runs the no-op `plan` and `status` again, answered by the
 //! agent over its socket, and the two `apply`s again, with the agent's file
 //! edited in place (the agent applies only its own file) and applied by the
-//! agent for the command (`NETLOOM_AGENT_APPLIES=1`) (the counts are the command's own: the agent's
+//! agent for the command (the default; the benchmark sets
+//! `NETLOOM_AGENT_APPLIES=1` to say so) (the counts are the command's own: the agent's
 //! reading is not in them; the run fails if the agent did not answer or
 //! apply), and prints the agent's RSS and the CPU it used while idle for two
 //! seconds (once its log was quiet for two seconds).

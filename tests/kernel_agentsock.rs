@@ -323,12 +323,7 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
             "[containers.c2]\nnetworks = [\"green\"]\nports = [\"9191:91\"]\n",
         ),
     );
-    let by_agent = |h: &Host, args: &str| {
-        h.sh(&format!(
-            "env NETLOOM_AGENT_APPLIES=1 {NETLOOM} -c {} {args}",
-            cfg.display()
-        ))
-    };
+    let by_agent = |h: &Host, args: &str| h.sh(&format!("{NETLOOM} -c {} {args}", cfg.display()));
     let r = by_agent(&h, "apply");
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(
@@ -363,8 +358,11 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
             .contains("9191"),
         "the port is still published"
     );
-    // Without opting in: the command applies itself.
-    let r = h.netloom(&cfg, &["apply"]);
+    // Opted out: the command applies itself.
+    let r = h.sh(&format!(
+        "env NETLOOM_AGENT_APPLIES=0 {NETLOOM} -c {} apply",
+        cfg.display()
+    ));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(applied_by_agent(&log), 3, "{}", read(&log));
 }

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     about,
     long_about = None,
     after_help = "While an agent (`netloom watch`) runs, `plan` and `status` ask it over /run/netloom/agent.sock \
-        (NETLOOM_ASK_AGENT=0: read the kernel instead); with NETLOOM_AGENT_APPLIES=1 it also applies `apply` of its own file."
+        (NETLOOM_ASK_AGENT=0: read the kernel instead), and it applies `apply` of its own file (NETLOOM_AGENT_APPLIES=0: the command applies itself)."
 )]
 pub struct Cli {
     /// The configuration file.

@@ -117,11 +117,9 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     }
     if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
-        // With NETLOOM_AGENT_APPLIES=1 a running agent of this file
-        // applies it from its view of the host (it would apply the edit
-        // itself a moment later anyway). Opt-in: measured at 1,000
-        // containers it was faster in a quiet run and slower in a loaded
-        // one than the command's own apply (README).
+        // A running agent of this file applies it from its view of the
+        // host (it would apply the edit itself a moment later anyway),
+        // unless NETLOOM_AGENT_APPLIES=0.
         if crate::cmd::agent_client::agent_applies()
             && how.out.is_none()
             && how.confirm_timeout.is_none()

@@ -21,8 +21,8 @@
 //! command's own output. The agent declines (and the command reads the
 //! kernel itself) for another file than its own or another version of it,
 //! another state dir, in cluster mode, or while the state dir is locked.
-//! With `NETLOOM_AGENT_APPLIES=1`, `apply` of its file is a reconcile
-//! whose output goes to the command.
+//! `apply` of its file is a reconcile whose output goes to the command
+//! (unless the command was run with `NETLOOM_AGENT_APPLIES=0`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
