@@ -17,7 +17,8 @@ root=$(cd "$here/.." && pwd)
 if [ "${1:-}" != "--inside" ]; then
   if [ "$(id -u)" != 0 ]; then echo "run as root" >&2; exit 1; fi
   need=()
-  for pair in nft:nftables ip:iproute2 ping:iputils-ping curl:curl dig:dnsutils python3:python3 unshare:util-linux; do
+  # make and gcc build the allocator (jemalloc) from its C source.
+  for pair in nft:nftables ip:iproute2 ping:iputils-ping curl:curl dig:dnsutils python3:python3 unshare:util-linux make:make gcc:gcc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
