@@ -905,12 +905,6 @@ pub fn same_as_recorded(a: &State, b: &State) -> bool {
         vxlans,
         half_made,
     } = a;
-    fn recorded(text: &str) -> std::borrow::Cow<'_, str> {
-        match text.starts_with(DIGEST_PREFIX) {
-            true => std::borrow::Cow::Borrowed(text),
-            false => std::borrow::Cow::Owned(file_digest(text)),
-        }
-    }
     *sysctls == b.sysctls
         && *bridges == b.bridges
         && *namespaces == b.namespaces
@@ -918,11 +912,47 @@ pub fn same_as_recorded(a: &State, b: &State) -> bool {
         && *firewall == b.firewall
         && *vxlans == b.vxlans
         && *half_made == b.half_made
-        && files.len() == b.files.len()
-        && files
-            .iter()
-            .zip(&b.files)
-            .all(|((pa, ta), (pb, tb))| pa == pb && (ta == tb || recorded(ta) == recorded(tb)))
+        && same_files_as_recorded(files, &b.files)
+}
+
+/// [`same_as_recorded`] of two states' files. A text stands for its
+/// digest, so a digest and a text are compared as [`files_match`] does
+/// (the recorded length first, then the texts hashed together), without
+/// writing out a digest per file.
+fn same_files_as_recorded(a: &BTreeMap<String, FileText>, b: &BTreeMap<String, FileText>) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    // (recorded hash, text to hash)
+    let mut to_hash: Vec<(u64, &[u8])> = Vec::new();
+    for ((pa, ta), (pb, tb)) in a.iter().zip(b) {
+        if pa != pb {
+            return false;
+        }
+        if ta == tb {
+            continue;
+        }
+        let (digest, text) = match (
+            ta.strip_prefix(DIGEST_PREFIX),
+            tb.strip_prefix(DIGEST_PREFIX),
+        ) {
+            (Some(d), None) => (d, tb),
+            (None, Some(d)) => (d, ta),
+            // Two different digests, or two different texts.
+            _ => return false,
+        };
+        // A digest in any other spelling than `file_digest`'s is not
+        // the text's.
+        match parse_digest(digest) {
+            Some((hash, len)) if len == text.len() => to_hash.push((hash, text.as_bytes())),
+            _ => return false,
+        }
+    }
+    let texts: Vec<&[u8]> = to_hash.iter().map(|(_, t)| *t).collect();
+    crate::core::hash::fnv64_many(&texts)
+        .into_iter()
+        .zip(&to_hash)
+        .all(|(hash, (recorded, _))| hash == *recorded)
 }
 
 /// Whether the file on disk still holds what netloom wrote: `written` is
@@ -1093,6 +1123,17 @@ mod tests {
             (a.clone(), {
                 let mut b = a.clone();
                 b.files.insert("/etc/netns/db/hosts".into(), "x\n".into());
+                b
+            }),
+            // The right digest, spelled otherwise (upper-case hex).
+            (a.clone(), {
+                let mut b = digested.clone();
+                for v in b.files.values_mut() {
+                    *v = v
+                        .to_uppercase()
+                        .replace(&DIGEST_PREFIX.to_uppercase(), DIGEST_PREFIX)
+                        .into();
+                }
                 b
             }),
         ];
