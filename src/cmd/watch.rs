@@ -886,6 +886,7 @@ impl Agent {
             // Planned before its own changes: not an answer to reuse.
             settled: None,
         });
+        self.view = self.view.take().map(serve::View::kept);
         Ok((summary, failures, printed))
     }
 

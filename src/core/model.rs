@@ -1019,6 +1019,17 @@ pub fn is_digest(content: &str) -> bool {
     content.starts_with(DIGEST_PREFIX)
 }
 
+/// Whether `digest` is the [`file_digest`] of `text` (the whole text, a
+/// hosts file's user block included), without writing out a digest.
+pub fn is_digest_of(digest: &str, text: &str) -> bool {
+    digest
+        .strip_prefix(DIGEST_PREFIX)
+        .and_then(parse_digest)
+        .is_some_and(|(hash, len)| {
+            len == text.len() && hash == crate::core::hash::fnv64(text.as_bytes())
+        })
+}
+
 /// The part of a file netloom writes: all of it, or for a hosts file
 /// everything up to and including the user marker line.
 pub fn netloom_part(on_disk: &str) -> &str {
@@ -1089,6 +1100,20 @@ pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_is_of_one_whole_text() {
+        let text = "# Written by netloom\n10.0.0.2\tc1\n";
+        let d = file_digest(text);
+        assert!(is_digest_of(&d, text));
+        // Another text of the same length, a longer one, and a text
+        // that is not a digest at all.
+        assert!(!is_digest_of(&d, &text.replace("c1", "c2")));
+        assert!(!is_digest_of(&d, &format!("{text}# user\n")));
+        assert!(!is_digest_of(text, text));
+        // The digest in another spelling is not taken for it.
+        assert!(!is_digest_of(&d.to_uppercase(), text));
+    }
 
     #[test]
     fn same_as_recorded_is_equality_of_the_recorded_forms() {

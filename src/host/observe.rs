@@ -509,10 +509,26 @@ pub async fn observe_with(
         if let Some(r) = reuse
             && !r.stale_files.contains(p)
         {
-            if let Some(text) = r.earlier.state.files.get(p) {
-                st.files.insert(p.clone(), shared(desired, p, text));
+            match r.earlier.state.files.get(p) {
+                // Absent (or not netloom's) when it was read.
+                None => continue,
+                Some(text) if !model::is_digest(text) => {
+                    st.files.insert(p.clone(), shared(desired, p, text));
+                    continue;
+                }
+                // Kept as the digest of the text it held when that was
+                // the desired text (a long-lived reader, the agent, keeps
+                // its readings so): the text desired now if it is that
+                // one, else only a reading tells.
+                Some(digest) => {
+                    if let Some(want) = desired.files.get(p)
+                        && model::is_digest_of(digest, want)
+                    {
+                        st.files.insert(p.clone(), want.clone());
+                        continue;
+                    }
+                }
             }
-            continue;
         }
         match std::fs::read_to_string(p) {
             // A file the file does not want (any more) is netloom's to

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::model::{NsRef, State};
 use crate::host::events::KernelEvent;
@@ -19,12 +20,20 @@ struct LinkWant {
     enslaved: bool,
 }
 
-/// What one container namespace holds.
+/// What one container namespace holds: a few links and addresses, kept
+/// in lists (a thousand namespaces' hash tables cost more than their
+/// contents, and a lookup in a list of one or two is no slower).
 #[derive(Clone, Debug, Default)]
 struct NsWant {
-    links: HashMap<String, LinkWant>,
+    links: Vec<(String, LinkWant)>,
     /// `address/prefix` of every interface in it.
-    addrs: HashSet<String>,
+    addrs: Vec<String>,
+}
+
+impl NsWant {
+    fn link(&self, name: &str) -> Option<&LinkWant> {
+        self.links.iter().find(|(n, _)| n == name).map(|(_, l)| l)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -35,8 +44,8 @@ pub struct Expect {
     host_index: HashMap<u32, String>,
     /// Addresses of the bridges, by bridge name.
     bridge_addrs: HashMap<String, HashSet<String>>,
-    /// By container.
-    ns: HashMap<String, NsWant>,
+    /// By container; containers that share a namespace share its entry.
+    ns: HashMap<String, Arc<NsWant>>,
     /// Named namespaces netloom keeps in /run/netns.
     pub netns_names: HashSet<String>,
     /// Files netloom writes.
@@ -82,18 +91,24 @@ impl Expect {
         let mut by_ns: HashMap<&NsRef, NsWant> = HashMap::new();
         for ep in desired.endpoints.values() {
             let w = by_ns.entry(&ep.netns).or_default();
-            w.links.insert(
-                ep.ifname.clone(),
-                LinkWant {
-                    mac: Some(ep.mac.clone()),
-                    mtu: ep.mtu,
-                    enslaved: false,
-                },
-            );
+            let want = LinkWant {
+                mac: Some(ep.mac.clone()),
+                mtu: ep.mtu,
+                enslaved: false,
+            };
+            // One entry per name, the last one winning (as a map would).
+            match w.links.iter_mut().find(|(n, _)| *n == ep.ifname) {
+                Some((_, l)) => *l = want,
+                None => w.links.push((ep.ifname.clone(), want)),
+            }
             w.addrs.extend(ep.addrs.iter().cloned());
         }
+        let by_ns: HashMap<&NsRef, Arc<NsWant>> =
+            by_ns.into_iter().map(|(k, w)| (k, Arc::new(w))).collect();
+        e.ns.reserve(desired.namespaces.len());
         for (c, n) in &desired.namespaces {
-            e.ns.insert(c.clone(), by_ns.get(&n.netns).cloned().unwrap_or_default());
+            let want = by_ns.get(&n.netns).cloned().unwrap_or_default();
+            e.ns.insert(c.clone(), want);
             if let NsRef::Named(name) = &n.netns {
                 e.netns_names.insert(name.clone());
             }
@@ -182,7 +197,7 @@ impl Expect {
                 ..
             } => {
                 let name = name.as_deref().unwrap_or("link");
-                match want.and_then(|w| w.links.get(name)) {
+                match want.and_then(|w| w.link(name)) {
                     Some(l) => link_drift(name, l, *up, *master, mac, *mtu),
                     None => (!*up && name == "lo").then(|| "lo down".to_string()),
                 }
@@ -201,7 +216,7 @@ impl Expect {
                         None => format!("{a} removed"),
                     })
                 } else {
-                    let known = want.is_some_and(|w| w.addrs.contains(a));
+                    let known = want.is_some_and(|w| w.addrs.iter().any(|x| x == a));
                     (!known).then(|| format!("{a} added"))
                 }
             }

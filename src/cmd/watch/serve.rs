@@ -80,6 +80,42 @@ pub struct View {
     pub settled: Option<Settled>,
 }
 
+impl View {
+    /// The view as the agent keeps it between readings: a file that held
+    /// the desired text is known by that text's digest, in the desired
+    /// state and in the reading alike (at 1,000 containers the hosts and
+    /// resolv.conf texts are 3 MB, the largest part of the view). A
+    /// reading that reuses such a file takes the text desired then if it
+    /// has that digest ([`crate::host::observe::observe_with`]); a plan
+    /// resolves the file again for its texts ([`Agent::plan_fresh`]).
+    /// Files that held anything else keep their text: they are drift, or
+    /// about to be written.
+    pub fn kept(mut self) -> View {
+        if let Some(r) = &mut self.resolved {
+            digest_converged_files(&mut self.obs.state, &mut r.desired.state);
+        }
+        self
+    }
+}
+
+/// Replaces the text of each file `obs` holds as `desired` wants it with
+/// its digest, in both (one shared string).
+fn digest_converged_files(obs: &mut State, desired: &mut State) {
+    for (path, want) in desired.files.iter_mut() {
+        let Some(seen) = obs.files.get_mut(path) else {
+            continue;
+        };
+        if crate::core::model::is_digest(want) {
+            continue;
+        }
+        if Arc::ptr_eq(seen, want) || **seen == **want {
+            let digest: crate::core::model::FileText = crate::core::model::file_digest(want).into();
+            *seen = digest.clone();
+            *want = digest;
+        }
+    }
+}
+
 /// The agent's file resolved against a record's allocations and a host.
 pub struct Resolved {
     /// Hash of the file's content.
@@ -92,6 +128,17 @@ pub struct Resolved {
 impl Resolved {
     fn fits(&self, config: u64, host: &HostInfo, record: &Record) -> bool {
         self.config == config && self.host == *host && self.allocations == record.allocations
+    }
+
+    /// Whether it holds every file's text, not a digest of some (see
+    /// [`View::kept`]): only then does a plan take it as it is.
+    fn has_texts(&self) -> bool {
+        !self
+            .desired
+            .state
+            .files
+            .values()
+            .any(|t| crate::core::model::is_digest(t))
     }
 }
 
@@ -462,6 +509,7 @@ impl Agent {
                 sysctls,
             }),
         });
+        self.view = self.view.take().map(View::kept);
         drop(sd);
         Ok(Answer::Output {
             stdout: out.stdout,
@@ -557,7 +605,7 @@ impl Agent {
         let desired = match view
             .resolved
             .as_ref()
-            .filter(|r| r.fits(self.seen, &l.host, record))
+            .filter(|r| r.fits(self.seen, &l.host, record) && r.has_texts())
         {
             Some(r) => r.desired.clone(),
             None => steps::resolve(l, record)?,
@@ -738,4 +786,53 @@ pub fn sysctl_keys(desired: &State, record: &Record) -> Vec<String> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_files(files: &[(&str, &str)]) -> State {
+        let mut st = State::default();
+        for (p, t) in files {
+            st.files.insert(p.to_string(), (*t).into());
+        }
+        st
+    }
+
+    #[test]
+    fn a_kept_view_knows_converged_files_by_digest_only() {
+        let mut desired = with_files(&[
+            ("/a/hosts", "# netloom a\n"),
+            ("/b/hosts", "# netloom b\n"),
+            ("/c/hosts", "# netloom c\n"),
+        ]);
+        // a: shared with the desired text; b: edited; c: absent.
+        let mut obs = with_files(&[("/b/hosts", "# edited b\n")]);
+        obs.files
+            .insert("/a/hosts".into(), desired.files["/a/hosts"].clone());
+        digest_converged_files(&mut obs, &mut desired);
+        let a = &desired.files["/a/hosts"];
+        assert!(crate::core::model::is_digest_of(a, "# netloom a\n"));
+        assert!(
+            Arc::ptr_eq(a, &obs.files["/a/hosts"]),
+            "one string for both"
+        );
+        // What differs keeps its text on both sides, and what was not
+        // read keeps the desired text.
+        assert_eq!(&*desired.files["/b/hosts"], "# netloom b\n");
+        assert_eq!(&*obs.files["/b/hosts"], "# edited b\n");
+        assert_eq!(&*desired.files["/c/hosts"], "# netloom c\n");
+        assert!(!obs.files.contains_key("/c/hosts"));
+        // A text equal without being shared is digested too, and digesting
+        // twice changes nothing.
+        let mut obs2 = with_files(&[("/c/hosts", "# netloom c\n")]);
+        digest_converged_files(&mut obs2, &mut desired);
+        digest_converged_files(&mut obs2, &mut desired);
+        assert!(crate::core::model::is_digest_of(
+            &desired.files["/c/hosts"],
+            "# netloom c\n"
+        ));
+        assert_eq!(obs2.files["/c/hosts"], desired.files["/c/hosts"]);
+    }
 }
