@@ -393,7 +393,7 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
     use crate::core::plan::Op;
     let mut stale = BTreeSet::new();
     let mut stale_files = BTreeSet::new();
-    let mut host = false;
+    let mut host = observe::HostTouch::default();
     let mut sysctls = false;
     let states = [&p.target, &p.observation.state];
     for c in &p.plan.changes {
@@ -408,21 +408,12 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
             }
         }
         for op in &c.ops {
-            // Everything but nft, files and what happens inside a
-            // container's namespace can change the host namespace (a veth
-            // created into a namespace has its host end here).
-            match op {
-                Op::Nft { .. } | Op::WriteFile { .. } | Op::RemoveFile { .. } => {}
-                Op::Sysctl { .. } => sysctls = true,
-                Op::LinkUp { netns: Some(_), .. }
-                | Op::SetMtu { netns: Some(_), .. }
-                | Op::SetMac { netns: Some(_), .. }
-                | Op::AddAddr { netns: Some(_), .. }
-                | Op::DelAddr { netns: Some(_), .. }
-                | Op::AddDefaultRoute { .. }
-                | Op::DelDefaultRoute { .. } => {}
-                _ => host = true,
+            if let Op::Sysctl { .. } = op {
+                sysctls = true;
             }
+            // The host links the operation can change (a veth created
+            // into a namespace has its host end here).
+            host.add(op, &p.observation);
             match op {
                 Op::DeleteLink { netns, .. }
                 | Op::LinkUp { netns, .. }
@@ -449,7 +440,9 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
         earlier: &p.observation,
         stale,
         stale_files,
-        host,
+        host: host.all,
+        host_links: host.links,
+        host_addrs: host.addrs,
         sysctls,
         firewall,
     }

@@ -2,7 +2,12 @@
 //! feature `fault-injection`: with `NETLOOM_FAULT_AFTER=K` the process
 //! kills itself with SIGKILL right after its K-th write to the kernel or
 //! to a file it owns, as a crash or `kill -9` at that instant would.
-//! Without the feature, [`point`] is an empty inline function.
+//! With `NETLOOM_FAULT_SKIP=TEXT` every operation whose text (as the
+//! plan shows it) contains TEXT is skipped yet reported done, as a change
+//! the kernel acknowledged but that did not take: what the verification
+//! after an apply must catch.
+//! Without the feature, [`point`] is an empty inline function and
+//! [`skipped`] is always false.
 
 #[cfg(feature = "fault-injection")]
 mod imp {
@@ -27,6 +32,14 @@ mod imp {
     pub fn count() -> Option<u64> {
         Some(COUNT.load(Ordering::SeqCst))
     }
+
+    static SKIP: OnceLock<Option<String>> = OnceLock::new();
+
+    pub fn skipped(op: &dyn std::fmt::Display) -> bool {
+        let skip = SKIP.get_or_init(|| std::env::var("NETLOOM_FAULT_SKIP").ok());
+        skip.as_deref()
+            .is_some_and(|s| !s.is_empty() && op.to_string().contains(s))
+    }
 }
 
 #[cfg(not(feature = "fault-injection"))]
@@ -36,6 +49,11 @@ mod imp {
 
     pub fn count() -> Option<u64> {
         None
+    }
+
+    #[inline(always)]
+    pub fn skipped(_op: &dyn std::fmt::Display) -> bool {
+        false
     }
 }
 
@@ -48,4 +66,10 @@ pub fn point() {
 /// how many points a run has.
 pub fn count() -> Option<u64> {
     imp::count()
+}
+
+/// Whether operation `op` is to be skipped yet reported done (see the
+/// module docs); never without the feature.
+pub fn skipped(op: &dyn std::fmt::Display) -> bool {
+    imp::skipped(op)
 }

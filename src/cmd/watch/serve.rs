@@ -627,6 +627,8 @@ impl Agent {
             stale: fresh.stale.clone(),
             stale_files: stale_files(view, &files_now),
             host: !fresh.host_same,
+            host_links: BTreeSet::new(),
+            host_addrs: false,
             sysctls: true,
             firewall: nft_same.then(|| view.obs.state.firewall.clone()),
         };

@@ -775,15 +775,66 @@ impl Netlink {
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Link> {
+        let missing = KernelError {
+            errno: libc::ENODEV,
+            message: None,
+        };
+        self.link(name)
+            .await?
+            .ok_or_else(|| anyhow::Error::new(missing).context(format!("get link {name}")))
+    }
+
+    /// The link called `name`, `None` when there is none: one request
+    /// (counted as a dump) that costs the same whatever the number of
+    /// links, where a dump costs in proportion to it.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let link = self.get_link(msg, &|| format!("get link {name}")).await?;
+        match link {
+            Some(l) if l.name != name => bail!("get link {name}: the kernel answered {}", l.name),
+            other => Ok(other),
+        }
+    }
+
+    /// The link with ifindex `index`, `None` when there is none (one
+    /// request, counted as a dump).
+    pub async fn link_at(&self, index: u32) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let link = self.get_link(msg, &|| format!("get link {index}")).await?;
+        match link {
+            Some(l) if l.index != index => {
+                bail!("get link {index}: the kernel answered link {}", l.index)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// One `RTM_GETLINK` (not a dump) for the link `msg` names; the
+    /// kernel's "no such device" is `None`.
+    async fn get_link(
+        &self,
+        mut msg: LinkMessage,
+        what: &dyn Fn() -> String,
+    ) -> Result<Option<Link>> {
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         self.counters.dumps.fetch_add(1, Ordering::Relaxed);
-        let replies = self
+        let replies = match self
             .exchange(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)
             .await
-            .with_context(|| format!("get link {name}"))?;
-        echoed_link(inner_messages(replies), name)
-            .ok_or_else(|| anyhow!("get link {name}: no answer from the kernel"))
+        {
+            Ok(r) => r,
+            Err(e) if is_errno(&e, libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(e.context(what())),
+        };
+        let link = inner_messages(replies).into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+            _ => None,
+        });
+        link.map(Some)
+            .ok_or_else(|| anyhow!("{}: no answer from the kernel", what()))
     }
 
     /// Apply all set fields of `change` to link `index` in one request
