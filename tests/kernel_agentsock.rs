@@ -2,7 +2,8 @@
 //! throwaway host: the agent's answers are the very output the commands
 //! print when they read the kernel themselves (`NETLOOM_ASK_AGENT=0`), with
 //! and without drift, also when the agent answers from its view without
-//! reading anything again (each kind of drift alone); a stale, hostile or hung socket is not trusted (the
+//! reading anything again (each kind of drift alone, and the port
+//! counters, which move with every packet); a stale, hostile or hung socket is not trusted (the
 //! command reads the kernel); and the agent never applies while a command
 //! holds the state dir, nor reads its file while a writer has it open.
 
@@ -305,6 +306,59 @@ fn answers_from_the_view_see_each_kind_of_drift_alone() {
     );
     let s = same_answer(&h, &cfg, &log, &["status"]);
     assert!(s.stdout.contains("drift"), "{}", s.stdout);
+}
+
+/// Packets counted for `port` in `status` output.
+fn packets(status: &str, port: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(port))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter for {port} in:\n{status}"))
+}
+
+#[test]
+fn status_from_the_view_counts_the_traffic_since() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    let web = h.dir.path().join("web.log");
+    h.spawn_logged("ip netns exec c1 python3 -m http.server 80", &web);
+    let before = same_answer(&h, &cfg, &log, &["status"]);
+    assert_eq!(
+        packets(&before.stdout, "c1.8080/tcp"),
+        0,
+        "{}",
+        before.stdout
+    );
+    assert!(
+        h.wait_for(
+            "curl -sf -m 1 -o /dev/null http://10.60.0.1:8080/",
+            DEADLINE
+        ),
+        "the published port does not answer"
+    );
+    // The connection's last packets are the kernel's, after curl exits.
+    std::thread::sleep(Duration::from_secs(1));
+    // Packets move no event and no ruleset generation: an answer from the
+    // view must still count them. Ask until one comes from the view.
+    let viewed = from_view(&log);
+    assert!(
+        wait(
+            || {
+                let s = same_answer(&h, &cfg, &log, &["status"]);
+                assert!(packets(&s.stdout, "c1.8080/tcp") > 0, "{}", s.stdout);
+                from_view(&log) > viewed
+            },
+            DEADLINE
+        ),
+        "no `status` came from the view:\n{}",
+        read(&log)
+    );
 }
 
 #[test]

@@ -32,30 +32,36 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
     let p = steps::plan_live(&l, &record).await?;
-    let (out, exit) = status_out(&l.path, sd.path(), &p, format)?;
+    let counters = listed_counters(&p);
+    let (out, exit) = status_out(&l.path, sd.path(), &p, &counters, format)?;
     drop(sd);
     out.print();
     Ok(exit)
 }
 
-/// What `status` prints for `p`, and its exit status. The command and the
-/// agent answering for it both print this.
+/// The port counters in the listing `p` read.
+pub fn listed_counters(p: &steps::Planned) -> BTreeMap<String, (u64, u64)> {
+    p.observation
+        .firewall
+        .as_ref()
+        .map(crate::core::firewall::port_counters)
+        .unwrap_or_default()
+}
+
+/// What `status` prints for `p` with the port `counters` (packets, bytes
+/// per port key), and its exit status. The command and the agent
+/// answering for it both print this.
 pub fn status_out(
     config: &std::path::Path,
     state_dir: &std::path::Path,
     p: &steps::Planned,
+    counters: &BTreeMap<String, (u64, u64)>,
     format: Format,
 ) -> Result<(steps::Out, Exit)> {
     let mut answer = steps::Out::default();
     for w in &p.warnings {
         let _ = writeln!(answer.stderr, "Warning: {w}");
     }
-    let counters = p
-        .observation
-        .firewall
-        .as_ref()
-        .map(crate::core::firewall::port_counters)
-        .unwrap_or_default();
     let agent = AgentStatus::read(state_dir);
     // A change awaiting confirmation, or a rolled-back content that apply
     // and the agent hold back.

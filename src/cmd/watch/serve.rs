@@ -760,7 +760,11 @@ fn render(
     Ok(if req.command == "plan" {
         crate::cmd::plan_apply::plan_out(p, format, req.detailed, req.verbose, req.color)
     } else {
-        crate::cmd::status::status_out(config, sd.path(), p, format)
+        // Counters move with every packet, unseen by the events and the
+        // generation the view relies on: read now, from the elements.
+        let counters = crate::host::nft::counters::port_counters()
+            .map_err(|e| format!("read the port counters: {e:#}"))?;
+        crate::cmd::status::status_out(config, sd.path(), p, &counters, format)
             .map_err(|e| format!("{e:#}"))?
     })
 }

@@ -132,7 +132,9 @@ use render::*;
 use skeleton::*;
 
 pub use elements::{COMMENT_MAX, port_comment_text, required_sysctls, validate};
-pub use parse::{Observed, Stray, parse_items, parse_observed, port_counters};
+pub use parse::{
+    Observed, Stray, counted_maps, parse_items, parse_observed, port_counters, port_counters_of,
+};
 pub use render::render;
 pub use skeleton::DNAT_MARK;
 pub use transaction::{FwOp, Transaction, delete_script, plan_transaction};

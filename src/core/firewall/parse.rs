@@ -82,12 +82,23 @@ fn strays_of(o: &Observed) -> Vec<Stray> {
 /// Packets and bytes per port key (client-to-container direction), summed
 /// over the elements of a port range.
 pub fn port_counters(observed: &Observed) -> BTreeMap<String, (u64, u64)> {
+    port_counters_of(
+        observed
+            .counters
+            .iter()
+            .filter_map(|(k, &c)| observed.elements.get(k).map(|d| (d.comment.as_str(), c))),
+    )
+}
+
+/// [`port_counters`] from the counted maps' elements as (comment,
+/// (packets, bytes)), read without listing the tables (see
+/// [`counted_maps`]). Elements whose comment is not a port's are left out.
+pub fn port_counters_of<'a>(
+    elements: impl IntoIterator<Item = (&'a str, (u64, u64))>,
+) -> BTreeMap<String, (u64, u64)> {
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (k, (p, b)) in &observed.counters {
-        let Some(d) = observed.elements.get(k) else {
-            continue;
-        };
-        let Some((key, ..)) = parse_port_comment(&d.comment) else {
+    for (comment, (p, b)) in elements {
+        let Some((key, ..)) = parse_port_comment(comment) else {
             continue;
         };
         let e = out.entry(key.to_string()).or_default();
@@ -95,6 +106,15 @@ pub fn port_counters(observed: &Observed) -> BTreeMap<String, (u64, u64)> {
         e.1 += b;
     }
     out
+}
+
+/// The (family, table, name) of every map whose elements carry counters:
+/// the published ports' maps, all in netloom's inet table.
+pub fn counted_maps() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    ALL_SETS
+        .into_iter()
+        .filter(|s| s.is_map())
+        .map(|s| (s.family().name(), TABLE, s.name()))
 }
 
 /// `obj` without `fields`; copies only what is kept (a set's thousands of

@@ -359,6 +359,9 @@ fn ports_outbound_and_isolation() {
             c.get("c1.127.0.0.1:8081/tcp").is_some_and(|(p, _)| *p >= 5),
             "{c:?}"
         );
+        // Read from the set elements over netlink, as the agent's `status`
+        // does: the same figures as the listing.
+        assert_eq!(counters::port_counters().expect("counters"), c);
     });
 }
 

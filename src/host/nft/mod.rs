@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::core::firewall::{self, Observed, TABLE, Transaction};
 
+pub mod counters;
 pub mod generation;
 #[cfg(test)]
 mod kernel_tests;
