@@ -537,6 +537,10 @@ pub struct Applied {
     pub netlink_lookups: u64,
     pub nft_transactions: u32,
     pub nft_elements: usize,
+    /// The firewall this apply's transactions made, and the ruleset
+    /// generation at which only they had moved the ruleset since the
+    /// plan's listing (None: no transaction, or that was not shown).
+    pub nft_made: Option<(Option<model::FirewallState>, u32)>,
 }
 
 impl Applied {
@@ -651,6 +655,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         netlink_lookups: outcome.counters.dumps,
         nft_transactions: outcome.nft_transactions,
         nft_elements: outcome.nft_elements,
+        nft_made: None,
     };
     if applied.failed.is_empty()
         && interrupted.is_none()
@@ -706,7 +711,9 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     // Verify: read back; what did not fail must now match.
     // Only what the apply touched is read again; the rest is as the plan's
     // observation saw it.
-    let reuse = touched(p, known_firewall(p, &applied, realised.into_inner()));
+    let known = known_firewall(p, &applied, realised.into_inner());
+    let known_at = known.as_ref().map(|(_, generation)| *generation);
+    let reuse = touched(p, known.map(|(fw, _)| fw));
     let again = match observe::observe_with(&p.target, record, Some(&reuse), None).await {
         Ok(again) => again,
         Err(e) => return Err(stop(record, e)),
@@ -739,6 +746,9 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     record.set_applied(Some(model::into_record_form(made)));
     record.pending = None;
     sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
+    if applied.nft_transactions > 0 {
+        applied.nft_made = known_at.map(|generation| (again.state.firewall, generation));
+    }
     Ok(applied)
 }
 
@@ -746,12 +756,13 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
 /// transactions are all or nothing, and the ruleset generation, which
 /// every committed transaction moves by one, shows whether anything but
 /// this apply's own transactions changed the ruleset since the plan read
-/// it. `None` (list it again) when that cannot be shown.
+/// it. `None` (list it again) when that cannot be shown; with the
+/// generation it was shown at.
 fn known_firewall(
     p: &Planned,
     applied: &Applied,
     realised: Option<Option<model::FirewallState>>,
-) -> Option<Option<model::FirewallState>> {
+) -> Option<(Option<model::FirewallState>, u32)> {
     let nft_failed = applied
         .failed
         .iter()
@@ -764,7 +775,8 @@ fn known_firewall(
     if now != read_at.wrapping_add(applied.nft_transactions) {
         return None;
     }
-    Some(realised.unwrap_or_else(|| p.observation.state.firewall.clone()))
+    let fw = realised.unwrap_or_else(|| p.observation.state.firewall.clone());
+    Some((fw, now))
 }
 
 /// The changes were made but their record could not be written.

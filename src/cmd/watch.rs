@@ -873,9 +873,15 @@ impl Agent {
             .context("update the embedded DNS server")?;
         // The observation before this reconcile's changes: the events of
         // those changes mark what they touched as out of date, and the
-        // files' identities change with them.
+        // files' identities change with them. But nft's tables are those
+        // the transaction made, when the generation shows that only it
+        // changed them: the next apply need not list them again.
+        let mut obs = p.observation;
+        if let Some((made, generation)) = applied.and_then(|a| a.nft_made) {
+            obs.firewall_made(made.as_ref(), generation);
+        }
         self.view = Some(serve::View {
-            obs: p.observation,
+            obs,
             files,
             resolved: Some(serve::Resolved {
                 config: self.seen,

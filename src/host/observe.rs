@@ -72,6 +72,29 @@ pub struct Observation {
     pub views: HashMap<NsRef, NsView>,
 }
 
+/// The firewall of the observed state, from netloom's tables as listed.
+fn firewall_state(o: &firewall::Observed) -> FirewallState {
+    FirewallState {
+        fw: o.fw.clone(),
+        skeleton_ok: o.skeleton_ok,
+        bridge_table: o.bridge_present(),
+        problems: o.problems.clone(),
+        strays: o.strays.clone(),
+    }
+}
+
+impl Observation {
+    /// Takes in the firewall that an apply's transactions made from this
+    /// observation's tables, known at ruleset `generation` (see
+    /// [`firewall::Observed::after`]): the tables as the next listing
+    /// would find them, while the generation stays there.
+    pub fn firewall_made(&mut self, made: Option<&FirewallState>, generation: u32) {
+        self.firewall = made.map(|m| firewall::Observed::after(self.firewall.as_ref(), &m.fw));
+        self.state.firewall = self.firewall.as_ref().map(firewall_state);
+        self.nft_generation = Some(generation);
+    }
+}
+
 /// The text of the file at `path` as the observed state holds it: the
 /// desired text itself when it is the same, so that a file netloom wrote
 /// is held once, not once per state.
@@ -701,13 +724,7 @@ pub async fn observe_with(
     }
     st.firewall = match known {
         Some(k) => k,
-        None => fw.as_ref().map(|o| FirewallState {
-            fw: o.fw.clone(),
-            skeleton_ok: o.skeleton_ok,
-            bridge_table: o.bridge_present(),
-            problems: o.problems.clone(),
-            strays: o.strays.clone(),
-        }),
+        None => fw.as_ref().map(firewall_state),
     };
 
     tracing::debug!("observe: nft read after {:?}", t0.elapsed());

@@ -285,6 +285,23 @@ fn converge(fw: &Firewall) -> Transaction {
     assert!(after.skeleton_ok, "{:?}", after.problems);
     assert_eq!(&after.fw, fw);
     assert!(plan_transaction(fw, Some(&after)).is_empty());
+    // What the agent keeps instead of listing again: the same tables.
+    let known = Observed::after(before.as_ref(), fw);
+    assert_eq!(known.text, after.text);
+    assert_eq!(known.fw, after.fw);
+    assert_eq!(known.strays, after.strays);
+    assert_eq!(known.problems, after.problems);
+    assert_eq!(known.skeleton_ok, after.skeleton_ok);
+    assert_eq!(
+        (known.inet_present(), known.bridge_present()),
+        (after.inet_present(), after.bridge_present())
+    );
+    assert_eq!(known.element_count(), after.element_count());
+    assert_eq!(
+        port_counters(&known).keys().collect::<Vec<_>>(),
+        port_counters(&after).keys().collect::<Vec<_>>()
+    );
+    assert!(plan_transaction(fw, Some(&known)).is_empty());
     tx
 }
 
