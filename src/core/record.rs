@@ -8,8 +8,9 @@
 //! network costs a few bytes (`"c1.eth0":{}`) instead of half a kilobyte.
 //! Leaving out only what equals the derived value keeps the form lossless
 //! for any state, including objects held back as they were observed:
-//! [`expand`] of [`compact`] gives the state back, with files as digests
-//! (the record never keeps file contents, see [`model::for_record`]).
+//! [`expand`] of [`compact_text`] gives the state back, with files as
+//! digests (the record never keeps file contents, see
+//! [`model::for_record`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,8 +25,10 @@ use crate::core::model::{self, Endpoint, Namespace, NsRef, State};
 /// form (every recorded file is a digest).
 const DIGEST_PREFIX: &str = "netloom-digest:";
 
-/// `st` in the record's compact form, given the allocations recorded with
-/// it. Files are kept as digests.
+/// `st` in the record's compact form as a JSON tree, given the
+/// allocations recorded with it. Files are kept as digests. The reference
+/// that [`compact_text`] is tested against.
+#[cfg(test)]
 pub fn compact(st: &State, alloc: &Allocations) -> Result<Value, serde_json::Error> {
     let st = model::for_record(st);
     let index = NetworksOf::new(alloc);
@@ -65,7 +68,171 @@ pub fn compact(st: &State, alloc: &Allocations) -> Result<Value, serde_json::Err
     Ok(v)
 }
 
-/// The state whose compact form is `v` (see [`compact`]).
+/// `st` in the record's compact form, given the allocations recorded with
+/// it, as JSON text. Files are kept as digests. Written field by field,
+/// without building a JSON tree first. A save compacts the whole applied state, so this is most of what
+/// a save costs on a large host.
+pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_json::Error> {
+    // Every field by name: a field added to `State` must be written here.
+    let State {
+        sysctls,
+        bridges,
+        namespaces,
+        endpoints,
+        firewall,
+        files,
+        vxlans,
+        half_made,
+    } = st;
+    let index = NetworksOf::new(alloc);
+    let namespaces = namespaces
+        .iter()
+        .map(|(name, ns)| {
+            let Namespace { netns, lo_up } = ns;
+            let d = derived_namespace(name);
+            let c = CompactNamespace {
+                netns: (*netns != d.netns).then_some(netns),
+                lo_up: (*lo_up != d.lo_up).then_some(lo_up),
+            };
+            (name.as_str(), c)
+        })
+        .collect();
+    let endpoints = endpoints
+        .iter()
+        .map(|(key, e)| {
+            let (container, ifname) = key_parts(key);
+            let mut d = derived_endpoint(&e.container, &e.network, &e.ifname, st, alloc);
+            // The fields the others are derived from, as `expand` finds
+            // them when they are left out.
+            d.container = container.to_string();
+            d.ifname = ifname.to_string();
+            d.network = index.only(&e.container).unwrap_or_default().to_string();
+            (key.as_str(), CompactEndpoint::new(e, &d))
+        })
+        .collect();
+    let files = files
+        .iter()
+        .map(|(path, text)| {
+            let digest = match text.strip_prefix(DIGEST_PREFIX) {
+                Some(rest) => rest.to_string(),
+                None => {
+                    let d = model::file_digest(text);
+                    d.strip_prefix(DIGEST_PREFIX).unwrap_or(&d).to_string()
+                }
+            };
+            (path.as_str(), digest)
+        })
+        .collect();
+    serde_json::to_string(&CompactState {
+        sysctls,
+        bridges,
+        namespaces,
+        endpoints,
+        firewall,
+        files,
+        vxlans,
+        half_made,
+    })
+}
+
+/// [`State`] as [`compact_text`] writes it: the same fields, with the
+/// namespaces and endpoints stripped of what is derived and files as
+/// digests without their prefix.
+#[derive(Serialize)]
+struct CompactState<'a> {
+    sysctls: &'a std::collections::BTreeMap<String, String>,
+    bridges: &'a std::collections::BTreeMap<String, model::Bridge>,
+    namespaces: std::collections::BTreeMap<&'a str, CompactNamespace<'a>>,
+    endpoints: std::collections::BTreeMap<&'a str, CompactEndpoint<'a>>,
+    firewall: &'a Option<model::FirewallState>,
+    files: std::collections::BTreeMap<&'a str, String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    vxlans: &'a std::collections::BTreeMap<String, model::Vxlan>,
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    half_made: &'a std::collections::BTreeSet<String>,
+}
+
+/// A [`Namespace`] without the fields equal to its derivation.
+#[derive(Serialize)]
+struct CompactNamespace<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<&'a NsRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lo_up: Option<&'a bool>,
+}
+
+/// An [`Endpoint`] without the fields equal to its derivation.
+#[derive(Serialize)]
+struct CompactEndpoint<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<&'a NsRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ifname: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_veth: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge: Option<&'a Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addrs: Option<&'a std::collections::BTreeSet<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu: Option<&'a u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<&'a Option<std::net::Ipv4Addr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway6: Option<&'a Option<std::net::Ipv6Addr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    up: Option<&'a bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hairpin: Option<&'a bool>,
+}
+
+impl<'a> CompactEndpoint<'a> {
+    /// `e`'s fields that differ from `d`'s.
+    fn new(e: &'a Endpoint, d: &Endpoint) -> Self {
+        // Every field by name: a field added to `Endpoint` must be here.
+        let Endpoint {
+            container,
+            network,
+            netns,
+            ifname,
+            host_veth,
+            bridge,
+            addrs,
+            mac,
+            mtu,
+            gateway,
+            gateway6,
+            up,
+            hairpin,
+        } = e;
+        fn unless<'a, T: PartialEq>(v: &'a T, derived: &T) -> Option<&'a T> {
+            (v != derived).then_some(v)
+        }
+        CompactEndpoint {
+            container: unless(container, &d.container),
+            network: unless(network, &d.network),
+            netns: unless(netns, &d.netns),
+            ifname: unless(ifname, &d.ifname),
+            host_veth: unless(host_veth, &d.host_veth),
+            bridge: unless(bridge, &d.bridge),
+            addrs: unless(addrs, &d.addrs),
+            mac: unless(mac, &d.mac),
+            mtu: unless(mtu, &d.mtu),
+            gateway: unless(gateway, &d.gateway),
+            gateway6: unless(gateway6, &d.gateway6),
+            up: unless(up, &d.up),
+            hairpin: unless(hairpin, &d.hairpin),
+        }
+    }
+}
+
+/// The state whose compact form is `v` (see [`compact_text`]).
 pub fn expand(mut v: Value, alloc: &Allocations) -> Result<State, String> {
     let index = NetworksOf::new(alloc);
     let obj = v
@@ -109,6 +276,7 @@ pub fn expand(mut v: Value, alloc: &Allocations) -> Result<State, String> {
 }
 
 /// Removes from the object `v` every field equal to that of `derived`.
+#[cfg(test)]
 fn strip<T: Serialize>(v: &mut Value, derived: &T) -> Result<(), serde_json::Error> {
     let Value::Object(d) = serde_json::to_value(derived)? else {
         return Ok(());
@@ -226,6 +394,10 @@ mod tests {
     use super::*;
     use crate::core::model::{HostInfo, resolve};
 
+    fn as_value(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
     fn resolved(text: &str) -> (State, Allocations) {
         let spec = crate::core::spec::load("t.toml", text).unwrap();
         let d = resolve(&spec, &Allocations::default(), &HostInfo::default()).unwrap();
@@ -244,6 +416,7 @@ mod tests {
         ] {
             let (st, alloc) = resolved(text);
             let v = compact(&st, &alloc).unwrap();
+            assert_eq!(as_value(&compact_text(&st, &alloc).unwrap()), v);
             assert_eq!(expand(v, &alloc).unwrap(), model::for_record(&st));
         }
     }
@@ -256,6 +429,7 @@ mod tests {
              [containers.c2]\nnetworks = [\"big\"]\n",
         );
         let v = compact(&st, &alloc).unwrap();
+        assert_eq!(as_value(&compact_text(&st, &alloc).unwrap()), v);
         assert_eq!(v["endpoints"]["c1.eth0"], serde_json::json!({}));
         assert_eq!(v["namespaces"]["c2"], serde_json::json!({}));
         let file = v["files"]["/etc/netns/c1/hosts"].as_str().unwrap();
@@ -284,6 +458,7 @@ mod tests {
         st.files
             .insert("/etc/netns/c1/extra".into(), "plain content".into());
         let v = compact(&st, &alloc).unwrap();
+        assert_eq!(as_value(&compact_text(&st, &alloc).unwrap()), v);
         assert_eq!(v["endpoints"]["c1.eth0"]["gateway"], Value::Null);
         assert_eq!(v["endpoints"]["c1.eth0"]["mtu"], 1400);
         assert_eq!(expand(v, &alloc).unwrap(), model::for_record(&st));

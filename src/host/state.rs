@@ -111,8 +111,9 @@ impl Compacted {
         if let Some(c) = self.get().filter(|c| c.alloc == *alloc) {
             return Ok(c.text.clone());
         }
-        let v = crate::core::record::compact(st, alloc).context("serialize the applied state")?;
-        let text = serde_json::value::to_raw_value(&v).context("serialize the applied state")?;
+        let text = crate::core::record::compact_text(st, alloc)
+            .and_then(RawValue::from_string)
+            .context("serialize the applied state")?;
         if let Ok(mut m) = self.0.lock() {
             *m = Some(Arc::new(CompactText {
                 alloc: alloc.clone(),
@@ -470,7 +471,7 @@ struct Disk {
     allocations: Allocations,
     #[serde(default)]
     owned: DiskOwned,
-    /// [`crate::core::record::compact`] of the applied state, as text:
+    /// [`crate::core::record::compact_text`] of the applied state:
     /// kept with the record read ([`Compacted`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     applied: Option<Box<RawValue>>,
