@@ -621,7 +621,14 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     // The firewall the apply's transaction makes, if it runs one.
     let realised: std::cell::RefCell<Option<Option<model::FirewallState>>> = Default::default();
     let fw_tx = |failed: &BTreeSet<String>| {
-        let t = plan::hold_back(&p.target, &p.observation.state, failed);
+        // Without failures, the target itself (not a copy of all of it).
+        let held;
+        let t = if failed.is_empty() {
+            &p.target
+        } else {
+            held = plan::hold_back(&p.target, &p.observation.state, failed);
+            &held
+        };
         let tx = t
             .firewall
             .as_ref()

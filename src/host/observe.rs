@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -69,7 +70,9 @@ pub struct Observation {
     /// Netlink requests this observation sent.
     pub counters: Counters,
     /// What each container namespace held.
-    pub views: HashMap<NsRef, NsView>,
+    /// Shared: a reading that reuses an earlier one's namespaces takes
+    /// them without copying what they hold.
+    pub views: HashMap<NsRef, Arc<NsView>>,
 }
 
 /// The firewall of the observed state, from netloom's tables as listed.
@@ -363,7 +366,7 @@ pub struct Early {
     /// nft's tables, and the generation they were read at.
     firewall: Result<(Option<firewall::Observed>, Option<u32>)>,
     /// The namespaces the record names that could be read.
-    views: HashMap<NsRef, NsView>,
+    views: HashMap<NsRef, Arc<NsView>>,
 }
 
 /// Reads, on helper threads, what does not depend on the file: nft's
@@ -391,11 +394,11 @@ pub fn read_early(record: &Record) -> Early {
                 if let Ok((links, addrs, routes)) = d {
                     views.insert(
                         ns,
-                        NsView {
+                        Arc::new(NsView {
                             links,
                             addrs,
                             routes,
-                        },
+                        }),
                     );
                 }
             }
@@ -565,7 +568,7 @@ pub async fn observe_with(
         }
         present.push((container, ns));
     }
-    let mut views: HashMap<NsRef, NsView> = HashMap::new();
+    let mut views: HashMap<NsRef, Arc<NsView>> = HashMap::new();
     if let Some(r) = reuse {
         to_read.retain(|ns| match r.earlier.views.get(ns) {
             Some(v) if !r.stale.contains(ns) => {
@@ -590,7 +593,12 @@ pub async fn observe_with(
             None => true,
         });
     }
-    views.extend(read_namespaces(to_read, &mut counters).await?);
+    views.extend(
+        read_namespaces(to_read, &mut counters)
+            .await?
+            .into_iter()
+            .map(|(ns, v)| (ns, Arc::new(v))),
+    );
     for (container, ns) in present {
         let lo_up = views
             .get(&ns)

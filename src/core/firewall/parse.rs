@@ -8,9 +8,6 @@ use super::*;
 pub struct Observed {
     /// The firewall rebuilt from element comments.
     pub fw: Firewall,
-    /// Canonical text of what is there (same format as [`render`]; when the
-    /// skeleton differs, its chains are replaced by a comment per problem).
-    pub text: String,
     /// Chains, rules and set declarations exactly as netloom renders them.
     pub skeleton_ok: bool,
     /// Why the skeleton is not ok, for drift reports.
@@ -85,8 +82,14 @@ impl Observed {
         o.elements = elements;
         o.fw = firewall_from_elements(&o.elements);
         o.strays = strays_of(&o);
-        o.text = observed_text(&o);
         o
+    }
+
+    /// Canonical text of what is there (same format as [`render`]; when the
+    /// skeleton differs, its chains are replaced by a comment per problem).
+    /// Rendered when asked: nothing but a comparison needs it.
+    pub fn text(&self) -> String {
+        observed_text(self)
     }
 }
 
@@ -509,7 +512,6 @@ pub fn parse_items(items: &[Value]) -> Observed {
         .collect();
     o.fw = firewall_from_elements(&o.elements);
     o.strays = strays_of(&o);
-    o.text = observed_text(&o);
     o
 }
 

@@ -152,7 +152,7 @@ fn fixture_round_trips() {
     assert!(o.problems.is_empty());
     assert_eq!(o.nft_version.as_deref(), Some("1.0.6"));
     assert_eq!(o.fw, sample());
-    assert_eq!(o.text, render(&sample()));
+    assert_eq!(o.text(), render(&sample()));
     assert!(plan_transaction(&sample(), Some(&o)).is_empty());
     let counters = port_counters(&o);
     assert_eq!(counters.get("nginx.8080/tcp"), Some(&(0, 0)));
@@ -284,7 +284,10 @@ fn changed_skeleton_is_detected_and_rebuilt() {
     );
     // The data is still read, so status can show ports and counters.
     assert_eq!(o.fw, sample());
-    assert!(o.text.contains("# skeleton differs: chain forward_filter"));
+    assert!(
+        o.text()
+            .contains("# skeleton differs: chain forward_filter")
+    );
     let tx = plan_transaction(&sample(), Some(&o));
     assert!(tx.full_rebuild());
     // Only the broken table is rebuilt; the bridge table is fine.

@@ -287,7 +287,7 @@ fn converge(fw: &Firewall) -> Transaction {
     assert!(plan_transaction(fw, Some(&after)).is_empty());
     // What the agent keeps instead of listing again: the same tables.
     let known = Observed::after(before.as_ref(), fw);
-    assert_eq!(known.text, after.text);
+    assert_eq!(known.text(), after.text());
     assert_eq!(known.fw, after.fw);
     assert_eq!(known.strays, after.strays);
     assert_eq!(known.problems, after.problems);
@@ -506,7 +506,7 @@ fn rendered_text_is_what_nft_lists() {
         let o = observe().expect("observe").expect("present");
         assert!(o.skeleton_ok, "{:?}", o.problems);
         assert_eq!(o.fw, fw);
-        assert_eq!(o.text, render(&fw));
+        assert_eq!(o.text(), render(&fw));
         assert!(plan_transaction(&fw, Some(&o)).is_empty());
     });
 }
@@ -548,7 +548,7 @@ fn cluster_gateway_filter_lives_in_the_bridge_table() {
         let tx = converge(&fw);
         assert!(tx.script().contains("table bridge netloom {"));
         let o = observe().expect("observe").expect("present");
-        assert_eq!(o.text, render(&fw));
+        assert_eq!(o.text(), render(&fw));
         let listed = sb.must("nft list table bridge netloom");
         assert!(
             listed.contains("\"vx-app\" . 02:42:ac:11:00:01")
