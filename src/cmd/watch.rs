@@ -888,11 +888,12 @@ impl Agent {
                 host: self.loaded.host.clone(),
                 allocations,
                 desired: p.desired,
+                recorded: None,
             }),
             // Planned before its own changes: not an answer to reuse.
             settled: None,
         });
-        self.view = self.view.take().map(serve::View::kept);
+        self.keep_view();
         Ok((summary, failures, printed))
     }
 

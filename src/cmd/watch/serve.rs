@@ -90,9 +90,22 @@ impl View {
     /// resolves the file again for its texts ([`Agent::plan_fresh`]).
     /// Files that held anything else keep their text: they are drift, or
     /// about to be written.
-    pub fn kept(mut self) -> View {
+    ///
+    /// A desired state that is the applied state of `record` (the record
+    /// the agent keeps, as it was saved or read) is not kept a second
+    /// time: the view takes it from that record ([`Resolved::state`]).
+    pub fn kept(mut self, record: Option<&Arc<Record>>) -> View {
         if let Some(r) = &mut self.resolved {
             digest_converged_files(&mut self.obs.state, &mut r.desired.state);
+            if let Some(rec) = record
+                && r.recorded.is_none()
+                && rec
+                    .applied()
+                    .is_some_and(|a| crate::core::model::same_as_recorded(a, &r.desired.state))
+            {
+                r.desired.state = State::default();
+                r.recorded = Some(rec.clone());
+            }
         }
         self
     }
@@ -122,7 +135,11 @@ pub struct Resolved {
     pub config: u64,
     pub host: HostInfo,
     pub allocations: Allocations,
+    /// Without its state when `recorded` holds it.
     pub desired: Desired,
+    /// The record whose applied state is the desired state, as the record
+    /// keeps it (files by digest): set by [`View::kept`].
+    pub recorded: Option<Arc<Record>>,
 }
 
 impl Resolved {
@@ -130,15 +147,50 @@ impl Resolved {
         self.config == config && self.host == *host && self.allocations == record.allocations
     }
 
+    /// The desired state (files that held it known by digest).
+    fn state(&self) -> &State {
+        self.recorded
+            .as_ref()
+            .and_then(|r| r.applied())
+            .unwrap_or(&self.desired.state)
+    }
+
+    /// The whole desired state, for rendering an answer: the state taken
+    /// from the record when it is there. The rest moves out of `self`
+    /// until [`Resolved::put_back`].
+    fn take_desired(&mut self) -> Desired {
+        let state = match &self.recorded {
+            Some(_) => self.state().clone(),
+            None => std::mem::take(&mut self.desired.state),
+        };
+        Desired {
+            state,
+            allocations: std::mem::take(&mut self.desired.allocations),
+            networks: std::mem::take(&mut self.desired.networks),
+            zones: std::mem::take(&mut self.desired.zones),
+            dns_clients: std::mem::take(&mut self.desired.dns_clients),
+            external_files: std::mem::take(&mut self.desired.external_files),
+        }
+    }
+
+    /// Gives back what [`Resolved::take_desired`] took.
+    fn put_back(&mut self, mut desired: Desired) {
+        if self.recorded.is_some() {
+            desired.state = State::default();
+        }
+        self.desired = desired;
+    }
+
     /// Whether it holds every file's text, not a digest of some (see
     /// [`View::kept`]): only then does a plan take it as it is.
     fn has_texts(&self) -> bool {
-        !self
-            .desired
-            .state
-            .files
-            .values()
-            .any(|t| crate::core::model::is_digest(t))
+        self.recorded.is_none()
+            && !self
+                .desired
+                .state
+                .files
+                .values()
+                .any(|t| crate::core::model::is_digest(t))
     }
 }
 
@@ -313,6 +365,13 @@ pub fn spawn_listener(listener: tokio::net::UnixListener, tx: mpsc::UnboundedSen
 }
 
 impl Agent {
+    /// Brings the view into the form it is kept in ([`View::kept`]),
+    /// against the record the agent keeps.
+    pub(super) fn keep_view(&mut self) {
+        let record = self.record.as_ref().map(|(_, r)| r);
+        self.view = self.view.take().map(|v| v.kept(record));
+    }
+
     /// [`record_now`] to change and save: the agent's copy is taken
     /// (given back by [`Agent::keep_record`] once saved), so that no
     /// half-changed record is ever kept.
@@ -497,6 +556,7 @@ impl Agent {
                 host,
                 allocations: record.allocations.clone(),
                 desired,
+                recorded: None,
             }),
             settled: Some(Settled {
                 record: record_id,
@@ -509,7 +569,7 @@ impl Agent {
                 sysctls,
             }),
         });
-        self.view = self.view.take().map(View::kept);
+        self.keep_view();
         drop(sd);
         Ok(Answer::Output {
             stdout: out.stdout,
@@ -680,7 +740,7 @@ impl Agent {
                 return false;
             }
         }
-        crate::host::portprobe::conflicts(&resolved.desired.state, &view.obs.state) == set.probes
+        crate::host::portprobe::conflicts(resolved.state(), &view.obs.state) == set.probes
     }
 
     /// The settled answer again, rendered now (`status` reads the agent's
@@ -701,12 +761,10 @@ impl Agent {
         else {
             return Err("nothing settled".into());
         };
-        let Resolved {
-            config,
-            host,
-            allocations,
-            desired,
-        } = resolved;
+        // Rendered from a whole desired state; the view keeps its own
+        // form of it (the record's, when it was).
+        let mut resolved = resolved;
+        let desired = resolved.take_desired();
         let kept_target = settled.target.is_some();
         let target = match settled.target {
             Some(t) => t,
@@ -722,15 +780,11 @@ impl Agent {
             interrupted: settled.interrupted,
         };
         let answer = render(req, format, &req.config, sd, &p);
+        resolved.put_back(p.desired);
         self.view = Some(View {
             obs: p.observation,
             files,
-            resolved: Some(Resolved {
-                config,
-                host,
-                allocations,
-                desired: p.desired,
-            }),
+            resolved: Some(resolved),
             settled: Some(Settled {
                 target: kept_target.then_some(p.target),
                 plan: p.plan,
@@ -804,6 +858,72 @@ mod tests {
             st.files.insert(p.to_string(), (*t).into());
         }
         st
+    }
+
+    fn view_of(desired: State, obs: State) -> View {
+        View {
+            obs: Observation {
+                state: obs,
+                host: Default::default(),
+                firewall: None,
+                named_netns: BTreeSet::new(),
+                foreign_tables: Vec::new(),
+                nft_generation: None,
+                counters: Default::default(),
+                views: HashMap::new(),
+            },
+            files: HashMap::new(),
+            resolved: Some(Resolved {
+                config: 1,
+                host: HostInfo::default(),
+                allocations: Allocations::default(),
+                desired: Desired {
+                    state: desired,
+                    allocations: Allocations::default(),
+                    networks: Default::default(),
+                    zones: Vec::new(),
+                    dns_clients: Vec::new(),
+                    external_files: Default::default(),
+                },
+                recorded: None,
+            }),
+            settled: None,
+        }
+    }
+
+    #[test]
+    fn a_kept_view_takes_a_desired_state_that_was_applied_from_the_record() {
+        let mut desired = with_files(&[("/a/hosts", "# netloom a\n")]);
+        desired
+            .sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        let obs = desired.clone();
+        let mut record = Record::default();
+        record.set_applied(Some(crate::core::model::for_record(&desired)));
+        let record = Arc::new(record);
+        let kept = view_of(desired.clone(), obs.clone()).kept(Some(&record));
+        let mut r = kept.resolved.expect("resolved");
+        assert!(r.recorded.is_some(), "the record's state stands for it");
+        assert_eq!(r.desired.state, State::default(), "not kept twice");
+        assert!(!r.has_texts(), "a plan resolves the file again");
+        assert!(crate::core::model::same_as_recorded(r.state(), &desired));
+        // An answer renders the whole state, and the view keeps its form.
+        let whole = r.take_desired();
+        assert!(crate::core::model::same_as_recorded(&whole.state, &desired));
+        r.put_back(whole);
+        assert_eq!(r.desired.state, State::default());
+        // Another applied state is not taken for it: the view keeps its own.
+        let mut other = desired.clone();
+        other
+            .sysctls
+            .insert("net.ipv4.ip_forward".into(), "0".into());
+        let mut record = Record::default();
+        record.set_applied(Some(crate::core::model::for_record(&other)));
+        let kept = view_of(desired.clone(), obs).kept(Some(&Arc::new(record)));
+        let r = kept.resolved.expect("resolved");
+        assert!(r.recorded.is_none());
+        assert_eq!(r.desired.state.sysctls, desired.sysctls);
+        assert!(crate::core::model::same_as_recorded(r.state(), &desired));
     }
 
     #[test]
