@@ -867,11 +867,7 @@ const DIGEST_PREFIX: &str = "netloom-digest:fnv64:";
 
 /// The digest that stands for `content` in the state record.
 pub fn file_digest(content: &str) -> String {
-    format!(
-        "{DIGEST_PREFIX}{:016x}:{}",
-        crate::core::hash::fnv64(content.as_bytes()),
-        content.len()
-    )
+    digest_text(crate::core::hash::fnv64(content.as_bytes()), content.len())
 }
 
 /// `st` as the state record keeps it: every file's content replaced by
@@ -883,12 +879,25 @@ pub fn for_record(st: &State) -> State {
 
 /// [`for_record`] of a state no longer needed as it is.
 pub fn into_record_form(mut st: State) -> State {
-    for v in st.files.values_mut() {
-        if !v.starts_with(DIGEST_PREFIX) {
-            *v = file_digest(v).into();
-        }
+    // Hashed together (see `fnv64_many`): every apply digests every file.
+    let texts: Vec<&mut FileText> = st
+        .files
+        .values_mut()
+        .filter(|v| !v.starts_with(DIGEST_PREFIX))
+        .collect();
+    let hashes = {
+        let bytes: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+        crate::core::hash::fnv64_many(&bytes)
+    };
+    for (v, h) in texts.into_iter().zip(hashes) {
+        *v = digest_text(h, v.len()).into();
     }
     st
+}
+
+/// The digest of a content of `len` bytes whose [`fnv64`](crate::core::hash::fnv64) is `hash`.
+fn digest_text(hash: u64, len: usize) -> String {
+    format!("{DIGEST_PREFIX}{hash:016x}:{len}")
 }
 
 /// Whether `a` and `b` are the same as the record keeps them, i.e.
@@ -1100,6 +1109,29 @@ pub fn is_owned_file(p: &Path, state_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_form_has_each_files_own_digest() {
+        // More files than the hash runs side by side, of several lengths,
+        // one of them a digest already.
+        let mut st = State::default();
+        for i in 0..11 {
+            let text = format!("# netloom\n10.0.0.{i}\tc{i}\n{}", "x".repeat(i * 7));
+            st.files
+                .insert(format!("/etc/netns/c{i}/hosts"), text.into());
+        }
+        let kept = file_digest("already");
+        st.files.insert("/d".into(), kept.clone().into());
+        let recorded = into_record_form(st.clone());
+        for (path, text) in &st.files {
+            let want = if path == "/d" {
+                kept.clone()
+            } else {
+                file_digest(text)
+            };
+            assert_eq!(*recorded.files[path], *want, "{path}");
+        }
+    }
 
     #[test]
     fn a_digest_is_of_one_whole_text() {

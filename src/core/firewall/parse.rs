@@ -81,7 +81,11 @@ impl Observed {
         }
         o.elements = elements;
         o.fw = firewall_from_elements(&o.elements);
-        o.strays = strays_of(&o);
+        // Elements made from `desired` that rebuild it exactly are all
+        // explained: no need to render them a second time to know.
+        if o.fw != *desired {
+            o.strays = strays_of(&o);
+        }
         o
     }
 
