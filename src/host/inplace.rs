@@ -42,6 +42,20 @@ use crate::host::state::write_atomic;
 /// Writes `data` to `path`, keeping the inode of an existing regular file
 /// (see the module docs for the order of the writes).
 pub fn write_in_place(path: &Path, data: &[u8]) -> Result<()> {
+    if write_in_place_unsynced(path, data)? {
+        sync_file(path)?;
+    }
+    Ok(())
+}
+
+/// [`write_in_place`] without its last step: returns whether `path` still
+/// has to be flushed to disk ([`sync_file`]), which is not the case for a
+/// file created anew (created atomically, flushed before its rename). An
+/// apply that rewrites many files (every member's hosts file when a
+/// container joins a network) flushes them all after writing them all:
+/// one flush after another costs each its own journal commit, flushes
+/// after all the writes share them.
+pub fn write_in_place_unsynced(path: &Path, data: &[u8]) -> Result<bool> {
     // O_NOFOLLOW: a symlink planted at the path is replaced, never
     // followed to a file elsewhere.
     let file = match OpenOptions::new()
@@ -52,7 +66,7 @@ pub fn write_in_place(path: &Path, data: &[u8]) -> Result<()> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
-            return write_atomic(path, data);
+            return write_atomic(path, data).map(|()| false);
         }
         Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
     };
@@ -61,7 +75,7 @@ pub fn write_in_place(path: &Path, data: &[u8]) -> Result<()> {
         .with_context(|| format!("stat {}", path.display()))?;
     if !meta.file_type().is_file() {
         drop(file);
-        return write_atomic(path, data);
+        return write_atomic(path, data).map(|()| false);
     }
     let old_len = meta.len();
     let new_len = data.len() as u64;
@@ -75,9 +89,18 @@ pub fn write_in_place(path: &Path, data: &[u8]) -> Result<()> {
         file.set_len(new_len)
             .with_context(|| format!("truncate {}", path.display()))?;
     }
+    Ok(true)
+}
+
+/// Flushes the data of the regular file at `path` to disk.
+pub fn sync_file(path: &Path) -> Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("open {} to flush it", path.display()))?;
     file.sync_data()
-        .with_context(|| format!("fsync {}", path.display()))?;
-    Ok(())
+        .with_context(|| format!("fsync {}", path.display()))
 }
 
 #[cfg(test)]
@@ -102,6 +125,19 @@ mod tests {
         write_in_place(&p, long.as_bytes()).expect("grow");
         assert_eq!(std::fs::read_to_string(&p).expect("read"), long);
         assert_eq!(std::fs::metadata(&p).expect("stat").ino(), ino);
+    }
+
+    #[test]
+    fn only_a_file_rewritten_in_place_is_left_to_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("hosts");
+        // Created anew: atomically, flushed before its rename.
+        assert!(!write_in_place_unsynced(&p, b"one\n").expect("create"));
+        assert!(write_in_place_unsynced(&p, b"two\n").expect("rewrite"));
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "two\n");
+        sync_file(&p).expect("flush");
+        let missing = dir.path().join("gone");
+        assert!(sync_file(&missing).is_err());
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Executor {
     /// (namespace or host, name) -> ifindex
     index: HashMap<(Option<PathBuf>, String), u32>,
     retired: Counters,
+    /// Files rewritten in place and not yet flushed to disk (see
+    /// [`Executor::sync_files`]).
+    unsynced: Vec<String>,
 }
 
 /// What an apply did, for the report.
@@ -61,6 +64,7 @@ impl Executor {
             ns: HashMap::new(),
             index: HashMap::new(),
             retired: Counters::default(),
+            unsynced: Vec::new(),
         })
     }
 
@@ -121,6 +125,31 @@ impl Executor {
             }
         }
         self.index.extend(other.index);
+        self.unsynced.extend(other.unsynced);
+    }
+
+    /// Flushes the files this executor rewrote in place, all after all the
+    /// writes (see [`crate::host::inplace::write_in_place_unsynced`]): a
+    /// file that cannot be flushed fails its change, as a failed write
+    /// would. Runs before the apply's record is written.
+    fn sync_files(&mut self, plan: &Plan, out: &mut Outcome) {
+        for path in std::mem::take(&mut self.unsynced) {
+            let Err(e) = crate::host::inplace::sync_file(std::path::Path::new(&path)) else {
+                continue;
+            };
+            let change = plan.changes.iter().find(|c| {
+                c.ops
+                    .iter()
+                    .any(|o| matches!(o, Op::WriteFile { path: p, .. } if *p == path))
+            });
+            let (address, object) = match change {
+                Some(c) => (c.address.clone(), c.object.clone()),
+                None => (format!("file.{path}"), format!("file.{path}")),
+            };
+            out.done.retain(|d| *d != address);
+            out.failed
+                .push((address, Failure::new(object, format!("{e:#}"))));
+        }
     }
 
     /// Keeps the counts of a connection about to be dropped.
@@ -366,10 +395,13 @@ impl Executor {
                 }
                 // In place: a runtime's bind mount of the file keeps its
                 // inode and must see the change.
-                crate::host::inplace::write_in_place(
+                let unsynced = crate::host::inplace::write_in_place_unsynced(
                     std::path::Path::new(path),
                     content.as_bytes(),
                 )?;
+                if unsynced {
+                    self.unsynced.push(path.clone());
+                }
                 owned.files.insert(path.clone());
             }
             Op::RemoveFile { path } => {
@@ -460,7 +492,11 @@ pub type FwTx<'a> = &'a dyn Fn(&BTreeSet<String>) -> Option<firewall::Transactio
 /// needs it.
 pub async fn execute(plan: &Plan, fw_tx: FwTx<'_>, owned: &mut Owned) -> Outcome {
     match Executor::new() {
-        Ok(mut exec) => execute_with(&mut exec, plan, fw_tx, owned).await,
+        Ok(mut exec) => {
+            let mut out = execute_with(&mut exec, plan, fw_tx, owned).await;
+            exec.sync_files(plan, &mut out);
+            out
+        }
         Err(e) => Outcome {
             failed: vec![("(start)".into(), Failure::new("(start)", format!("{e:#}")))],
             not_done: plan.changes.iter().map(|c| c.address.clone()).collect(),
