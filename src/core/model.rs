@@ -879,18 +879,15 @@ pub fn for_record(st: &State) -> State {
 
 /// [`for_record`] of a state no longer needed as it is.
 pub fn into_record_form(mut st: State) -> State {
-    // Hashed together (see `fnv64_many`): every apply digests every file.
+    // Hashed together: every apply digests every file.
     let texts: Vec<&mut FileText> = st
         .files
         .values_mut()
         .filter(|v| !v.starts_with(DIGEST_PREFIX))
         .collect();
-    let hashes = {
-        let bytes: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
-        crate::core::hash::fnv64_many(&bytes)
-    };
-    for (v, h) in texts.into_iter().zip(hashes) {
-        *v = digest_text(h, v.len()).into();
+    let digests = file_digests(&texts.iter().map(|t| &***t).collect::<Vec<&str>>());
+    for (v, d) in texts.into_iter().zip(digests) {
+        *v = d.into();
     }
     st
 }
@@ -1028,6 +1025,41 @@ pub fn is_digest(content: &str) -> bool {
     content.starts_with(DIGEST_PREFIX)
 }
 
+/// [`is_digest_of`] of many (key, digest, text) at once: the keys of
+/// those whose digest is that of their text. The texts whose length
+/// matches are hashed together (see `fnv64_many`): a reading that reuses
+/// a long-lived view checks every file's digest.
+pub fn digests_of<'a, K: Copy + Eq + std::hash::Hash>(
+    items: impl IntoIterator<Item = (K, &'a str, &'a str)>,
+) -> std::collections::HashSet<K> {
+    let candidates: Vec<(K, u64, &str)> = items
+        .into_iter()
+        .filter_map(|(k, digest, text)| {
+            let (hash, len) = parse_digest(digest.strip_prefix(DIGEST_PREFIX)?)?;
+            (len == text.len()).then_some((k, hash, text))
+        })
+        .collect();
+    let bytes: Vec<&[u8]> = candidates.iter().map(|(_, _, t)| t.as_bytes()).collect();
+    let hashes = crate::core::hash::fnv64_many(&bytes);
+    candidates
+        .iter()
+        .zip(hashes)
+        .filter(|((_, want, _), got)| want == got)
+        .map(|((k, _, _), _)| *k)
+        .collect()
+}
+
+/// [`file_digest`] of each of `texts`, hashed together (see
+/// `fnv64_many`).
+pub fn file_digests(texts: &[&str]) -> Vec<String> {
+    let bytes: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+    crate::core::hash::fnv64_many(&bytes)
+        .into_iter()
+        .zip(texts)
+        .map(|(h, t)| digest_text(h, t.len()))
+        .collect()
+}
+
 /// Whether `digest` is the [`file_digest`] of `text` (the whole text, a
 /// hosts file's user block included), without writing out a digest.
 pub fn is_digest_of(digest: &str, text: &str) -> bool {
@@ -1131,6 +1163,31 @@ mod tests {
             };
             assert_eq!(*recorded.files[path], *want, "{path}");
         }
+    }
+
+    #[test]
+    fn digests_checked_together_are_those_checked_alone() {
+        let texts: Vec<String> = (0..13)
+            .map(|i| format!("# netloom\n10.0.0.{i}\tc{i}\n{}", "y".repeat(i * 5)))
+            .collect();
+        // Right, wrong text of the same length, wrong length, not a digest.
+        let digests: Vec<String> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match i % 4 {
+                0 => file_digest(t),
+                1 => file_digest(&t.replace("c", "d")),
+                2 => file_digest(&format!("{t}!")),
+                _ => t.clone(),
+            })
+            .collect();
+        let together =
+            digests_of((0..texts.len()).map(|i| (i, digests[i].as_str(), texts[i].as_str())));
+        let alone: std::collections::HashSet<usize> = (0..texts.len())
+            .filter(|&i| is_digest_of(&digests[i], &texts[i]))
+            .collect();
+        assert_eq!(together, alone);
+        assert_eq!(alone.len(), 4);
     }
 
     #[test]

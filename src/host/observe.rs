@@ -743,6 +743,20 @@ pub async fn observe_with(
         .chain(record.owned.files.iter())
         .chain(record.applied().into_iter().flat_map(|a| a.files.keys()))
         .collect();
+    // The kept digests that are those of the texts desired now, checked
+    // together.
+    let desired_digests = match reuse {
+        Some(r) => model::digests_of(paths.iter().filter_map(|p| {
+            let kept = r.earlier.state.files.get(*p)?;
+            let want = desired.files.get(*p)?;
+            (model::is_digest(kept) && !r.stale_files.contains(*p)).then_some((
+                p.as_str(),
+                &**kept,
+                &**want,
+            ))
+        })),
+        None => Default::default(),
+    };
     for p in paths {
         if let Some(r) = reuse
             && !r.stale_files.contains(p)
@@ -758,9 +772,9 @@ pub async fn observe_with(
                 // the desired text (a long-lived reader, the agent, keeps
                 // its readings so): the text desired now if it is that
                 // one, else only a reading tells.
-                Some(digest) => {
+                Some(_) => {
                     if let Some(want) = desired.files.get(p)
-                        && model::is_digest_of(digest, want)
+                        && desired_digests.contains(p.as_str())
                     {
                         st.files.insert(p.clone(), want.clone());
                         continue;

@@ -114,18 +114,25 @@ impl View {
 /// Replaces the text of each file `obs` holds as `desired` wants it with
 /// its digest, in both (one shared string).
 fn digest_converged_files(obs: &mut State, desired: &mut State) {
-    for (path, want) in desired.files.iter_mut() {
-        let Some(seen) = obs.files.get_mut(path) else {
-            continue;
-        };
-        if crate::core::model::is_digest(want) {
-            continue;
-        }
-        if Arc::ptr_eq(seen, want) || **seen == **want {
-            let digest: crate::core::model::FileText = crate::core::model::file_digest(want).into();
-            *seen = digest.clone();
-            *want = digest;
-        }
+    let converged: Vec<(&String, &str)> = desired
+        .files
+        .iter()
+        .filter(|(_, want)| !crate::core::model::is_digest(want))
+        .filter(|(path, want)| {
+            obs.files
+                .get(*path)
+                .is_some_and(|seen| Arc::ptr_eq(seen, want) || **seen == ***want)
+        })
+        .map(|(path, want)| (path, &**want))
+        .collect();
+    // Hashed together: every file of a large host.
+    let texts: Vec<&str> = converged.iter().map(|(_, want)| *want).collect();
+    let digests = crate::core::model::file_digests(&texts);
+    let paths: Vec<String> = converged.into_iter().map(|(p, _)| p.clone()).collect();
+    for (path, digest) in paths.into_iter().zip(digests) {
+        let digest: crate::core::model::FileText = digest.into();
+        obs.files.insert(path.clone(), digest.clone());
+        desired.files.insert(path, digest);
     }
 }
 
