@@ -616,3 +616,47 @@ fn a_file_being_written_is_read_once_its_writer_closes_it() {
     assert!(destroying.is_empty(), "{destroying:#?}\n{}", read(&log));
     assert!(h.netns_list().contains("c1"), "{}", read(&log));
 }
+
+#[test]
+fn sighup_while_the_file_is_being_written_waits_for_its_writer() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (pid, log) = agent(&mut h, &cfg);
+    let edited = h.config(
+        "edited.toml",
+        &BASE.replace(
+            "[containers.c2]\nnetworks = [\"green\"]\n",
+            "[containers.c2]\nnetworks = [\"green\"]\nports = [\"9393:93\"]\n",
+        ),
+    );
+    // SIGHUP reads the file at once, but not while a writer that
+    // truncated it still has it open: read then, the empty file would
+    // tear the host down. (The ordering of such triggers is tested
+    // without a kernel in cmd::watch's tests.)
+    let r = h.sh(&format!(
+        "exec 3>{}; sleep 0.3; kill -HUP {pid}; sleep 1.5; cat {} >&3; exec 3>&-",
+        cfg.display(),
+        edited.display()
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        wait(
+            || h.sh("nft list map inet netloom dnat_any")
+                .stdout
+                .contains("9393"),
+            DEADLINE
+        ),
+        "the edit was not applied:\n{}",
+        read(&log)
+    );
+    let destroying: Vec<String> = read(&log)
+        .lines()
+        .filter(|l| l.contains("reconciled in") && !l.contains(" 0 destroyed"))
+        .map(str::to_string)
+        .collect();
+    assert!(destroying.is_empty(), "{destroying:#?}\n{}", read(&log));
+    assert!(h.netns_list().contains("c1"), "{}", read(&log));
+}

@@ -296,29 +296,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     schedule_refresh(&tx);
 
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        if batch.contains(&Trigger::File) {
-            // Editors write in steps: wait for the last one, and for a
-            // writer that still has the file open to close it (a writer
-            // that truncated it and has not written yet leaves an empty
-            // file, which is valid: nothing wanted), unless an `apply`
-            // says the file is ready.
-            let now = tokio::time::Instant::now();
-            let (until, give_up) = (now + DEBOUNCE, now + WRITER_WAIT);
-            while !batch.iter().any(Trigger::is_apply) {
-                let deadline = match writing.load(Ordering::SeqCst) {
-                    true => give_up,
-                    false => until,
-                };
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(t)) => batch.push(t),
-                    _ => break,
-                }
-            }
-        }
-        while let Ok(t) = rx.try_recv() {
-            batch.push(t);
-        }
+        let batch = next_batch(first, &mut rx, &writing).await;
         if batch.contains(&Trigger::Stop) {
             break;
         }
@@ -431,6 +409,48 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     agent.reconcile(&Trigger::Stop).await;
     agent.dns.shutdown().await;
     Ok(Exit::Ok)
+}
+
+/// `first` and the triggers that come with it. Everything already queued
+/// is taken first, so that a file change queued behind another trigger
+/// waits for its writer like one that came first (it did not: under load
+/// the agent read a file a writer had just truncated, empty, which wants
+/// nothing, and tore the host down).
+///
+/// When the file is about to be read (a change, SIGHUP, a resync), this
+/// waits for a writer that still has it open to close it, up to
+/// [`WRITER_WAIT`]; after a change also for the editor's last step
+/// ([`DEBOUNCE`]). An `apply` says the file is ready; a stop does not
+/// wait.
+async fn next_batch(
+    first: Trigger,
+    rx: &mut mpsc::UnboundedReceiver<Trigger>,
+    writing: &AtomicBool,
+) -> Vec<Trigger> {
+    let mut batch = vec![first];
+    while let Ok(t) = rx.try_recv() {
+        batch.push(t);
+    }
+    let edited = batch.contains(&Trigger::File);
+    if edited || batch.contains(&Trigger::Reload) || batch.contains(&Trigger::Resync) {
+        let now = tokio::time::Instant::now();
+        let until = if edited { now + DEBOUNCE } else { now };
+        let give_up = now + WRITER_WAIT;
+        while !batch.iter().any(|t| t.is_apply() || *t == Trigger::Stop) {
+            let deadline = match writing.load(Ordering::SeqCst) {
+                true => give_up,
+                false => until,
+            };
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(t)) => batch.push(t),
+                _ => break,
+            }
+        }
+    }
+    while let Ok(t) = rx.try_recv() {
+        batch.push(t);
+    }
+    batch
 }
 
 /// Once things settle after a reconcile, read again what its own changes
@@ -1313,6 +1333,48 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Triggers `batch` queued behind `first` while a writer has the file
+    /// open; the writer closes it (the watcher's last File) after 300 ms.
+    async fn batch_during_a_write(first: Trigger, queued: &[Trigger]) -> Vec<Trigger> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let writing = Arc::new(AtomicBool::new(true));
+        for t in std::iter::once(first).chain(queued.iter().cloned()) {
+            tx.send(t).unwrap();
+        }
+        let closer = {
+            let (tx, writing) = (tx.clone(), writing.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                writing.store(false, Ordering::SeqCst);
+                tx.send(Trigger::File).unwrap();
+            })
+        };
+        let first = rx.recv().await.unwrap();
+        let batch = next_batch(first, &mut rx, &writing).await;
+        closer.await.unwrap();
+        batch
+    }
+
+    #[tokio::test]
+    async fn a_change_queued_behind_another_trigger_waits_for_the_writer() {
+        let batch = batch_during_a_write(Trigger::Refresh, &[Trigger::File]).await;
+        assert_eq!(batch, [Trigger::Refresh, Trigger::File, Trigger::File]);
+        let batch = batch_during_a_write(Trigger::File, &[]).await;
+        assert_eq!(batch, [Trigger::File, Trigger::File]);
+    }
+
+    #[tokio::test]
+    async fn sighup_and_resync_wait_for_the_writer_and_a_stop_does_not() {
+        for t in [Trigger::Reload, Trigger::Resync] {
+            let batch = batch_during_a_write(t.clone(), &[]).await;
+            assert_eq!(batch, [t, Trigger::File]);
+        }
+        let batch = batch_during_a_write(Trigger::File, &[Trigger::Stop]).await;
+        assert_eq!(batch, [Trigger::File, Trigger::Stop]);
+    }
+
     #[test]
     fn time_format() {
         let t = super::now_rfc3339();
