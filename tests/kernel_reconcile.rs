@@ -626,3 +626,34 @@ fn dual_stack_addresses_routes_and_names() {
         .ok();
     assert_eq!(h.netloom(&cfg, &["plan", "--detailed-exitcode"]).code, 0);
 }
+
+#[test]
+fn the_host_end_of_a_veth_keeps_its_link_local_address_as_in_docker() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    // The seed's §1 `ip addr` on the host: docker0 and vethd1ab0f5@if6
+    // each have an `inet6 fe80::…/64 scope link` address, on an IPv4-only
+    // network. netloom's bridge and veth look the same.
+    let h = Host::new();
+    let cfg = h.config(
+        "v4.toml",
+        "[networks.plain]\nsubnet = \"10.41.0.0/24\"\n[containers.a]\nnetworks = [\"plain\"]\n",
+    );
+    h.netloom(&cfg, &["apply"]).ok();
+    let veth = h
+        .sh("ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!veth.is_empty(), "no veth");
+    assert!(
+        h.wait_for(
+            &format!("ip -6 addr show dev {veth} | grep -q 'inet6 fe80::.*scope link'"),
+            std::time::Duration::from_secs(10)
+        ),
+        "{}",
+        h.sh(&format!("ip addr show dev {veth}")).stdout
+    );
+}

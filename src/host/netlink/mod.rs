@@ -282,27 +282,6 @@ pub fn open_in_blocking(ns: &Path) -> Result<Netlink> {
     Ok(Netlink::from_blocking(socket))
 }
 
-/// Turns IPv6 off on the link called `name` in the calling thread's
-/// namespace (the socket's: netloom creates veths through the host
-/// namespace's socket, from a thread in the host namespace), while it is
-/// still down: the host end of a veth is a bridge
-/// port, which forwards frames and never needs an address of its own.
-/// With IPv6 on, each port brought up gets a link-local address, a
-/// duplicate address detection and router solicitations (kernel work that
-/// takes the lock every netlink write waits for) and an `fe80::/64` route
-/// of its own in the host's table, whose one entry per port makes every
-/// IPv6 route lookup there (the bridges' own traffic) walk them all: the
-/// host's cost of a port grew with the number of ports. Best effort:
-/// without it only that cost comes back.
-fn no_ipv6(name: &str) {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    if let Err(e) = std::fs::write(&path, b"1")
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::debug!("turn IPv6 off on {name}: {e}");
-    }
-}
-
 fn current_runtime() -> Result<tokio::runtime::Handle> {
     tokio::runtime::Handle::try_current().context("open netlink: not inside a tokio runtime")
 }
@@ -464,9 +443,7 @@ impl Netlink {
                 InfoKind::Bridge,
             )]));
         let created = self
-            .create_marked(msg, name, alias, &|_| {}, &|| {
-                format!("create bridge {name}")
-            })
+            .create_marked(msg, name, alias, &|| format!("create bridge {name}"))
             .await?;
         Ok(created.index)
     }
@@ -486,15 +463,11 @@ impl Netlink {
     /// crash between the two (a fault point) leaves the temporary name,
     /// which the next `apply` or `down` deletes. The same two writes as
     /// create-then-alias cost.
-    ///
-    /// `prepare` runs on the new link (by the name it was born under)
-    /// before it is named.
     async fn create_marked(
         &self,
         mut msg: LinkMessage,
         name: &str,
         alias: &str,
-        prepare: &dyn Fn(&str),
         what: &dyn Fn() -> String,
     ) -> Result<Link> {
         let born = if alias.is_empty() {
@@ -515,7 +488,6 @@ impl Netlink {
             .echoed_or_looked_up(echoed, &born)
             .await
             .with_context(what)?;
-        prepare(&born);
         if alias.is_empty() {
             return Ok(created);
         }
@@ -566,9 +538,7 @@ impl Netlink {
             ])),
         ]));
         let created = self
-            .create_marked(msg, name, alias, &|_| {}, &|| {
-                format!("create vxlan {name}")
-            })
+            .create_marked(msg, name, alias, &|| format!("create vxlan {name}"))
             .await?;
         Ok(created.index)
     }
@@ -743,8 +713,6 @@ impl Netlink {
     /// (`IFLA_LINK` of the echo or lookup, with the peer in another
     /// namespace), the peer's ifindex in `peer_ns`.
     ///
-    /// The host end gets no IPv6 (see [`no_ipv6`]).
-    ///
     /// The peer needs no mark of its own: the kernel creates and destroys
     /// the two ends together, so it exists exactly as long as the host end,
     /// which is netloom's by its temporary name and then by its mark.
@@ -782,7 +750,7 @@ impl Netlink {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         let created = self
-            .create_marked(msg, host_name, alias, &no_ipv6, &|| {
+            .create_marked(msg, host_name, alias, &|| {
                 format!("create veth {host_name} (peer {peer_name})")
             })
             .await?;
@@ -1281,15 +1249,6 @@ mod tests {
             assert_eq!(host.link("vethnl0").await?, Some(dumped.clone()));
             assert_eq!(host.link_at(host_index).await?, Some(dumped));
             assert_eq!(host.link("nl-nosuch").await?, None);
-            // The host end is a bridge port without IPv6; the container's
-            // end keeps it.
-            if Path::new("/proc/sys/net/ipv6").exists() {
-                let key = |dev: &str| format!("net.ipv6.conf.{dev}.disable_ipv6");
-                let off = crate::host::sysctl::read_sysctl(None, &key("vethnl0"))?;
-                assert_eq!(off, "1");
-                let off = crate::host::sysctl::read_sysctl(Some(&ctr_path), &key("eth0"))?;
-                assert_eq!(off, "0");
-            }
 
             let links = host.links().await?;
             let bridge = by_name(&links, "nl-br0")?;
