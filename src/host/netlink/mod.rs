@@ -157,6 +157,20 @@ pub struct Route {
 /// Protocol number netloom's own routes carry ([`Netlink::add_route`]).
 pub const RTPROT_STATIC: u8 = 4;
 
+/// How many times a dump interrupted by a concurrent change is sent again.
+const DUMP_ATTEMPTS: u32 = 16;
+
+/// The pause before sending an interrupted dump again (`attempt` counts
+/// from 0): 1 ms, doubling, at most 100 ms: 0.93 s over all attempts.
+/// Changes come in bursts: right after a large apply, IPv6
+/// autoconfiguration adds and settles a link-local address on every new
+/// interface for a second or two, and a dump of a thousand addresses sent
+/// again at once was interrupted five times in a row (a benchmark's apply
+/// right after a cold apply of 1,000 containers failed so).
+fn dump_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((1u64 << attempt.min(7)).min(100))
+}
+
 /// An object kind observation reads by one dump: the request that dumps
 /// it and how to read one reply (`None` for replies it does not report).
 pub(crate) trait Dumped: Sized {
@@ -368,10 +382,12 @@ impl Netlink {
 
     /// Dump request; retried (and counted again) if the kernel reports that
     /// the dump was interrupted by a concurrent change, so callers always get
-    /// a consistent snapshot.
+    /// a consistent snapshot (after a pause: [`dump_backoff`]).
     async fn dump(&self, msg: RouteNetlinkMessage, what: &str) -> Result<Vec<RouteNetlinkMessage>> {
-        const ATTEMPTS: usize = 5;
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..DUMP_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(dump_backoff(attempt - 1)).await;
+            }
             self.counters.dumps.fetch_add(1, Ordering::Relaxed);
             let replies = self
                 .exchange(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)
@@ -385,7 +401,7 @@ impl Netlink {
             }
             return Ok(inner_messages(replies));
         }
-        bail!("dump {what}: interrupted by concurrent changes {ATTEMPTS} times in a row")
+        bail!("dump {what}: interrupted by concurrent changes {DUMP_ATTEMPTS} times in a row")
     }
 
     /// Write request with ACK; returns any messages echoed back (`NLM_F_ECHO`).
@@ -965,6 +981,20 @@ impl Netlink {
         self.write(RouteNetlinkMessage::DelRoute(msg), 0, what)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    #[test]
+    fn interrupted_dumps_wait_longer_each_time_up_to_a_bound() {
+        let waits: Vec<u64> = (0..super::DUMP_ATTEMPTS - 1)
+            .map(|a| super::dump_backoff(a).as_millis() as u64)
+            .collect();
+        assert_eq!(&waits[..8], &[1, 2, 4, 8, 16, 32, 64, 100]);
+        assert!(waits.iter().all(|w| *w <= 100));
+        let total: u64 = waits.iter().sum();
+        assert_eq!(total, 927);
     }
 }
 

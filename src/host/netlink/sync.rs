@@ -53,11 +53,14 @@ pub fn dump_each(paths: Vec<PathBuf>, threads: usize) -> Result<Vec<Result<Dumps
 
 /// Every object of kind `T` in the socket's namespace: one dump request
 /// and all its replies, retried when the kernel says a concurrent change
-/// interrupted it, like the async [`Netlink`] dumps.
+/// interrupted it (after a pause, see `dump_backoff`), like the async
+/// [`Netlink`] dumps.
 fn dump_of<T: Dumped>(socket: &Socket, buf: &mut Vec<u8>) -> Result<Vec<T>> {
     let what = T::WHAT;
-    const ATTEMPTS: usize = 5;
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..super::DUMP_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(super::dump_backoff(attempt - 1));
+        }
         crate::host::stats::netlink_request();
         let mut req = NetlinkMessage::from(T::request());
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -104,5 +107,8 @@ fn dump_of<T: Dumped>(socket: &Socket, buf: &mut Vec<u8>) -> Result<Vec<T>> {
             return Ok(out);
         }
     }
-    bail!("dump {what}: interrupted by concurrent changes {ATTEMPTS} times in a row")
+    bail!(
+        "dump {what}: interrupted by concurrent changes {} times in a row",
+        super::DUMP_ATTEMPTS
+    )
 }
