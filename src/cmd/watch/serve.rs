@@ -822,9 +822,17 @@ fn render(
         crate::cmd::plan_apply::plan_out(p, format, req.detailed, req.verbose, req.color)
     } else {
         // Counters move with every packet, unseen by the events and the
-        // generation the view relies on: read now, from the elements.
-        let counters = crate::host::nft::counters::port_counters()
-            .map_err(|e| format!("read the port counters: {e:#}"))?;
+        // generation the view relies on: read now, from the elements. Not
+        // from tables netloom did not make (a namesake): those are not
+        // netloom's, and the reading shows none of their counters.
+        let counters = match (
+            &p.observation.firewall,
+            p.observation.foreign_tables.is_empty(),
+        ) {
+            (Some(_), true) => crate::host::nft::counters::port_counters()
+                .map_err(|e| format!("read the port counters: {e:#}"))?,
+            _ => crate::cmd::status::listed_counters(p),
+        };
         crate::cmd::status::status_out(config, sd.path(), p, &counters, format)
             .map_err(|e| format!("{e:#}"))?
     })
