@@ -10,24 +10,15 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, anyhow, bail};
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use anyhow::{Context, Result, bail};
+use rtnetlink::sys::Socket;
 
+use super::nfnl::{self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 use crate::core::firewall;
 
-/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM`.
-const GETSETELEM: u16 = (10 << 8) | 13;
-/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM`: a dump's messages.
-const NEWSETELEM: u16 = (10 << 8) | 12;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const HEADER: usize = 16;
-/// `struct nfgenmsg`: family, version, resource id.
-const NFGENMSG: usize = 4;
-/// Attribute types without the nested and byte-order flags.
-const TYPE_MASK: u16 = 0x3fff;
+const GETSETELEM: u16 = nfnl::nft_msg(13);
+/// `NFT_MSG_NEWSETELEM`: a dump's messages.
+const NEWSETELEM: u16 = nfnl::nft_msg(12);
 
 // enum nft_set_elem_list_attributes
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -53,10 +44,7 @@ const UDATA_COMMENT: u8 = 0;
 /// Packets and bytes per port key, as [`firewall::port_counters`] sums
 /// them from a listing. A map or table that does not exist counts nothing.
 pub fn port_counters() -> Result<BTreeMap<String, (u64, u64)>> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).context("create netfilter netlink socket")?;
-    socket
-        .bind(&SocketAddr::new(0, 0))
-        .context("bind netfilter netlink socket")?;
+    let socket = nfnl::socket()?;
     let mut counted = Vec::new();
     for (seq, (family, table, map)) in (1u32..).zip(firewall::counted_maps()) {
         dump_map(&socket, seq, family, table, map, &mut counted)
@@ -99,60 +87,34 @@ fn dump_map(
 
 /// An `NFT_MSG_GETSETELEM` dump request for `table` `map`.
 fn request(seq: u32, family: u8, table: &str, map: &str) -> Vec<u8> {
-    let mut m = vec![0u8; HEADER];
-    m[4..6].copy_from_slice(&GETSETELEM.to_ne_bytes());
-    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m[8..12].copy_from_slice(&seq.to_ne_bytes());
-    m.extend([family, 0, 0, 0]);
+    let mut m = nfnl::request(GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq, family);
     for (kind, name) in [
         (NFTA_SET_ELEM_LIST_TABLE, table),
         (NFTA_SET_ELEM_LIST_SET, map),
     ] {
-        let len = 4 + name.len() + 1;
-        m.extend((len as u16).to_ne_bytes());
-        m.extend(kind.to_ne_bytes());
-        m.extend(name.as_bytes());
-        m.push(0);
-        m.resize(m.len().next_multiple_of(4), 0);
+        nfnl::push_attr(&mut m, kind, &[name.as_bytes(), &[0]].concat());
     }
-    let len = m.len() as u32;
-    m[0..4].copy_from_slice(&len.to_ne_bytes());
-    m
+    nfnl::finish(m)
 }
 
 /// Reads one batch of a dump's messages into `out`; true once the dump is
 /// done. A missing table or map (ENOENT) is a done, empty dump.
-fn parse_batch(mut buf: &[u8], seq: u32, out: &mut Vec<(String, (u64, u64))>) -> Result<bool> {
-    while !buf.is_empty() {
-        let len = u32_at(buf, 0).ok_or_else(|| anyhow!("short netlink message"))? as usize;
-        let msg = buf
-            .get(..len)
-            .filter(|m| m.len() >= HEADER)
-            .ok_or_else(|| anyhow!("truncated netlink message"))?;
-        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
-        if u32_at(msg, 8) != Some(seq) {
+fn parse_batch(buf: &[u8], seq: u32, out: &mut Vec<(String, (u64, u64))>) -> Result<bool> {
+    for m in nfnl::messages(buf) {
+        let (kind, msg_seq, msg) = m?;
+        if msg_seq != seq {
             continue;
         }
-        match u16_at(msg, 4) {
-            Some(NLMSG_DONE) => return Ok(true),
-            Some(NLMSG_ERROR) => {
-                let errno = msg
-                    .get(HEADER..HEADER + 4)
-                    .map(|s| i32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-                    .unwrap_or(0);
-                match errno {
-                    0 => return Ok(true),
-                    e if e == -libc::ENOENT => return Ok(true),
-                    e => bail!("{}", std::io::Error::from_raw_os_error(e.abs())),
-                }
-            }
-            Some(NEWSETELEM) => {
-                let attrs = msg.get(HEADER + NFGENMSG..).unwrap_or_default();
-                for (kind, list) in nlattrs(attrs) {
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR if nfnl::errno(msg) == -libc::ENOENT => return Ok(true),
+            NLMSG_ERROR => return nfnl::error(msg).map(|()| true),
+            NEWSETELEM => {
+                for (kind, list) in nfnl::attrs(nfnl::body(msg)) {
                     if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
                         continue;
                     }
-                    for (kind, elem) in nlattrs(list) {
+                    for (kind, elem) in nfnl::attrs(list) {
                         if kind == NFTA_LIST_ELEM
                             && let Some(counted) = element(elem)
                         {
@@ -161,7 +123,7 @@ fn parse_batch(mut buf: &[u8], seq: u32, out: &mut Vec<(String, (u64, u64))>) ->
                     }
                 }
             }
-            other => bail!("unexpected netlink message type {other:?}"),
+            other => bail!("unexpected netlink message type {other}"),
         }
     }
     Ok(false)
@@ -170,12 +132,12 @@ fn parse_batch(mut buf: &[u8], seq: u32, out: &mut Vec<(String, (u64, u64))>) ->
 /// An element's comment and counter; None when it lacks either.
 fn element(attrs: &[u8]) -> Option<(String, (u64, u64))> {
     let (mut comment, mut counter) = (None, None);
-    for (kind, value) in nlattrs(attrs) {
+    for (kind, value) in nfnl::attrs(attrs) {
         match kind {
             NFTA_SET_ELEM_USERDATA => comment = udata_comment(value),
             NFTA_SET_ELEM_EXPR => counter = counter.or(expr_counter(value)),
             NFTA_SET_ELEM_EXPRESSIONS => {
-                for (k, expr) in nlattrs(value) {
+                for (k, expr) in nfnl::attrs(value) {
                     if k == NFTA_LIST_ELEM {
                         counter = counter.or(expr_counter(expr));
                     }
@@ -191,11 +153,11 @@ fn element(attrs: &[u8]) -> Option<(String, (u64, u64))> {
 fn expr_counter(attrs: &[u8]) -> Option<(u64, u64)> {
     let mut is_counter = false;
     let (mut packets, mut bytes) = (None, None);
-    for (kind, value) in nlattrs(attrs) {
+    for (kind, value) in nfnl::attrs(attrs) {
         match kind {
             NFTA_EXPR_NAME => is_counter = value.split(|b| *b == 0).next() == Some(b"counter"),
             NFTA_EXPR_DATA => {
-                for (k, v) in nlattrs(value) {
+                for (k, v) in nfnl::attrs(value) {
                     let n = v.get(..8).map(|s| {
                         u64::from_be_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
                     });
@@ -225,29 +187,10 @@ fn udata_comment(mut data: &[u8]) -> Option<String> {
     None
 }
 
-/// The (type, value) of each netlink attribute in `buf`, padded to 4.
-fn nlattrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = u16_at(buf, 0)? as usize;
-        let kind = u16_at(buf, 2)?;
-        let value = buf.get(4..len)?;
-        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((kind & TYPE_MASK, value))
-    })
-}
-
-fn u16_at(b: &[u8], i: usize) -> Option<u16> {
-    b.get(i..i + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
-}
-
-fn u32_at(b: &[u8], i: usize) -> Option<u32> {
-    b.get(i..i + 4)
-        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::nft::nfnl::HEADER;
 
     /// A netlink attribute, padded.
     fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
@@ -376,10 +319,14 @@ mod tests {
     #[test]
     fn the_request_names_the_table_and_the_map() {
         let r = request(5, libc::NFPROTO_INET as u8, "netloom", "dnat_any");
-        assert_eq!(u32_at(&r, 0), Some(r.len() as u32));
-        assert_eq!(u16_at(&r, 4), Some(GETSETELEM));
-        assert_eq!(u32_at(&r, 8), Some(5));
-        let attrs: Vec<(u16, &[u8])> = nlattrs(&r[HEADER + NFGENMSG..]).collect();
+        let mut msgs = nfnl::messages(&r);
+        let (kind, seq, msg) = msgs.next().unwrap().unwrap();
+        assert!(
+            msgs.next().is_none(),
+            "one message, its length the whole request"
+        );
+        assert_eq!((kind, seq, msg.len()), (GETSETELEM, 5, r.len()));
+        let attrs: Vec<(u16, &[u8])> = nfnl::attrs(nfnl::body(msg)).collect();
         assert_eq!(
             attrs,
             vec![

@@ -17,6 +17,7 @@ pub mod generation;
 #[cfg(test)]
 mod kernel_tests;
 pub mod monitor;
+mod nfnl;
 
 fn nft_list_table(family: &str) -> Result<Option<String>> {
     let args = ["list", "table", family, TABLE];

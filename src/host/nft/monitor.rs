@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use rtnetlink::sys::{Socket, SocketAddr};
 use tokio::sync::mpsc;
 
+use super::nfnl;
 use crate::core::firewall::TABLE;
 
 /// `NETLINK_NETFILTER` (linux/netlink.h).
@@ -76,29 +77,19 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<NftChange>> {
     Ok(rx)
 }
 
-/// The changes to netloom's tables in one datagram of netlink messages.
-pub fn changes_of_ours(mut buf: &[u8]) -> Vec<NftChange> {
+/// The changes to netloom's tables in one datagram of netlink messages
+/// (a truncated message ends it).
+pub fn changes_of_ours(buf: &[u8]) -> Vec<NftChange> {
     let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        let payload = &buf[16..len];
+    for (ty, _, msg) in nfnl::messages(buf).map_while(Result::ok) {
         if ty >> 8 == NFNL_SUBSYS_NFTABLES
-            && let Some(change) = change_of_ours((ty & 0xff) as u8, payload)
+            && let Some(change) = change_of_ours((ty & 0xff) as u8, &msg[nfnl::HEADER..])
             && !out.contains(&change)
         {
             out.push(change);
         }
-        buf = &buf[align4(len).min(buf.len())..];
     }
     out
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
 }
 
 /// One nftables message: its change if it concerns `table inet|bridge netloom`.
@@ -126,21 +117,10 @@ fn change_of_ours(msg: u8, payload: &[u8]) -> Option<NftChange> {
         22 => "delete flowtable",
         _ => return None,
     };
-    let mut attrs = payload.get(4..)?;
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if ty == ATTR_TABLE {
-            let name = &attrs[4..len];
-            let name = name.split(|b| *b == 0).next().unwrap_or(name);
-            return (name == TABLE.as_bytes()).then(|| format!("nft: {what} {family} {TABLE}"));
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
-    None
+    let (_, name) =
+        nfnl::attrs(payload.get(nfnl::NFGENMSG..)?).find(|(ty, _)| *ty == ATTR_TABLE)?;
+    let name = name.split(|b| *b == 0).next().unwrap_or(name);
+    (name == TABLE.as_bytes()).then(|| format!("nft: {what} {family} {TABLE}"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,122 @@
+//! The little of nftables' netlink protocol (`NETLINK_NETFILTER`) that
+//! netloom speaks itself, shared by the generation and counter readers:
+//! message layout, a socket, and reading replies and attributes.
+
+use anyhow::{Context, Result, bail};
+use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+/// `struct nlmsghdr`.
+pub const HEADER: usize = 16;
+/// `struct nfgenmsg`: family, version, resource id.
+pub const NFGENMSG: usize = 4;
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_DUMP: u16 = 0x300;
+/// Attribute types without the nested and byte-order flags.
+const TYPE_MASK: u16 = 0x3fff;
+
+/// The message type of nftables message `msg` (`NFNL_SUBSYS_NFTABLES << 8
+/// | NFT_MSG_...`).
+pub const fn nft_msg(msg: u16) -> u16 {
+    (10 << 8) | msg
+}
+
+/// A bound `NETLINK_NETFILTER` socket.
+pub fn socket() -> Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).context("create netfilter netlink socket")?;
+    socket
+        .bind(&SocketAddr::new(0, 0))
+        .context("bind netfilter netlink socket")?;
+    Ok(socket)
+}
+
+/// The request header and nfgenmsg of a message of `kind` with `flags`
+/// and `seq`, for `family`; attributes go after it and the length is set
+/// by [`finish`].
+pub fn request(kind: u16, flags: u16, seq: u32, family: u8) -> Vec<u8> {
+    let mut m = vec![0u8; HEADER];
+    m[4..6].copy_from_slice(&kind.to_ne_bytes());
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    m.extend([family, 0, 0, 0]);
+    m
+}
+
+/// Appends attribute `kind` holding `value` to message `m`, padded to 4.
+pub fn push_attr(m: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    m.extend(((4 + value.len()) as u16).to_ne_bytes());
+    m.extend(kind.to_ne_bytes());
+    m.extend(value);
+    m.resize(m.len().next_multiple_of(4), 0);
+}
+
+/// Sets message `m`'s length.
+pub fn finish(mut m: Vec<u8>) -> Vec<u8> {
+    let len = m.len() as u32;
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    m
+}
+
+/// Each message in `buf` (a datagram), with its type and sequence number.
+pub fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<(u16, u32, &[u8])>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let Some(len) = u32_at(buf, 0).map(|l| l as usize) else {
+            buf = &[];
+            return Some(Err(anyhow::anyhow!("short netlink message")));
+        };
+        let Some(msg) = buf.get(..len).filter(|m| m.len() >= HEADER) else {
+            buf = &[];
+            return Some(Err(anyhow::anyhow!("truncated netlink message")));
+        };
+        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some(Ok((
+            u16_at(msg, 4).unwrap_or_default(),
+            u32_at(msg, 8).unwrap_or_default(),
+            msg,
+        )))
+    })
+}
+
+/// The errno of an `NLMSG_ERROR` message (0: an acknowledgement).
+pub fn errno(msg: &[u8]) -> i32 {
+    msg.get(HEADER..HEADER + 4)
+        .map(|s| i32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+        .unwrap_or(0)
+}
+
+/// Fails with the error an `NLMSG_ERROR` message carries.
+pub fn error(msg: &[u8]) -> Result<()> {
+    match errno(msg) {
+        0 => Ok(()),
+        e => bail!("{}", std::io::Error::from_raw_os_error(e.abs())),
+    }
+}
+
+/// The attributes of a message after its nfgenmsg.
+pub fn body(msg: &[u8]) -> &[u8] {
+    msg.get(HEADER + NFGENMSG..).unwrap_or_default()
+}
+
+/// The (type, value) of each netlink attribute in `buf`, padded to 4.
+pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u16_at(buf, 0)? as usize;
+        let kind = u16_at(buf, 2)?;
+        let value = buf.get(4..len)?;
+        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind & TYPE_MASK, value))
+    })
+}
+
+fn u16_at(b: &[u8], i: usize) -> Option<u16> {
+    b.get(i..i + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+}
+
+fn u32_at(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+}
