@@ -90,11 +90,13 @@ struct Compacted(std::sync::Mutex<Option<Arc<CompactText>>>);
 /// See [`Compacted`].
 struct CompactText {
     alloc: Allocations,
-    text: Box<RawValue>,
+    /// Shared with the record file's text as it is serialized: a save
+    /// copies no part of it.
+    text: Arc<RawValue>,
 }
 
 impl Compacted {
-    fn of(alloc: Allocations, text: Box<RawValue>) -> Compacted {
+    fn of(alloc: Allocations, text: Arc<RawValue>) -> Compacted {
         Compacted(std::sync::Mutex::new(Some(Arc::new(CompactText {
             alloc,
             text,
@@ -107,13 +109,14 @@ impl Compacted {
 
     /// The compact text of `st` against `alloc`: remembered, or made now
     /// and remembered.
-    fn text(&self, st: &State, alloc: &Allocations) -> Result<Box<RawValue>> {
+    fn text(&self, st: &State, alloc: &Allocations) -> Result<Arc<RawValue>> {
         if let Some(c) = self.get().filter(|c| c.alloc == *alloc) {
             return Ok(c.text.clone());
         }
-        let text = crate::core::record::compact_text(st, alloc)
+        let text: Arc<RawValue> = crate::core::record::compact_text(st, alloc)
             .and_then(RawValue::from_string)
-            .context("serialize the applied state")?;
+            .context("serialize the applied state")?
+            .into();
         if let Ok(mut m) = self.0.lock() {
             *m = Some(Arc::new(CompactText {
                 alloc: alloc.clone(),
@@ -474,7 +477,7 @@ struct Disk {
     /// [`crate::core::record::compact_text`] of the applied state:
     /// kept with the record read ([`Compacted`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    applied: Option<Box<RawValue>>,
+    applied: Option<Arc<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending: Option<Pending>,
 }
