@@ -139,18 +139,25 @@ pub async fn rollback(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Re
 /// Rolls back an unconfirmed change whose time ran out (the waiting
 /// process crashed or was killed); returns whether it did.
 pub async fn recover_expired(sd: &StateDir, record: &mut Record) -> Result<bool> {
-    let Some(cp) = store::read_checkpoint(sd.path())? else {
+    let Some(cp) = expired_checkpoint(sd)? else {
         return Ok(false);
     };
-    if !cp.expired(unix_now()) {
-        return Ok(false);
-    }
+    roll_back_expired(sd, record, &cp).await?;
+    Ok(true)
+}
+
+/// The checkpoint of a change whose time to be confirmed ran out, if any.
+pub fn expired_checkpoint(sd: &StateDir) -> Result<Option<Checkpoint>> {
+    Ok(store::read_checkpoint(sd.path())?.filter(|cp| cp.expired(unix_now())))
+}
+
+/// Rolls back the change `cp` (an [`expired_checkpoint`]) was taken for.
+pub async fn roll_back_expired(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Result<()> {
     eprintln!(
         "netloom: the change applied from {} was not confirmed in time; rolling back to the state before it first.",
         cp.config_path
     );
-    rollback(sd, record, &cp).await?;
-    Ok(true)
+    rollback(sd, record, cp).await
 }
 
 /// Why `path` with content `bytes` must not be applied now, if so: a

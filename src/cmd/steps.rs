@@ -494,12 +494,7 @@ pub fn held_text(held: &[Failure]) -> String {
 /// The host already matches (e.g. after a state-dir restore): remember
 /// it, so that later drift is measured from here.
 pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
-    // The record keeps files by digest: compare in that form.
-    if !record
-        .applied()
-        .is_some_and(|a| model::same_as_recorded(a, &p.target))
-        || record.pending.is_some()
-    {
+    if record_outdated(record, p) {
         record.allocations = p.desired.allocations.clone();
         record.set_applied(Some(model::for_record(&p.target)));
         record.pending = None;
@@ -515,13 +510,23 @@ pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Resu
                     .state
                     .files
                     .get(*k)
-                    .is_some_and(|t| t.starts_with(model::FILE_MARK))
+                    .is_some_and(|t| model::written_by_netloom(t))
             })
             .cloned();
         record.owned.files.extend(marked.collect::<Vec<_>>());
         sd.save(record)?;
     }
     Ok(())
+}
+
+/// Whether [`record_converged`] has anything to record: the applied
+/// state is not `p`'s target, or an apply is pending.
+pub fn record_outdated(record: &Record, p: &Planned) -> bool {
+    // The record keeps files by digest: compare in that form.
+    !record
+        .applied()
+        .is_some_and(|a| model::same_as_recorded(a, &p.target))
+        || record.pending.is_some()
 }
 
 /// What [`apply_planned`] did.
@@ -714,7 +719,13 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         .iter()
         .map(|(_, f)| f.object.clone())
         .collect();
-    let made = plan::hold_back(&p.target, &p.observation.state, &failed);
+    let held;
+    let made = if failed.is_empty() {
+        &p.target
+    } else {
+        held = plan::hold_back(&p.target, &p.observation.state, &failed);
+        &held
+    };
     // Verify: read back; what did not fail must now match.
     // Only what the apply touched is read again; the rest is as the plan's
     // observation saw it.
@@ -725,7 +736,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         Ok(again) => again,
         Err(e) => return Err(stop(record, e)),
     };
-    let rest = plan::diff(&made, &again.state, None);
+    let rest = plan::diff(made, &again.state, None);
     let rest: Vec<&plan::Change> = rest
         .changes
         .iter()
@@ -750,7 +761,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     }
     // As the record file keeps it (files by digest): the same record as
     // a later load reads, and no second copy of every file's text.
-    record.set_applied(Some(model::into_record_form(made)));
+    record.set_applied(Some(model::for_record(made)));
     record.pending = None;
     sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
     if applied.nft_transactions > 0 {

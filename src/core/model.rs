@@ -964,6 +964,8 @@ fn same_files_as_recorded(a: &BTreeMap<String, FileText>, b: &BTreeMap<String, F
 /// Whether the file on disk still holds what netloom wrote: `written` is
 /// the content or its digest (records before digests kept the content);
 /// the user's block below the marker of a hosts file does not count.
+/// `on_disk` is the file's text, or the digest a long-lived reading (the
+/// agent's view) keeps of a text it read.
 pub fn file_matches(written: &str, on_disk: &str) -> bool {
     files_match(&[(written, on_disk)])[0]
 }
@@ -979,6 +981,8 @@ pub fn files_match(pairs: &[(&str, &str)]) -> Vec<bool> {
     let mut to_hash: Vec<(usize, u64, &[u8])> = Vec::new();
     for (i, (written, on_disk)) in pairs.iter().enumerate() {
         let matches = match written.strip_prefix(DIGEST_PREFIX) {
+            // Read as that same digest.
+            Some(_) if written == on_disk => true,
             Some(digest) => {
                 let part = netloom_part(on_disk);
                 if let Some((hash, len)) = parse_digest(digest)
@@ -1017,6 +1021,14 @@ fn parse_digest(digest: &str) -> Option<(u64, usize)> {
         return None;
     }
     Some((u64::from_str_radix(hash, 16).ok()?, len.parse().ok()?))
+}
+
+/// Whether a file as a reading holds it was written by netloom: its text
+/// starts with netloom's header, or it is the digest a long-lived reading
+/// (the agent's view) keeps of a text it read that was the desired one,
+/// which netloom renders with that header.
+pub fn written_by_netloom(read: &str) -> bool {
+    read.starts_with(FILE_MARK) || is_digest(read)
 }
 
 /// Whether `content` is a [`file_digest`] standing for a file's text
@@ -1320,6 +1332,16 @@ mod tests {
             assert!(!file_matches(
                 digest,
                 &content.replace("netloom", "netlooM")
+            ));
+            // Every text netloom renders carries its header, so a
+            // reading's digest of one stands for netloom's file.
+            assert!(written_by_netloom(content), "{content}");
+            assert!(written_by_netloom(digest));
+            // A reading that kept the same digest of what it read.
+            assert!(file_matches(digest, digest));
+            assert!(!file_matches(
+                digest,
+                &file_digest(&content.replace("netloom", "netlooM"))
             ));
         }
         let hosts = &d.state.files["/etc/netns/c0/hosts"];

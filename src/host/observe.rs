@@ -771,10 +771,11 @@ pub async fn observe_with(
                 // Kept as the digest of the text it held when that was
                 // the desired text (a long-lived reader, the agent, keeps
                 // its readings so): the text desired now if it is that
-                // one, else only a reading tells.
-                Some(_) => {
+                // one (or that digest, when only it is desired), else only
+                // a reading tells.
+                Some(kept) => {
                     if let Some(want) = desired.files.get(p)
-                        && desired_digests.contains(p.as_str())
+                        && (desired_digests.contains(p.as_str()) || want == kept)
                     {
                         st.files.insert(p.clone(), want.clone());
                         continue;
@@ -903,7 +904,7 @@ impl Observation {
         }
         for path in desired.files.keys() {
             if let Some(text) = self.state.files.get(path) {
-                if !text.starts_with(model::FILE_MARK) && !record.owned.files.contains(path) {
+                if !model::written_by_netloom(text) && !record.owned.files.contains(path) {
                     let owner = crate::core::plan::file_owner(path, desired)
                         .map(|c| format!("container.{c}"))
                         .unwrap_or_else(|| format!("file.{path}"));

@@ -180,6 +180,19 @@ impl Resolved {
         }
     }
 
+    /// A copy of the whole desired state (files that held it known by
+    /// digest).
+    fn desired_copy(&self) -> Desired {
+        Desired {
+            state: self.state().clone(),
+            allocations: self.desired.allocations.clone(),
+            networks: self.desired.networks.clone(),
+            zones: self.desired.zones.clone(),
+            dns_clients: self.desired.dns_clients.clone(),
+            external_files: self.desired.external_files.clone(),
+        }
+    }
+
     /// Gives back what [`Resolved::take_desired`] took.
     fn put_back(&mut self, mut desired: Desired) {
         if self.recorded.is_some() {
@@ -199,6 +212,28 @@ impl Resolved {
                 .values()
                 .any(|t| crate::core::model::is_digest(t))
     }
+}
+
+/// Whether the host holds every file `p` desires by digest only as
+/// desired. A plan skips such files (it has no text to write), so a plan
+/// made from a desired state kept with digests ([`View::kept`]) holds only
+/// then; else the file is resolved again for its texts.
+fn digested_files_hold(p: &steps::Planned) -> bool {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for (path, want) in &p.desired.state.files {
+        if !crate::core::model::is_digest(want) {
+            continue;
+        }
+        match p.observation.state.files.get(path) {
+            // Taken from the view as that same digest.
+            Some(have) if have == want => {}
+            Some(have) => pairs.push((want, have)),
+            None => return false,
+        }
+    }
+    crate::core::model::files_match(&pairs)
+        .into_iter()
+        .all(|m| m)
 }
 
 /// What an answer computed besides its reading ([`View::obs`]) and the
@@ -222,6 +257,26 @@ pub struct Settled {
     sysctls: Vec<String>,
 }
 
+impl Settled {
+    /// The answer `p` is, planned against `record` (whose file and marks
+    /// are `id`) by an answer or a reconcile that changed nothing: what it
+    /// needs besides the reading and the desired state is taken out of
+    /// `p`.
+    pub(super) fn of(id: RecordId, record: &Record, p: &mut steps::Planned) -> Settled {
+        let target = std::mem::take(&mut p.target);
+        Settled {
+            record: id,
+            probes: crate::host::portprobe::conflicts(&p.desired.state, &p.observation.state),
+            sysctls: sysctl_keys(&p.desired.state, record),
+            target: (target != p.desired.state).then_some(target),
+            plan: std::mem::take(&mut p.plan),
+            held: std::mem::take(&mut p.held),
+            warnings: std::mem::take(&mut p.warnings),
+            interrupted: p.interrupted.take(),
+        }
+    }
+}
+
 /// A state record as [`StateDir::load`] reads it: the record file and the
 /// namespace marks it adopts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,7 +286,7 @@ pub(super) struct RecordId {
 }
 
 impl RecordId {
-    fn now(sd: &StateDir) -> RecordId {
+    pub(super) fn now(sd: &StateDir) -> RecordId {
         RecordId {
             file: file_id(&sd.record_path()),
             marks: crate::host::marks::marked_netns(),
@@ -381,18 +436,21 @@ impl Agent {
 
     /// [`record_now`] to change and save: the agent's copy is taken
     /// (given back by [`Agent::keep_record`] once saved), so that no
-    /// half-changed record is ever kept.
-    pub(super) fn take_record(&mut self, sd: &StateDir) -> anyhow::Result<Record> {
+    /// half-changed record is ever kept. Still shared with the view
+    /// ([`Resolved::recorded`]): a reconcile that changes it copies it
+    /// then, or drops the view's share first, which spares the copy of
+    /// every object (`Arc::make_mut`).
+    pub(super) fn take_record(&mut self, sd: &StateDir) -> anyhow::Result<Arc<Record>> {
         let id = RecordId::now(sd);
         let r = record_now(&mut self.record, sd, &id)?;
         self.record = None;
-        Ok(Arc::unwrap_or_clone(r))
+        Ok(r)
     }
 
-    /// Keeps `r`, as `sd` now holds it, for the next
+    /// Keeps `r`, as the state dir now holds it (`id`), for the next
     /// [`record_now`].
-    pub(super) fn keep_record(&mut self, sd: &StateDir, r: Record) {
-        self.record = Some((RecordId::now(sd), Arc::new(r)));
+    pub(super) fn keep_record(&mut self, id: RecordId, r: Arc<Record>) {
+        self.record = Some((id, r));
     }
 
     /// Answers one question (or declines it).
@@ -538,43 +596,23 @@ impl Agent {
             nft_now,
             nft_same,
         };
-        let (p, files_now) = self
+        let (mut p, files_now) = self
             .plan_fresh(&l, &record, &fresh)
             .await
             .map_err(|e| format!("{e:#}"))?;
         let (out, exit) = render(req, format, &l.path, &sd, &p)?;
-        let probes = crate::host::portprobe::conflicts(&p.desired.state, &p.observation.state);
-        let sysctls = sysctl_keys(&p.desired.state, &record);
-        let steps::Planned {
-            desired,
-            target,
-            observation,
-            plan,
-            held,
-            warnings,
-            interrupted,
-        } = p;
-        let target = (target != desired.state).then_some(target);
+        let settled = Settled::of(record_id, &record, &mut p);
         self.view = Some(View {
-            obs: observation,
+            obs: p.observation,
             files: files_now,
             resolved: Some(Resolved {
                 config: self.seen,
                 host,
                 allocations: record.allocations.clone(),
-                desired,
+                desired: p.desired,
                 recorded: None,
             }),
-            settled: Some(Settled {
-                record: record_id,
-                target,
-                plan,
-                held,
-                warnings,
-                interrupted,
-                probes,
-                sysctls,
-            }),
+            settled: Some(settled),
         });
         self.keep_view();
         drop(sd);
@@ -669,13 +707,16 @@ impl Agent {
         let Some(view) = &self.view else {
             anyhow::bail!("nothing read yet");
         };
-        let desired = match view
+        let resolved = view
             .resolved
             .as_ref()
-            .filter(|r| r.fits(self.seen, &l.host, record) && r.has_texts())
-        {
-            Some(r) => r.desired.clone(),
-            None => steps::resolve(l, record)?,
+            .filter(|r| r.fits(self.seen, &l.host, record));
+        let (desired, digested) = match resolved {
+            Some(r) if r.has_texts() => (r.desired.clone(), false),
+            // Planned with the digests first: only a file that is no
+            // longer as desired needs the text, to write it.
+            Some(r) => (r.desired_copy(), true),
+            None => (steps::resolve(l, record)?, false),
         };
         // Every file the reading looks at, new ones included: a file the
         // view did not read is read.
@@ -714,6 +755,11 @@ impl Agent {
             self.host_dirty.store(false, Ordering::SeqCst);
         }
         let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
+        if digested && !digested_files_hold(&p) {
+            // A file to write: its text is the file's, resolved again.
+            let desired = steps::resolve(l, record)?;
+            p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
+        }
         if nft_same {
             // The ruleset is the one the view read: its generation and its
             // raw listing.
