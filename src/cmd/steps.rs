@@ -141,7 +141,10 @@ pub fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
 
 /// Resolves the loaded file against the recorded allocations.
 pub fn resolve(l: &Loaded, record: &Record) -> Result<Desired> {
-    Ok(model::resolve(&l.spec, &record.allocations, &l.host)?)
+    let t0 = std::time::Instant::now();
+    let desired = model::resolve(&l.spec, &record.allocations, &l.host)?;
+    tracing::debug!("resolved in {:?}", t0.elapsed());
+    Ok(desired)
 }
 
 /// Prints a plan on stdout, in colour only on a terminal.
@@ -336,7 +339,6 @@ pub async fn plan_live_with(
         (None, None) => std::thread::scope(|s| {
             let early = s.spawn(|| observe::read_early(record));
             let desired = resolve(l, record);
-            tracing::debug!("resolved in {:?}", t0.elapsed());
             match early.join() {
                 Ok(e) => (desired, Some(e)),
                 Err(panic) => std::panic::resume_unwind(panic),

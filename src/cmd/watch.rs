@@ -838,7 +838,6 @@ impl Agent {
         {
             return Err(anyhow::anyhow!("held back: {why}"));
         }
-        let allocations = record.allocations.clone();
         // A start, a resync (the safety net) and SIGHUP read everything;
         // other reconciles read again what the view does not vouch for.
         let fresh = self.fresh().filter(|_| !full);
@@ -882,6 +881,11 @@ impl Agent {
         };
         // The record as saved: the next reconcile or answer starts from it.
         let record_id = serve::RecordId::now(&sd);
+        // The allocations the next reconcile resolves against: the desired
+        // state, resolved against those before this apply, is the one it
+        // would resolve (addresses once given stay), so the view's
+        // resolution fits it.
+        let allocations = record.allocations.clone();
         drop(sd);
         let printed = ask.map(|a| {
             use crate::cmd::plan_apply::{apply_head, apply_tail};
