@@ -155,8 +155,8 @@ struct Agent {
     /// Moves whenever the desired state in force may have changed (a new
     /// file or etcd document, a reload, an apply).
     epoch: u64,
-    /// The epoch and allocations that `expect`, the file and namespace
-    /// watches and the DNS zones were last made for.
+    /// The epoch and allocations that `expect`, the file watches and the
+    /// DNS zones were last made for.
     kept_for: Option<(u64, Allocations)>,
 }
 
@@ -904,7 +904,11 @@ impl Agent {
         // made again unless this reconcile changed nothing and the desired
         // state is the one they were made for (an echo of the agent's own
         // changes, or drift that healed itself), which at 1,000
-        // containers spares a few tens of milliseconds per event.
+        // containers spares a few tens of milliseconds per event. The
+        // namespace watches are checked every time: a namespace deleted
+        // since is held back without any change, and its watch must not
+        // keep it alive.
+        self.watch_namespaces(&p.desired.state);
         let kept_for = (self.epoch, p.desired.allocations.clone());
         if full || applied.is_some() || self.kept_for.as_ref() != Some(&kept_for) {
             self.kept_for = None;
@@ -920,7 +924,6 @@ impl Agent {
                 s.clone_from(&self.expect.sysctls);
             }
             self.fs_watch.update(&self.expect);
-            self.watch_namespaces(&p.desired.state);
             self.dns
                 .update_with(p.desired.zones.clone(), &p.desired.dns_clients)
                 .await
