@@ -86,10 +86,11 @@ impl View {
     /// state and in the reading alike (at 1,000 containers the hosts and
     /// resolv.conf texts are 3 MB, the largest part of the view). A
     /// reading that reuses such a file takes the text desired then if it
-    /// has that digest ([`crate::host::observe::observe_with`]); a plan
-    /// resolves the file again for its texts ([`Agent::plan_fresh`]).
-    /// Files that held anything else keep their text: they are drift, or
-    /// about to be written.
+    /// has that digest, or keeps the digest when only it is desired
+    /// ([`crate::host::observe::observe_with`]); a plan takes the digests,
+    /// and resolves the file again only for a file to write
+    /// ([`Agent::plan_fresh`]). Files that held anything else keep their
+    /// text: they are drift, or about to be written.
     ///
     /// A desired state that is the applied state of `record` (the record
     /// the agent keeps, as it was saved or read) is not kept a second
@@ -202,7 +203,9 @@ impl Resolved {
     }
 
     /// Whether it holds every file's text, not a digest of some (see
-    /// [`View::kept`]): only then does a plan take it as it is.
+    /// [`View::kept`]): only then does a plan take it as it is; otherwise
+    /// the plan holds only while those files are as desired
+    /// ([`digested_files_hold`]).
     fn has_texts(&self) -> bool {
         self.recorded.is_none()
             && !self
