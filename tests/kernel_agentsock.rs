@@ -355,7 +355,13 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
     let mut h = Host::new();
     let cfg = h.config("netloom.toml", BASE);
     let (_pid, log) = agent(&mut h, &cfg);
-    let applied_by_agent = |log: &Path| read(log).matches("apply (command)").count();
+    // Once `n` are logged (the agent answers an apply before it logs it),
+    // how many applies the agent made for a command.
+    let applied_by_agent = |log: &Path, n: usize| {
+        let count = || read(log).matches("apply (command)").count();
+        wait(|| count() >= n, DEADLINE);
+        count()
+    };
     h.config(
         "netloom.toml",
         &BASE.replace(
@@ -374,7 +380,7 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
         read(&log)
     );
     assert!(r.stderr.contains("Apply complete! 1 added"), "{}", r.stderr);
-    assert_eq!(applied_by_agent(&log), 1, "{}", read(&log));
+    assert_eq!(applied_by_agent(&log, 1), 1, "{}", read(&log));
     assert!(
         h.sh("nft list map inet netloom dnat_any")
             .stdout
@@ -391,7 +397,7 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
     assert!(r.stdout.contains("port.c2.9191/tcp"), "{doc}");
-    assert_eq!(applied_by_agent(&log), 3, "{}", read(&log));
+    assert_eq!(applied_by_agent(&log, 3), 3, "{}", read(&log));
     assert!(
         !h.sh("nft list map inet netloom dnat_any")
             .stdout
@@ -404,7 +410,7 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
         cfg.display()
     ));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(applied_by_agent(&log), 3, "{}", read(&log));
+    assert_eq!(applied_by_agent(&log, 3), 3, "{}", read(&log));
 }
 
 /// Stops a fake agent and removes its socket.

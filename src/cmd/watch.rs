@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cmd::cli::Cli;
 use crate::cmd::cluster_agent::{self, Etcd, FromEtcd};
@@ -720,7 +720,7 @@ impl Agent {
     async fn reconcile_with(
         &mut self,
         trigger: &Trigger,
-        ask: Option<&serve::ApplyAsk>,
+        ask: Option<&serve::ApplyAsk<'_>>,
     ) -> (bool, Result<(steps::Out, Exit), String>) {
         if self.cluster.as_ref().is_some_and(|c| c.doc.is_none()) {
             // Cluster mode before any desired state: nothing to converge
@@ -816,7 +816,7 @@ impl Agent {
     async fn reconcile_inner(
         &mut self,
         full: bool,
-        ask: Option<&serve::ApplyAsk>,
+        ask: Option<&serve::ApplyAsk<'_>>,
     ) -> Result<(
         crate::core::plan::Summary,
         Vec<crate::core::plan::Failure>,
@@ -887,7 +887,7 @@ impl Agent {
         // resolution fits it.
         let allocations = record.allocations.clone();
         drop(sd);
-        let printed = ask.map(|a| {
+        let mut printed = ask.map(|a| {
             use crate::cmd::plan_apply::{apply_head, apply_tail};
             let mut out = apply_head(&p, a.format, a.verbose, a.color);
             let (tail, exit) = apply_tail(&p, applied.as_ref(), a.format, a.detailed);
@@ -895,20 +895,11 @@ impl Agent {
             out.stderr.push_str(&tail.stderr);
             (out, exit)
         });
-        // A reconcile that changed nothing planned what `plan` would
-        // now: its answer, unless the record it planned against changed.
-        let settled = (applied.is_none() && !rerecorded)
-            .then(|| serve::Settled::of(record_id.clone(), &record, &mut p));
-        self.keep_record(record_id, record);
         // What judges events and serves names follows the desired state:
         // made again unless this reconcile changed nothing and the desired
         // state is the one they were made for (an echo of the agent's own
         // changes, or drift that healed itself), which at 1,000
-        // containers spares a few tens of milliseconds per event. The
-        // namespace watches are checked every time: a namespace deleted
-        // since is held back without any change, and its watch must not
-        // keep it alive.
-        self.watch_namespaces(&p.desired.state);
+        // containers spares a few tens of milliseconds per event.
         let kept_for = (self.epoch, p.desired.allocations.clone());
         if full || applied.is_some() || self.kept_for.as_ref() != Some(&kept_for) {
             self.kept_for = None;
@@ -930,6 +921,23 @@ impl Agent {
                 .context("update the embedded DNS server")?;
             self.kept_for = Some(kept_for);
         }
+        // The apply is done for the command that asked for it: recorded,
+        // verified, its files watched and its names served. It need not
+        // wait for the agent's own bookkeeping below.
+        if let (Some(a), Some((out, exit))) = (ask, printed.take()) {
+            a.reply(out, exit);
+            debug!("answered the command's apply");
+        }
+        // A reconcile that changed nothing planned what `plan` would
+        // now: its answer, unless the record it planned against changed.
+        let settled = (applied.is_none() && !rerecorded)
+            .then(|| serve::Settled::of(record_id.clone(), &record, &mut p));
+        self.keep_record(record_id, record);
+        // The namespace watches are checked every time: a namespace
+        // deleted since is held back without any change, and its watch
+        // must not keep it alive. A namespace not yet watched is read
+        // again by the next reconcile (`fresh`), as before its watch.
+        self.watch_namespaces(&p.desired.state);
         // The observation before this reconcile's changes: the events of
         // those changes mark what they touched as out of date, and the
         // files' identities change with them. But nft's tables are those

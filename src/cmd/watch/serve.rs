@@ -337,12 +337,52 @@ impl Query {
     }
 }
 
-/// How `apply`'s output is asked for.
-pub struct ApplyAsk {
+/// How `apply`'s output is asked for, and where it goes.
+pub struct ApplyAsk<'a> {
     pub format: crate::cmd::cli::Format,
     pub detailed: bool,
     pub verbose: bool,
     pub color: bool,
+    /// The command waiting for the output: answered by the reconcile as
+    /// soon as the apply is done ([`ApplyAsk::reply`]).
+    pub waiting: &'a Reply,
+}
+
+impl ApplyAsk<'_> {
+    /// Sends the command what `apply` prints. The reconcile calls it once
+    /// the apply is recorded and the embedded DNS serves its names, before
+    /// the agent's own bookkeeping (its view and status), which the
+    /// command does not wait for: a question after it is answered after
+    /// that bookkeeping anyway, since the agent takes one at a time.
+    pub fn reply(&self, out: steps::Out, exit: Exit) {
+        self.waiting.send(Answer::Output {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit: exit as u8,
+        });
+    }
+}
+
+/// Where the answer to one question goes, sent at most once.
+pub struct Reply(Mutex<Option<oneshot::Sender<Answer>>>);
+
+impl Reply {
+    fn new(tx: oneshot::Sender<Answer>) -> Reply {
+        Reply(Mutex::new(Some(tx)))
+    }
+
+    /// Sends `a` unless an answer went out already.
+    fn send(&self, a: Answer) {
+        if let Some(tx) = self.0.lock().ok().and_then(|mut t| t.take()) {
+            // The command may have given up waiting.
+            let _ = tx.send(a);
+        }
+    }
+
+    /// Whether the answer went out.
+    fn sent(&self) -> bool {
+        self.0.lock().map_or(true, |t| t.is_none())
+    }
 }
 
 /// The paths observation reads files at, as far as the agent knows them.
@@ -461,20 +501,28 @@ impl Agent {
         let Some((req, reply)) = q.take() else {
             return;
         };
-        let answer = match self.answer_inner(&req, false).await {
+        let reply = Reply::new(reply);
+        let answer = match self.answer_inner(&req, Some(&reply)).await {
             Ok(a) => a,
+            // An `apply` answered by its reconcile.
+            Err(_) if reply.sent() => Answer::Declined(String::new()),
             Err(why) => {
                 debug!("declined a `{}` query: {why}", req.command);
                 Answer::Declined(why)
             }
         };
-        let _ = reply.send(answer);
+        reply.send(answer);
         crate::host::memory::trim();
     }
 
-    /// The answer to `req`; `refresh`: nobody asked (see
-    /// [`Agent::refresh`]), and the log says so.
-    async fn answer_inner(&mut self, req: &Request, refresh: bool) -> Result<Answer, String> {
+    /// The answer to `req`, for the command waiting at `reply`; without
+    /// one, nobody asked (see [`Agent::refresh`]), and the log says so.
+    async fn answer_inner(
+        &mut self,
+        req: &Request,
+        reply: Option<&Reply>,
+    ) -> Result<Answer, String> {
+        let refresh = reply.is_none();
         let asked = if refresh {
             "refreshing the view".to_string()
         } else {
@@ -504,19 +552,22 @@ impl Agent {
             return Err("another version of the file than the one in force".into());
         }
         if req.command == "apply" {
+            let Some(waiting) = reply else {
+                return Err("nobody waits for this apply".into());
+            };
             let ask = ApplyAsk {
                 format,
                 detailed: req.detailed,
                 verbose: req.verbose,
                 color: req.color,
+                waiting,
             };
+            // Answered by the reconcile itself when it applied; what comes
+            // back is why it did not.
             let (_, printed) = self.reconcile_with(&Trigger::Apply, Some(&ask)).await;
             let (out, exit) = printed?;
-            return Ok(Answer::Output {
-                stdout: out.stdout,
-                stderr: out.stderr,
-                exit: exit as u8,
-            });
+            ask.reply(out, exit);
+            return Err(String::new());
         }
         let Some(fresh) = self.fresh() else {
             return Err("nothing read yet".into());
@@ -646,7 +697,7 @@ impl Agent {
             verbose: false,
             color: false,
         };
-        if let Err(why) = self.answer_inner(&req, true).await {
+        if let Err(why) = self.answer_inner(&req, None).await {
             debug!("the view was not refreshed: {why}");
         }
         crate::host::memory::trim();
