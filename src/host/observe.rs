@@ -378,7 +378,7 @@ pub fn read_early(record: &Record) -> Early {
         .unwrap_or_default();
     let mut list: Vec<NsRef> = namespaces_of_interest(&State::default(), record)
         .into_values()
-        .filter(|ns| ns_exists(ns, &named, record))
+        .filter(|ns| ns_exists(ns, &named, record, false))
         .collect();
     list.sort();
     list.dedup();
@@ -421,17 +421,19 @@ fn read_firewall() -> Result<(Option<firewall::Observed>, Option<u32>)> {
 }
 
 /// Whether `ns` is a namespace netloom may observe as its own: a named
-/// one it created (and that is mounted), or an attached path.
-fn ns_exists(ns: &NsRef, named: &BTreeSet<String>, record: &Record) -> bool {
+/// one it created (and that is mounted), or an attached path. `vouched`:
+/// an earlier reading whose view of it is reused found it mounted, and
+/// nothing since says otherwise (see [`Reuse::stale`]), which spares a
+/// `statfs` per namespace when little changed.
+fn ns_exists(ns: &NsRef, named: &BTreeSet<String>, record: &Record, vouched: bool) -> bool {
+    let mounted = || vouched || is_netns(&ns.path());
     match ns {
         // A named namespace netloom did not create is foreign: never
         // part of the observed state (a clash, reported as such). A
         // file without a namespace mounted on it (a creation cut short)
         // is not a namespace yet.
-        NsRef::Named(n) => {
-            named.contains(n) && record.owned.netns.contains(n) && is_netns(&ns.path())
-        }
-        NsRef::Path(p) => is_netns(p),
+        NsRef::Named(n) => named.contains(n) && record.owned.netns.contains(n) && mounted(),
+        NsRef::Path(_) => mounted(),
     }
 }
 
@@ -559,8 +561,11 @@ pub async fn observe_with(
     let mut present: Vec<(String, NsRef)> = Vec::new();
     let mut to_read: Vec<NsRef> = Vec::new();
     let mut seen: BTreeSet<NsRef> = BTreeSet::new();
+    let vouched = |ns: &NsRef| {
+        reuse.is_some_and(|r| !r.stale.contains(ns) && r.earlier.views.contains_key(ns))
+    };
     for (container, ns) in namespaces_of_interest(desired, record) {
-        if !ns_exists(&ns, &named_netns, record) {
+        if !ns_exists(&ns, &named_netns, record, vouched(&ns)) {
             continue;
         }
         if seen.insert(ns.clone()) {
