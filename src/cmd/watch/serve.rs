@@ -716,11 +716,12 @@ impl Agent {
         let view = self.view.as_ref()?;
         let mut trusted: HashSet<&NsRef> = HashSet::new();
         let mut doubted: HashSet<&NsRef> = HashSet::new();
-        for (c, w) in &self.ns_watch {
+        // Quiet first: an event handed over until then has marked it.
+        let watched: Vec<&Watched> = self.ns_watch.values().map(|w| &w.watched).collect();
+        let quiet = crate::host::events::all_quiet(&watched);
+        for ((c, w), quiet) in self.ns_watch.iter().zip(quiet) {
             let same_ns =
                 std::fs::metadata(w.netns.path()).is_ok_and(|m| (m.dev(), m.ino()) == w.id);
-            // Quiet first: an event handed over until then has marked it.
-            let quiet = w.watched.quiet();
             let marked = self.dirty.lock().map_or(true, |d| d.contains(c));
             if quiet && same_ns && !marked {
                 trusted.insert(&w.netns);
