@@ -204,21 +204,7 @@ impl Watched {
     /// has been handed to the sink, and the watch still works: the reader
     /// is running and the socket's queue is empty.
     pub fn quiet(&self) -> bool {
-        let Ok(_held) = self.gate.lock.lock() else {
-            return false;
-        };
-        if !self.gate.open.load(Ordering::SeqCst) || self.task.is_finished() {
-            return false;
-        }
-        let mut pfd = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&self.gate.socket),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout: poll only reads the
-        // socket's state.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n == 0
+        all_quiet(&[self])[0]
     }
 }
 
@@ -226,8 +212,10 @@ impl Watched {
 /// their sockets rather than one each (a call per namespace adds up at a
 /// thousand of them). A failed `poll` finds none quiet.
 pub fn all_quiet(ws: &[&Watched]) -> Vec<bool> {
-    // Every lock held across the one poll, as `quiet` holds its own; a
-    // reader takes only its own lock, so the order cannot deadlock.
+    // Every reader's lock held across the poll: a datagram is then either
+    // still queued (the poll sees it) or handed over whole (its events
+    // marked what they touched), never half-way. A reader takes only its
+    // own lock, so holding many cannot deadlock.
     let held: Vec<Option<std::sync::MutexGuard<'_, ()>>> =
         ws.iter().map(|w| w.gate.lock.lock().ok()).collect();
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(ws.len());
