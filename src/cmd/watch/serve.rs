@@ -766,21 +766,36 @@ impl Agent {
             .resolved
             .as_ref()
             .filter(|r| r.fits(self.seen, &l.host, record));
-        let (desired, digested) = match resolved {
-            Some(r) if r.has_texts() => (r.desired.clone(), false),
-            // Planned with the digests first: only a file that is no
-            // longer as desired needs the text, to write it.
-            Some(r) => (r.desired_copy(), true),
-            None => (steps::resolve(l, record)?, false),
-        };
-        // Every file the reading looks at, new ones included: a file the
-        // view did not read is read.
-        let paths: BTreeSet<String> = file_paths(record, &self.expect.files)
+        // Every file the reading looks at: those known before the file
+        // resolves are looked at on a helper thread while it resolves
+        // (thousands of stat calls beside a resolve of some milliseconds),
+        // then the ones only the resolution names (new files).
+        let known: BTreeSet<String> = file_paths(record, &self.expect.files)
             .into_iter()
-            .chain(desired.state.files.keys().cloned())
             .chain(view.files.keys().cloned())
             .collect();
-        let files_now = file_ids(paths);
+        let (desired, digested, mut files_now) = match resolved {
+            Some(r) if r.has_texts() => (r.desired.clone(), false, file_ids(known)),
+            // Planned with the digests first: only a file that is no
+            // longer as desired needs the text, to write it.
+            Some(r) => (r.desired_copy(), true, file_ids(known)),
+            None => std::thread::scope(|s| {
+                let ids = s.spawn(|| file_ids(known));
+                let desired = steps::resolve(l, record);
+                let ids = ids
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                desired.map(|d| (d, false, ids))
+            })?,
+        };
+        let new: BTreeSet<String> = desired
+            .state
+            .files
+            .keys()
+            .filter(|p| !files_now.contains_key(*p))
+            .cloned()
+            .collect();
+        files_now.extend(file_ids(new));
         // The ruleset is reused with its raw listing only: an apply's
         // minimal transaction starts from that listing.
         let nft_same =
