@@ -413,6 +413,54 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
     assert_eq!(applied_by_agent(&log, 3), 3, "{}", read(&log));
 }
 
+/// What an `apply` through the agent made is there when the command
+/// returns, although the agent answers before its own bookkeeping: the
+/// new container's name is served by the embedded DNS and listed in its
+/// peers' hosts files, asked once, without waiting.
+#[test]
+fn what_an_apply_through_the_agent_made_is_there_when_it_returns() {
+    if !kernel_tests_possible(&[TOOLS, &["dig"]].concat()) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    h.config(
+        "netloom.toml",
+        &format!("{BASE}\n[containers.c3]\nnetworks = [\"green\"]\n"),
+    );
+    let r = h.sh(&format!("{NETLOOM} -c {} apply", cfg.display()));
+    assert_eq!(
+        r.code,
+        0,
+        "{}\n{}\nLOG:\n{}",
+        r.stdout,
+        r.stderr,
+        read(&log)
+    );
+    let answer = h.sh("ip netns exec c1 dig +time=2 +tries=1 +short @10.60.0.1 c3");
+    assert!(
+        answer.stdout.trim().starts_with("10.60.0."),
+        "c3 is not served right after the apply: {:?} {:?}\nLOG:\n{}",
+        answer.stdout,
+        answer.stderr,
+        read(&log)
+    );
+    let hosts = h.sh("ip netns exec c1 cat /etc/hosts").stdout;
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("c3")),
+        "{hosts}"
+    );
+    // And it was the agent's apply, not the command's own.
+    assert!(
+        wait(|| read(&log).contains("apply (command)"), DEADLINE),
+        "{}",
+        read(&log)
+    );
+}
+
 /// Stops a fake agent and removes its socket.
 fn stop(h: &Host, pid: u32) {
     h.sh(&format!("kill {pid}")).ok();
