@@ -140,6 +140,20 @@ fn overlapping_routes_and_missing_host_ips_are_warned_about() {
         "{}",
         r.stdout
     );
+    // IPv6 alike: the host's IPv6 routes are read when a network has an
+    // IPv6 subnet.
+    h.sh("ip -6 addr add fd00:8:0:3::1/64 dev dummy0").ok();
+    let cfg6 = h.config(
+        "t6.toml",
+        "[networks.n6]\nsubnet = \"10.9.0.0/16\"\nsubnet6 = \"fd00:8::/56\"\n[containers.b]\nnetworks = [\"n6\"]\n",
+    );
+    let r = h.netloom(&cfg6, &["plan"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("Warning: network `n6`: subnet fd00:8::/56 overlaps the host's route to fd00:8:0:3::/64 dev dummy0"),
+        "{}",
+        r.stdout
+    );
     h.netloom(&cfg, &["apply"]).ok();
     let s = h.netloom(&cfg, &["status"]);
     assert!(

@@ -355,11 +355,22 @@ pub async fn plan_live_with(
     if !refused.is_empty() {
         return Err(anyhow!("{}\nnothing was changed.", refused.join("\n")));
     }
-    let routes = crate::host::netlink::open_host()
-        .context("open netlink socket in the host namespace")?
-        .routes()
-        .await
-        .context("dump host routes")?;
+    // The host's routes, for subnets that overlap one: IPv6 routes only
+    // when a network has an IPv6 subnet (they are thousands on a host of
+    // a thousand containers, three per interface, and overlap no IPv4
+    // subnet).
+    let host_nl =
+        crate::host::netlink::open_host().context("open netlink socket in the host namespace")?;
+    let dual_stack = desired
+        .state
+        .bridges
+        .values()
+        .any(|b| b.addrs.iter().any(|a| a.contains(':')));
+    let routes = match dual_stack {
+        true => host_nl.routes().await,
+        false => host_nl.routes_v4().await,
+    }
+    .context("dump host routes")?;
     let warnings = crate::host::guard::warnings(&desired.state, &observation.host, &routes);
     let mut held = observation.foreign_conflicts(&desired.state, record);
     held.extend(crate::host::portprobe::conflicts(
