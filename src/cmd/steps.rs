@@ -366,9 +366,10 @@ pub async fn plan_live_with(
         .bridges
         .values()
         .any(|b| b.addrs.iter().any(|a| a.contains(':')));
-    let routes = match dual_stack {
-        true => host_nl.routes().await,
-        false => host_nl.routes_v4().await,
+    let routes = if dual_stack {
+        host_nl.routes().await
+    } else {
+        host_nl.routes_v4().await
     }
     .context("dump host routes")?;
     let warnings = crate::host::guard::warnings(&desired.state, &observation.host, &routes);

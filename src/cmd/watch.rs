@@ -714,14 +714,14 @@ impl Agent {
         self.reconcile_with(trigger, None).await.0
     }
 
-    /// [`Agent::reconcile`]; with `ask`, also what `apply` prints for it
-    /// (or why there is nothing to print: the reconcile failed or was held
-    /// back).
+    /// [`Agent::reconcile`]; with `ask`, the reconcile also answers the
+    /// command that asked for it, and the `Err` says why it did not (the
+    /// reconcile failed or was held back).
     async fn reconcile_with(
         &mut self,
         trigger: &Trigger,
         ask: Option<&serve::ApplyAsk<'_>>,
-    ) -> (bool, Result<(steps::Out, Exit), String>) {
+    ) -> (bool, Result<(), String>) {
         if self.cluster.as_ref().is_some_and(|c| c.doc.is_none()) {
             // Cluster mode before any desired state: nothing to converge
             // to, and nothing is torn down for want of one.
@@ -735,12 +735,8 @@ impl Agent {
         );
         let result = self.reconcile_inner(full, ask).await;
         let millis = start.elapsed().as_millis() as u64;
-        let mut printed = Err(String::new());
         let (summary, failed) = match result {
-            Ok((s, f, out)) => {
-                printed = out.ok_or_else(String::new);
-                ((s, Ok(())), f)
-            }
+            Ok((s, f)) => ((s, Ok(())), f),
             Err(e) => ((Default::default(), Err(e)), Vec::new()),
         };
         let (summary, result): (crate::core::plan::Summary, Result<()>) = summary;
@@ -799,29 +795,27 @@ impl Agent {
         // The reconcile's reading is dropped (its view is kept): give the
         // pages back.
         crate::host::memory::trim();
-        if let Some(e) = &run.error {
-            printed = Err(e.clone());
-        }
+        let done = match &run.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        };
         self.status.runs.push(run);
         let n = self.status.runs.len();
         if n > KEPT_RUNS {
             self.status.runs.drain(..n - KEPT_RUNS);
         }
         self.write_status();
-        (changed, printed)
+        (changed, done)
     }
 
-    /// Plans and applies; returns what was made, the objects that failed
-    /// (left as they are) and, with `ask`, what `apply` prints for it.
+    /// Plans and applies; returns what was made and the objects that
+    /// failed (left as they are). With `ask`, sends the command what
+    /// `apply` prints, as soon as the apply is done.
     async fn reconcile_inner(
         &mut self,
         full: bool,
         ask: Option<&serve::ApplyAsk<'_>>,
-    ) -> Result<(
-        crate::core::plan::Summary,
-        Vec<crate::core::plan::Failure>,
-        Option<(steps::Out, Exit)>,
-    )> {
+    ) -> Result<(crate::core::plan::Summary, Vec<crate::core::plan::Failure>)> {
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = self.take_record(&sd)?;
         // Confirmed applies: an unconfirmed change whose time ran out is
@@ -887,7 +881,7 @@ impl Agent {
         // resolution fits it.
         let allocations = record.allocations.clone();
         drop(sd);
-        let mut printed = ask.map(|a| {
+        let printed = ask.map(|a| {
             use crate::cmd::plan_apply::{apply_head, apply_tail};
             let mut out = apply_head(&p, a.format, a.verbose, a.color);
             let (tail, exit) = apply_tail(&p, applied.as_ref(), a.format, a.detailed);
@@ -924,7 +918,7 @@ impl Agent {
         // The apply is done for the command that asked for it: recorded,
         // verified, its files watched and its names served. It need not
         // wait for the agent's own bookkeeping below.
-        if let (Some(a), Some((out, exit))) = (ask, printed.take()) {
+        if let (Some(a), Some((out, exit))) = (ask, printed) {
             a.reply(out, exit);
             debug!("answered the command's apply");
         }
@@ -961,7 +955,7 @@ impl Agent {
             settled,
         });
         self.keep_view();
-        Ok((summary, failures, printed))
+        Ok((summary, failures))
     }
 
     /// Keeps one event subscription per container namespace. A subscription

@@ -378,11 +378,6 @@ impl Reply {
             let _ = tx.send(a);
         }
     }
-
-    /// Whether the answer went out.
-    fn sent(&self) -> bool {
-        self.0.lock().map_or(true, |t| t.is_none())
-    }
 }
 
 /// The paths observation reads files at, as far as the agent knows them.
@@ -502,26 +497,26 @@ impl Agent {
             return;
         };
         let reply = Reply::new(reply);
-        let answer = match self.answer_inner(&req, Some(&reply)).await {
-            Ok(a) => a,
-            // An `apply` answered by its reconcile.
-            Err(_) if reply.sent() => Answer::Declined(String::new()),
+        match self.answer_inner(&req, Some(&reply)).await {
+            Ok(Some(a)) => reply.send(a),
+            // An `apply`, answered by its reconcile.
+            Ok(None) => {}
             Err(why) => {
                 debug!("declined a `{}` query: {why}", req.command);
-                Answer::Declined(why)
+                reply.send(Answer::Declined(why));
             }
-        };
-        reply.send(answer);
+        }
         crate::host::memory::trim();
     }
 
-    /// The answer to `req`, for the command waiting at `reply`; without
-    /// one, nobody asked (see [`Agent::refresh`]), and the log says so.
+    /// The answer to `req`, for the command waiting at `reply` (`None`
+    /// once sent: an `apply`'s reconcile answers itself); without `reply`,
+    /// nobody asked (see [`Agent::refresh`]), and the log says so.
     async fn answer_inner(
         &mut self,
         req: &Request,
         reply: Option<&Reply>,
-    ) -> Result<Answer, String> {
+    ) -> Result<Option<Answer>, String> {
         let refresh = reply.is_none();
         let asked = if refresh {
             "refreshing the view".to_string()
@@ -562,12 +557,10 @@ impl Agent {
                 color: req.color,
                 waiting,
             };
-            // Answered by the reconcile itself when it applied; what comes
-            // back is why it did not.
-            let (_, printed) = self.reconcile_with(&Trigger::Apply, Some(&ask)).await;
-            let (out, exit) = printed?;
-            ask.reply(out, exit);
-            return Err(String::new());
+            // Answered by the reconcile itself when it applied; an error
+            // says why it did not.
+            let (_, done) = self.reconcile_with(&Trigger::Apply, Some(&ask)).await;
+            return done.map(|()| None);
         }
         let Some(fresh) = self.fresh() else {
             return Err("nothing read yet".into());
@@ -618,7 +611,7 @@ impl Agent {
             && self.unchanged_besides_events()
         {
             debug!("{asked} from the view: nothing changed since it was read");
-            return self.answer_from_view(req, format, &sd);
+            return self.answer_from_view(req, format, &sd).map(Some);
         }
         let record = match record {
             Some(r) => r,
@@ -670,11 +663,11 @@ impl Agent {
         });
         self.keep_view();
         drop(sd);
-        Ok(Answer::Output {
+        Ok(Some(Answer::Output {
             stdout: out.stdout,
             stderr: out.stderr,
             exit: exit as u8,
-        })
+        }))
     }
 
     /// Reads again what changed since the view was read, as an answer to
