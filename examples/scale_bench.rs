@@ -201,7 +201,7 @@ fn inner(bin: &Path, dir: &Path, n: usize, ports: usize) -> Result<()> {
     results.push(apply(&base)?);
     std::fs::write(&base, config(n, ports, false, false))?;
     apply(&base)?;
-    let applied = agent.applies();
+    let applied = agent.applies(4);
     if applied != 4 {
         bail!("the agent applied {applied} of 4 `apply` commands");
     }
@@ -266,12 +266,22 @@ impl Agent {
             .count()
     }
 
-    /// `apply` commands the agent applied for.
-    fn applies(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches("apply (command)")
-            .count()
+    /// `apply` commands the agent applied for, once it logged `want` of
+    /// them or after a few seconds: the agent answers an apply before it
+    /// logs the reconcile, so the last line may come just after the
+    /// command returned.
+    fn applies(&self, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .matches("apply (command)")
+                .count();
+            if seen >= want || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// RSS in kB, and clock ticks of CPU used while idle for two seconds,
