@@ -273,3 +273,153 @@ fn a_v6_only_publication_needs_a_subnet6() {
     assert!(r.stderr.contains("has no subnet6"), "{}", r.stderr);
     assert!(h.sh("ip netns list").stdout.trim().is_empty());
 }
+
+/// A router advertisement as an attacker on the bridge sends it from its
+/// container: the prefix 2001:db8:66::/64 for autoconfiguration, and the
+/// sender as the default router for 30 minutes.
+const ROGUE_RA: &str = r#"
+import socket, struct
+idx = socket.if_nametoindex("eth0")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+pio = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0)
+pio += socket.inet_pton(socket.AF_INET6, "2001:db8:66::")
+s.sendto(ra + pio, ("ff02::1", 0, 0, idx))
+"#;
+
+#[test]
+fn a_rogue_router_on_an_ipv4_only_network_is_shut_out() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config(
+        "v4only.toml",
+        "[networks.v4only]\nsubnet = \"10.77.0.0/24\"\n\n\
+         [containers.attacker]\nnetworks = [\"v4only\"]\n\n\
+         [containers.victim]\nnetworks = [\"v4only\"]\n\n\
+         [networks.dual]\nsubnet = \"10.78.0.0/24\"\nsubnet6 = \"fd00:78::/64\"\n\n\
+         [containers.c6]\nnetworks = [\"dual\"]\n",
+    );
+    let ra = h.config("ra.py", ROGUE_RA);
+    h.netloom(&cfg, &["apply"]).ok();
+    fn ipv6_of(h: &Host, c: &str) -> String {
+        h.sh(&format!("ip -n {c} -6 addr show dev eth0"))
+            .ok()
+            .stdout
+            .clone()
+    }
+    fn disabled(h: &Host, c: &str) -> String {
+        h.sh(&format!(
+            "ip netns exec {c} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6"
+        ))
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+    }
+    fn route(h: &Host) -> String {
+        h.sh("ip -n victim -6 route show default")
+            .ok()
+            .stdout
+            .clone()
+    }
+    // The attacker, root in its container, has IPv6 on and advertises
+    // itself as a router.
+    fn arm(h: &Host) {
+        h.sh("ip netns exec attacker sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0")
+            .ok();
+        assert!(
+            h.wait_for(
+                "ip -n attacker -6 addr show dev eth0 | grep -q fe80 && \\
+                 ! ip -n attacker -6 addr show dev eth0 | grep -q tentative",
+                Duration::from_secs(10)
+            ),
+            "{}",
+            ipv6_of(h, "attacker")
+        );
+    }
+    let advertise = format!("ip netns exec attacker python3 {}", ra.display());
+    let took = format!("{advertise}; ip -n victim -6 addr show dev eth0 | grep -q 2001:db8:66");
+
+    // The kernel's default: the victim takes the advertised address and
+    // the attacker as its IPv6 router.
+    arm(&h);
+    assert!(
+        h.wait_for(&took, Duration::from_secs(15)),
+        "{}",
+        ipv6_of(&h, "victim")
+    );
+    assert!(route(&h).contains("fe80::"), "{}", route(&h));
+    // A plan shows it as drift; the apply takes it back and turns IPv6
+    // off, so that the next advertisement finds nothing to set up.
+    let plan = h.netloom(&cfg, &["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("container.victim.eth0"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("IPv6 off"), "{}", plan.stdout);
+    h.netloom(&cfg, &["apply"]).ok();
+    assert_eq!(disabled(&h, "victim"), "1");
+    // (The attacker took its own advertisement, so its IPv6 went off too.)
+    arm(&h);
+    for _ in 0..3 {
+        h.sh(&advertise).ok();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !ipv6_of(&h, "victim").contains("inet6"),
+        "{}",
+        ipv6_of(&h, "victim")
+    );
+    assert!(route(&h).trim().is_empty(), "{}", route(&h));
+    let again = h.netloom(&cfg, &["plan"]).ok().stdout.clone();
+    assert!(!again.contains("container.victim"), "{again}");
+    // The dual-stack network's interface keeps IPv6.
+    assert!(
+        ipv6_of(&h, "c6").contains("fd00:78::"),
+        "{}",
+        ipv6_of(&h, "c6")
+    );
+    assert_eq!(disabled(&h, "c6"), "0");
+
+    // The agent does the same by itself, at the first advertisement.
+    let (pid, log) = h.start_agent(&cfg);
+    assert!(
+        h.wait_for(
+            &format!("grep -q 'reconciled in' {}", log.display()),
+            Duration::from_secs(20)
+        ),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    h.sh("ip netns exec victim sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0")
+        .ok();
+    arm(&h);
+    assert!(
+        h.wait_for(
+            &format!(
+                "{advertise}; [ $(ip netns exec victim cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6) = 1 ]"
+            ),
+            Duration::from_secs(20)
+        ),
+        "{}\n{}",
+        ipv6_of(&h, "victim"),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        h.wait_for(
+            "! ip -n victim -6 addr show dev eth0 | grep -q inet6",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        ipv6_of(&h, "victim")
+    );
+    h.sh(&format!("kill {pid}")).ok();
+    assert!(h.wait_for(&common::exited(pid), Duration::from_secs(20)));
+    h.netloom(&cfg, &["down"]).ok();
+}

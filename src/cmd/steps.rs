@@ -436,6 +436,7 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
                 | Op::AddAddr { netns, .. }
                 | Op::DelAddr { netns, .. } => stale.extend(netns.iter().cloned()),
                 Op::CreateVeth { netns, .. }
+                | Op::SetIpv6 { netns, .. }
                 | Op::AddDefaultRoute { netns, .. }
                 | Op::DelDefaultRoute { netns, .. } => {
                     stale.insert(netns.clone());

@@ -247,6 +247,7 @@ impl HostTouch {
             | Op::DelAddr { netns: Some(_), .. }
             | Op::AddDefaultRoute { .. }
             | Op::DelDefaultRoute { .. }
+            | Op::SetIpv6 { .. }
             | Op::CreateNetns { .. }
             | Op::Sysctl { .. }
             | Op::Nft { .. }

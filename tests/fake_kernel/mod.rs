@@ -211,6 +211,10 @@ impl FakeKernel {
                 self.link(&None, name)?.master = Some(bridge.clone());
             }
             Op::SetHairpin { name } => self.link(&None, name)?.hairpin = true,
+            // The fake kernel keeps no IPv6 state; the interface must exist.
+            Op::SetIpv6 { netns, dev, .. } => {
+                self.link(&Some(netns.clone()), dev)?;
+            }
             // Cluster mode is covered by its kernel tests; the configs
             // generated here are single-host, so meeting one is a bug.
             Op::CreateVxlan { name, .. } => bail!("the fake kernel has no VXLAN ({name})"),

@@ -15,6 +15,13 @@ pub(super) fn endpoint_summary(e: &Endpoint) -> String {
     )
 }
 
+/// Whether any of `addrs` (`address/prefix`) is an IPv6 address: the
+/// endpoint of a dual-stack network has one, of an IPv4-only network none
+/// (the kernel's link-local addresses are not among an endpoint's).
+fn has_ipv6(addrs: &BTreeSet<String>) -> bool {
+    addrs.iter().any(|a| a.contains(':'))
+}
+
 pub(super) fn endpoint_create_ops(e: &Endpoint) -> Vec<Op> {
     let ns = Some(e.netns.clone());
     let mut ops = vec![Op::CreateVeth {
@@ -173,6 +180,15 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
                 });
             }
         }
+        // A network that became dual-stack: its IPv4-only endpoints have
+        // IPv6 off, and an interface without IPv6 takes no IPv6 address.
+        if has_ipv6(&want.addrs) && !has_ipv6(&have.addrs) {
+            ops.push(Op::SetIpv6 {
+                netns: want.netns.clone(),
+                dev: want.ifname.clone(),
+                on: true,
+            });
+        }
         addr_ops(
             ns.as_ref(),
             &want.ifname,
@@ -181,6 +197,19 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
             &mut ops,
             &mut what,
         );
+        // IPv6 on an IPv4-only network's interface took what a router
+        // advertisement on the bridge offered (which another container
+        // can send, Docker's CVE-2024-32473): an address, a default
+        // route. They went above; IPv6 goes off on the interface, so that
+        // the next advertisement finds nothing to configure.
+        if !has_ipv6(&want.addrs) && (has_ipv6(&have.addrs) || have.gateway6.is_some()) {
+            ops.push(Op::SetIpv6 {
+                netns: want.netns.clone(),
+                dev: want.ifname.clone(),
+                on: false,
+            });
+            what.push("IPv6 off (an IPv4-only network)".into());
+        }
         if !have.up {
             ops.push(Op::LinkUp {
                 netns: None,
@@ -319,5 +348,97 @@ mod tests {
             ops(&fast, "container.a")
         );
         assert!(ops(&fast, "network.n")[0].contains("link del br-"));
+    }
+
+    fn endpoint(addrs: &[&str], gateway6: Option<&str>) -> Endpoint {
+        Endpoint {
+            container: "c1".into(),
+            network: "net".into(),
+            netns: NsRef::Named("c1".into()),
+            ifname: "eth0".into(),
+            host_veth: "veth0c1".into(),
+            bridge: Some("br-net".into()),
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            mac: "02:42:0a:00:00:02".into(),
+            mtu: 1500,
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            gateway6: gateway6.map(|g| g.parse().unwrap()),
+            up: true,
+            hairpin: false,
+        }
+    }
+
+    /// The changes from `have` (observed) to `want` (desired).
+    fn changes(want: Option<Endpoint>, have: Option<Endpoint>) -> Vec<Change> {
+        let state = |e: Option<Endpoint>| {
+            let mut st = State::default();
+            if let Some(e) = e {
+                st.endpoints.insert("c1.eth0".into(), e);
+            }
+            st
+        };
+        let mut out = Vec::new();
+        diff_endpoints(&state(want), &state(have), &mut out);
+        out
+    }
+
+    fn ipv6_op(on: bool) -> Op {
+        Op::SetIpv6 {
+            netns: NsRef::Named("c1".into()),
+            dev: "eth0".into(),
+            on,
+        }
+    }
+
+    fn at(ops: &[Op], wanted: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(wanted).expect("no such operation")
+    }
+
+    #[test]
+    fn a_new_interface_keeps_the_kernels_ipv6_setting() {
+        // Turning it off at creation would cost a /proc/sys lookup in
+        // each namespace, whose time grows with the number of namespaces
+        // (see the README, "IPv6 on IPv4-only networks").
+        for addrs in [&["10.0.0.2/24"][..], &["10.0.0.2/24", "fd00::2/64"]] {
+            let c = changes(Some(endpoint(addrs, None)), None);
+            assert!(
+                !c[0].ops.iter().any(|o| matches!(o, Op::SetIpv6 { .. })),
+                "{:#?}",
+                c[0].ops
+            );
+        }
+    }
+
+    #[test]
+    fn what_a_router_advertisement_left_goes_and_ipv6_goes_off() {
+        let want = endpoint(&["10.0.0.2/24"], None);
+        let have = endpoint(&["10.0.0.2/24", "2001:db8:66::2/64"], Some("fe80::1"));
+        let c = changes(Some(want.clone()), Some(have));
+        let ops = &c[0].ops;
+        let route = at(ops, |o| matches!(o, Op::DelDefaultRoute { .. }));
+        let addr = at(
+            ops,
+            |o| matches!(o, Op::DelAddr { addr, .. } if addr == "2001:db8:66::2/64"),
+        );
+        let off = at(ops, |o| *o == ipv6_op(false));
+        assert!(route < off && addr < off, "{ops:#?}");
+        assert!(c[0].reason.as_deref().unwrap_or("").contains("IPv6 off"));
+        // Once it is off, nothing is left to do.
+        assert!(changes(Some(want.clone()), Some(want)).is_empty());
+    }
+
+    #[test]
+    fn a_network_that_gains_ipv6_turns_it_on_before_the_address() {
+        let want = endpoint(&["10.0.0.2/24", "fd00::2/64"], None);
+        let have = endpoint(&["10.0.0.2/24"], None);
+        let c = changes(Some(want), Some(have));
+        let ops = &c[0].ops;
+        let on = at(ops, |o| *o == ipv6_op(true));
+        let add = at(
+            ops,
+            |o| matches!(o, Op::AddAddr { addr, .. } if addr == "fd00::2/64"),
+        );
+        assert!(on < add, "{ops:#?}");
+        assert!(!ops.contains(&ipv6_op(false)), "{ops:#?}");
     }
 }

@@ -122,6 +122,20 @@ pub enum Op {
         /// The bridge.
         bridge: String,
     },
+    /// Turn IPv6 on or off on a container's interface
+    /// (`net.ipv6.conf.<dev>.disable_ipv6` inside its namespace): off on
+    /// an IPv4-only network's interface found with an address or a route
+    /// from a router advertisement (which another container on the bridge
+    /// can send, Docker's CVE-2024-32473), on again when its network
+    /// gains an IPv6 subnet.
+    SetIpv6 {
+        /// The container's namespace.
+        netns: NsRef,
+        /// The interface inside it.
+        dev: String,
+        /// IPv6 on (a dual-stack network) or off.
+        on: bool,
+    },
     /// Turn hairpin mode on for a bridge port.
     SetHairpin {
         /// The bridge port (a veth's host end).
@@ -288,6 +302,17 @@ impl std::fmt::Display for Op {
             Op::SetMtu { netns, name, mtu } => write!(f, "{} link set {name} mtu {mtu}", ip(netns)),
             Op::SetMaster { name, bridge } => write!(f, "ip link set {name} master {bridge}"),
             Op::SetHairpin { name } => write!(f, "ip link set {name} type bridge_slave hairpin on"),
+            Op::SetIpv6 { netns, dev, on } => {
+                let within = match netns {
+                    NsRef::Named(n) => format!("ip netns exec {n}"),
+                    NsRef::Path(p) => format!("nsenter --net={}", p.display()),
+                };
+                let off = u8::from(!on);
+                write!(
+                    f,
+                    "{within} sysctl -w net.ipv6.conf.{dev}.disable_ipv6={off}"
+                )
+            }
             Op::SetMac { netns, name, mac } => {
                 write!(f, "{} link set {name} address {mac}", ip(netns))
             }

@@ -217,6 +217,16 @@ impl Executor {
                 };
                 self.host.set_link(idx, &ch).await?;
             }
+            Op::SetIpv6 { netns: ns, dev, on } => {
+                // A kernel without IPv6 has no such key anywhere: the
+                // interface has IPv6 off already (and cannot have it on,
+                // which the AddAddr of an IPv6 address then reports).
+                if *on || std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                    let key = format!("net.ipv6.conf.{}.disable_ipv6", dev.replace('.', "/"));
+                    let value = if *on { "0" } else { "1" };
+                    crate::host::sysctl::write_sysctl(Some(&ns.path()), &key, value)?;
+                }
+            }
             Op::SetHairpin { name } => {
                 let idx = self.require_index(None, name).await?;
                 let ch = LinkChange {
