@@ -180,8 +180,9 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
                 });
             }
         }
-        // A network that became dual-stack: its IPv4-only endpoints have
-        // IPv6 off, and an interface without IPv6 takes no IPv6 address.
+        // An interface that is to get an IPv6 address may have IPv6 off
+        // (turned off below while its network was IPv4-only), and one
+        // without IPv6 takes no IPv6 address: on first.
         if has_ipv6(&want.addrs) && !has_ipv6(&have.addrs) {
             ops.push(Op::SetIpv6 {
                 netns: want.netns.clone(),
