@@ -48,6 +48,12 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then echo "  ok: $what"; else echo "  FAILED: $what"; exit 1; fi; }
 check_not() { local what=$1; shift; if "$@" >/dev/null 2>&1; then echo "  FAILED: $what"; exit 1; else echo "  ok: $what"; fi; }
+# Until the test server at URL answers from inside namespace NS: up to
+# 30 s, as a loaded machine can take seconds to start python.
+wait_http() {
+  for _ in $(seq 300); do ip netns exec "$1" curl -s -m 1 -o /dev/null "$2" && return 0; sleep 0.1; done
+  echo "  FAILED: the test server at $2 did not start"; exit 1
+}
 
 step "A remote client: namespace 'outside' (10.99.0.2) on the host's uplink (10.99.0.1)"
 ip netns add outside
@@ -75,7 +81,7 @@ run ip -n web route
 step "§1 -p 8080:80: an HTTP server in 'web'"
 ip netns exec web python3 -m http.server 80 --bind 172.17.0.2 > "$work/web.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do ip netns exec web curl -s -m 1 -o /dev/null http://172.17.0.2/ && break; sleep 0.1; done
+wait_http web http://172.17.0.2/
 run ip netns exec outside curl -s -m 5 -o /dev/null -w 'outside -> 10.99.0.1:8080: HTTP %{http_code}\n' http://10.99.0.1:8080/
 run curl -s -m 5 -o /dev/null -w 'host -> 127.0.0.1:8080: HTTP %{http_code}\n' http://127.0.0.1:8080/
 run ip netns exec tomcat1 curl -s -m 5 -o /dev/null -w 'tomcat1 -> 10.99.0.1:8080 (via a host address): HTTP %{http_code}\n' http://10.99.0.1:8080/
@@ -86,7 +92,7 @@ check_not "outside cannot reach 172.17.0.2 directly" ip netns exec outside curl 
 step "§1 outbound: a container's request leaves from the host's address (masquerade)"
 ip netns exec outside python3 -m http.server 8000 --bind 10.99.0.2 > "$work/outside.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do ip netns exec outside curl -s -m 1 -o /dev/null http://10.99.0.2:8000/ && break; sleep 0.1; done
+wait_http outside http://10.99.0.2:8000/
 run ip netns exec web curl -s -m 5 -o /dev/null -w 'web -> 10.99.0.2:8000: HTTP %{http_code}\n' http://10.99.0.2:8000/
 check "the outside server saw the host's uplink address" grep -q '^10.99.0.1 ' "$work/outside.log"
 
@@ -117,7 +123,8 @@ run "$N" inspect mynetwork -c "$work/readdressed.toml"
 step "§3 the agent's embedded DNS on the gateway of mynetwork"
 "$N" watch -c "$work/readdressed.toml" > "$work/agent.log" 2>&1 &
 agent=$!; pids+=($agent)
-for _ in $(seq 100); do grep -q 'reconciled' "$work/agent.log" && break; sleep 0.1; done
+# Its first reconcile (up to 30 s on a loaded machine) puts DNS in place.
+for _ in $(seq 300); do grep -q 'reconciled' "$work/agent.log" && break; sleep 0.1; done
 run ip netns exec tomcat4 dig +short +time=2 +tries=1 @192.168.0.1 tomcat5
 run ip netns exec tomcat4 dig +short +tcp +time=2 +tries=1 @192.168.0.1 tomcat6.mynetwork
 run ip netns exec tomcat4 dig +short +time=2 +tries=1 @192.168.0.1 -x 192.168.0.3
