@@ -365,7 +365,7 @@ pub async fn plan_live_with(
         .state
         .bridges
         .values()
-        .any(|b| b.addrs.iter().any(|a| a.contains(':')));
+        .any(|b| model::has_ipv6(&b.addrs));
     let routes = if dual_stack {
         host_nl.routes().await
     } else {

@@ -255,6 +255,14 @@ pub struct Endpoint {
     pub hairpin: bool,
 }
 
+/// Whether any of `addrs` (a bridge's or an endpoint's `address/prefix`)
+/// is an IPv6 address: those of a dual-stack network have one, those of
+/// an IPv4-only network none (the kernel's link-local addresses are not
+/// among them).
+pub fn has_ipv6(addrs: &BTreeSet<String>) -> bool {
+    addrs.iter().any(|a| a.contains(':'))
+}
+
 /// The firewall as netloom sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallState {

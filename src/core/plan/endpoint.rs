@@ -15,13 +15,6 @@ pub(super) fn endpoint_summary(e: &Endpoint) -> String {
     )
 }
 
-/// Whether any of `addrs` (`address/prefix`) is an IPv6 address: the
-/// endpoint of a dual-stack network has one, of an IPv4-only network none
-/// (the kernel's link-local addresses are not among an endpoint's).
-fn has_ipv6(addrs: &BTreeSet<String>) -> bool {
-    addrs.iter().any(|a| a.contains(':'))
-}
-
 pub(super) fn endpoint_create_ops(e: &Endpoint) -> Vec<Op> {
     let ns = Some(e.netns.clone());
     let mut ops = vec![Op::CreateVeth {
@@ -183,7 +176,7 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
         // An interface that is to get an IPv6 address may have IPv6 off
         // (turned off below while its network was IPv4-only), and one
         // without IPv6 takes no IPv6 address: on first.
-        if has_ipv6(&want.addrs) && !has_ipv6(&have.addrs) {
+        if model::has_ipv6(&want.addrs) && !model::has_ipv6(&have.addrs) {
             ops.push(Op::SetIpv6 {
                 netns: want.netns.clone(),
                 dev: want.ifname.clone(),
@@ -203,7 +196,9 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
         // can send, Docker's CVE-2024-32473): an address, a default
         // route. They went above; IPv6 goes off on the interface, so that
         // the next advertisement finds nothing to configure.
-        if !has_ipv6(&want.addrs) && (has_ipv6(&have.addrs) || have.gateway6.is_some()) {
+        if !model::has_ipv6(&want.addrs)
+            && (model::has_ipv6(&have.addrs) || have.gateway6.is_some())
+        {
             ops.push(Op::SetIpv6 {
                 netns: want.netns.clone(),
                 dev: want.ifname.clone(),
