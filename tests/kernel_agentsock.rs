@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Host, NETLOOM, Run, kernel_tests_possible};
+use netloom::host::agentsock::VERSION;
 
 const TOOLS: &[&str] = &["ip", "nft", "unshare", "nsenter", "python3", "setpriv"];
 /// How long an event may take on a loaded machine before the test fails.
@@ -413,6 +414,48 @@ fn apply_of_the_agents_file_is_applied_by_the_agent() {
     assert_eq!(applied_by_agent(&log, 3), 3, "{}", read(&log));
 }
 
+/// The command asks before it parses the file, so the agent works out the
+/// state dir as the command would: a file that names it is answered
+/// without the flag or `NETLOOM_STATE_DIR`, and another state dir given
+/// on the command line is declined (the command reads the kernel).
+#[test]
+fn the_agent_takes_the_state_dir_the_file_names() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    let named = format!(
+        "[settings]\nstate_dir = \"{}\"\n\n{BASE}",
+        h.state_dir().display()
+    );
+    let cfg = h.config("netloom.toml", &named);
+    let (_pid, log) = agent(&mut h, &cfg);
+    let truth = from_kernel(&h, &cfg, &["plan"]);
+    assert_eq!(truth.code, 0, "{}", truth.stderr);
+    // Only the file names the state dir.
+    let before = answers(&log);
+    let r = h.sh(&format!(
+        "env -u NETLOOM_STATE_DIR {NETLOOM} -c {} plan",
+        cfg.display()
+    ));
+    assert_eq!((r.code, &r.stdout), (0, &truth.stdout), "{}", r.stderr);
+    assert_eq!(answers(&log), before + 1, "not answered:\n{}", read(&log));
+    // Another state dir on the command line: declined (the command plans
+    // against that one itself).
+    let other = h.dir.path().join("other-state");
+    let _ = h.sh(&format!(
+        "{NETLOOM} -c {} --state-dir {} plan",
+        cfg.display(),
+        other.display()
+    ));
+    assert_eq!(answers(&log), before + 1, "answered for another state dir");
+    assert!(
+        read(&log).contains("another state dir"),
+        "not declined:\n{}",
+        read(&log)
+    );
+}
+
 /// What an `apply` through the agent made is there when the command
 /// returns, although the agent answers before its own bookkeeping: the
 /// new container's name is served by the embedded DNS and listed in its
@@ -503,9 +546,9 @@ fn stale_hostile_or_hung_sockets_are_not_trusted() {
              open(sys.argv[2], 'w').write('up')\n\
              while True:\n\
              \x20   c, _ = s.accept()\n\
-             \x20   c.sendall(b'{{\"netloom_agent\":1}}\\n')\n\
+             \x20   c.sendall(b'{{\"netloom_agent\":{VERSION}}}\\n')\n\
              \x20   c.recv(1 << 20)\n\
-             \x20   c.sendall(b'{{\"version\":1,\"answer\":{{\"Output\":{{\"stdout\":\"HACKED\\\\n\",\"stderr\":\"\",\"exit\":0}}}}}}\\n')\n\
+             \x20   c.sendall(b'{{\"version\":{VERSION},\"answer\":{{\"Output\":{{\"stdout\":\"HACKED\\\\n\",\"stderr\":\"\",\"exit\":0}}}}}}\\n')\n\
              \x20   c.close()\n"
         ),
     )

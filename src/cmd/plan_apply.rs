@@ -104,29 +104,28 @@ pub struct How<'a> {
 
 /// `plan` and `apply [--dry-run]` against the live host.
 pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
+    let command = if how.dry_run { "plan" } else { "apply" };
+    // A running agent of this file answers `plan`, and applies it for
+    // `apply` from its view of the host (it would apply the edit itself a
+    // moment later anyway), unless NETLOOM_AGENT_APPLIES=0.
+    let agent_may = match how.dry_run {
+        true => how.out.is_none(),
+        false => {
+            crate::cmd::agent_client::agent_applies()
+                && how.out.is_none()
+                && how.confirm_timeout.is_none()
+        }
+    };
+    if agent_may && let Some(exit) = ask_agent(cli, &how, command) {
+        return Ok(exit);
+    }
     let Some((l, bytes)) = load_bytes(cli, &cli.config)? else {
         return Ok(Exit::Error);
     };
     crate::cmd::steps::refuse_cluster(&l)?;
-    require_root(if how.dry_run { "plan" } else { "apply" })?;
-    if how.dry_run
-        && how.out.is_none()
-        && let Some(exit) = ask_agent(cli, &l, &bytes, &how, "plan")
-    {
-        return Ok(exit);
-    }
+    require_root(command)?;
     if !how.dry_run {
         refuse_if_agent(&l.host.state_dir, Some(&l.path))?;
-        // A running agent of this file applies it from its view of the
-        // host (it would apply the edit itself a moment later anyway),
-        // unless NETLOOM_AGENT_APPLIES=0.
-        if crate::cmd::agent_client::agent_applies()
-            && how.out.is_none()
-            && how.confirm_timeout.is_none()
-            && let Some(exit) = ask_agent(cli, &l, &bytes, &how, "apply")
-        {
-            return Ok(exit);
-        }
         crate::host::interrupt::install()?;
     }
     let sd = open_state(&l.host.state_dir)?;
@@ -303,22 +302,20 @@ pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format)
     finish(&sd, &mut record, &p, false, detailed, format).await
 }
 
-/// Asks a running agent to answer `command` for this run and prints its
-/// answer; None: no agent answered (the command goes on by itself).
-fn ask_agent(
-    cli: &Cli,
-    l: &Loaded,
-    bytes: &[u8],
-    how: &How<'_>,
-    command: &'static str,
-) -> Option<Exit> {
+/// Asks a running agent to answer `command` for this run, before the
+/// file is parsed ([`crate::cmd::agent_client::ask`]), and prints its
+/// answer; None: no agent answered (the command goes on by itself, and
+/// says what is wrong with the file, or that it needs root).
+fn ask_agent(cli: &Cli, how: &How<'_>, command: &'static str) -> Option<Exit> {
+    require_root(command).ok()?;
+    let bytes = crate::cmd::steps::read_config(&cli.config).ok()?;
     let ask = crate::cmd::agent_client::Ask {
         command,
         format: how.format,
         detailed: how.detailed,
         verbose: cli.verbose,
     };
-    let (out, exit) = crate::cmd::agent_client::ask(l, bytes, &ask)?;
+    let (out, exit) = crate::cmd::agent_client::ask(cli, &bytes, &ask)?;
     out.print();
     Some(exit)
 }

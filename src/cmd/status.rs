@@ -12,11 +12,10 @@ use crate::cmd::steps::{self, Exit, LOCK_WAIT};
 use crate::host::state::{AgentStatus, StateDir};
 
 pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
-    let Some(l) = steps::load(cli)? else {
-        return Ok(Exit::Error);
-    };
+    // A running agent of this file answers before the file is parsed
+    // (see `agent_client::ask`).
     if steps::require_root("status").is_ok()
-        && let Ok(bytes) = steps::read_config(&l.path)
+        && let Ok(bytes) = steps::read_config(&cli.config)
     {
         let ask = crate::cmd::agent_client::Ask {
             command: "status",
@@ -24,11 +23,14 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
             detailed: false,
             verbose: false,
         };
-        if let Some((out, exit)) = crate::cmd::agent_client::ask(&l, &bytes, &ask) {
+        if let Some((out, exit)) = crate::cmd::agent_client::ask(cli, &bytes, &ask) {
             out.print();
             return Ok(exit);
         }
     }
+    let Some(l) = steps::load(cli)? else {
+        return Ok(Exit::Error);
+    };
     let sd = StateDir::open(&l.host.state_dir, LOCK_WAIT)?;
     let record = sd.load()?;
     let p = steps::plan_live(&l, &record).await?;

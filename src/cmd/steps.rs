@@ -116,27 +116,40 @@ pub fn config_read_error(path: &std::path::Path, e: std::io::Error) -> anyhow::E
 /// The state dir: `--state-dir`/`NETLOOM_STATE_DIR`, else the file's
 /// `settings.state_dir`, else /var/lib/netloom.
 pub fn state_dir(cli: &Cli, spec: Option<&Spec>) -> PathBuf {
-    cli.state_dir
-        .clone()
+    state_dir_of(cli.state_dir.as_deref(), spec)
+}
+
+/// The state dir a command with the `--state-dir` flag `flag` takes for
+/// `spec`: the flag's, else the file's, else the default. The agent
+/// works it out the same way for a command that did not parse the file.
+pub fn state_dir_of(flag: Option<&std::path::Path>, spec: Option<&Spec>) -> PathBuf {
+    flag.map(std::path::Path::to_path_buf)
         .or_else(|| spec.and_then(|s| s.state_dir.clone()))
         .unwrap_or_else(|| PathBuf::from(crate::core::config::DEFAULT_STATE_DIR))
 }
 
 /// What the resolver needs of this host.
 pub fn host_info(cli: &Cli, spec: &Spec) -> HostInfo {
-    let upstream_dns = std::fs::read_to_string("/etc/resolv.conf")
-        .map(|t| model::upstreams_from_resolv_conf(&t))
-        .unwrap_or_default();
     let state_dir = state_dir(cli, Some(spec));
-    // While an agent runs it serves the DNS its resolv.conf files name, and
-    // a command run meanwhile must render them the same way; the agent
-    // sets this for itself.
-    let agent_dns = AgentStatus::read(&state_dir).is_some_and(|a| a.alive());
     HostInfo {
-        upstream_dns,
+        upstream_dns: upstream_dns(),
+        agent_dns: agent_serves_dns(&state_dir),
         state_dir,
-        agent_dns,
     }
+}
+
+/// The upstream servers of the host's /etc/resolv.conf.
+pub fn upstream_dns() -> Vec<std::net::SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| model::upstreams_from_resolv_conf(&t))
+        .unwrap_or_default()
+}
+
+/// Whether an agent serves the DNS the resolv.conf files name: while one
+/// runs, a command run meanwhile must render them the same way (the agent
+/// sets this for itself).
+pub fn agent_serves_dns(state_dir: &std::path::Path) -> bool {
+    AgentStatus::read(state_dir).is_some_and(|a| a.alive())
 }
 
 /// Resolves the loaded file against the recorded allocations.

@@ -27,8 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::host::marks::RUN_DIR;
 
 /// The protocol's version: a client and an agent of different versions
-/// do not talk (the client reads the kernel itself).
-pub const VERSION: u32 = 1;
+/// do not talk (the client reads the kernel itself). 2: the command asks
+/// before parsing the file, so the state dir is its flag's only and the
+/// agent works out the rest of the host settings.
+pub const VERSION: u32 = 2;
 /// How long the client waits for the agent's greeting.
 pub const HELLO_WAIT: Duration = Duration::from_secs(1);
 /// How long the client waits for an answer (the agent may be in the
@@ -57,12 +59,16 @@ pub struct Request {
     /// The file, as the command was given it, and the bytes it read.
     pub config: PathBuf,
     pub config_text: String,
-    /// The host as the command sees it (its state dir, resolv.conf's
-    /// servers, whether an agent serves DNS): the agent plans with these,
-    /// not with its own.
-    pub state_dir: PathBuf,
+    /// The command's `--state-dir` (or `NETLOOM_STATE_DIR`), if given.
+    /// The command asks before it parses the file, so without one the
+    /// agent takes the state dir as the command would have: the one the
+    /// file names (it answers only for the bytes it parsed itself), else
+    /// the default.
+    pub state_dir: Option<PathBuf>,
+    /// resolv.conf's servers as the command read them. The agent plans
+    /// with these, not with its own; and, like the command, it takes an
+    /// agent to serve DNS when the state dir's status names a live one.
     pub upstream_dns: Vec<SocketAddr>,
-    pub agent_dns: bool,
     /// `text`, `json` or `markdown`.
     pub format: String,
     pub detailed: bool,

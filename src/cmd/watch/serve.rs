@@ -530,11 +530,6 @@ impl Agent {
         if self.cluster.is_some() {
             return Err("a cluster agent".into());
         }
-        let same_dir = std::fs::canonicalize(&req.state_dir).ok()
-            == std::fs::canonicalize(&self.loaded.host.state_dir).ok();
-        if !same_dir {
-            return Err("another state dir".into());
-        }
         if std::fs::canonicalize(&req.config).ok() != self.status.config {
             return Err("another file".into());
         }
@@ -545,6 +540,18 @@ impl Agent {
         }
         if crate::core::hash::fnv64(text) != self.seen || self.status.config_error.is_some() {
             return Err("another version of the file than the one in force".into());
+        }
+        // The command did not parse the file; the agent parsed these very
+        // bytes. A cluster file is not the command's to plan or apply.
+        if self.loaded.spec.cluster.is_some() {
+            return Err("a cluster file".into());
+        }
+        // The state dir as the command would have taken it.
+        let state_dir = steps::state_dir_of(req.state_dir.as_deref(), Some(&self.loaded.spec));
+        let same_dir = std::fs::canonicalize(&state_dir).ok()
+            == std::fs::canonicalize(&self.loaded.host.state_dir).ok();
+        if !same_dir {
+            return Err("another state dir".into());
         }
         if req.command == "apply" {
             let Some(waiting) = reply else {
@@ -578,8 +585,8 @@ impl Agent {
             .map_err(|e| format!("the state dir is busy: {e:#}"))?;
         let host = HostInfo {
             upstream_dns: req.upstream_dns.clone(),
-            state_dir: req.state_dir.clone(),
-            agent_dns: req.agent_dns,
+            agent_dns: steps::agent_serves_dns(&state_dir),
+            state_dir,
         };
         let record_id = RecordId::now(&sd);
         let same_inputs = view.settled.as_ref().is_some_and(|s| s.record == record_id)
@@ -682,9 +689,8 @@ impl Agent {
             command: "plan".into(),
             config: self.config.clone(),
             config_text,
-            state_dir: self.loaded.host.state_dir.clone(),
+            state_dir: Some(self.loaded.host.state_dir.clone()),
             upstream_dns: self.loaded.host.upstream_dns.clone(),
-            agent_dns: self.loaded.host.agent_dns,
             format: "text".into(),
             detailed: false,
             verbose: false,
