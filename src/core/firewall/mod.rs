@@ -137,7 +137,9 @@ pub use parse::{
 };
 pub use render::render;
 pub use skeleton::DNAT_MARK;
-pub use transaction::{FwOp, Transaction, delete_script, plan_transaction};
+pub use transaction::{
+    ElementEdit, FwOp, PORT_EDITS_MAX, Transaction, delete_script, plan_transaction,
+};
 
 /// Name of netloom's tables (in both the `inet` and `bridge` families).
 pub const TABLE: &str = "netloom";
@@ -167,6 +169,17 @@ impl fmt::Display for Proto {
             Proto::Udp => "udp",
             Proto::Sctp => "sctp",
         })
+    }
+}
+
+impl Proto {
+    /// The IP protocol number (`inet_proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
     }
 }
 

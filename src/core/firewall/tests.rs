@@ -241,6 +241,91 @@ fn changed_target_replaces_the_element() {
 }
 
 #[test]
+fn port_elements_are_encoded_as_the_kernel_stores_them() {
+    let o = sample_observed();
+    let mut fw = sample();
+    fw.ports
+        .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
+    let tx = plan_transaction(&fw, Some(&o));
+    // `tcp . 8081 : 172.17.0.3 . 80`, as `nft --debug=netlink` shows it:
+    // each part in a 4-byte register, the port big-endian.
+    assert_eq!(
+        tx.port_edits(),
+        Some(
+            &[ElementEdit {
+                delete: false,
+                map: "dnat_any",
+                key: vec![6, 0, 0, 0, 0x1f, 0x91, 0, 0],
+                data: vec![172, 17, 0, 3, 0, 80, 0, 0],
+                comment: "web.8081/tcp web bridge docker0".into(),
+            }][..]
+        )
+    );
+    // A host address and UDP; deleted: the key, in the script's order.
+    let mut fw = sample();
+    fw.ports.remove("nginx.127.0.0.1:9000-9002/udp");
+    let tx = plan_transaction(&fw, Some(&o));
+    let edits = tx.port_edits().expect("ports only");
+    assert_eq!(edits.len(), 3);
+    assert!(edits.iter().all(|e| e.delete && e.map == "dnat_hostip"));
+    assert_eq!(
+        edits[2].key,
+        vec![127, 0, 0, 1, 17, 0, 0, 0, 0x23, 0x2a, 0, 0]
+    );
+    // A replaced target: the delete before the add, as in the script.
+    let mut fw = sample();
+    fw.ports
+        .get_mut("nginx.8080/tcp")
+        .expect("port")
+        .container_ip = Some("172.17.0.9".parse().expect("ip"));
+    let tx = plan_transaction(&fw, Some(&o));
+    let edits = tx.port_edits().expect("ports only");
+    assert_eq!(
+        edits.iter().map(|e| e.delete).collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert_eq!(&edits[1].data[..4], &[172, 17, 0, 9]);
+}
+
+#[test]
+fn only_a_few_port_elements_bypass_the_script() {
+    let o = sample_observed();
+    // A network's elements are not ports.
+    let mut fw = sample();
+    fw.networks.remove("two");
+    assert_eq!(plan_transaction(&fw, Some(&o)).port_edits(), None);
+    // Nor is a table made or deleted.
+    let mut fw = sample();
+    fw.networks.get_mut("bridge").expect("bridge").icc = true;
+    assert_eq!(plan_transaction(&fw, Some(&o)).port_edits(), None);
+    assert_eq!(plan_transaction(&sample(), None).port_edits(), None);
+    // Nothing to do is nothing to send.
+    assert_eq!(plan_transaction(&sample(), Some(&o)).port_edits(), None);
+    // A port added beside a network: the script, all in one.
+    let mut fw = sample();
+    fw.networks.remove("two");
+    fw.ports
+        .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
+    assert_eq!(plan_transaction(&fw, Some(&o)).port_edits(), None);
+    // More than PORT_EDITS_MAX ports: the script.
+    let mut fw = sample();
+    let n = PORT_EDITS_MAX as u16;
+    fw.ports.insert(
+        "web.20000/tcp".into(),
+        FwPort {
+            count: n + 1,
+            ..port("web", "172.17.0.3", 20000, 20000)
+        },
+    );
+    assert_eq!(plan_transaction(&fw, Some(&o)).port_edits(), None);
+    fw.ports.get_mut("web.20000/tcp").expect("port").count = n;
+    assert_eq!(
+        plan_transaction(&fw, Some(&o)).port_edits().map(<[_]>::len),
+        Some(PORT_EDITS_MAX)
+    );
+}
+
+#[test]
 fn icc_toggle_creates_or_deletes_the_bridge_table_only() {
     let o = sample_observed();
     let mut fw = sample();

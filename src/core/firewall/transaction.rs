@@ -51,6 +51,33 @@ pub struct Transaction {
     pub(super) rebuilt: Vec<Family>,
     pub(super) added: usize,
     pub(super) removed: usize,
+    /// The element operations of `ops` that are published ports, in the
+    /// kernel's encoding ([`Transaction::port_edits`]).
+    pub(super) port_edits: Vec<ElementEdit>,
+}
+
+/// At most this many port elements are written as netlink messages of
+/// netloom's own ([`Transaction::port_edits`]); a larger change, like
+/// every other one, goes to nft as a script.
+pub const PORT_EDITS_MAX: usize = 64;
+
+/// One element added to or deleted from a port map of `inet netloom`,
+/// as the kernel stores it: each part of a concatenation in 4-byte
+/// registers, addresses and ports in network byte order, the protocol
+/// number in the first byte of its register (what `nft --debug=netlink`
+/// shows for the script's elements).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElementEdit {
+    /// Deleted (only the key is sent), or added.
+    pub delete: bool,
+    /// The map, in table `inet netloom`.
+    pub map: &'static str,
+    /// The key: protocol and port, after the host address if it has one.
+    pub key: Vec<u8>,
+    /// The DNAT target: address and port.
+    pub data: Vec<u8>,
+    /// The element comment, stored as libnftnl's user data.
+    pub comment: String,
 }
 
 impl Transaction {
@@ -77,6 +104,20 @@ impl Transaction {
     /// The nft script given to `nft -f -`.
     pub fn script(&self) -> &str {
         &self.script
+    }
+    /// The whole transaction as a few port elements, when it is nothing
+    /// else (no table made or deleted, no other set touched) and at most
+    /// [`PORT_EDITS_MAX`]: the everyday change of publishing or
+    /// unpublishing a port, or adding or removing a container. Sent as one
+    /// netlink batch, it is the same atomic transaction as the script, but
+    /// without nft 1.0.6's cost of reading every element of a map before
+    /// it deletes one from it (12–24 ms at 2,000 ports, measured).
+    pub fn port_edits(&self) -> Option<&[ElementEdit]> {
+        let only_ports = self.rebuilt.is_empty()
+            && !self.port_edits.is_empty()
+            && self.port_edits.len() == self.ops.len()
+            && self.port_edits.len() <= PORT_EDITS_MAX;
+        only_ports.then_some(self.port_edits.as_slice())
     }
     /// JSON for `plan --format json`: counts, operations and the script.
     /// (Not an `nft -j` document: nft 1.0.6 cannot read back concatenated
@@ -164,6 +205,7 @@ pub(super) fn diff_elements(tx: &mut Transaction, desired: &Elements, observed: 
                 element: elem_text(k, d),
                 owner: d.comment.clone(),
             });
+            tx.port_edits.extend(port_edit(true, *set, k, d));
         }
         tx.removed += list.len();
     }
@@ -183,9 +225,45 @@ pub(super) fn diff_elements(tx: &mut Transaction, desired: &Elements, observed: 
                 element: elem_text(k, d),
                 owner: d.comment.clone(),
             });
+            tx.port_edits.extend(port_edit(false, *set, k, d));
         }
         tx.added += list.len();
     }
+}
+
+/// Element `key` of port map `set` in the kernel's encoding; None for
+/// any other set.
+fn port_edit(delete: bool, set: SetId, key: &ElemKey, d: &ElemData) -> Option<ElementEdit> {
+    fn register(bytes: &[u8]) -> Vec<u8> {
+        let mut r = bytes.to_vec();
+        r.resize(bytes.len().next_multiple_of(4), 0);
+        r
+    }
+    let service = |port: u16| register(&port.to_be_bytes());
+    let proto = |p: Proto| register(&[p.number()]);
+    let key = match (set, key) {
+        (SetId::DnatAny | SetId::Dnat6Any, ElemKey::Port(p, port)) => {
+            [proto(*p), service(*port)].concat()
+        }
+        (SetId::DnatHostIp, ElemKey::HostPort(ip, p, port)) => {
+            [ip.octets().to_vec(), proto(*p), service(*port)].concat()
+        }
+        (SetId::Dnat6HostIp, ElemKey::HostPort6(ip, p, port)) => {
+            [ip.octets().to_vec(), proto(*p), service(*port)].concat()
+        }
+        _ => return None,
+    };
+    let data = match d.target? {
+        (IpAddr::V4(ip), port) => [ip.octets().to_vec(), service(port)].concat(),
+        (IpAddr::V6(ip), port) => [ip.octets().to_vec(), service(port)].concat(),
+    };
+    Some(ElementEdit {
+        delete,
+        map: set.name(),
+        key,
+        data,
+        comment: d.comment.clone(),
+    })
 }
 
 /// The minimal transaction from `observed` to `desired`: a table whose

@@ -452,6 +452,7 @@ fn minimal_updates_restore_and_foreign_tables() {
             tx.script()
         );
         assert_eq!(tx.script().lines().count(), 1);
+        assert!(tx.port_edits().is_some(), "written over netlink");
         assert!(sb.curl(Some(t.out), "http://10.99.0.1:8082/"));
 
         // And one less.
@@ -490,6 +491,49 @@ fn minimal_updates_restore_and_foreign_tables() {
             "delete_tables touched a foreign table"
         );
         delete_tables().expect("delete_tables twice is fine");
+    });
+}
+
+#[test]
+fn a_refused_port_batch_changes_nothing() {
+    // Port elements go over netlink as one batch: a batch the kernel
+    // refuses in part is undone whole, like a script, and says why.
+    in_sandbox(|| {
+        let mut sb = Sandbox::new();
+        let t = topology(&mut sb);
+        let mut fw = two_networks();
+        sb.set_sysctls(&fw);
+        fw.ports
+            .insert("c1.8083/tcp".into(), port("c1", "172.17.0.2", 8083, 80));
+        converge(&fw);
+        let stale = observe().expect("observe").expect("present");
+        // Someone deletes the element behind netloom's back.
+        sb.must("nft delete element inet netloom dnat_any { tcp . 8083 }");
+        let g = generation::generation().expect("generation");
+        // Planned from the stale reading: delete 8083 (gone), add 8084.
+        fw.ports.remove("c1.8083/tcp");
+        fw.ports
+            .insert("c1.8084/tcp".into(), port("c1", "172.17.0.2", 8084, 80));
+        let tx = plan_transaction(&fw, Some(&stale));
+        assert_eq!(tx.port_edits().map(<[_]>::len), Some(2));
+        let err = apply(&tx).expect_err("the delete must fail").to_string();
+        assert!(
+            err.contains("delete element inet netloom dnat_any (c1.8083/tcp"),
+            "{err}"
+        );
+        assert_eq!(generation::generation().expect("generation"), g);
+        assert!(!sb.curl(Some(t.out), "http://10.99.0.1:8084/"));
+        // Planned from what is there, it goes through, and the element
+        // counts its packets like one nft wrote (the map's counter).
+        converge(&fw);
+        assert!(sb.curl(Some(t.out), "http://10.99.0.1:8084/"));
+        let listed = sb.must("nft list map inet netloom dnat_any");
+        let line = listed
+            .lines()
+            .find(|l| l.contains("tcp . 8084"))
+            .unwrap_or_else(|| panic!("no element for 8084:\n{listed}"));
+        assert!(line.contains("counter packets"), "{line}");
+        assert!(!line.contains("counter packets 0 "), "{line}");
     });
 }
 

@@ -1,7 +1,9 @@
 //! netloom's nft tables on the live host: read with `nft -j list table`,
-//! written with one `nft -f -` transaction. What the tables hold, how they
-//! are rendered and parsed, and how a transaction is planned is the core's
-//! [`crate::core::firewall`]; this module only talks to `nft`.
+//! written with one `nft -f -` transaction, or, when the transaction is
+//! only a few published ports, with one netlink batch of netloom's own
+//! ([`edits`]). What the tables hold, how they are rendered and parsed,
+//! and how a transaction is planned is the core's
+//! [`crate::core::firewall`]; this module only talks to the kernel.
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -13,6 +15,7 @@ use serde_json::Value;
 use crate::core::firewall::{self, Observed, TABLE, Transaction};
 
 pub mod counters;
+mod edits;
 pub mod generation;
 #[cfg(test)]
 mod kernel_tests;
@@ -105,7 +108,10 @@ pub fn apply(tx: &Transaction) -> Result<()> {
         return Ok(());
     }
     crate::host::stats::nft_transaction(tx.elements_added() + tx.elements_removed());
-    run_nft_script(tx.script())
+    match tx.port_edits() {
+        Some(edits) => edits::write(edits),
+        None => run_nft_script(tx.script()),
+    }
 }
 
 /// Which of the tables named `netloom` found in the kernel carry

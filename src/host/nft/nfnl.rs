@@ -22,13 +22,53 @@ pub const fn nft_msg(msg: u16) -> u16 {
     (10 << 8) | msg
 }
 
-/// A bound `NETLINK_NETFILTER` socket.
-pub fn socket() -> Result<Socket> {
+/// A bound `NETLINK_NETFILTER` socket ([`NfSocket`]).
+pub fn socket() -> Result<NfSocket> {
     let mut socket = Socket::new(NETLINK_NETFILTER).context("create netfilter netlink socket")?;
     socket
         .bind(&SocketAddr::new(0, 0))
         .context("bind netfilter netlink socket")?;
-    Ok(socket)
+    Ok(NfSocket(Some(socket)))
+}
+
+/// A netfilter netlink socket, closed on a thread of its own. Closing one
+/// waits until the kernel has freed what the last nftables transaction
+/// deleted, an RCU grace period after it (nf_tables flushes that work
+/// whenever such a socket is released): 10–20 ms here after unpublishing
+/// a port, for any socket closed then, and nothing netloom does waits for
+/// that memory.
+pub struct NfSocket(Option<Socket>);
+
+impl std::ops::Deref for NfSocket {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        self.0.as_ref().expect("an open socket")
+    }
+}
+
+impl Drop for NfSocket {
+    fn drop(&mut self) {
+        use std::sync::OnceLock;
+        use std::sync::mpsc::{Sender, channel};
+        static CLOSER: OnceLock<Option<Sender<Socket>>> = OnceLock::new();
+        let Some(socket) = self.0.take() else {
+            return;
+        };
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = channel::<Socket>();
+            std::thread::Builder::new()
+                .name("nfnl-close".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| tx)
+        });
+        // Without the thread (or once it is gone), here.
+        if let Some(tx) = closer
+            && let Err(back) = tx.send(socket)
+        {
+            drop(back.0);
+        }
+    }
 }
 
 /// The request header and nfgenmsg of a message of `kind` with `flags`
