@@ -1,7 +1,7 @@
 //! netloom's nft tables on the live host: read with `nft -j list table`,
 //! written with one `nft -f -` transaction, or, when the transaction is
 //! only a few published ports, with one netlink batch of netloom's own
-//! ([`edits`]). What the tables hold, how they are rendered and parsed,
+//! (`edits`). What the tables hold, how they are rendered and parsed,
 //! and how a transaction is planned is the core's
 //! [`crate::core::firewall`]; this module only talks to the kernel.
 
