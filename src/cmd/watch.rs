@@ -158,6 +158,28 @@ struct Agent {
     /// The epoch and allocations that `expect`, the file watches and the
     /// DNS zones were last made for.
     kept_for: Option<(u64, Allocations)>,
+    /// The file parsed as soon as it changed ([`parse_early`]): its
+    /// content's hash and what parsing it gave. Taken by the reload that
+    /// reads the same content, dropped after the batch otherwise.
+    parsed_early: Option<(u64, ParsedFile)>,
+}
+
+/// What parsing the file gives: the configuration, or what is wrong.
+type ParsedFile = std::result::Result<crate::core::spec::Spec, crate::core::diag::Diagnostics>;
+
+/// Parses the file on a blocking thread, now. A change of the file is
+/// read only once its writer is done and the batch is complete (see
+/// [`next_batch`]), and by then the `apply` that edited it has usually
+/// asked: parsing meanwhile takes the parse (6 ms at 1,000 containers)
+/// off the command's wait. Whatever this reads, half-written or not, is
+/// used only by a reload that reads the same bytes.
+fn parse_early(path: PathBuf) -> tokio::task::JoinHandle<Option<(u64, ParsedFile)>> {
+    tokio::task::spawn_blocking(move || {
+        let text = steps::read_config(&path).ok()?;
+        let shown = path.display().to_string();
+        let parsed = crate::core::spec::load_bytes(&shown, &text);
+        Some((crate::core::hash::fnv64(&text), parsed))
+    })
 }
 
 /// The agent's cluster-mode state.
@@ -232,6 +254,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         cluster: None,
         epoch: 0,
         kept_for: None,
+        parsed_early: None,
     };
 
     // Set while a writer has the file open after writing to it.
@@ -305,7 +328,12 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     schedule_refresh(&tx);
 
     while let Some(first) = rx.recv().await {
+        let early = (first == Trigger::File && agent.cluster.is_none())
+            .then(|| parse_early(agent.config.clone()));
         let batch = next_batch(first, &mut rx, &writing).await;
+        if let Some(parsing) = early {
+            agent.parsed_early = parsing.await.ok().flatten();
+        }
         if batch.contains(&Trigger::Stop) {
             break;
         }
@@ -409,6 +437,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         } else if batch.contains(&Trigger::Refresh) && !answered {
             agent.refresh().await;
         }
+        agent.parsed_early = None;
     }
     sdnotify::notify("STOPPING=1");
     info!("stopping; the network stays as it is");
@@ -659,7 +688,14 @@ impl Agent {
         }
         self.seen = h;
         let shown = self.config.display().to_string();
-        match crate::core::spec::load_bytes(&shown, &text) {
+        let parsed = match self.parsed_early.take() {
+            Some((early, parsed)) if early == h => {
+                debug!("the file was parsed as soon as it changed");
+                parsed
+            }
+            _ => crate::core::spec::load_bytes(&shown, &text),
+        };
+        match parsed {
             Ok(spec) => {
                 // The state dir stays the agent's for its lifetime: moving
                 // it under a running agent would orphan the ownership record.
