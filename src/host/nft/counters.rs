@@ -13,21 +13,15 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use rtnetlink::sys::Socket;
 
-use super::nfnl::{self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
+use super::nfnl::{
+    self, NEWSETELEM, NFTA_LIST_ELEM, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE,
+    NLMSG_ERROR, UDATA_COMMENT,
+};
 use crate::core::firewall;
 
 const GETSETELEM: u16 = nfnl::nft_msg(13);
-/// `NFT_MSG_NEWSETELEM`: a dump's messages.
-const NEWSETELEM: u16 = nfnl::nft_msg(12);
-
-// enum nft_set_elem_list_attributes
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-// enum nft_list_attributes
-const NFTA_LIST_ELEM: u16 = 1;
-// enum nft_set_elem_attributes
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
+// enum nft_set_elem_attributes (the list's are nfnl's)
 /// The element's one expression (a set with one, as netloom's maps).
 const NFTA_SET_ELEM_EXPR: u16 = 7;
 /// The element's expressions, when the set has several.
@@ -37,9 +31,6 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_COUNTER_BYTES: u16 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
-/// libnftnl's user data: TLVs of one-byte type and length; type 0 is the
-/// comment, NUL-terminated (`NFTNL_UDATA_SET_ELEM_COMMENT`).
-const UDATA_COMMENT: u8 = 0;
 
 /// Packets and bytes per port key, as [`firewall::port_counters`] sums
 /// them from a listing. A map or table that does not exist counts nothing.

@@ -13,13 +13,14 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::nfnl::{self, NLM_F_REQUEST, NLMSG_ERROR, NfSocket};
+use super::nfnl::{
+    self, GETGEN, NEWGEN, NEWSETELEM, NFTA_LIST_ELEM, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NLM_F_REQUEST,
+    NLMSG_ERROR, NfSocket, UDATA_COMMENT,
+};
 use crate::core::firewall::ElementEdit;
 
-const NEWSETELEM: u16 = nfnl::nft_msg(12);
 const DELSETELEM: u16 = nfnl::nft_msg(14);
-const GETGEN: u16 = nfnl::nft_msg(16);
-const NEWGEN: u16 = nfnl::nft_msg(15);
 /// `NFNL_MSG_BATCH_BEGIN` and `_END`: not nftables messages, nfnetlink's.
 const BATCH_BEGIN: u16 = 0x10;
 const BATCH_END: u16 = 0x11;
@@ -28,17 +29,9 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
-/// libnftnl's user data type of an element comment
-/// (`NFTNL_UDATA_SET_ELEM_COMMENT`), NUL-terminated.
-const UDATA_COMMENT: u8 = 0;
 
 /// Adds and deletes `edits` in one transaction. An error (the whole
 /// batch undone by the kernel) names the first element it refused.

@@ -6,11 +6,8 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::nfnl::{self, NLM_F_REQUEST, NLMSG_ERROR};
+use super::nfnl::{self, GETGEN, NEWGEN, NLM_F_REQUEST, NLMSG_ERROR};
 
-const GETGEN: u16 = nfnl::nft_msg(16);
-/// `NFT_MSG_NEWGEN`: the reply.
-const NEWGEN: u16 = nfnl::nft_msg(15);
 /// `NFTA_GEN_ID`: the generation, big-endian u32.
 const NFTA_GEN_ID: u16 = 1;
 

@@ -22,6 +22,23 @@ pub const fn nft_msg(msg: u16) -> u16 {
     (10 << 8) | msg
 }
 
+/// `NFT_MSG_NEWSETELEM`: elements added, or a dump's messages.
+pub const NEWSETELEM: u16 = nft_msg(12);
+/// `NFT_MSG_GETGEN` and its reply, `NFT_MSG_NEWGEN`.
+pub const GETGEN: u16 = nft_msg(16);
+pub const NEWGEN: u16 = nft_msg(15);
+// enum nft_set_elem_list_attributes
+pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+// enum nft_list_attributes
+pub const NFTA_LIST_ELEM: u16 = 1;
+// enum nft_set_elem_attributes
+pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// libnftnl's user data: TLVs of one-byte type and length; type 0 is the
+/// comment, NUL-terminated (`NFTNL_UDATA_SET_ELEM_COMMENT`).
+pub const UDATA_COMMENT: u8 = 0;
+
 /// A bound `NETLINK_NETFILTER` socket ([`NfSocket`]).
 pub fn socket() -> Result<NfSocket> {
     let mut socket = Socket::new(NETLINK_NETFILTER).context("create netfilter netlink socket")?;
