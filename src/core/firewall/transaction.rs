@@ -101,7 +101,9 @@ impl Transaction {
     pub fn ops(&self) -> &[FwOp] {
         &self.ops
     }
-    /// The nft script given to `nft -f -`.
+    /// The nft script given to `nft -f -`; for a transaction of only a
+    /// few port elements ([`Transaction::port_edits`]), what the netlink
+    /// batch sent instead does, in nft's words.
     pub fn script(&self) -> &str {
         &self.script
     }
