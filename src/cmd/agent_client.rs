@@ -40,15 +40,16 @@ pub struct Ask {
     pub verbose: bool,
 }
 
-/// The agent's answer for the file the command was given and the bytes
-/// it read of it, or None: read the kernel (why is logged at debug).
+/// Asks a running agent to answer for the file the command was given,
+/// and prints its answer: the command's own output. None: no agent
+/// answered (why is logged at debug), and the command goes on by itself
+/// (and says what is wrong with the file, or that it needs root).
 ///
 /// The command asks before it parses the file: the agent answers only
 /// for the very bytes it parsed itself (and declines an invalid file), so
 /// parsing them again here would only delay the answer (at 1,000
 /// containers, by about as long as the agent takes to answer `status`).
-/// When it declines, the command parses the file and goes on by itself.
-pub fn ask(cli: &Cli, bytes: &[u8], ask: &Ask) -> Option<(Out, Exit)> {
+pub fn ask(cli: &Cli, ask: &Ask) -> Option<Exit> {
     if std::env::var_os(ASK_AGENT_ENV).is_some_and(|v| v == "0") {
         return None;
     }
@@ -56,7 +57,9 @@ pub fn ask(cli: &Cli, bytes: &[u8], ask: &Ask) -> Option<(Out, Exit)> {
     if !agentsock::path().exists() {
         return None;
     }
-    let Ok(config_text) = String::from_utf8(bytes.to_vec()) else {
+    crate::cmd::steps::require_root(ask.command).ok()?;
+    let bytes = crate::cmd::steps::read_config(&cli.config).ok()?;
+    let Ok(config_text) = String::from_utf8(bytes) else {
         return None;
     };
     let req = Request {
@@ -76,7 +79,11 @@ pub fn ask(cli: &Cli, bytes: &[u8], ask: &Ask) -> Option<(Out, Exit)> {
             stdout,
             stderr,
             exit,
-        }) => Some((Out { stdout, stderr }, exit_of(exit)?)),
+        }) => {
+            let exit = exit_of(exit)?;
+            Out { stdout, stderr }.print();
+            Some(exit)
+        }
         Ok(Answer::Declined(why)) => {
             tracing::debug!("the agent declined: {why}; reading the kernel");
             None

@@ -108,15 +108,16 @@ pub async fn apply_cmd(cli: &Cli, how: How<'_>) -> Result<Exit> {
     // A running agent of this file answers `plan`, and applies it for
     // `apply` from its view of the host (it would apply the edit itself a
     // moment later anyway), unless NETLOOM_AGENT_APPLIES=0.
-    let agent_may = match how.dry_run {
-        true => how.out.is_none(),
-        false => {
-            crate::cmd::agent_client::agent_applies()
-                && how.out.is_none()
-                && how.confirm_timeout.is_none()
-        }
+    let agent_may = how.out.is_none()
+        && (how.dry_run
+            || (crate::cmd::agent_client::agent_applies() && how.confirm_timeout.is_none()));
+    let ask = crate::cmd::agent_client::Ask {
+        command,
+        format: how.format,
+        detailed: how.detailed,
+        verbose: cli.verbose,
     };
-    if agent_may && let Some(exit) = ask_agent(cli, &how, command) {
+    if agent_may && let Some(exit) = crate::cmd::agent_client::ask(cli, &ask) {
         return Ok(exit);
     }
     let Some((l, bytes)) = load_bytes(cli, &cli.config)? else {
@@ -300,24 +301,6 @@ pub async fn apply_saved(cli: &Cli, file: &Path, detailed: bool, format: Format)
     }
     show_plan(cli, &p, format);
     finish(&sd, &mut record, &p, false, detailed, format).await
-}
-
-/// Asks a running agent to answer `command` for this run, before the
-/// file is parsed ([`crate::cmd::agent_client::ask`]), and prints its
-/// answer; None: no agent answered (the command goes on by itself, and
-/// says what is wrong with the file, or that it needs root).
-fn ask_agent(cli: &Cli, how: &How<'_>, command: &'static str) -> Option<Exit> {
-    require_root(command).ok()?;
-    let bytes = crate::cmd::steps::read_config(&cli.config).ok()?;
-    let ask = crate::cmd::agent_client::Ask {
-        command,
-        format: how.format,
-        detailed: how.detailed,
-        verbose: cli.verbose,
-    };
-    let (out, exit) = crate::cmd::agent_client::ask(cli, &bytes, &ask)?;
-    out.print();
-    Some(exit)
 }
 
 /// Prints what `apply` shows before applying ([`apply_head`]).

@@ -12,21 +12,15 @@ use crate::cmd::steps::{self, Exit, LOCK_WAIT};
 use crate::host::state::{AgentStatus, StateDir};
 
 pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
-    // A running agent of this file answers before the file is parsed
-    // (see `agent_client::ask`).
-    if steps::require_root("status").is_ok()
-        && let Ok(bytes) = steps::read_config(&cli.config)
-    {
-        let ask = crate::cmd::agent_client::Ask {
-            command: "status",
-            format,
-            detailed: false,
-            verbose: false,
-        };
-        if let Some((out, exit)) = crate::cmd::agent_client::ask(cli, &bytes, &ask) {
-            out.print();
-            return Ok(exit);
-        }
+    // A running agent of this file answers before the file is parsed.
+    let ask = crate::cmd::agent_client::Ask {
+        command: "status",
+        format,
+        detailed: false,
+        verbose: false,
+    };
+    if let Some(exit) = crate::cmd::agent_client::ask(cli, &ask) {
+        return Ok(exit);
     }
     let Some(l) = steps::load(cli)? else {
         return Ok(Exit::Error);

@@ -243,22 +243,24 @@ fn port_edit(delete: bool, set: SetId, key: &ElemKey, d: &ElemData) -> Option<El
     }
     let service = |port: u16| register(&port.to_be_bytes());
     let proto = |p: Proto| register(&[p.number()]);
+    let addr = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
     let key = match (set, key) {
         (SetId::DnatAny | SetId::Dnat6Any, ElemKey::Port(p, port)) => {
             [proto(*p), service(*port)].concat()
         }
         (SetId::DnatHostIp, ElemKey::HostPort(ip, p, port)) => {
-            [ip.octets().to_vec(), proto(*p), service(*port)].concat()
+            [addr((*ip).into()), proto(*p), service(*port)].concat()
         }
         (SetId::Dnat6HostIp, ElemKey::HostPort6(ip, p, port)) => {
-            [ip.octets().to_vec(), proto(*p), service(*port)].concat()
+            [addr((*ip).into()), proto(*p), service(*port)].concat()
         }
         _ => return None,
     };
-    let data = match d.target? {
-        (IpAddr::V4(ip), port) => [ip.octets().to_vec(), service(port)].concat(),
-        (IpAddr::V6(ip), port) => [ip.octets().to_vec(), service(port)].concat(),
-    };
+    let (ip, port) = d.target?;
+    let data = [addr(ip), service(port)].concat();
     Some(ElementEdit {
         delete,
         map: set.name(),
