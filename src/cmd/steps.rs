@@ -759,14 +759,25 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     // observation saw it.
     let known = known_firewall(p, &applied, realised.into_inner());
     let known_at = known.as_ref().map(|(_, generation)| *generation);
-    let reuse = touched(p, known.map(|(fw, _)| fw));
-    let again = match observe::observe_with(&p.target, record, Some(&reuse), None).await {
-        Ok(again) => again,
-        Err(e) => return Err(stop(record, e)),
+    let mut reuse = touched(p, known.map(|(fw, _)| fw));
+    let (rest, fw_after) = if reuse.firewall_only() {
+        // Only the firewall changed (a port more or less), and it is known
+        // as the transaction made it: the rest of the host is the plan's
+        // reading, which matched the target but for the plan's changes,
+        // so only the firewall is compared. Building the observation and
+        // diffing every object again costs what the host holds.
+        let fw = reuse.firewall.take().flatten();
+        (plan::diff_firewall_only(made, fw.as_ref()), fw)
+    } else {
+        match observe::observe_with(&p.target, record, Some(&reuse), None).await {
+            Ok(again) => (
+                plan::diff(made, &again.state, None).changes,
+                again.state.firewall,
+            ),
+            Err(e) => return Err(stop(record, e)),
+        }
     };
-    let rest = plan::diff(made, &again.state, None);
     let rest: Vec<&plan::Change> = rest
-        .changes
         .iter()
         .filter(|c| !failed.contains(&c.object) && !c.needs.iter().any(|n| failed.contains(n)))
         .collect();
@@ -793,7 +804,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     record.pending = None;
     sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
     if applied.nft_transactions > 0 {
-        applied.nft_made = known_at.map(|generation| (again.state.firewall, generation));
+        applied.nft_made = known_at.map(|generation| (fw_after, generation));
     }
     Ok(applied)
 }

@@ -64,7 +64,34 @@ pub enum KernelEvent {
 /// receiver yields events until the socket fails.
 pub fn subscribe() -> Result<Subscription> {
     let socket = multicast_socket().context("subscribe to rtnetlink events")?;
+    deepen(&socket);
     forward(socket)
+}
+
+/// The receive buffer of a host namespace's subscription. The host sees
+/// a notification or two for every container's veth at once: making or
+/// removing a thousand containers, and the bridge's own notices about its
+/// ports some seconds later, are bursts of thousands of messages, which
+/// overflow the default buffer (about 200 KiB; seen at 1,000 containers).
+/// An overflow costs a full reading of the host, so the buffer is made
+/// large enough for them; its memory is taken only while messages queue.
+/// Beyond `net.core.rmem_max`, which root may exceed (`SO_RCVBUFFORCE`);
+/// without that right the default stays, and an overflow is still seen.
+const HOST_EVENT_BUFFER: libc::c_int = 16 << 20;
+
+fn deepen(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let size = HOST_EVENT_BUFFER;
+    // SAFETY: a valid socket fd, and a pointer to an int of the size given.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Events of the namespace at `ns`, handed to `sink` as they are read,
@@ -89,11 +116,9 @@ pub fn watch_in(
 /// changed there: a notification this reader cannot name reaches `sink`
 /// as [`KernelEvent::Lost`] instead of being skipped.
 pub fn watch_here(sink: impl Fn(KernelEvent) -> bool + Send + Sync + 'static) -> Result<Watched> {
-    watch_socket(
-        multicast_socket().context("subscribe to rtnetlink events")?,
-        true,
-        sink,
-    )
+    let socket = multicast_socket().context("subscribe to rtnetlink events")?;
+    deepen(&socket);
+    watch_socket(socket, true, sink)
 }
 
 fn watch_socket(
@@ -270,6 +295,17 @@ fn events_of(mut buf: &[u8]) -> Vec<KernelEvent> {
     out
 }
 
+/// The event of one message as the connection hands it over. An overrun
+/// (the kernel found the socket's buffer full, `ENOBUFS`) stands for
+/// notifications that were dropped: they must not pass unseen.
+fn payload_event(p: NetlinkPayload<RouteNetlinkMessage>) -> Option<KernelEvent> {
+    match p {
+        NetlinkPayload::InnerMessage(m) => event_of(m),
+        NetlinkPayload::Overrun(_) => Some(KernelEvent::Lost),
+        _ => None,
+    }
+}
+
 fn event_of(m: RouteNetlinkMessage) -> Option<KernelEvent> {
     Some(match m {
         RouteNetlinkMessage::NewLink(l) => link_event(&l, false),
@@ -313,17 +349,8 @@ fn forward(socket: Socket) -> Result<Subscription> {
         // Keep the handle alive with the connection it belongs to.
         let _handle = handle;
         while let Some((msg, _)) = messages.next().await {
-            let NetlinkPayload::InnerMessage(m) = msg.payload else {
+            let Some(ev) = payload_event(msg.payload) else {
                 continue;
-            };
-            let ev = match m {
-                RouteNetlinkMessage::NewLink(l) => link_event(&l, false),
-                RouteNetlinkMessage::DelLink(l) => link_event(&l, true),
-                RouteNetlinkMessage::NewAddress(a) => address_event(&a, false),
-                RouteNetlinkMessage::DelAddress(a) => address_event(&a, true),
-                RouteNetlinkMessage::NewRoute(_) => KernelEvent::Route { removed: false },
-                RouteNetlinkMessage::DelRoute(_) => KernelEvent::Route { removed: true },
-                _ => continue,
             };
             if tx.send(ev).is_err() {
                 break;
@@ -416,5 +443,24 @@ fn address_event(a: &AddressMessage, removed: bool) -> KernelEvent {
             AddressAttribute::Label(l) => Some(l.clone()),
             _ => None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overrun_stands_for_lost_events() {
+        assert_eq!(
+            payload_event(NetlinkPayload::Overrun(Vec::new())),
+            Some(KernelEvent::Lost)
+        );
+        assert_eq!(payload_event(NetlinkPayload::Noop), None);
+        let route = RouteNetlinkMessage::DelRoute(Default::default());
+        assert_eq!(
+            payload_event(NetlinkPayload::InnerMessage(route)),
+            Some(KernelEvent::Route { removed: true })
+        );
     }
 }

@@ -161,6 +161,20 @@ pub struct Reuse<'a> {
     pub firewall: Option<Option<FirewallState>>,
 }
 
+impl Reuse<'_> {
+    /// Whether the firewall is all there is to read again, and it is known
+    /// without reading: the rest of the host is as `earlier` saw it.
+    pub fn firewall_only(&self) -> bool {
+        self.firewall.is_some()
+            && self.stale.is_empty()
+            && self.stale_files.is_empty()
+            && !self.host
+            && self.host_links.is_empty()
+            && !self.host_addrs
+            && !self.sysctls
+    }
+}
+
 /// What of the host namespace an apply's operations can have changed: the
 /// links they name, and those the kernel changes along with them (the
 /// host end of a veth whose namespace or peer goes, the ports of a bridge

@@ -39,11 +39,20 @@ fn port_targets(p: &FwPort) -> String {
 }
 
 pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
+    diff_tables(d.firewall.as_ref(), o.firewall.as_ref(), out);
+}
+
+/// [`diff_firewall`] of the firewall alone: desired `d`, observed `o`.
+pub(super) fn diff_tables(
+    d: Option<&FirewallState>,
+    o: Option<&FirewallState>,
+    out: &mut Vec<Change>,
+) {
     let empty = Firewall::default();
-    let want = d.firewall.as_ref().map(|f| &f.fw).unwrap_or(&empty);
-    let have = o.firewall.as_ref().map(|f| &f.fw).unwrap_or(&empty);
+    let want = d.map(|f| &f.fw).unwrap_or(&empty);
+    let have = o.map(|f| &f.fw).unwrap_or(&empty);
     let table_addr = "nft.table.netloom".to_string();
-    match (&d.firewall, &o.firewall) {
+    match (d, o) {
         (Some(_), None) => out.push(change(
             table_addr,
             Action::Create,
@@ -83,7 +92,7 @@ pub(super) fn diff_firewall(d: &State, o: &State, out: &mut Vec<Change>) {
         )),
         _ => {}
     }
-    if let (Some(w), Some(h)) = (&d.firewall, &o.firewall)
+    if let (Some(w), Some(h)) = (d, o)
         && h.skeleton_ok
     {
         diff_bridge_table(&w.fw, h, out);

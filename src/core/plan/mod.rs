@@ -551,3 +551,23 @@ pub fn diff(desired: &State, observed: &State, applied: Option<&State>) -> Plan 
     let drift = applied.map(|a| drift(a, observed)).unwrap_or_default();
     Plan { drift, changes }
 }
+
+/// The changes [`diff`] would list for the firewall alone, between the
+/// desired state and the firewall `observed` (the rest of the host taken
+/// as desired), with their objects. For the verification of an apply that
+/// changed nothing else.
+pub fn diff_firewall_only(desired: &State, observed: Option<&model::FirewallState>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    diff_tables(desired.firewall.as_ref(), observed, &mut changes);
+    if !changes.is_empty() {
+        // Rare (the apply did not converge): the objects name what failed.
+        let o = State {
+            firewall: observed.cloned(),
+            ..State::default()
+        };
+        for c in &mut changes {
+            (c.object, c.needs) = hold::object_of(c, desired, &o);
+        }
+    }
+    changes
+}

@@ -598,6 +598,34 @@ proptest! {
     }
 
     #[test]
+    fn the_firewall_alone_is_diffed_as_the_whole_diff_does(
+        desired_edits in edits(),
+        firewall_edits in edits(),
+    ) {
+        // Firewalls as edits leave them, the rest of the host as desired.
+        let firewall_of = |edits: Vec<Edit>| {
+            let mut st = sample();
+            for e in edits {
+                edit(&mut st, e);
+            }
+            st.firewall
+        };
+        let mut desired = sample();
+        desired.firewall = firewall_of(desired_edits);
+        let mut observed = sample();
+        observed.firewall = firewall_of(firewall_edits);
+        let key = |c: &Change| (c.address.clone(), c.object.clone(), c.needs.clone());
+        let mut whole: Vec<_> = diff(&desired, &observed, None).changes.iter().map(key).collect();
+        let mut alone: Vec<_> = diff_firewall_only(&desired, observed.firewall.as_ref())
+            .iter()
+            .map(key)
+            .collect();
+        whole.sort();
+        alone.sort();
+        prop_assert_eq!(whole, alone);
+    }
+
+    #[test]
     fn file_comparisons_answer_as_the_plain_versions(
         written_edits in edits(),
         disk_edits in edits(),
