@@ -17,7 +17,7 @@ use common::Run;
 
 use common::{Host, NETLOOM, OUTSIDE_IP, UPLINK_IP, kernel_tests_possible};
 
-const TOOLS: &[&str] = &["ip", "nft", "dig", "ping", "unshare", "nsenter"];
+const TOOLS: &[&str] = &["ip", "bridge", "nft", "dig", "ping", "unshare", "nsenter"];
 
 fn config(extra: &str) -> String {
     format!(
@@ -329,6 +329,28 @@ fn drift_without_link_removal_heals_from_events() {
         .trim()
         .to_string();
     assert!(!br.is_empty());
+    // A port of the bridge, and the hairpin mode netloom gave it.
+    let port = h
+        .sh(&format!(
+            "ip -o link show master {br} | head -1 | awk -F': ' '{{print $2}}' | cut -d@ -f1"
+        ))
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!port.is_empty());
+    let hairpin = |h: &Host| {
+        let on = h
+            .sh(&format!("bridge -d link show dev {port}"))
+            .ok()
+            .stdout
+            .contains("hairpin on");
+        if on { "on" } else { "off" }
+    };
+    let (want_hairpin, other_hairpin) = match hairpin(&h) {
+        "on" => ("on", "off"),
+        _ => ("off", "on"),
+    };
     let hosts = "/etc/netns/c1/hosts";
     // The files live in the sandbox's own mount namespace.
     let good_hosts = h.sh(&format!("cat {hosts}")).ok().stdout.clone();
@@ -349,6 +371,12 @@ fn drift_without_link_removal_heals_from_events() {
             "bridge MAC",
             format!("ip link set {br} address 02:42:0a:3c:00:99"),
             format!("ip link show {br} | grep -q 02:42:0a:3c:00:01"),
+        ),
+        (
+            // Only the bridge's notice about its port says this.
+            "a port's hairpin mode",
+            format!("bridge link set dev {port} hairpin {other_hairpin}"),
+            format!("bridge -d link show dev {port} | grep -q 'hairpin {want_hairpin}'"),
         ),
         (
             "extra address in a container",

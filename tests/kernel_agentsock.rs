@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use common::{Host, NETLOOM, Run, kernel_tests_possible};
 use netloom::host::agentsock::VERSION;
 
-const TOOLS: &[&str] = &["ip", "nft", "unshare", "nsenter", "python3", "setpriv"];
+const TOOLS: &[&str] = &[
+    "ip", "bridge", "nft", "unshare", "nsenter", "python3", "setpriv",
+];
 /// How long an event may take on a loaded machine before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 const SOCK: &str = "/run/netloom/agent.sock";
@@ -248,6 +250,40 @@ fn answers_from_the_view_see_each_kind_of_drift_alone() {
         .trim()
         .to_string();
     assert!(!bridge.is_empty(), "no bridge");
+    let port = h
+        .sh(&format!(
+            "ip -o link show master {bridge} | head -1 | awk -F': ' '{{print $2}}' | cut -d@ -f1"
+        ))
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!port.is_empty(), "no bridge port");
+    let hairpin_on = h
+        .sh(&format!("bridge -d link show dev {port}"))
+        .stdout
+        .contains("hairpin on");
+    let other = if hairpin_on { "off" } else { "on" };
+    // A bridge's notice about a port that says what the view holds
+    // changes nothing: the host is not read again for it (neither by the
+    // answer after it nor by a refresh), and the answer comes from the
+    // view. The kernel sends one when a port's bridge settings move, also
+    // one netloom does not manage (its spanning-tree cost, here), and for
+    // a new port's some seconds after it joined.
+    let host_reads = |log: &Path| read(log).matches("read again, the host namespace").count();
+    let noticed_from_view = (0..5).any(|i| {
+        let (views, hosts) = (from_view(&log), host_reads(&log));
+        h.sh(&format!("bridge link set dev {port} cost {}", 10 + i))
+            .ok();
+        // Time for the agent's watch to take the notice.
+        std::thread::sleep(Duration::from_millis(200));
+        same_answer(&h, &cfg, &log, &["plan"]);
+        from_view(&log) > views && host_reads(&log) == hosts
+    });
+    assert!(
+        noticed_from_view,
+        "a port notice that changed nothing made the agent read the host again:\n{}",
+        read(&log)
+    );
     let drifts = [
         (
             "a container interface's MTU",
@@ -265,6 +301,10 @@ fn answers_from_the_view_see_each_kind_of_drift_alone() {
         (
             "a flushed nft map",
             "nft flush map inet netloom dnat_any".into(),
+        ),
+        (
+            "a port's hairpin mode",
+            format!("bridge link set dev {port} hairpin {other}"),
         ),
         ("a bridge set down", format!("ip link set {bridge} down")),
         ("a sysctl", "sysctl -qw net.ipv4.ip_forward=0".into()),

@@ -38,6 +38,7 @@ use crate::host::state::{AgentStatus, Record, Run, StateDir};
 
 mod expect;
 mod serve;
+mod witness;
 use expect::Expect;
 
 /// Editors write a file in several steps; wait this long for the last one.
@@ -142,8 +143,8 @@ struct Agent {
     /// changed since `view` was read (None: it could not be watched, and
     /// every answer reads the host namespace again).
     host_watch: Option<events::Watched>,
-    /// Set by every host event; cleared before the host is read.
-    host_dirty: Arc<AtomicBool>,
+    /// Whether an event since the host was read may have changed it.
+    host_seen: Arc<witness::HostWitness>,
     /// The nft ruleset generation right after the agent's last apply, when
     /// only its own transactions moved it: notifications up to it are the
     /// echo of that apply, not drift.
@@ -242,7 +243,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         record: None,
         dirty: Arc::default(),
         host_watch: None,
-        host_dirty: Arc::new(AtomicBool::new(true)),
+        host_seen: Arc::new(witness::HostWitness::new()),
         nft_own: None,
         tx: tx.clone(),
         status: AgentStatus {
@@ -289,24 +290,9 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         file
     });
     spawn_kernel_events(tx.clone())?;
-    let flag = agent.host_dirty.clone();
+    let seen = agent.host_seen.clone();
     agent.host_watch = match events::watch_here(move |ev| {
-        // Not part of the view: the host's routes (every plan dumps them
-        // afresh) and link-local addresses (IPv6 autoconfiguration adds
-        // them to every new veth for seconds; no bridge or container
-        // address can be one, validation refuses link-local subnets, so
-        // only the hint about a link-local `host_ip` may lag).
-        let outside = matches!(
-            ev,
-            KernelEvent::Route { .. }
-                | KernelEvent::Address {
-                    link_local: true,
-                    ..
-                }
-        );
-        if !outside {
-            flag.store(true, Ordering::SeqCst);
-        }
+        seen.see(&ev);
         true
     }) {
         Ok(w) => Some(w),
@@ -881,7 +867,7 @@ impl Agent {
                 if let Ok(mut d) = self.dirty.lock() {
                     d.clear();
                 }
-                self.host_dirty.store(false, Ordering::SeqCst);
+                self.host_seen.reading();
                 (steps::plan_live(&self.loaded, &record).await?, files)
             }
         };

@@ -16,8 +16,10 @@ use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{Socket, SocketAddr, TokioSocket};
 use std::net::IpAddr;
 
+use rtnetlink::packet_core::Nla;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, LinkProtoInfoBridge};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::Interest;
@@ -39,6 +41,12 @@ pub enum KernelEvent {
         /// Hardware address as `02:42:...`, when reported.
         mac: Option<String>,
         mtu: Option<u32>,
+        /// A bridge's notice about one of its ports (`AF_BRIDGE`), not the
+        /// link's own: the bridge sends one whenever a port's bridge
+        /// settings or state move (a new port's, some seconds after it
+        /// joined). Its other attributes come in the link's own notices
+        /// too; the port's hairpin mode only here.
+        bridge_port: Option<PortNotice>,
     },
     /// An address was added to or removed from a link.
     Address {
@@ -58,6 +66,13 @@ pub enum KernelEvent {
     /// The kernel dropped notifications (the socket's buffer overflowed):
     /// anything may have changed.
     Lost,
+}
+
+/// What a bridge's notice about one of its ports says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortNotice {
+    /// `IFLA_BRPORT_MODE`, when the notice carries it.
+    pub hairpin: Option<bool>,
 }
 
 /// Subscribes to link/address/route events in the caller's namespace; the
@@ -390,8 +405,21 @@ fn link_event(l: &LinkMessage, removed: bool) -> KernelEvent {
     let mut master = None;
     let mut mac = None;
     let mut mtu = None;
+    let mut hairpin = None;
     for a in &l.attributes {
         match a {
+            LinkAttribute::ProtoInfoBridge(port) => {
+                hairpin = port.iter().find_map(|p| match p {
+                    LinkProtoInfoBridge::Other(nla)
+                        if nla.kind() == IFLA_BRPORT_MODE && nla.value_len() == 1 =>
+                    {
+                        let mut v = [0u8];
+                        nla.emit_value(&mut v);
+                        Some(v[0] != 0)
+                    }
+                    _ => None,
+                });
+            }
             LinkAttribute::IfName(n) => name = Some(n.clone()),
             LinkAttribute::Controller(m) => master = Some(*m),
             LinkAttribute::Address(bytes) => {
@@ -411,8 +439,14 @@ fn link_event(l: &LinkMessage, removed: bool) -> KernelEvent {
         master,
         mac,
         mtu,
+        bridge_port: (l.header.interface_family == AddressFamily::Bridge)
+            .then_some(PortNotice { hairpin }),
     }
 }
+
+/// The port attribute of a bridge's notice that says hairpin mode
+/// (`linux/if_link.h`).
+const IFLA_BRPORT_MODE: u16 = 4;
 
 fn address_event(a: &AddressMessage, removed: bool) -> KernelEvent {
     let link_local = a.attributes.iter().any(|x| match x {

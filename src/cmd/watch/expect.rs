@@ -18,6 +18,9 @@ struct LinkWant {
     mtu: u32,
     /// A bridge port: must stay enslaved.
     enslaved: bool,
+    /// A bridge port: its hairpin mode (a bridge's notice about the port
+    /// says it).
+    hairpin: Option<bool>,
 }
 
 /// What one container namespace holds: a few links and addresses, kept
@@ -66,6 +69,7 @@ impl Expect {
                     mac: Some(b.mac.clone()),
                     mtu: b.mtu,
                     enslaved: false,
+                    hairpin: None,
                 },
             );
             e.bridge_addrs
@@ -78,6 +82,7 @@ impl Expect {
                     mac: None,
                     mtu: ep.mtu,
                     enslaved: true,
+                    hairpin: Some(ep.hairpin),
                 },
             );
         }
@@ -95,6 +100,7 @@ impl Expect {
                 mac: Some(ep.mac.clone()),
                 mtu: ep.mtu,
                 enslaved: false,
+                hairpin: None,
             };
             // One entry per name, the last one winning (as a map would).
             match w.links.iter_mut().find(|(n, _)| *n == ep.ifname) {
@@ -145,6 +151,7 @@ impl Expect {
                 master,
                 mac,
                 mtu,
+                bridge_port,
             } => {
                 let name = name
                     .clone()
@@ -153,7 +160,13 @@ impl Expect {
                 if *removed {
                     return Some(format!("{name} removed"));
                 }
-                link_drift(&name, want, *up, *master, mac, *mtu)
+                let hairpin = bridge_port.and_then(|p| p.hairpin);
+                match (want.hairpin, hairpin) {
+                    (Some(w), Some(h)) if w != h => {
+                        Some(format!("{name} hairpin {}", if h { "on" } else { "off" }))
+                    }
+                    _ => link_drift(&name, want, *up, *master, mac, *mtu),
+                }
             }
             KernelEvent::Address {
                 index,
@@ -322,6 +335,7 @@ mod tests {
             master,
             mac: Some(mac.into()),
             mtu: Some(mtu),
+            bridge_port: None,
         }
     }
 
@@ -351,6 +365,20 @@ mod tests {
         assert_eq!(
             e.host_drift(&link("eth9", "aa:aa:aa:aa:aa:aa", 1400, None)),
             None
+        );
+        // The bridge's notice about the port says its hairpin mode.
+        let notice = |hairpin| {
+            let mut ev = link("veth1234567", "aa:aa:aa:aa:aa:aa", 1500, Some(3));
+            if let KernelEvent::Link { bridge_port, .. } = &mut ev {
+                *bridge_port = Some(crate::host::events::PortNotice { hairpin });
+            }
+            ev
+        };
+        assert_eq!(e.host_drift(&notice(Some(true))), None);
+        assert_eq!(e.host_drift(&notice(None)), None);
+        assert_eq!(
+            e.host_drift(&notice(Some(false))).as_deref(),
+            Some("veth1234567 hairpin off")
         );
         assert_eq!(
             e.ns_drift("c1", &link("eth0", "02:42:0a:3c:00:02", 1500, None)),

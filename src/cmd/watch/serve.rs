@@ -27,7 +27,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -470,6 +469,9 @@ impl Agent {
     pub(super) fn keep_view(&mut self) {
         let record = self.record.as_ref().map(|(_, r)| r);
         self.view = self.view.take().map(|v| v.kept(record));
+        if let Some(v) = &self.view {
+            self.host_seen.holds(&v.obs.host.links);
+        }
     }
 
     /// [`record_now`] to change and save: the agent's copy is taken
@@ -736,7 +738,7 @@ impl Agent {
             .cloned()
             .collect();
         let host_same = self.host_watch.as_ref().is_some_and(|w| w.quiet())
-            && !self.host_dirty.load(Ordering::SeqCst)
+            && !self.host_seen.changed()
             && view.obs.state.vxlans.is_empty();
         let nft_now = crate::host::nft::generation::generation().ok();
         let nft_same = nft_now.is_some() && nft_now == view.obs.nft_generation;
@@ -821,7 +823,7 @@ impl Agent {
             });
         }
         if !fresh.host_same {
-            self.host_dirty.store(false, Ordering::SeqCst);
+            self.host_seen.reading();
         }
         let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
         if digested && !digested_files_hold(&p) {
