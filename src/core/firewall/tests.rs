@@ -169,13 +169,17 @@ fn equal_states_plan_nothing() {
     assert!(tx.ops().is_empty());
 }
 
-#[test]
-fn adding_one_port_adds_one_element() {
-    let o = sample_observed();
+/// The sample with one port more published: `web.8081/tcp`.
+fn one_port_more() -> Firewall {
     let mut fw = sample();
     fw.ports
         .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
-    let tx = plan_transaction(&fw, Some(&o));
+    fw
+}
+
+#[test]
+fn adding_one_port_adds_one_element() {
+    let tx = plan_transaction(&one_port_more(), Some(&sample_observed()));
     assert!(!tx.full_rebuild());
     assert_eq!((tx.elements_added(), tx.elements_removed()), (1, 0));
     assert_eq!(
@@ -243,10 +247,7 @@ fn changed_target_replaces_the_element() {
 #[test]
 fn port_elements_are_encoded_as_the_kernel_stores_them() {
     let o = sample_observed();
-    let mut fw = sample();
-    fw.ports
-        .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
-    let tx = plan_transaction(&fw, Some(&o));
+    let tx = plan_transaction(&one_port_more(), Some(&o));
     // `tcp . 8081 : 172.17.0.3 . 80`, as `nft --debug=netlink` shows it:
     // each part in a 4-byte register, the port big-endian.
     assert_eq!(
@@ -302,10 +303,8 @@ fn only_a_few_port_elements_bypass_the_script() {
     // Nothing to do is nothing to send.
     assert_eq!(plan_transaction(&sample(), Some(&o)).port_edits(), None);
     // A port added beside a network: the script, all in one.
-    let mut fw = sample();
+    let mut fw = one_port_more();
     fw.networks.remove("two");
-    fw.ports
-        .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
     assert_eq!(plan_transaction(&fw, Some(&o)).port_edits(), None);
     // More than PORT_EDITS_MAX ports: the script.
     let mut fw = sample();
