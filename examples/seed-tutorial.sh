@@ -17,10 +17,13 @@ root=$(cd "$here/.." && pwd)
 if [ "${1:-}" != "--inside" ]; then
   if [ "$(id -u)" != 0 ]; then echo "run as root" >&2; exit 1; fi
   need=()
-  # make and gcc build the allocator (jemalloc) from its C source.
-  for pair in nft:nftables ip:iproute2 ping:iputils-ping curl:curl dig:dnsutils python3:python3 unshare:util-linux make:make gcc:gcc; do
+  # make and gcc build the allocator (jemalloc) from its C source; protoc
+  # and protobuf's well-known types build the etcd client (cluster mode is
+  # part of the one binary).
+  for pair in nft:nftables ip:iproute2 ping:iputils-ping curl:curl dig:dnsutils python3:python3 unshare:util-linux make:make gcc:gcc protoc:protobuf-compiler; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
   done
+  [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
   if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
