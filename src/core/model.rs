@@ -625,94 +625,8 @@ pub fn resolve(
     }
 
     // Firewall.
-    let mut fw = Firewall::default();
-    for net in networks.values() {
-        fw.networks.insert(
-            net.name.clone(),
-            FwNetwork {
-                bridge: net.bridge.clone(),
-                subnet: net.subnet,
-                subnet6: net.subnet6,
-                masquerade: net.masquerade,
-                internal: net.internal,
-                icc: net.icc,
-            },
-        );
-    }
-    for c in &spec.containers {
-        let Some(ep) = c.endpoints.first() else {
-            continue;
-        };
-        let Some(net) = networks.get(&ep.network) else {
-            continue;
-        };
-        let cip = alloc.ipv4[&ep.network][&c.name];
-        let cip6 = alloc
-            .ipv6
-            .get(&ep.network)
-            .and_then(|m| m.get(&c.name))
-            .copied()
-            .filter(|_| net.subnet6.is_some());
-        for (raw, p) in &c.ports {
-            let host_port = match p.host {
-                Some(h) => h.start,
-                None => alloc.ports[&ipam::port_key(&c.name, raw)],
-            };
-            let count = p.container.len();
-            let range = if count == 1 {
-                host_port.to_string()
-            } else {
-                format!("{host_port}-{}", host_port + (count - 1))
-            };
-            let ip = p
-                .host_ip
-                .map(crate::core::spec::host_ip_prefix)
-                .unwrap_or_default();
-            // Which families the port is published on (see FwPort).
-            let (v4, v6) = match p.host_ip {
-                Some(IpAddr::V4(_)) => (Some(cip), None),
-                Some(IpAddr::V6(_)) => (None, cip6),
-                None => (Some(cip), cip6),
-            };
-            fw.ports.insert(
-                format!("{}.{ip}{range}/{}", c.name, p.proto),
-                FwPort {
-                    container: c.name.clone(),
-                    network: ep.network.clone(),
-                    bridge: net.bridge.clone(),
-                    host_ip: p.host_ip,
-                    host_port,
-                    container_ip: v4,
-                    container_ip6: v6,
-                    container_port: p.container.start,
-                    count,
-                    proto: p.proto,
-                },
-            );
-        }
-    }
-    // Cluster mode: the gateway of each cluster network stays on its host
-    // (`table bridge netloom` drops it on the VXLAN port).
-    for (net, vx) in &st.vxlans {
-        if let Some(n) = networks.get(net) {
-            fw.vxlans.insert(
-                net.clone(),
-                FwVxlan {
-                    device: vx.name.clone(),
-                    gateway: n.gateway,
-                    gateway_mac: mac_string(&docker_mac(n.gateway)),
-                },
-            );
-        }
-    }
-    if !networks.is_empty() {
-        // required_sysctls adds net.ipv6.conf.all.forwarding for dual stack.
-        st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
-        for (k, v) in crate::core::firewall::required_sysctls(&fw) {
-            st.sysctls.insert(k, v);
-        }
-        st.firewall = Some(FirewallState::desired(fw));
-    }
+    let fw = firewall_of(spec, &alloc, &networks, &st.vxlans);
+    put_firewall(&mut st, fw, &networks);
 
     // Names: hosts files, resolv.conf and DNS zones.
     let addr_on = |c: &str, net: &str| alloc.ipv4.get(net).and_then(|m| m.get(c)).copied();
@@ -802,6 +716,170 @@ pub fn resolve(
         dns_clients,
         external_files,
     })
+}
+
+/// The firewall of `spec`'s published ports on `networks` (those with a
+/// bridge), with the gateways of the cluster networks' VXLANs.
+fn firewall_of(
+    spec: &Spec,
+    alloc: &Allocations,
+    networks: &BTreeMap<String, NetworkSpec>,
+    vxlans: &BTreeMap<String, Vxlan>,
+) -> Firewall {
+    let mut fw = Firewall::default();
+    for net in networks.values() {
+        fw.networks.insert(
+            net.name.clone(),
+            FwNetwork {
+                bridge: net.bridge.clone(),
+                subnet: net.subnet,
+                subnet6: net.subnet6,
+                masquerade: net.masquerade,
+                internal: net.internal,
+                icc: net.icc,
+            },
+        );
+    }
+    for c in &spec.containers {
+        let Some(ep) = c.endpoints.first() else {
+            continue;
+        };
+        let Some(net) = networks.get(&ep.network) else {
+            continue;
+        };
+        let cip = alloc.ipv4[&ep.network][&c.name];
+        let cip6 = alloc
+            .ipv6
+            .get(&ep.network)
+            .and_then(|m| m.get(&c.name))
+            .copied()
+            .filter(|_| net.subnet6.is_some());
+        for (raw, p) in &c.ports {
+            let host_port = match p.host {
+                Some(h) => h.start,
+                None => alloc.ports[&ipam::port_key(&c.name, raw)],
+            };
+            let count = p.container.len();
+            let range = if count == 1 {
+                host_port.to_string()
+            } else {
+                format!("{host_port}-{}", host_port + (count - 1))
+            };
+            let ip = p
+                .host_ip
+                .map(crate::core::spec::host_ip_prefix)
+                .unwrap_or_default();
+            // Which families the port is published on (see FwPort).
+            let (v4, v6) = match p.host_ip {
+                Some(IpAddr::V4(_)) => (Some(cip), None),
+                Some(IpAddr::V6(_)) => (None, cip6),
+                None => (Some(cip), cip6),
+            };
+            fw.ports.insert(
+                format!("{}.{ip}{range}/{}", c.name, p.proto),
+                FwPort {
+                    container: c.name.clone(),
+                    network: ep.network.clone(),
+                    bridge: net.bridge.clone(),
+                    host_ip: p.host_ip,
+                    host_port,
+                    container_ip: v4,
+                    container_ip6: v6,
+                    container_port: p.container.start,
+                    count,
+                    proto: p.proto,
+                },
+            );
+        }
+    }
+    // Cluster mode: the gateway of each cluster network stays on its host
+    // (`table bridge netloom` drops it on the VXLAN port).
+    for (net, vx) in vxlans {
+        if let Some(n) = networks.get(net) {
+            fw.vxlans.insert(
+                net.clone(),
+                FwVxlan {
+                    device: vx.name.clone(),
+                    gateway: n.gateway,
+                    gateway_mac: mac_string(&docker_mac(n.gateway)),
+                },
+            );
+        }
+    }
+    fw
+}
+
+/// Puts `fw` into `st` with the sysctls it needs, their only source
+/// (nothing without a network).
+fn put_firewall(st: &mut State, fw: Firewall, networks: &BTreeMap<String, NetworkSpec>) {
+    st.sysctls.clear();
+    st.firewall = None;
+    if !networks.is_empty() {
+        // required_sysctls adds net.ipv6.conf.all.forwarding for dual stack.
+        st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        for (k, v) in crate::core::firewall::required_sysctls(&fw) {
+            st.sysctls.insert(k, v);
+        }
+        st.firewall = Some(FirewallState::desired(fw));
+    }
+}
+
+/// Whether `a` and `b` differ in published ports only: the containers'
+/// `ports` and `settings.port_range`, which [`resolve`] reads for the
+/// firewall, its sysctls and the host ports it allocates, and for
+/// nothing else.
+pub fn only_ports_differ(a: &Spec, b: &Spec) -> bool {
+    // Every field by name: a field added later must be compared here too.
+    let Spec {
+        state_dir,
+        port_range: _,
+        upstream_dns,
+        networks,
+        containers,
+        cluster,
+    } = a;
+    *state_dir == b.state_dir
+        && *upstream_dns == b.upstream_dns
+        && *networks == b.networks
+        && *cluster == b.cluster
+        && containers.len() == b.containers.len()
+        && containers.iter().zip(&b.containers).all(|(x, y)| {
+            let ContainerSpec {
+                name,
+                hostname,
+                mode,
+                netns,
+                endpoints,
+                ports: _,
+                links,
+                dns,
+            } = x;
+            *name == y.name
+                && *hostname == y.hostname
+                && *mode == y.mode
+                && *netns == y.netns
+                && *endpoints == y.endpoints
+                && *links == y.links
+                && *dns == y.dns
+        })
+}
+
+/// [`resolve`] of `spec` from `was`, the resolution of a file that
+/// differs from `spec` in published ports only ([`only_ports_differ`]) on
+/// the same host: the host ports are allocated again against `prev` and
+/// the firewall and its sysctls made again; everything else is `was`'s,
+/// which is what resolving would make of the same containers, networks,
+/// addresses and host. `None` (resolve it whole) when the addresses
+/// would not be `was`'s or the allocation fails (resolving says why).
+pub fn with_ports(mut was: Desired, spec: &Spec, prev: &Allocations) -> Option<Desired> {
+    let alloc = ipam::allocate(spec, prev).ok()?;
+    if alloc.ipv4 != was.allocations.ipv4 || alloc.ipv6 != was.allocations.ipv6 {
+        return None;
+    }
+    let fw = firewall_of(spec, &alloc, &was.networks, &was.state.vxlans);
+    put_firewall(&mut was.state, fw, &was.networks);
+    was.allocations = alloc;
+    Some(was)
 }
 
 fn nsref(n: &NetnsSpec) -> NsRef {
@@ -1285,6 +1363,108 @@ mod tests {
     fn resolved(text: &str) -> Desired {
         let spec = crate::core::spec::load("t.toml", text).expect("valid config");
         resolve(&spec, &Allocations::default(), &HostInfo::default()).expect("resolves")
+    }
+
+    /// A host of three networks (one dual-stack, one internal) whose
+    /// containers publish `ports[i]` (TOML array items) each.
+    fn ported<S: AsRef<str>>(ports: &[Vec<S>]) -> String {
+        let mut t = String::from(
+            "[networks.a]\nsubnet = \"10.60.0.0/24\"\n\
+             [networks.b]\nsubnet = \"10.61.0.0/24\"\nsubnet6 = \"fd00:61::/64\"\n\
+             [networks.c]\nsubnet = \"10.62.0.0/24\"\ninternal = true\n",
+        );
+        for (i, p) in ports.iter().enumerate() {
+            let nets = ["[\"a\"]", "[\"b\"]", "[\"a\", \"c\"]", "[\"b\", \"a\"]"][i % 4];
+            let items: Vec<String> = p.iter().map(|v| format!("\"{}\"", v.as_ref())).collect();
+            t.push_str(&format!(
+                "[containers.c{i}]\nnetworks = {nets}\nports = [{}]\n",
+                items.join(", ")
+            ));
+        }
+        t.push_str("[containers.l]\nnetworks = [\"a\"]\nlinks = [\"c0:zero\"]\n");
+        t
+    }
+
+    /// Every part of two resolutions, compared.
+    fn assert_same(a: &Desired, b: &Desired) {
+        assert_eq!(a.state, b.state);
+        assert_eq!(a.allocations, b.allocations);
+        assert_eq!(a.networks, b.networks);
+        assert_eq!(a.zones, b.zones);
+        assert_eq!(a.dns_clients, b.dns_clients);
+        assert_eq!(a.external_files, b.external_files);
+    }
+
+    proptest::proptest! {
+        /// A file whose published ports changed resolves from the
+        /// resolution before it to what resolving it whole gives: new,
+        /// gone and auto-allocated host ports, ranges, loopback and IPv6
+        /// host addresses (the sysctls follow), against the allocations
+        /// the first one recorded.
+        #[test]
+        fn a_change_of_ports_only_resolves_as_the_whole_file_does(
+            before in proptest::collection::vec(proptest::sample::subsequence((0..6).collect::<Vec<usize>>(), 0..4), 6),
+            after in proptest::collection::vec(proptest::sample::subsequence((0..6).collect::<Vec<usize>>(), 0..4), 6),
+        ) {
+            // Host ports are unique per container index: files stay valid.
+            let forms = |i: usize, k: usize| -> String {
+                let h = 20000 + i * 100 + k * 10;
+                match k {
+                    0 => format!("{h}:80"),
+                    1 => "81".to_string(),
+                    2 => format!("127.0.0.1:{h}:82"),
+                    3 => format!("{h}-{}:83-84/udp", h + 1),
+                    // IPv6 host addresses need a dual-stack container.
+                    4 if i % 2 == 1 => format!("[::]:{h}:85"),
+                    4 => format!("{h}:85/udp"),
+                    _ => format!("0.0.0.0:{h}:86/udp"),
+                }
+            };
+            let render = |chosen: &Vec<Vec<usize>>| -> Vec<Vec<String>> {
+                chosen.iter().enumerate().map(|(i, ks)| ks.iter().map(|k| forms(i, *k)).collect()).collect()
+            };
+            let (b, a) = (render(&before), render(&after));
+            let host = HostInfo::default();
+            let old = crate::core::spec::load("t.toml", &ported(&b)).expect("valid config");
+            let new = crate::core::spec::load("t.toml", &ported(&a)).expect("valid config");
+            let was = resolve(&old, &Allocations::default(), &host).expect("resolves");
+            proptest::prop_assert!(only_ports_differ(&old, &new));
+            let prev = was.allocations.clone();
+            let fast = with_ports(was, &new, &prev).expect("same addresses");
+            assert_same(&fast, &resolve(&new, &prev, &host).expect("resolves"));
+        }
+    }
+
+    #[test]
+    fn anything_but_ports_changed_is_resolved_whole() {
+        let base = ported(&[vec!["8080:80"], vec![]]);
+        let load = |t: &str| crate::core::spec::load("t.toml", t).expect("valid config");
+        let old = load(&base);
+        assert!(only_ports_differ(&old, &old));
+        let changed = [
+            base.replace("10.61.0.0/24", "10.63.0.0/24"),
+            base.replace("[containers.c1]", "[containers.d1]"),
+            base.replace("links = [\"c0:zero\"]", "links = [\"c0:nil\"]"),
+            format!("{base}[containers.e]\nnetworks = [\"a\"]\n"),
+            base.replace(
+                "[containers.l]\n",
+                "[containers.l]\nextra_hosts = [\"db:10.9.9.9\"]\n",
+            ),
+            format!("[settings]\nupstream_dns = [\"10.1.1.1\"]\n{base}"),
+        ];
+        for t in &changed {
+            assert!(!only_ports_differ(&old, &load(t)), "{t}");
+        }
+        // An address that would move is resolved whole too.
+        let was = resolve(&old, &Allocations::default(), &HostInfo::default()).expect("resolves");
+        let mut moved = was.clone();
+        moved
+            .allocations
+            .ipv4
+            .get_mut("a")
+            .expect("a")
+            .insert("c0".into(), Ipv4Addr::new(10, 60, 0, 99));
+        assert!(with_ports(moved, &old, &was.allocations).is_none());
     }
 
     /// A network `n` with `count` members `c0`, `c1`, ...
