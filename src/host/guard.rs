@@ -66,11 +66,20 @@ pub fn refusals(desired: &State, host: &NsView) -> Vec<String> {
         .iter()
         .map(|l| (l.index, l.name.as_str()))
         .collect();
+    // The interfaces holding each address, in the host's order, built
+    // once: each of a thousand endpoints' addresses looked up in a list of
+    // the host's thousands of addresses is quadratic.
+    let mut holders: HashMap<IpAddr, Vec<&str>> = HashMap::new();
+    for a in &host.addrs {
+        let ifname = name_of.get(&a.index).copied().unwrap_or("?");
+        holders.entry(a.ip).or_default().push(ifname);
+    }
     let host_addr = |ip: IpAddr, except: Option<&str>| -> Option<String> {
-        host.addrs.iter().find_map(|a| {
-            let ifname = name_of.get(&a.index).copied().unwrap_or("?");
-            (a.ip == ip && Some(ifname) != except).then(|| ifname.to_string())
-        })
+        holders
+            .get(&ip)?
+            .iter()
+            .find(|ifname| Some(**ifname) != except)
+            .map(|ifname| ifname.to_string())
     };
     for (net, b) in &desired.bridges {
         for addr in &b.addrs {

@@ -873,8 +873,16 @@ impl Observation {
             .map(|b| b.name.as_str())
             .chain(self.state.endpoints.values().map(|e| e.host_veth.as_str()))
             .collect();
+        // By name, built once: a thousand endpoints each looked up in a
+        // list of the host's thousands of links is quadratic.
+        let link: HashMap<&str, &Link> = self
+            .host
+            .links
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
         for (net, b) in &desired.bridges {
-            if let Some(l) = self.host.link(&b.name) {
+            if let Some(l) = link.get(b.name.as_str()) {
                 let marked = self
                     .state
                     .bridges
@@ -900,7 +908,7 @@ impl Observation {
             }
         }
         for (key, e) in &desired.endpoints {
-            if self.host.link(&e.host_veth).is_some() && !ours.contains(e.host_veth.as_str()) {
+            if link.contains_key(e.host_veth.as_str()) && !ours.contains(e.host_veth.as_str()) {
                 out.push(Failure::new(
                     format!("container.{}", e.container),
                     format!(
