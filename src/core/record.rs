@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::core::ipam::Allocations;
@@ -70,22 +71,29 @@ pub fn compact(st: &State, alloc: &Allocations) -> Result<Value, serde_json::Err
 
 /// `st` in the record's compact form, given the allocations recorded with
 /// it, as JSON text. Files are kept as digests. Written field by field,
-/// without building a JSON tree first. A save compacts the whole applied state, so this is most of what
-/// a save costs on a large host.
+/// without building a JSON tree first. A save compacts the whole applied
+/// state, so this is most of what a save costs on a large host.
 pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_json::Error> {
-    // Every field by name: a field added to `State` must be written here.
-    let State {
-        sysctls,
-        bridges,
-        namespaces,
-        endpoints,
-        firewall,
-        files,
-        vxlans,
-        half_made,
-    } = st;
+    compact_text_with(st, &compact_parts(st, alloc)?)
+}
+
+/// The parts of [`compact_text`] that grow with the host: the namespaces,
+/// the endpoints and the files, each as its JSON text. They depend on the
+/// state's namespaces, endpoints and files and on the addresses of the
+/// allocations only, so a state that differs from another in nothing else
+/// (a port more: only its firewall, its sysctls and its allocated host
+/// ports differ) is written with the other's parts.
+pub struct CompactParts {
+    namespaces: Box<RawValue>,
+    endpoints: Box<RawValue>,
+    files: Box<RawValue>,
+}
+
+/// [`CompactParts`] of `st`, against `alloc`.
+pub fn compact_parts(st: &State, alloc: &Allocations) -> Result<CompactParts, serde_json::Error> {
     let index = NetworksOf::new(alloc);
-    let namespaces = namespaces
+    let namespaces: std::collections::BTreeMap<&str, CompactNamespace> = st
+        .namespaces
         .iter()
         .map(|(name, ns)| {
             let Namespace { netns, lo_up } = ns;
@@ -97,7 +105,8 @@ pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_jso
             (name.as_str(), c)
         })
         .collect();
-    let endpoints = endpoints
+    let endpoints: std::collections::BTreeMap<&str, CompactEndpoint> = st
+        .endpoints
         .iter()
         .map(|(key, e)| {
             let (container, ifname) = key_parts(key);
@@ -110,7 +119,8 @@ pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_jso
             (key.as_str(), CompactEndpoint::new(e, &d))
         })
         .collect();
-    let files = files
+    let files: std::collections::BTreeMap<&str, String> = st
+        .files
         .iter()
         .map(|(path, text)| {
             let digest = match text.strip_prefix(DIGEST_PREFIX) {
@@ -123,13 +133,34 @@ pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_jso
             (path.as_str(), digest)
         })
         .collect();
+    Ok(CompactParts {
+        namespaces: serde_json::value::to_raw_value(&namespaces)?,
+        endpoints: serde_json::value::to_raw_value(&endpoints)?,
+        files: serde_json::value::to_raw_value(&files)?,
+    })
+}
+
+/// [`compact_text`] of `st` with `parts` ([`compact_parts`] of `st`, or of
+/// a state with the same namespaces, endpoints, files and addresses).
+pub fn compact_text_with(st: &State, parts: &CompactParts) -> Result<String, serde_json::Error> {
+    // Every field by name: a field added to `State` must be written here.
+    let State {
+        sysctls,
+        bridges,
+        namespaces: _,
+        endpoints: _,
+        firewall,
+        files: _,
+        vxlans,
+        half_made,
+    } = st;
     serde_json::to_string(&CompactState {
         sysctls,
         bridges,
-        namespaces,
-        endpoints,
+        namespaces: &parts.namespaces,
+        endpoints: &parts.endpoints,
         firewall,
-        files,
+        files: &parts.files,
         vxlans,
         half_made,
     })
@@ -142,10 +173,10 @@ pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_jso
 struct CompactState<'a> {
     sysctls: &'a std::collections::BTreeMap<String, String>,
     bridges: &'a std::collections::BTreeMap<String, model::Bridge>,
-    namespaces: std::collections::BTreeMap<&'a str, CompactNamespace<'a>>,
-    endpoints: std::collections::BTreeMap<&'a str, CompactEndpoint<'a>>,
+    namespaces: &'a RawValue,
+    endpoints: &'a RawValue,
     firewall: &'a Option<model::FirewallState>,
-    files: std::collections::BTreeMap<&'a str, String>,
+    files: &'a RawValue,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     vxlans: &'a std::collections::BTreeMap<String, model::Vxlan>,
     #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crate::core::ipam::Allocations;
 use crate::core::model::State;
+use crate::core::record::CompactParts;
 
 const RECORD: &str = "state.json";
 /// Version 2: compact JSON, the applied state without what is derivable
@@ -71,10 +72,26 @@ impl Record {
         self.applied.as_ref()
     }
 
-    /// Records `st` as the applied state.
+    /// Records `st` as the applied state. The parts of the compact text
+    /// that grow with the host carry over when `st` has the namespaces,
+    /// endpoints and files of the applied state it replaces (a port more
+    /// or less changes only the firewall).
     pub fn set_applied(&mut self, st: Option<State>) {
+        let carried = match (&self.applied, &st, self.compacted.get()) {
+            (Some(old), Some(new), Some(c))
+                if old.namespaces == new.namespaces
+                    && old.endpoints == new.endpoints
+                    && old.files == new.files =>
+            {
+                c.parts.clone().map(|parts| (c.alloc.clone(), parts))
+            }
+            _ => None,
+        };
         self.applied = st;
-        self.compacted = Compacted::default();
+        self.compacted = Compacted {
+            carried,
+            ..Compacted::default()
+        };
     }
 }
 
@@ -83,9 +100,17 @@ impl Record {
 /// the record, or made by its first save. Compacting a large applied
 /// state is most of a save, and an apply's write-ahead save writes the
 /// applied state it read (the agent keeps its record between applies), so
-/// only a new applied state (or new allocations) is compacted again.
+/// only a new applied state (or new allocations) is compacted again, and
+/// then with the parts it shares with the state before
+/// ([`crate::core::record::CompactParts`]).
 #[derive(Default)]
-struct Compacted(std::sync::Mutex<Option<Arc<CompactText>>>);
+struct Compacted {
+    whole: std::sync::Mutex<Option<Arc<CompactText>>>,
+    /// The parts of the applied state before, with the allocations they
+    /// were made against: the applied state has the same namespaces,
+    /// endpoints and files.
+    carried: Option<(Allocations, Arc<CompactParts>)>,
+}
 
 /// See [`Compacted`].
 struct CompactText {
@@ -93,34 +118,49 @@ struct CompactText {
     /// Shared with the record file's text as it is serialized: a save
     /// copies no part of it.
     text: Arc<RawValue>,
+    /// None for a text read from the record file.
+    parts: Option<Arc<CompactParts>>,
 }
 
 impl Compacted {
     fn of(alloc: Allocations, text: Arc<RawValue>) -> Compacted {
-        Compacted(std::sync::Mutex::new(Some(Arc::new(CompactText {
-            alloc,
-            text,
-        }))))
+        Compacted {
+            whole: std::sync::Mutex::new(Some(Arc::new(CompactText {
+                alloc,
+                text,
+                parts: None,
+            }))),
+            carried: None,
+        }
     }
 
     fn get(&self) -> Option<Arc<CompactText>> {
-        self.0.lock().ok().and_then(|m| m.clone())
+        self.whole.lock().ok().and_then(|m| m.clone())
     }
 
     /// The compact text of `st` against `alloc`: remembered, or made now
-    /// and remembered.
+    /// (with the parts carried over, when made against the same
+    /// addresses) and remembered.
     fn text(&self, st: &State, alloc: &Allocations) -> Result<Arc<RawValue>> {
         if let Some(c) = self.get().filter(|c| c.alloc == *alloc) {
             return Ok(c.text.clone());
         }
-        let text: Arc<RawValue> = crate::core::record::compact_text(st, alloc)
+        let parts = match &self.carried {
+            Some((a, parts)) if a.ipv4 == alloc.ipv4 && a.ipv6 == alloc.ipv6 => parts.clone(),
+            _ => Arc::new(
+                crate::core::record::compact_parts(st, alloc)
+                    .context("serialize the applied state")?,
+            ),
+        };
+        let text: Arc<RawValue> = crate::core::record::compact_text_with(st, &parts)
             .and_then(RawValue::from_string)
             .context("serialize the applied state")?
             .into();
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.whole.lock() {
             *m = Some(Arc::new(CompactText {
                 alloc: alloc.clone(),
                 text: text.clone(),
+                parts: Some(parts),
             }));
         }
         Ok(text)
@@ -130,7 +170,10 @@ impl Compacted {
 /// A copy of a record has the same applied state, so the same text.
 impl Clone for Compacted {
     fn clone(&self) -> Compacted {
-        Compacted(std::sync::Mutex::new(self.get()))
+        Compacted {
+            whole: std::sync::Mutex::new(self.get()),
+            carried: self.carried.clone(),
+        }
     }
 }
 
@@ -753,6 +796,58 @@ mod tests {
         r.set_applied(Some(other.clone()));
         sd.save(&r).unwrap();
         assert_eq!(sd.load().unwrap().applied(), Some(&other));
+    }
+
+    #[test]
+    fn a_new_applied_state_with_the_same_objects_is_written_with_the_parts_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut r = tutorial_record();
+        sd.save(&r).unwrap();
+        // A port more: the firewall, its sysctls and the allocated host
+        // ports change, nothing else.
+        let mut other = r.applied().cloned().unwrap();
+        let fw = other.firewall.as_mut().unwrap();
+        let (key, port) = fw
+            .fw
+            .ports
+            .iter()
+            .next()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .unwrap();
+        fw.fw.ports.insert(format!("{key}-more"), port);
+        other
+            .sysctls
+            .insert("net.ipv4.conf.br-more.route_localnet".into(), "1".into());
+        r.allocations.ports.insert("web/80".into(), 40000);
+        r.set_applied(Some(other.clone()));
+        assert!(r.compacted.carried.is_some());
+        sd.save(&r).unwrap();
+        let written = fs::read(dir.path().join(RECORD)).unwrap();
+        // The very bytes of the record compacted from nothing.
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = StateDir::open(fresh_dir.path(), Duration::from_secs(1)).unwrap();
+        let mut whole = r.clone();
+        whole.compacted = Compacted::default();
+        fresh.save(&whole).unwrap();
+        assert_eq!(fs::read(fresh_dir.path().join(RECORD)).unwrap(), written);
+        assert_eq!(sd.load().unwrap().applied(), Some(&other));
+        // Other addresses: the parts are made again.
+        let mut moved = r.clone();
+        for m in moved.allocations.ipv4.values_mut() {
+            for ip in m.values_mut() {
+                *ip = std::net::Ipv4Addr::from(u32::from(*ip) + 1);
+            }
+        }
+        sd.save(&moved).unwrap();
+        assert_eq!(sd.load().unwrap().applied(), moved.applied());
+        // Another endpoint: nothing carried over.
+        let mut third = other.clone();
+        third.endpoints.values_mut().next().unwrap().mtu = 1400;
+        r.set_applied(Some(third.clone()));
+        assert!(r.compacted.carried.is_none());
+        sd.save(&r).unwrap();
+        assert_eq!(sd.load().unwrap().applied(), Some(&third));
     }
 
     #[test]
