@@ -826,3 +826,98 @@ fn a_reconcile_that_changes_nothing_leaves_its_plan_as_the_answer() {
         read(&log)
     );
 }
+
+#[test]
+fn a_change_of_published_ports_only_is_applied_from_the_resolution_before() {
+    if !kernel_tests_possible(&[TOOLS, &["curl", "dig"]].concat()) {
+        return;
+    }
+    let mut h = Host::new();
+    let cfg = h.config("netloom.toml", BASE);
+    let (_pid, log) = agent(&mut h, &cfg);
+    let web = h.dir.path().join("web.log");
+    h.spawn_logged("ip netns exec c1 python3 -m http.server 80", &web);
+    assert!(
+        h.wait_for(
+            "curl -sf -m 1 -o /dev/null http://10.60.0.1:8080/",
+            DEADLINE
+        ),
+        "the published port does not answer"
+    );
+    let taken = |log: &Path| read(log).matches("only published ports changed").count();
+    // 8080 moves to 8081, and c2 publishes an auto-allocated port.
+    let moved = BASE
+        .replace("ports = [\"8080:80\"]", "ports = [\"8081:80\"]")
+        .replace(
+            "[containers.c2]\nnetworks = [\"green\"]\n",
+            "[containers.c2]\nnetworks = [\"green\"]\nports = [\"90\"]\n",
+        );
+    h.config("netloom.toml", &moved);
+    let r = asking(&h, &cfg, &["apply"]);
+    assert_eq!(
+        r.code,
+        0,
+        "{}\n{}\nLOG:\n{}",
+        r.stdout,
+        r.stderr,
+        read(&log)
+    );
+    assert!(
+        wait(|| read(&log).contains("apply (command)"), DEADLINE),
+        "the agent did not apply it:\n{}",
+        read(&log)
+    );
+    assert_eq!(taken(&log), 1, "{}", read(&log));
+    assert_eq!(
+        h.sh("curl -sf -m 1 -o /dev/null http://10.60.0.1:8081/")
+            .code,
+        0,
+        "the moved port does not answer"
+    );
+    assert_ne!(
+        h.sh("curl -sf -m 1 -o /dev/null http://10.60.0.1:8080/")
+            .code,
+        0,
+        "the old port still answers"
+    );
+    // Converged as a command reading the kernel sees it, with the
+    // allocated host port recorded.
+    let p = same_answer(&h, &cfg, &log, &["plan", "--detailed-exitcode"]);
+    assert_eq!(p.code, 0, "{}\n{}", p.stdout, p.stderr);
+    let s = from_kernel(&h, &cfg, &["status"]);
+    assert!(s.stdout.contains("c2."), "{}", s.stdout);
+    // What judges drift and serves names was kept: both still work.
+    let answer = h.sh("ip netns exec c1 dig +time=2 +tries=1 +short @10.60.0.1 c2");
+    assert!(
+        answer.stdout.trim().starts_with("10.60.0."),
+        "{:?} {:?}",
+        answer.stdout,
+        answer.stderr
+    );
+    h.sh("rm /etc/netns/c2/hosts");
+    assert!(
+        h.wait_for("grep -q c1 /etc/netns/c2/hosts", DEADLINE),
+        "a deleted hosts file was not healed:\n{}",
+        read(&log)
+    );
+    // Anything else changed is resolved whole.
+    h.config(
+        "netloom.toml",
+        &moved.replace(
+            "[containers.c2]\nnetworks = [\"green\"]\n",
+            "[containers.c2]\nnetworks = [\"green\"]\nhostname = \"two\"\n",
+        ),
+    );
+    let r = asking(&h, &cfg, &["apply"]);
+    assert_eq!(
+        r.code,
+        0,
+        "{}\n{}\nLOG:\n{}",
+        r.stdout,
+        r.stderr,
+        read(&log)
+    );
+    assert_eq!(taken(&log), 1, "{}", read(&log));
+    let hosts = h.sh("ip netns exec c2 cat /etc/hosts").stdout;
+    assert!(hosts.contains("two"), "{hosts}");
+}

@@ -650,6 +650,7 @@ impl Applied {
 /// returned only when the run itself could not go on (state dir, reading
 /// the host back).
 pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<Applied> {
+    let t0 = std::time::Instant::now();
     let want_fw = p.target.firewall.as_ref().map(|f| &f.fw);
     // The firewall the apply's transaction makes, if it runs one.
     let realised: std::cell::RefCell<Option<Option<model::FirewallState>>> = Default::default();
@@ -684,8 +685,10 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     sd.save(record).map_err(|e| {
         anyhow!("{e:#}\nnothing was changed: the intent could not be recorded (is the state dir's disk full?)")
     })?;
+    tracing::debug!("apply: intent recorded after {:?}", t0.elapsed());
     crate::host::fault::point();
     let outcome = crate::host::apply::execute(&p.plan, &fw_tx, &mut record.owned).await;
+    tracing::debug!("apply: changes made after {:?}", t0.elapsed());
     let interrupted = outcome.interrupted;
     let mut applied = Applied {
         done: outcome.done,
@@ -777,6 +780,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
             Err(e) => return Err(stop(record, e)),
         }
     };
+    tracing::debug!("apply: verified after {:?}", t0.elapsed());
     let rest: Vec<&plan::Change> = rest
         .iter()
         .filter(|c| !failed.contains(&c.object) && !c.needs.iter().any(|n| failed.contains(n)))
@@ -803,6 +807,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     record.set_applied(Some(model::for_record(made)));
     record.pending = None;
     sd.save(record).map_err(|e| anyhow!("{}", unrecorded(&e)))?;
+    tracing::debug!("apply: recorded after {:?}", t0.elapsed());
     if applied.nft_transactions > 0 {
         applied.nft_made = known_at.map(|generation| (fw_after, generation));
     }

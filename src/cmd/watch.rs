@@ -163,6 +163,14 @@ struct Agent {
     /// content's hash and what parsing it gave. Taken by the reload that
     /// reads the same content, dropped after the batch otherwise.
     parsed_early: Option<(u64, ParsedFile)>,
+    /// The view's resolution of the file before the one in force, with
+    /// that file's parse, until the view holds a resolution of the file in
+    /// force: a change of published ports only is resolved from it
+    /// ([`crate::core::model::with_ports`]).
+    before: Option<(crate::core::spec::Spec, serve::Resolved)>,
+    /// Whether `expect`, the file watches and the DNS zones were made for
+    /// the resolution in `before`.
+    before_kept: bool,
 }
 
 /// What parsing the file gives: the configuration, or what is wrong.
@@ -256,6 +264,8 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         epoch: 0,
         kept_for: None,
         parsed_early: None,
+        before: None,
+        before_kept: false,
     };
 
     // Set while a writer has the file open after writing to it.
@@ -672,6 +682,7 @@ impl Agent {
         if h == self.seen && !force {
             return false;
         }
+        let was_seen = self.seen;
         self.seen = h;
         let shown = self.config.display().to_string();
         let parsed = match self.parsed_early.take() {
@@ -686,11 +697,26 @@ impl Agent {
                 // The state dir stays the agent's for its lifetime: moving
                 // it under a running agent would orphan the ownership record.
                 let host = self.loaded.host.clone();
-                self.loaded = Loaded {
-                    path: self.config.clone(),
-                    spec,
-                    host,
-                };
+                let was = std::mem::replace(
+                    &mut self.loaded,
+                    Loaded {
+                        path: self.config.clone(),
+                        spec,
+                        host,
+                    },
+                );
+                // A resolution of an earlier file stays (it is checked
+                // against the file in force when used).
+                if let Some(r) = self
+                    .view
+                    .as_mut()
+                    .and_then(|v| v.resolved.take())
+                    .filter(|r| r.config == was_seen)
+                {
+                    self.before_kept = self.kept_for.as_ref()
+                        == Some(&(self.epoch, r.desired.allocations.clone()));
+                    self.before = Some((was.spec, r));
+                }
                 self.forget_resolved();
                 self.status.config_error = None;
                 self.dns.set_upstreams(upstreams(&self.loaded));
@@ -838,6 +864,7 @@ impl Agent {
         full: bool,
         ask: Option<&serve::ApplyAsk<'_>>,
     ) -> Result<(crate::core::plan::Summary, Vec<crate::core::plan::Failure>)> {
+        let t0 = Instant::now();
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)?;
         let mut record = self.take_record(&sd)?;
         // Confirmed applies: an unconfirmed change whose time ran out is
@@ -917,8 +944,19 @@ impl Agent {
         // changes, or drift that healed itself), which at 1,000
         // containers spares a few tens of milliseconds per event.
         let kept_for = (self.epoch, p.desired.allocations.clone());
-        if full || applied.is_some() || self.kept_for.as_ref() != Some(&kept_for) {
+        if !full && self.kept_but_ports(&p) {
+            // Only published ports changed: what judges events and serves
+            // names is as it was but for the sysctls the ports need.
+            self.expect.sysctls = p.desired.state.sysctls.clone().into_iter().collect();
+            if let Ok(mut s) = self.sysctls.lock() {
+                s.clone_from(&self.expect.sysctls);
+            }
+            self.kept_for = Some(kept_for);
+            debug!("expectations and names kept: only published ports changed");
+        } else if full || applied.is_some() || self.kept_for.as_ref() != Some(&kept_for) {
             self.kept_for = None;
+            // Made for another resolution from here on.
+            self.before_kept = false;
             self.expect = Expect::new(
                 &p.desired.state,
                 p.observation
@@ -942,7 +980,7 @@ impl Agent {
         // wait for the agent's own bookkeeping below.
         if let (Some(a), Some((out, exit))) = (ask, printed) {
             a.reply(out, exit);
-            debug!("answered the command's apply");
+            debug!("answered the command's apply after {:?}", t0.elapsed());
         }
         // A reconcile that changed nothing planned what `plan` would
         // now: its answer, unless the record it planned against changed.
@@ -978,6 +1016,27 @@ impl Agent {
         });
         self.keep_view();
         Ok((summary, failures))
+    }
+
+    /// Whether `expect`, the file watches and the DNS zones, made for the
+    /// resolution before the file in force, hold for `p` but for the
+    /// sysctls: the file changed in published ports only and the
+    /// addresses stayed (then everything they are made of is the same:
+    /// see [`crate::core::model::with_ports`]), and `p` changed nothing
+    /// but the firewall (a link made again would have a new index).
+    fn kept_but_ports(&self, p: &steps::Planned) -> bool {
+        use crate::core::plan::Op;
+        let Some((spec, r)) = self.before.as_ref().filter(|_| self.before_kept) else {
+            return false;
+        };
+        r.host == self.loaded.host
+            && r.desired.allocations.ipv4 == p.desired.allocations.ipv4
+            && r.desired.allocations.ipv6 == p.desired.allocations.ipv6
+            && crate::core::model::only_ports_differ(spec, &self.loaded.spec)
+            && p.plan
+                .changes
+                .iter()
+                .all(|c| c.ops.iter().all(|o| matches!(o, Op::Nft { .. })))
     }
 
     /// Keeps one event subscription per container namespace. A subscription
