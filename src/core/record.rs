@@ -79,10 +79,11 @@ pub fn compact_text(st: &State, alloc: &Allocations) -> Result<String, serde_jso
 
 /// The parts of [`compact_text`] that grow with the host: the namespaces,
 /// the endpoints and the files, each as its JSON text. They depend on the
-/// state's namespaces, endpoints and files and on the addresses of the
-/// allocations only, so a state that differs from another in nothing else
-/// (a port more: only its firewall, its sysctls and its allocated host
-/// ports differ) is written with the other's parts.
+/// state's namespaces, endpoints, bridges (an endpoint's derivation reads
+/// its bridge) and files and on the addresses of the allocations only, so
+/// a state that differs from another in nothing else (a port more: only
+/// its firewall, its sysctls and its allocated host ports differ) is
+/// written with the other's parts.
 pub struct CompactParts {
     namespaces: Box<RawValue>,
     endpoints: Box<RawValue>,

@@ -74,13 +74,14 @@ impl Record {
 
     /// Records `st` as the applied state. The parts of the compact text
     /// that grow with the host carry over when `st` has the namespaces,
-    /// endpoints and files of the applied state it replaces (a port more
-    /// or less changes only the firewall).
+    /// endpoints, bridges and files of the applied state it replaces (a
+    /// port more or less changes only the firewall).
     pub fn set_applied(&mut self, st: Option<State>) {
         let carried = match (&self.applied, &st, self.compacted.get()) {
             (Some(old), Some(new), Some(c))
                 if old.namespaces == new.namespaces
                     && old.endpoints == new.endpoints
+                    && old.bridges == new.bridges
                     && old.files == new.files =>
             {
                 c.parts.clone().map(|parts| (c.alloc.clone(), parts))
@@ -108,7 +109,7 @@ struct Compacted {
     whole: std::sync::Mutex<Option<Arc<CompactText>>>,
     /// The parts of the applied state before, with the allocations they
     /// were made against: the applied state has the same namespaces,
-    /// endpoints and files.
+    /// endpoints, bridges and files.
     carried: Option<(Allocations, Arc<CompactParts>)>,
 }
 
@@ -841,6 +842,15 @@ mod tests {
         }
         sd.save(&moved).unwrap();
         assert_eq!(sd.load().unwrap().applied(), moved.applied());
+        // Another bridge (an endpoint's compact form leaves out what its
+        // bridge gives): nothing carried over.
+        let mut bridged = other.clone();
+        bridged.bridges.values_mut().next().unwrap().mtu = 1400;
+        r.set_applied(Some(bridged.clone()));
+        assert!(r.compacted.carried.is_none());
+        sd.save(&r).unwrap();
+        assert_eq!(sd.load().unwrap().applied(), Some(&bridged));
+        r.set_applied(Some(other.clone()));
         // Another endpoint: nothing carried over.
         let mut third = other.clone();
         third.endpoints.values_mut().next().unwrap().mtu = 1400;
