@@ -873,14 +873,13 @@ impl Observation {
             .map(|b| b.name.as_str())
             .chain(self.state.endpoints.values().map(|e| e.host_veth.as_str()))
             .collect();
-        // By name, built once: a thousand endpoints each looked up in a
-        // list of the host's thousands of links is quadratic.
-        let link: HashMap<&str, &Link> = self
-            .host
-            .links
-            .iter()
-            .map(|l| (l.name.as_str(), l))
-            .collect();
+        // By name, built once (the first of a name, as `NsView::link`
+        // finds it): a thousand endpoints each looked up in a list of the
+        // host's thousands of links is quadratic.
+        let mut link: HashMap<&str, &Link> = HashMap::new();
+        for l in &self.host.links {
+            link.entry(l.name.as_str()).or_insert(l);
+        }
         for (net, b) in &desired.bridges {
             if let Some(l) = link.get(b.name.as_str()) {
                 let marked = self
