@@ -1455,6 +1455,27 @@ mod tests {
         for t in &changed {
             assert!(!only_ports_differ(&old, &load(t)), "{t}");
         }
+        // Another `port_range` is a change of ports: auto-published host
+        // ports may move, and nothing else does.
+        let auto = ported(&[vec!["81"], vec!["8080:80"]]);
+        let (a, b) = (
+            load(&format!("[settings]\nport_range = \"40000-40009\"\n{auto}")),
+            load(&format!("[settings]\nport_range = \"41000-41009\"\n{auto}")),
+        );
+        assert!(only_ports_differ(&a, &b));
+        let host = HostInfo::default();
+        let was = resolve(&a, &Allocations::default(), &host).expect("resolves");
+        let prev = was.allocations.clone();
+        let fast = with_ports(was, &b, &prev).expect("same addresses");
+        let whole = resolve(&b, &prev, &host).expect("resolves");
+        assert_same(&fast, &whole);
+        assert!(
+            whole
+                .allocations
+                .ports
+                .values()
+                .all(|p| (41000..=41009).contains(p))
+        );
         // An address that would move is resolved whole too.
         let was = resolve(&old, &Allocations::default(), &HostInfo::default()).expect("resolves");
         let mut moved = was.clone();
