@@ -345,6 +345,12 @@ fn packets(status: &str, port: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter for {port} in:\n{status}"))
 }
 
+/// A web server on port 80 of container c1 (BASE publishes it on 8080).
+fn serve_web_in_c1(h: &mut Host) {
+    let web = h.dir.path().join("web.log");
+    h.spawn_logged("ip netns exec c1 python3 -m http.server 80", &web);
+}
+
 #[test]
 fn status_from_the_view_counts_the_traffic_since() {
     if !kernel_tests_possible(TOOLS) {
@@ -353,8 +359,7 @@ fn status_from_the_view_counts_the_traffic_since() {
     let mut h = Host::new();
     let cfg = h.config("netloom.toml", BASE);
     let (_pid, log) = agent(&mut h, &cfg);
-    let web = h.dir.path().join("web.log");
-    h.spawn_logged("ip netns exec c1 python3 -m http.server 80", &web);
+    serve_web_in_c1(&mut h);
     let before = same_answer(&h, &cfg, &log, &["status"]);
     assert_eq!(
         packets(&before.stdout, "c1.8080/tcp"),
@@ -835,8 +840,7 @@ fn a_change_of_published_ports_only_is_applied_from_the_resolution_before() {
     let mut h = Host::new();
     let cfg = h.config("netloom.toml", BASE);
     let (_pid, log) = agent(&mut h, &cfg);
-    let web = h.dir.path().join("web.log");
-    h.spawn_logged("ip netns exec c1 python3 -m http.server 80", &web);
+    serve_web_in_c1(&mut h);
     assert!(
         h.wait_for(
             "curl -sf -m 1 -o /dev/null http://10.60.0.1:8080/",

@@ -844,20 +844,23 @@ mod tests {
         assert_eq!(sd.load().unwrap().applied(), moved.applied());
         // Another bridge (an endpoint's compact form leaves out what its
         // bridge gives): nothing carried over.
+        // From `other` saved (its parts made), to `st`.
+        let mut written_whole = |st: State| {
+            r.set_applied(Some(other.clone()));
+            sd.save(&r).unwrap();
+            assert!(r.compacted.get().is_some_and(|c| c.parts.is_some()));
+            r.set_applied(Some(st.clone()));
+            assert!(r.compacted.carried.is_none());
+            sd.save(&r).unwrap();
+            assert_eq!(sd.load().unwrap().applied(), Some(&st));
+        };
         let mut bridged = other.clone();
         bridged.bridges.values_mut().next().unwrap().mtu = 1400;
-        r.set_applied(Some(bridged.clone()));
-        assert!(r.compacted.carried.is_none());
-        sd.save(&r).unwrap();
-        assert_eq!(sd.load().unwrap().applied(), Some(&bridged));
-        r.set_applied(Some(other.clone()));
+        written_whole(bridged);
         // Another endpoint: nothing carried over.
         let mut third = other.clone();
         third.endpoints.values_mut().next().unwrap().mtu = 1400;
-        r.set_applied(Some(third.clone()));
-        assert!(r.compacted.carried.is_none());
-        sd.save(&r).unwrap();
-        assert_eq!(sd.load().unwrap().applied(), Some(&third));
+        written_whole(third);
     }
 
     #[test]

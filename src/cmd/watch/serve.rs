@@ -420,32 +420,37 @@ pub fn file_ids_beside<T>(
     const CHUNK: usize = 64;
     let paths: Vec<String> = paths.into_iter().collect();
     let next = AtomicUsize::new(0);
+    // Each thread takes chunks of paths and returns identities by index;
+    // the paths are moved into the map afterwards, not copied.
     let take = || {
         let mut ids = Vec::new();
         loop {
             let start = next.fetch_add(CHUNK, Ordering::Relaxed);
-            let Some(chunk) = paths.get(start..paths.len().min(start + CHUNK)) else {
-                return ids;
-            };
-            if chunk.is_empty() {
+            let end = paths.len().min(start + CHUNK);
+            if start >= end {
                 return ids;
             }
-            ids.extend(
-                chunk
-                    .iter()
-                    .map(|p| (p.clone(), file_id(std::path::Path::new(p)))),
-            );
+            ids.extend((start..end).map(|i| (i, file_id(std::path::Path::new(&paths[i])))));
         }
     };
-    std::thread::scope(|s| {
+    let (done, mut ids) = std::thread::scope(|s| {
         let helper = s.spawn(take);
         let done = work();
-        let mine = take();
-        let theirs = helper
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (done, mine.into_iter().chain(theirs).collect())
-    })
+        let mut ids = take();
+        ids.extend(
+            helper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        );
+        (done, ids)
+    });
+    ids.sort_unstable_by_key(|(i, _)| *i);
+    let ids = paths
+        .into_iter()
+        .zip(ids)
+        .map(|(p, (_, id))| (p, id))
+        .collect();
+    (done, ids)
 }
 
 /// The identity of the file at `p` now (None: absent).
