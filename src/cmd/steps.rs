@@ -364,7 +364,11 @@ pub async fn plan_live_with(
     tracing::debug!("observed after {:?}", t0.elapsed());
     // Never the host's own namespace, never one namespace for two
     // containers, never an address the host has: refused, nothing changed.
-    let refused = crate::host::guard::refusals(&desired.state, &observation.host);
+    let refused = crate::host::guard::refusals(
+        &desired.state,
+        &observation.host,
+        reuse.and_then(|r| r.ns_ids),
+    );
     if !refused.is_empty() {
         return Err(anyhow!("{}\nnothing was changed.", refused.join("\n")));
     }
@@ -473,6 +477,7 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
         host_addrs: host.addrs,
         sysctls,
         firewall,
+        ns_ids: None,
     }
 }
 

@@ -889,7 +889,7 @@ impl Agent {
             None => {
                 // Identities of the files before they are read: a change
                 // after this moment shows in a later comparison.
-                let files = serve::file_ids(serve::file_paths(&record, &self.expect.files));
+                let files = serve::file_ids(serve::file_paths(&record, &self.expect.files, None));
                 // Events from here on are news to this reading.
                 if let Ok(mut d) = self.dirty.lock() {
                     d.clear();

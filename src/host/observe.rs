@@ -159,6 +159,9 @@ pub struct Reuse<'a> {
     /// generation counter showed that only the apply's own transaction
     /// changed the ruleset since the earlier reading); `None`: read it.
     pub firewall: Option<Option<FirewallState>>,
+    /// The identity (dev, inode) of namespaces, taken by the caller a
+    /// moment ago (see [`crate::host::guard::refusals`]).
+    pub ns_ids: Option<&'a HashMap<NsRef, (u64, u64)>>,
 }
 
 impl Reuse<'_> {

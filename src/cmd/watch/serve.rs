@@ -306,6 +306,9 @@ pub struct Fresh {
     pub nft_now: Option<u32>,
     /// The nft ruleset is the one the view read.
     pub nft_same: bool,
+    /// The identity (dev, inode) of each watched namespace, taken just
+    /// now: the clash checks need not take it a second time.
+    pub ns_ids: HashMap<NsRef, (u64, u64)>,
 }
 
 /// A question and where its answer goes.
@@ -379,25 +382,45 @@ impl Reply {
     }
 }
 
-/// The paths observation reads files at, as far as the agent knows them.
-pub fn file_paths(record: &Record, expected: &HashSet<PathBuf>) -> BTreeSet<String> {
-    record
-        .owned
-        .files
-        .iter()
-        .cloned()
-        .chain(
-            record
-                .applied()
-                .into_iter()
-                .flat_map(|a| a.files.keys().cloned()),
-        )
-        .chain(expected.iter().map(|p| p.display().to_string()))
-        .collect()
+/// The paths observation reads files at, as far as the agent knows them,
+/// and those of `seen` (a view's identities), each once. Gathered by
+/// reference and copied once: at 1,000 containers the record, the applied
+/// state, the expectations and the view name the same 2,000 paths, and
+/// copying each of them into an ordered set took longer than a resolve of
+/// the ports.
+pub fn file_paths(
+    record: &Record,
+    expected: &HashSet<PathBuf>,
+    seen: Option<&HashMap<String, Option<FileId>>>,
+) -> Vec<String> {
+    let mut paths: HashSet<&str> = HashSet::with_capacity(expected.len());
+    paths.extend(record.owned.files.iter().map(String::as_str));
+    paths.extend(
+        record
+            .applied()
+            .into_iter()
+            .flat_map(|a| a.files.keys().map(String::as_str)),
+    );
+    paths.extend(seen.into_iter().flat_map(|s| s.keys().map(String::as_str)));
+    // Expected paths come from the desired state's (UTF-8) paths; one
+    // that is not UTF-8 is named as before, lossily.
+    let mut lossy = Vec::new();
+    for p in expected {
+        match p.to_str() {
+            Some(s) => {
+                paths.insert(s);
+            }
+            None => lossy.push(p.display().to_string()),
+        }
+    }
+    lossy.retain(|p| !paths.contains(p.as_str()));
+    lossy.sort_unstable();
+    lossy.dedup();
+    paths.into_iter().map(str::to_owned).chain(lossy).collect()
 }
 
 /// The identity of each file now.
-pub fn file_ids(paths: BTreeSet<String>) -> HashMap<String, Option<FileId>> {
+pub fn file_ids(paths: impl IntoIterator<Item = String>) -> HashMap<String, Option<FileId>> {
     paths
         .into_iter()
         .map(|p| {
@@ -413,12 +436,11 @@ pub fn file_ids(paths: BTreeSet<String>) -> HashMap<String, Option<FileId>> {
 /// containers) are the longer part when `work` is short, and are then
 /// shared by both cores.
 pub fn file_ids_beside<T>(
-    paths: BTreeSet<String>,
+    paths: Vec<String>,
     work: impl FnOnce() -> T,
 ) -> (T, HashMap<String, Option<FileId>>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const CHUNK: usize = 64;
-    let paths: Vec<String> = paths.into_iter().collect();
     let next = AtomicUsize::new(0);
     // Each thread takes chunks of paths and returns identities by index;
     // the paths are moved into the map afterwards, not copied.
@@ -630,6 +652,7 @@ impl Agent {
             host_same,
             nft_now,
             nft_same,
+            ns_ids,
         } = fresh;
         let sd = StateDir::open(&self.loaded.host.state_dir, LOCK_WAIT)
             .map_err(|e| format!("the state dir is busy: {e:#}"))?;
@@ -651,13 +674,10 @@ impl Agent {
                 Some(record_now(&mut self.record, &sd, &record_id).map_err(|e| format!("{e:#}"))?)
             }
         };
-        let paths: BTreeSet<String> = match &record {
-            Some(r) => file_paths(r, &self.expect.files),
-            None => file_paths(&Record::default(), &self.expect.files),
-        }
-        .into_iter()
-        .chain(view.files.keys().cloned())
-        .collect();
+        let paths = match &record {
+            Some(r) => file_paths(r, &self.expect.files, Some(&view.files)),
+            None => file_paths(&Record::default(), &self.expect.files, Some(&view.files)),
+        };
         let files_now = file_ids(paths);
         let stale_files = stale_files(view, &files_now);
         if same_inputs
@@ -699,6 +719,7 @@ impl Agent {
             host_same,
             nft_now,
             nft_same,
+            ns_ids,
         };
         let (mut p, files_now) = self
             .plan_fresh(&l, &record, &fresh)
@@ -765,12 +786,16 @@ impl Agent {
         let view = self.view.as_ref()?;
         let mut trusted: HashSet<&NsRef> = HashSet::new();
         let mut doubted: HashSet<&NsRef> = HashSet::new();
+        let mut ns_ids = HashMap::with_capacity(self.ns_watch.len());
         // Quiet first: an event handed over until then has marked it.
         let watched: Vec<&Watched> = self.ns_watch.values().map(|w| &w.watched).collect();
         let quiet = crate::host::events::all_quiet(&watched);
         for ((c, w), quiet) in self.ns_watch.iter().zip(quiet) {
             let same_ns =
                 std::fs::metadata(w.netns.path()).is_ok_and(|m| (m.dev(), m.ino()) == w.id);
+            if same_ns {
+                ns_ids.insert(w.netns.clone(), w.id);
+            }
             let marked = self.dirty.lock().map_or(true, |d| d.contains(c));
             if quiet && same_ns && !marked {
                 trusted.insert(&w.netns);
@@ -795,6 +820,7 @@ impl Agent {
             host_same,
             nft_now,
             nft_same,
+            ns_ids,
         })
     }
 
@@ -820,10 +846,7 @@ impl Agent {
         // (thousands of stat calls beside a resolve of some milliseconds;
         // both threads once it is done), then the ones only the
         // resolution names (new files).
-        let known: BTreeSet<String> = file_paths(record, &self.expect.files)
-            .into_iter()
-            .chain(view.files.keys().cloned())
-            .collect();
+        let known = file_paths(record, &self.expect.files, Some(&view.files));
         let (desired, digested, mut files_now) = match resolved {
             Some(r) if r.has_texts() => (r.desired.clone(), false, file_ids(known)),
             // Planned with the digests first: only a file that is no
@@ -838,7 +861,7 @@ impl Agent {
                 desired.map(|(d, digested)| (d, digested, ids))?
             }
         };
-        let new: BTreeSet<String> = desired
+        let new: Vec<String> = desired
             .state
             .files
             .keys()
@@ -859,6 +882,7 @@ impl Agent {
             host_addrs: false,
             sysctls: true,
             firewall: nft_same.then(|| view.obs.state.firewall.clone()),
+            ns_ids: Some(&fresh.ns_ids),
         };
         // Events from here on are news to the reading below: what it reads
         // again is marked again by any event during the reading. A mark
@@ -1092,6 +1116,22 @@ mod tests {
     }
 
     #[test]
+    fn the_files_looked_at_are_each_named_once() {
+        let mut record = Record::default();
+        record.owned.files = ["/a".to_string(), "/b".to_string()].into();
+        record.set_applied(Some(with_files(&[("/b", "x"), ("/c", "y")])));
+        let expected: HashSet<PathBuf> = ["/c", "/d"].into_iter().map(PathBuf::from).collect();
+        let seen: HashMap<String, Option<FileId>> =
+            [("/d".to_string(), None), ("/e".to_string(), None)].into();
+        let mut paths = file_paths(&record, &expected, Some(&seen));
+        paths.sort();
+        assert_eq!(paths, ["/a", "/b", "/c", "/d", "/e"]);
+        let mut paths = file_paths(&record, &expected, None);
+        paths.sort();
+        assert_eq!(paths, ["/a", "/b", "/c", "/d"]);
+    }
+
+    #[test]
     fn identities_taken_beside_other_work_are_those_taken_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut paths: BTreeSet<String> = (0..300)
@@ -1101,7 +1141,7 @@ mod tests {
             std::fs::write(p, p.as_bytes()).expect("write");
         }
         paths.insert("/nonexistent/file".into());
-        let (done, ids) = file_ids_beside(paths.clone(), || 42);
+        let (done, ids) = file_ids_beside(paths.iter().cloned().collect(), || 42);
         assert_eq!(done, 42);
         assert_eq!(ids, file_ids(paths.clone()));
         assert_eq!(ids.values().filter(|id| id.is_some()).count(), 100);
