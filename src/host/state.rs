@@ -409,7 +409,7 @@ impl StateDir {
     pub fn save(&self, r: &Record) -> Result<()> {
         // Compact and without derivable data: the record must stay small
         // on a large host (`netloom state show` prints it readably).
-        let json = serde_json::to_vec(&Disk::from_record(r)?).context("serialize state record")?;
+        let json = serde_json::to_vec(&DiskOut::of(r)?).context("serialize state record")?;
         let p = self.path.join(RECORD);
         let prev = self.path.join(PREV_RECORD);
         // A hard link: state.json itself is only ever replaced by rename,
@@ -510,9 +510,12 @@ fn parse_record(bytes: &[u8]) -> std::result::Result<Record, String> {
     disk.into_record().map_err(|e| format!("is damaged ({e})"))
 }
 
-/// The record as version 2 writes it.
-#[derive(Serialize, Deserialize)]
+/// The record as version 2 writes it ([`DiskOut`]), as a load reads it.
+#[derive(Deserialize)]
 struct Disk {
+    /// Checked by [`parse_record`] before the rest is read; required here
+    /// too, as every record written carries it.
+    #[allow(dead_code)]
     version: u32,
     #[serde(default)]
     allocations: Allocations,
@@ -530,24 +533,24 @@ struct Disk {
 /// named namespace and file of the applied state is owned unless listed
 /// in `not_netns` / `not_files`; `netns` and `files` are the owned ones
 /// it does not name.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Deserialize)]
 struct DiskOwned {
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default)]
     bridges: BTreeSet<String>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default)]
     netns: BTreeSet<String>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default)]
     not_netns: BTreeSet<String>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default)]
     netns_paths: BTreeSet<PathBuf>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default)]
     files: BTreeSet<String>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default)]
     not_files: BTreeSet<String>,
 }
 
 /// The named namespaces and the files of an applied state.
-fn named_in(applied: Option<&State>) -> (BTreeSet<String>, BTreeSet<String>) {
+fn named_in(applied: Option<&State>) -> (BTreeSet<&str>, BTreeSet<&str>) {
     let Some(st) = applied else {
         return Default::default();
     };
@@ -555,37 +558,73 @@ fn named_in(applied: Option<&State>) -> (BTreeSet<String>, BTreeSet<String>) {
         .namespaces
         .values()
         .filter_map(|n| match &n.netns {
-            crate::core::model::NsRef::Named(name) => Some(name.clone()),
+            crate::core::model::NsRef::Named(name) => Some(name.as_str()),
             crate::core::model::NsRef::Path(_) => None,
         })
         .collect();
-    (netns, st.files.keys().cloned().collect())
+    (netns, st.files.keys().map(String::as_str).collect())
 }
 
-impl Disk {
-    fn from_record(r: &Record) -> Result<Disk> {
+/// [`Disk`] as a save writes it, borrowing from the record: the same
+/// fields, names and order, so the same bytes, without copying the
+/// allocations and thousands of owned names on every save (at 1,000
+/// containers a save comes twice per apply).
+#[derive(Serialize)]
+struct DiskOut<'a> {
+    version: u32,
+    allocations: &'a Allocations,
+    owned: DiskOwnedOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<Arc<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<&'a Pending>,
+}
+
+/// [`DiskOwned`] as a save writes it.
+#[derive(Serialize)]
+struct DiskOwnedOut<'a> {
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    bridges: &'a BTreeSet<String>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    netns: BTreeSet<&'a str>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    not_netns: BTreeSet<&'a str>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    netns_paths: &'a BTreeSet<PathBuf>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    files: BTreeSet<&'a str>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    not_files: BTreeSet<&'a str>,
+}
+
+impl<'a> DiskOut<'a> {
+    fn of(r: &'a Record) -> Result<DiskOut<'a>> {
         let (netns, files) = named_in(r.applied.as_ref());
         let o = &r.owned;
-        Ok(Disk {
+        let owned_netns: BTreeSet<&str> = o.netns.iter().map(String::as_str).collect();
+        let owned_files: BTreeSet<&str> = o.files.iter().map(String::as_str).collect();
+        Ok(DiskOut {
             version: RECORD_VERSION,
-            allocations: r.allocations.clone(),
-            owned: DiskOwned {
-                bridges: o.bridges.clone(),
-                netns: o.netns.difference(&netns).cloned().collect(),
-                not_netns: netns.difference(&o.netns).cloned().collect(),
-                netns_paths: o.netns_paths.clone(),
-                files: o.files.difference(&files).cloned().collect(),
-                not_files: files.difference(&o.files).cloned().collect(),
+            allocations: &r.allocations,
+            owned: DiskOwnedOut {
+                bridges: &o.bridges,
+                netns: owned_netns.difference(&netns).copied().collect(),
+                not_netns: netns.difference(&owned_netns).copied().collect(),
+                netns_paths: &o.netns_paths,
+                files: owned_files.difference(&files).copied().collect(),
+                not_files: files.difference(&owned_files).copied().collect(),
             },
             applied: r
                 .applied
                 .as_ref()
                 .map(|st| r.compacted.text(st, &r.allocations))
                 .transpose()?,
-            pending: r.pending.clone(),
+            pending: r.pending.as_ref(),
         })
     }
+}
 
+impl Disk {
     fn into_record(self) -> std::result::Result<Record, String> {
         let applied = self
             .applied
@@ -604,14 +643,16 @@ impl Disk {
         let owned = Owned {
             bridges: o.bridges,
             netns: netns
-                .difference(&o.not_netns)
-                .cloned()
+                .into_iter()
+                .filter(|n| !o.not_netns.contains(*n))
+                .map(str::to_owned)
                 .chain(o.netns)
                 .collect(),
             netns_paths: o.netns_paths,
             files: files
-                .difference(&o.not_files)
-                .cloned()
+                .into_iter()
+                .filter(|f| !o.not_files.contains(*f))
+                .map(str::to_owned)
                 .chain(o.files)
                 .collect(),
         };
@@ -756,8 +797,8 @@ mod tests {
             allocations: d.allocations,
             owned: Owned {
                 bridges: d.state.bridges.values().map(|b| b.name.clone()).collect(),
-                netns,
-                files,
+                netns: netns.into_iter().map(str::to_owned).collect(),
+                files: files.into_iter().map(str::to_owned).collect(),
                 ..Default::default()
             },
             applied: Some(crate::core::model::for_record(&d.state)),
@@ -906,7 +947,7 @@ mod tests {
             "# Written by netloom\n10.5.0.2\tweb\n"
         ));
         // Rewritten as version 2 it keeps the digest of that content.
-        let disk = serde_json::to_vec(&Disk::from_record(&r).unwrap()).unwrap();
+        let disk = serde_json::to_vec(&DiskOut::of(&r).unwrap()).unwrap();
         let again = parse_record(&disk).unwrap();
         assert_eq!(again.owned, r.owned);
         assert_eq!(again.applied, Some(crate::core::model::for_record(applied)));
@@ -928,7 +969,7 @@ mod tests {
             started: 5,
             changes: vec!["container.web".into()],
         });
-        let disk = serde_json::to_vec(&Disk::from_record(&r).unwrap()).unwrap();
+        let disk = serde_json::to_vec(&DiskOut::of(&r).unwrap()).unwrap();
         let text = String::from_utf8(disk.clone()).unwrap();
         for listed in [&foreign, "half-made", "\"not_netns\":[\"web\"]"] {
             assert!(text.contains(listed), "{listed}: {text}");
