@@ -386,8 +386,8 @@ impl Reply {
 /// and those of `seen` (a view's identities), each once. Gathered by
 /// reference and copied once: at 1,000 containers the record, the applied
 /// state, the expectations and the view name the same 2,000 paths, and
-/// copying each of them into an ordered set took longer than a resolve of
-/// the ports.
+/// copying each of them into ordered sets took about 2 ms, a third of an
+/// answer's resolving and file identities together (measured).
 pub fn file_paths(
     record: &Record,
     expected: &HashSet<PathBuf>,
