@@ -64,6 +64,13 @@ fn read(p: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
 }
 
+/// Asserts that `r` exited 0; says what it printed and the agent's log
+/// (`log`) otherwise.
+#[track_caller]
+fn succeeded(r: &Run, log: &Path) {
+    assert_eq!(r.code, 0, "{}\n{}\nLOG:\n{}", r.stdout, r.stderr, read(log));
+}
+
 fn answers(log: &Path) -> usize {
     read(log).matches("answering `").count()
 }
@@ -517,14 +524,9 @@ fn what_an_apply_through_the_agent_made_is_there_when_it_returns() {
         "netloom.toml",
         &format!("{BASE}\n[containers.c3]\nnetworks = [\"green\"]\n"),
     );
-    let r = h.sh(&format!("{NETLOOM} -c {} apply", cfg.display()));
-    assert_eq!(
-        r.code,
-        0,
-        "{}\n{}\nLOG:\n{}",
-        r.stdout,
-        r.stderr,
-        read(&log)
+    succeeded(
+        &h.sh(&format!("{NETLOOM} -c {} apply", cfg.display())),
+        &log,
     );
     let answer = h.sh("ip netns exec c1 dig +time=2 +tries=1 +short @10.60.0.1 c3");
     assert!(
@@ -849,17 +851,7 @@ fn a_change_of_published_ports_only_is_applied_from_the_resolution_before() {
         "the published port does not answer"
     );
     let taken = |log: &Path| read(log).matches("only published ports changed").count();
-    let apply = |h: &Host| {
-        let r = asking(h, &cfg, &["apply"]);
-        assert_eq!(
-            r.code,
-            0,
-            "{}\n{}\nLOG:\n{}",
-            r.stdout,
-            r.stderr,
-            read(&log)
-        );
-    };
+    let apply = |h: &Host| succeeded(&asking(h, &cfg, &["apply"]), &log);
     // 8080 moves to 8081, and c2 publishes an auto-allocated port.
     let moved = BASE
         .replace("ports = [\"8080:80\"]", "ports = [\"8081:80\"]")

@@ -948,9 +948,7 @@ impl Agent {
             // Only published ports changed: what judges events and serves
             // names is as it was but for the sysctls the ports need.
             self.expect.sysctls = p.desired.state.sysctls.clone().into_iter().collect();
-            if let Ok(mut s) = self.sysctls.lock() {
-                s.clone_from(&self.expect.sysctls);
-            }
+            self.share_sysctls();
             self.kept_for = Some(kept_for);
             debug!("expectations and names kept: only published ports changed");
         } else if full || applied.is_some() || self.kept_for.as_ref() != Some(&kept_for) {
@@ -965,9 +963,7 @@ impl Agent {
                     .iter()
                     .map(|l| (l.name.as_str(), l.index)),
             );
-            if let Ok(mut s) = self.sysctls.lock() {
-                s.clone_from(&self.expect.sysctls);
-            }
+            self.share_sysctls();
             self.fs_watch.update(&self.expect);
             self.dns
                 .update_with(p.desired.zones.clone(), &p.desired.dns_clients)
@@ -1016,6 +1012,13 @@ impl Agent {
         });
         self.keep_view();
         Ok((summary, failures))
+    }
+
+    /// Hands the sysctls `expect` holds to the ticker that compares them.
+    fn share_sysctls(&self) {
+        if let Ok(mut s) = self.sysctls.lock() {
+            s.clone_from(&self.expect.sysctls);
+        }
     }
 
     /// Whether `expect`, the file watches and the DNS zones, made for the

@@ -674,10 +674,12 @@ impl Agent {
                 Some(record_now(&mut self.record, &sd, &record_id).map_err(|e| format!("{e:#}"))?)
             }
         };
-        let paths = match &record {
-            Some(r) => file_paths(r, &self.expect.files, Some(&view.files)),
-            None => file_paths(&Record::default(), &self.expect.files, Some(&view.files)),
-        };
+        let unread = Record::default();
+        let paths = file_paths(
+            record.as_deref().unwrap_or(&unread),
+            &self.expect.files,
+            Some(&view.files),
+        );
         let files_now = file_ids(paths);
         let stale_files = stale_files(view, &files_now);
         if same_inputs
