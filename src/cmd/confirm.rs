@@ -97,14 +97,14 @@ pub async fn rollback(sd: &StateDir, record: &mut Record, cp: &Checkpoint) -> Re
     let plan = plan::diff(&target, &observation.state, record.applied());
     let p = Planned {
         desired: Desired {
-            state: target.clone(),
+            state: target,
             allocations: cp.previous_allocations.clone(),
             networks: Default::default(),
             zones: Vec::new(),
             dns_clients: Vec::new(),
             external_files: Default::default(),
         },
-        target,
+        held_target: None,
         observation,
         plan,
         held: Vec::new(),

@@ -308,9 +308,11 @@ pub fn refuse_if_other_owner(dir: &std::path::Path) -> Result<()> {
 /// Everything a plan against the live host needs.
 pub struct Planned {
     pub desired: Desired,
-    /// The desired state with the held-back objects as they are: what
-    /// this run makes true.
-    pub target: State,
+    /// The desired state with the held-back objects as they are, when
+    /// something is held back; `None` when it is the desired state itself
+    /// (as it nearly always is): not a second copy of the whole host for
+    /// every plan. Read it through [`Planned::target`].
+    pub held_target: Option<State>,
     pub observation: Observation,
     pub plan: Plan,
     /// Objects held back before planning (a foreign name clash, a taken
@@ -322,6 +324,14 @@ pub struct Planned {
     /// The write-ahead part of an apply that did not finish, from the
     /// record: `status` and `plan` name it.
     pub interrupted: Option<Pending>,
+}
+
+impl Planned {
+    /// The desired state with the held-back objects as they are: what
+    /// this run makes true.
+    pub fn target(&self) -> &State {
+        self.held_target.as_ref().unwrap_or(&self.desired.state)
+    }
 }
 
 /// Resolves, observes, holds back the objects that cannot be changed
@@ -396,17 +406,21 @@ pub async fn plan_live_with(
         &observation.state,
     ));
     let objects: BTreeSet<String> = held.iter().map(|f| f.object.clone()).collect();
-    let mut target = plan::hold_back(&desired.state, &observation.state, &objects);
-    if objects.contains(plan::NFT_TABLE) {
-        // A foreign table named like netloom's: no firewall change at all,
-        // so that no transaction ever touches it.
-        target.firewall = observation.state.firewall.clone();
-    }
-    let plan = plan::diff(&target, &observation.state, record.applied());
+    let held_target = (!objects.is_empty()).then(|| {
+        let mut target = plan::hold_back(&desired.state, &observation.state, &objects);
+        if objects.contains(plan::NFT_TABLE) {
+            // A foreign table named like netloom's: no firewall change at
+            // all, so that no transaction ever touches it.
+            target.firewall = observation.state.firewall.clone();
+        }
+        target
+    });
+    let target = held_target.as_ref().unwrap_or(&desired.state);
+    let plan = plan::diff(target, &observation.state, record.applied());
     tracing::debug!("planned after {:?}", t0.elapsed());
     Ok(Planned {
         desired,
-        target,
+        held_target,
         observation,
         plan,
         held,
@@ -426,7 +440,7 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
     let mut stale_files = BTreeSet::new();
     let mut host = observe::HostTouch::default();
     let mut sysctls = false;
-    let states = [&p.target, &p.observation.state];
+    let states = [p.target(), &p.observation.state];
     for c in &p.plan.changes {
         if let Some(rest) = c.address.strip_prefix("container.") {
             for st in states {
@@ -529,13 +543,13 @@ pub fn held_text(held: &[Failure]) -> String {
 pub fn record_converged(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<()> {
     if record_outdated(record, p) {
         record.allocations = p.desired.allocations.clone();
-        record.set_applied(Some(model::for_record(&p.target)));
+        record.set_applied(Some(model::for_record(p.target())));
         record.pending = None;
         // Files found at their paths with netloom's header (e.g. after
         // `state rebuild`) are netloom's again; a held-back foreign file
         // (no header) is not.
         let marked = p
-            .target
+            .target()
             .files
             .keys()
             .filter(|k| {
@@ -558,7 +572,7 @@ pub fn record_outdated(record: &Record, p: &Planned) -> bool {
     // The record keeps files by digest: compare in that form.
     !record
         .applied()
-        .is_some_and(|a| model::same_as_recorded(a, &p.target))
+        .is_some_and(|a| model::same_as_recorded(a, p.target()))
         || record.pending.is_some()
 }
 
@@ -656,16 +670,16 @@ impl Applied {
 /// the host back).
 pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> Result<Applied> {
     let t0 = std::time::Instant::now();
-    let want_fw = p.target.firewall.as_ref().map(|f| &f.fw);
+    let want_fw = p.target().firewall.as_ref().map(|f| &f.fw);
     // The firewall the apply's transaction makes, if it runs one.
     let realised: std::cell::RefCell<Option<Option<model::FirewallState>>> = Default::default();
     let fw_tx = |failed: &BTreeSet<String>| {
         // Without failures, the target itself (not a copy of all of it).
         let held;
         let t = if failed.is_empty() {
-            &p.target
+            p.target()
         } else {
-            held = plan::hold_back(&p.target, &p.observation.state, failed);
+            held = plan::hold_back(p.target(), &p.observation.state, failed);
             &held
         };
         let tx = t
@@ -722,7 +736,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
             ));
         }
     }
-    record.owned.netns_paths = observe::attached_paths(&p.target);
+    record.owned.netns_paths = observe::attached_paths(p.target());
     if let Some(sig) = interrupted {
         let saved = sd.save(record);
         let mut msg = format!(
@@ -757,9 +771,9 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         .collect();
     let held;
     let made = if failed.is_empty() {
-        &p.target
+        p.target()
     } else {
-        held = plan::hold_back(&p.target, &p.observation.state, &failed);
+        held = plan::hold_back(p.target(), &p.observation.state, &failed);
         &held
     };
     // Verify: read back; what did not fail must now match.
@@ -777,7 +791,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         let fw = reuse.firewall.take().flatten();
         (plan::diff_firewall_only(made, fw.as_ref()), fw)
     } else {
-        match observe::observe_with(&p.target, record, Some(&reuse), None).await {
+        match observe::observe_with(p.target(), record, Some(&reuse), None).await {
             Ok(again) => (
                 plan::diff(made, &again.state, None).changes,
                 again.state.firewall,

@@ -265,12 +265,11 @@ impl Settled {
     /// needs besides the reading and the desired state is taken out of
     /// `p`.
     pub(super) fn of(id: RecordId, record: &Record, p: &mut steps::Planned) -> Settled {
-        let target = std::mem::take(&mut p.target);
         Settled {
             record: id,
             probes: crate::host::portprobe::conflicts(&p.desired.state, &p.observation.state),
             sysctls: sysctl_keys(&p.desired.state, record),
-            target: (target != p.desired.state).then_some(target),
+            target: p.held_target.take(),
             plan: std::mem::take(&mut p.plan),
             held: std::mem::take(&mut p.held),
             warnings: std::mem::take(&mut p.warnings),
@@ -983,14 +982,9 @@ impl Agent {
         // form of it (the record's, when it was).
         let mut resolved = resolved;
         let desired = resolved.take_desired();
-        let kept_target = settled.target.is_some();
-        let target = match settled.target {
-            Some(t) => t,
-            None => desired.state.clone(),
-        };
         let p = steps::Planned {
             desired,
-            target,
+            held_target: settled.target,
             observation: obs,
             plan: settled.plan,
             held: settled.held,
@@ -1004,7 +998,7 @@ impl Agent {
             files,
             resolved: Some(resolved),
             settled: Some(Settled {
-                target: kept_target.then_some(p.target),
+                target: p.held_target,
                 plan: p.plan,
                 held: p.held,
                 warnings: p.warnings,
