@@ -36,6 +36,7 @@ use crate::host::events::{self, KernelEvent};
 use crate::host::sdnotify;
 use crate::host::state::{AgentStatus, Record, Run, StateDir};
 
+mod early;
 mod expect;
 mod serve;
 mod witness;
@@ -159,10 +160,10 @@ struct Agent {
     /// The epoch and allocations that `expect`, the file watches and the
     /// DNS zones were last made for.
     kept_for: Option<(u64, Allocations)>,
-    /// The file parsed as soon as it changed ([`parse_early`]): its
-    /// content's hash and what parsing it gave. Taken by the reload that
-    /// reads the same content, dropped after the batch otherwise.
-    parsed_early: Option<(u64, ParsedFile)>,
+    /// The file parsed as soon as its writer is done with it, taken by
+    /// the reload that reads the same bytes (None in cluster mode: no
+    /// file is watched).
+    early: Option<early::EarlyParse>,
     /// The view's resolution of the file before the one in force, with
     /// that file's parse, until the view holds a resolution of the file in
     /// force: a change of published ports only is resolved from it
@@ -171,24 +172,6 @@ struct Agent {
     /// Whether `expect`, the file watches and the DNS zones were made for
     /// the resolution in `before`.
     before_kept: bool,
-}
-
-/// What parsing the file gives: the configuration, or what is wrong.
-type ParsedFile = std::result::Result<crate::core::spec::Spec, crate::core::diag::Diagnostics>;
-
-/// Parses the file on a blocking thread, now. A change of the file is
-/// read only once its writer is done and the batch is complete (see
-/// [`next_batch`]), and by then the `apply` that edited it has usually
-/// asked: parsing meanwhile takes the parse (6 ms at 1,000 containers)
-/// off the command's wait. Whatever this reads, half-written or not, is
-/// used only by a reload that reads the same bytes.
-fn parse_early(path: PathBuf) -> tokio::task::JoinHandle<Option<(u64, ParsedFile)>> {
-    tokio::task::spawn_blocking(move || {
-        let text = steps::read_config(&path).ok()?;
-        let shown = path.display().to_string();
-        let parsed = crate::core::spec::load_bytes(&shown, &text);
-        Some((crate::core::hash::fnv64(&text), parsed))
-    })
 }
 
 /// The agent's cluster-mode state.
@@ -263,7 +246,9 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         cluster: None,
         epoch: 0,
         kept_for: None,
-        parsed_early: None,
+        early: cluster
+            .is_none()
+            .then(|| early::EarlyParse::new(cli.config.clone())),
         before: None,
         before_kept: false,
     };
@@ -271,7 +256,12 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     // Set while a writer has the file open after writing to it.
     let writing = Arc::new(AtomicBool::new(false));
     let _watcher = match &cluster {
-        None => Some(watch_file(&cli.config, tx.clone(), writing.clone())?),
+        None => Some(watch_file(
+            &cli.config,
+            tx.clone(),
+            writing.clone(),
+            agent.early.clone(),
+        )?),
         Some((_, etcd)) => {
             let (etx, mut erx) = mpsc::unbounded_channel();
             let after = 0;
@@ -324,12 +314,7 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
     schedule_refresh(&tx);
 
     while let Some(first) = rx.recv().await {
-        let early = (first == Trigger::File && agent.cluster.is_none())
-            .then(|| parse_early(agent.config.clone()));
         let batch = next_batch(first, &mut rx, &writing).await;
-        if let Some(parsing) = early {
-            agent.parsed_early = parsing.await.ok().flatten();
-        }
         if batch.contains(&Trigger::Stop) {
             break;
         }
@@ -433,7 +418,6 @@ pub async fn watch(cli: &Cli, resync: Duration, host: Option<&str>) -> Result<Ex
         } else if batch.contains(&Trigger::Refresh) && !answered {
             agent.refresh().await;
         }
-        agent.parsed_early = None;
     }
     sdnotify::notify("STOPPING=1");
     info!("stopping; the network stays as it is");
@@ -680,17 +664,20 @@ impl Agent {
         };
         let h = crate::core::hash::fnv64(&text);
         if h == self.seen && !force {
+            if let Some(early) = &self.early {
+                early.forget(h);
+            }
             return false;
         }
         let was_seen = self.seen;
         self.seen = h;
         let shown = self.config.display().to_string();
-        let parsed = match self.parsed_early.take() {
-            Some((early, parsed)) if early == h => {
+        let parsed = match self.early.as_ref().and_then(|e| e.take(h)) {
+            Some(parsed) => {
                 debug!("the file was parsed as soon as it changed");
                 parsed
             }
-            _ => crate::core::spec::load_bytes(&shown, &text),
+            None => crate::core::spec::load_bytes(&shown, &text),
         };
         match parsed {
             Ok(spec) => {
@@ -1183,6 +1170,7 @@ fn watch_file(
     config: &Path,
     tx: mpsc::UnboundedSender<Trigger>,
     writing: Arc<AtomicBool>,
+    early: Option<early::EarlyParse>,
 ) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let abs =
@@ -1218,7 +1206,12 @@ fn watch_file(
             K::Access(AccessKind::Close(AccessMode::Write))
             | K::Create(_)
             | K::Remove(_)
-            | K::Modify(ModifyKind::Name(_)) => writing.store(false, Ordering::SeqCst),
+            | K::Modify(ModifyKind::Name(_)) => {
+                writing.store(false, Ordering::SeqCst);
+                if let Some(early) = &early {
+                    early.changed();
+                }
+            }
             // Opening and reading the file (by `plan`, by this agent's own
             // reload) changes nothing: reacting to it made every read
             // trigger the next, one debounce apart, and delayed every
