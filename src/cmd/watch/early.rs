@@ -84,8 +84,9 @@ impl EarlyParse {
             .spawn(move || shared.run());
         if spawned.is_err() {
             // No thread: the reload parses the file itself, as it does
-            // for bytes parsed by nobody.
+            // for bytes parsed by nobody. A reload may wait already.
             self.shared.lock().running = false;
+            self.shared.parsed.notify_all();
         }
     }
 
@@ -128,10 +129,16 @@ impl Shared {
         let shown = self.path.display().to_string();
         loop {
             // An unreadable file (removed, being replaced) is no parse: a
-            // reload reports it.
+            // reload reports it. A parser that panics is no parse either
+            // (the reload parses again, where the panic is reported as
+            // before), and must not leave a waiting reload waiting.
             let parsed = crate::cmd::steps::read_config(&self.path)
                 .ok()
-                .map(|text| (crate::core::hash::fnv64(&text), (self.parse)(&shown, &text)));
+                .and_then(|text| {
+                    let parse = || (self.parse)(&shown, &text);
+                    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse));
+                    Some((crate::core::hash::fnv64(&text), parsed.ok()?))
+                });
             let mut slot = self.lock();
             if parsed.is_some() {
                 slot.last = parsed;
@@ -216,6 +223,24 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Bytes nobody parsed: not waited for once nothing runs.
         assert!(early.take(hash("# other\n")).is_none());
+    }
+
+    #[test]
+    fn a_parser_that_panics_leaves_no_reload_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("netloom.toml");
+        std::fs::write(&path, "# any\n").unwrap();
+        let early = EarlyParse::with_parser(path, |_, _| -> ParsedFile {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            panic!("a parser bug")
+        });
+        early.changed();
+        // Asked on another thread: a reload left waiting fails the test
+        // instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(early.take(hash("# any\n")).is_none()));
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(answer, Ok(true), "the reload still waits");
     }
 
     #[test]
