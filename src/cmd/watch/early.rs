@@ -91,7 +91,10 @@ impl EarlyParse {
     }
 
     /// The parse of the bytes whose hash is `hash`, waiting for a parse
-    /// under way (it may be of those bytes); None when none is.
+    /// under way (it may be of those bytes); None when none is. It blocks
+    /// the calling thread, as the reload's own parse would: for the rest
+    /// of the parse under way, and for the one after it when the file
+    /// changed again meanwhile.
     pub fn take(&self, hash: u64) -> Option<ParsedFile> {
         let mut slot = self.shared.lock();
         loop {
@@ -121,7 +124,8 @@ impl EarlyParse {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Slot> {
-        // A parser that panicked left the slot as it was: still usable.
+        // Nothing panics while holding it (the parser runs unlocked);
+        // were it poisoned, the slot would still be whole.
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
