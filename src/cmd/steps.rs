@@ -4,6 +4,7 @@
 //! `plan`, `apply`, `status`, `inspect` and the agent all go through these
 //! functions, so they load, plan and record in exactly the same way.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -406,15 +407,17 @@ pub async fn plan_live_with(
         &observation.state,
     ));
     let objects: BTreeSet<String> = held.iter().map(|f| f.object.clone()).collect();
-    let held_target = (!objects.is_empty()).then(|| {
-        let mut target = plan::hold_back(&desired.state, &observation.state, &objects);
-        if objects.contains(plan::NFT_TABLE) {
-            // A foreign table named like netloom's: no firewall change at
-            // all, so that no transaction ever touches it.
-            target.firewall = observation.state.firewall.clone();
-        }
-        target
-    });
+    let mut held_target = match plan::hold_back(&desired.state, &observation.state, &objects) {
+        Cow::Owned(target) => Some(target),
+        Cow::Borrowed(_) => None,
+    };
+    if objects.contains(plan::NFT_TABLE) {
+        // A foreign table named like netloom's: no firewall change at all,
+        // so that no transaction ever touches it.
+        held_target
+            .get_or_insert_with(|| desired.state.clone())
+            .firewall = observation.state.firewall.clone();
+    }
     let target = held_target.as_ref().unwrap_or(&desired.state);
     let plan = plan::diff(target, &observation.state, record.applied());
     tracing::debug!("planned after {:?}", t0.elapsed());
@@ -674,14 +677,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
     // The firewall the apply's transaction makes, if it runs one.
     let realised: std::cell::RefCell<Option<Option<model::FirewallState>>> = Default::default();
     let fw_tx = |failed: &BTreeSet<String>| {
-        // Without failures, the target itself (not a copy of all of it).
-        let held;
-        let t = if failed.is_empty() {
-            p.target()
-        } else {
-            held = plan::hold_back(p.target(), &p.observation.state, failed);
-            &held
-        };
+        let t = plan::hold_back(p.target(), &p.observation.state, failed);
         let tx = t
             .firewall
             .as_ref()
@@ -769,13 +765,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         .iter()
         .map(|(_, f)| f.object.clone())
         .collect();
-    let held;
-    let made = if failed.is_empty() {
-        p.target()
-    } else {
-        held = plan::hold_back(p.target(), &p.observation.state, &failed);
-        &held
-    };
+    let made = &*plan::hold_back(p.target(), &p.observation.state, &failed);
     // Verify: read back; what did not fail must now match.
     // Only what the apply touched is read again; the rest is as the plan's
     // observation saw it.

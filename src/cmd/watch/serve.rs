@@ -246,7 +246,7 @@ pub struct Settled {
     record: RecordId,
     /// None when it is the desired state itself (nothing held back): a
     /// second copy of every file text is not kept for that.
-    target: Option<State>,
+    held_target: Option<State>,
     plan: Plan,
     held: Vec<Failure>,
     warnings: Vec<String>,
@@ -269,7 +269,7 @@ impl Settled {
             record: id,
             probes: crate::host::portprobe::conflicts(&p.desired.state, &p.observation.state),
             sysctls: sysctl_keys(&p.desired.state, record),
-            target: p.held_target.take(),
+            held_target: p.held_target.take(),
             plan: std::mem::take(&mut p.plan),
             held: std::mem::take(&mut p.held),
             warnings: std::mem::take(&mut p.warnings),
@@ -984,7 +984,7 @@ impl Agent {
         let desired = resolved.take_desired();
         let p = steps::Planned {
             desired,
-            held_target: settled.target,
+            held_target: settled.held_target,
             observation: obs,
             plan: settled.plan,
             held: settled.held,
@@ -998,7 +998,7 @@ impl Agent {
             files,
             resolved: Some(resolved),
             settled: Some(Settled {
-                target: p.held_target,
+                held_target: p.held_target,
                 plan: p.plan,
                 held: p.held,
                 warnings: p.warnings,

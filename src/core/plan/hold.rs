@@ -8,6 +8,7 @@
 //! desired state as it is observed, so that the plan, the firewall
 //! transaction and the verification all agree on "leave it as it is".
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -117,8 +118,14 @@ pub fn file_owner(path: &str, st: &State) -> Option<String> {
 /// `network.NAME` addresses) and everything depending on it as `observed`
 /// holds it: a held network holds back its members; a held container
 /// holds back its namespace, endpoints, published ports, files and its
-/// lines in other containers' hosts files.
-pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> State {
+/// lines in other containers' hosts files. When `held` names no network
+/// and no container (as it nearly always does), `desired` itself: not a
+/// copy of the whole host for every plan, apply and verification.
+pub fn hold_back<'a>(
+    desired: &'a State,
+    observed: &State,
+    held: &BTreeSet<String>,
+) -> Cow<'a, State> {
     let networks: BTreeSet<&str> = held
         .iter()
         .filter_map(|h| h.strip_prefix("network."))
@@ -128,6 +135,9 @@ pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> 
         .filter_map(|h| h.strip_prefix("container."))
         .map(str::to_string)
         .collect();
+    if networks.is_empty() && containers.is_empty() {
+        return Cow::Borrowed(desired);
+    }
     if !networks.is_empty() {
         for e in desired
             .endpoints
@@ -153,7 +163,7 @@ pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> 
         }
     }
     if containers.is_empty() {
-        return st;
+        return Cow::Owned(st);
     }
     // Each held container's objects as observed. Done for all of them at
     // once: what one container's objects are never depends on another's.
@@ -205,7 +215,7 @@ pub fn hold_back(desired: &State, observed: &State, held: &BTreeSet<String>) -> 
             }
         }
     }
-    st
+    Cow::Owned(st)
 }
 
 /// Whether [`hold_lines`] may change `desired`: false only when it
@@ -313,7 +323,8 @@ mod tests {
     fn a_held_new_container_leaves_no_trace_in_the_plan() {
         let want = tutorial();
         // The host has everything but tomcat5, which cannot be made now.
-        let mut have = hold_back(&want, &State::default(), &held(&["container.tomcat5"]));
+        let mut have =
+            hold_back(&want, &State::default(), &held(&["container.tomcat5"])).into_owned();
         have.files.clear();
         for (p, t) in &want.files {
             if !p.contains("tomcat5") {

@@ -592,7 +592,7 @@ proptest! {
             edit(&mut desired, e);
         }
         prop_assert_eq!(
-            hold_back(&desired, &observed, &held),
+            hold_back(&desired, &observed, &held).into_owned(),
             hold_back_reference(&desired, &observed, &held)
         );
     }
