@@ -491,6 +491,7 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
         stale_files,
         host: host.all,
         host_links: host.links,
+        host_indexes: BTreeSet::new(),
         host_addrs: host.addrs,
         sysctls,
         firewall,

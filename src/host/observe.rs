@@ -151,6 +151,10 @@ pub struct Reuse<'a> {
     /// lookup each, see [`HostTouch`]); the others are as `earlier` saw
     /// them.
     pub host_links: BTreeSet<String>,
+    /// When `host` is false: host links to read again, by index (those an
+    /// event reported: a new link has no name in `earlier`, a gone one
+    /// none to look up).
+    pub host_indexes: BTreeSet<u32>,
     /// When `host` is false: read the host's addresses again.
     pub host_addrs: bool,
     /// Read the sysctls again.
@@ -173,6 +177,7 @@ impl Reuse<'_> {
             && self.stale_files.is_empty()
             && !self.host
             && self.host_links.is_empty()
+            && self.host_indexes.is_empty()
             && !self.host_addrs
             && !self.sysctls
     }
@@ -297,9 +302,10 @@ async fn reread_host(
     nl: &netlink::Netlink,
     earlier: &NsView,
     names: &BTreeSet<String>,
+    indexes: &BTreeSet<u32>,
     addrs: bool,
 ) -> Result<NsView> {
-    if names.is_empty() && !addrs {
+    if names.is_empty() && indexes.is_empty() && !addrs {
         return Ok(earlier.clone());
     }
     let mut fresh: Vec<Link> = Vec::new();
@@ -312,14 +318,30 @@ async fn reread_host(
             fresh.push(l);
         }
     }
-    // Bridges whose ports changed, read again in case the kernel adjusted
-    // them along (by index: a bridge's name is not in the port's reply).
+    // Links asked for by name or index that are no longer there.
     let mut gone: BTreeSet<u32> = earlier
         .links
         .iter()
         .filter(|l| names.contains(&l.name))
         .map(|l| l.index)
         .collect();
+    for &index in indexes {
+        if fresh.iter().any(|l| l.index == index) {
+            continue;
+        }
+        match nl
+            .link_at(index)
+            .await
+            .with_context(|| format!("read host link {index}"))?
+        {
+            Some(l) => fresh.push(l),
+            None => {
+                gone.insert(index);
+            }
+        }
+    }
+    // Bridges whose ports changed, read again in case the kernel adjusted
+    // them along (by index: a bridge's name is not in the port's reply).
     let masters: BTreeSet<u32> = fresh
         .iter()
         .filter_map(|l| l.master)
@@ -327,7 +349,7 @@ async fn reread_host(
             earlier
                 .links
                 .iter()
-                .filter(|l| names.contains(&l.name))
+                .filter(|l| names.contains(&l.name) || indexes.contains(&l.index))
                 .filter_map(|l| l.master),
         )
         .collect();
@@ -468,9 +490,20 @@ pub async fn observe_with(
     let earlier_host = reuse.filter(|r| !r.host).map(|r| r.earlier);
     // A lookup costs a few links' worth of a dump (about four, measured
     // at a thousand): many links touched (a cold apply) are read in one.
-    let by_lookup = |r: &&Reuse| r.host_links.len() * 8 <= r.earlier.host.links.len().max(64);
+    let by_lookup = |r: &&Reuse| {
+        (r.host_links.len() + r.host_indexes.len()) * 8 <= r.earlier.host.links.len().max(64)
+    };
     let host = match reuse.filter(|r| !r.host).filter(by_lookup) {
-        Some(r) => reread_host(&host_nl, &r.earlier.host, &r.host_links, r.host_addrs).await?,
+        Some(r) => {
+            reread_host(
+                &host_nl,
+                &r.earlier.host,
+                &r.host_links,
+                &r.host_indexes,
+                r.host_addrs,
+            )
+            .await?
+        }
         None => NsView {
             links: host_nl.links().await.context("dump host links")?,
             addrs: host_nl.addresses().await.context("dump host addresses")?,
@@ -530,7 +563,13 @@ pub async fn observe_with(
             )
         })
         .collect();
-    if let Some(e) = earlier_host {
+    // The earlier reading's entries hold while its VXLAN devices are all
+    // there are, as it saw them (a device an event reported, or one made
+    // by hand, is read with its entries).
+    let vxlans_as_before = |e: &&Observation| {
+        vxlans.len() == e.state.vxlans.len() && vxlans.iter().all(|l| e.host.links.contains(l))
+    };
+    if let Some(e) = earlier_host.filter(vxlans_as_before) {
         st.vxlans = e.state.vxlans.clone();
     } else if !vxlans.is_empty() {
         let fdb = host_nl.fdb().await.context("dump forwarding entries")?;

@@ -301,6 +301,10 @@ pub struct Fresh {
     pub stale: BTreeSet<NsRef>,
     /// The host namespace is as the view read it.
     pub host_same: bool,
+    /// The host's events say what changed in it since the view read it:
+    /// its watch lost none, and no VXLAN device's forwarding entries (which
+    /// it does not follow) are in the view.
+    pub host_by_events: bool,
     /// The nft ruleset generation now.
     pub nft_now: Option<u32>,
     /// The nft ruleset is the one the view read.
@@ -649,6 +653,7 @@ impl Agent {
         let Fresh {
             stale,
             host_same,
+            host_by_events,
             nft_now,
             nft_same,
             ns_ids,
@@ -718,6 +723,7 @@ impl Agent {
         let fresh = Fresh {
             stale,
             host_same,
+            host_by_events,
             nft_now,
             nft_same,
             ns_ids,
@@ -811,14 +817,15 @@ impl Agent {
             .filter(|ns| !trusted.contains(ns) || doubted.contains(ns))
             .cloned()
             .collect();
-        let host_same = self.host_watch.as_ref().is_some_and(|w| w.quiet())
-            && !self.host_seen.changed()
-            && view.obs.state.vxlans.is_empty();
+        let host_by_events =
+            self.host_watch.as_ref().is_some_and(|w| w.quiet()) && view.obs.state.vxlans.is_empty();
+        let host_same = host_by_events && !self.host_seen.changed();
         let nft_now = crate::host::nft::generation::generation().ok();
         let nft_same = nft_now.is_some() && nft_now == view.obs.nft_generation;
         Some(Fresh {
             stale,
             host_same,
+            host_by_events,
             nft_now,
             nft_same,
             ns_ids,
@@ -874,13 +881,22 @@ impl Agent {
         // minimal transaction starts from that listing.
         let nft_same =
             fresh.nft_same && (view.obs.firewall.is_some() || view.obs.state.firewall.is_none());
+        // Events from here on are news to the reading below; the links
+        // the events before named are looked up again, one request each,
+        // unless the events cannot say what changed.
+        let touched = (!fresh.host_same).then(|| self.host_seen.reading());
+        let host_all = touched
+            .as_ref()
+            .is_some_and(|t| t.all || !fresh.host_by_events);
+        let touched = touched.filter(|_| !host_all).unwrap_or_default();
         let reuse = Reuse {
             earlier: &view.obs,
             stale: fresh.stale.clone(),
             stale_files: stale_files(view, &files_now),
-            host: !fresh.host_same,
+            host: host_all,
             host_links: BTreeSet::new(),
-            host_addrs: false,
+            host_indexes: touched.links,
+            host_addrs: touched.addrs,
             sysctls: true,
             firewall: nft_same.then(|| view.obs.state.firewall.clone()),
             ns_ids: Some(&fresh.ns_ids),
@@ -895,9 +911,6 @@ impl Agent {
                     .get(c)
                     .is_some_and(|w| !fresh.stale.contains(&w.netns))
             });
-        }
-        if !fresh.host_same {
-            self.host_seen.reading();
         }
         let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
         if digested && !digested_files_hold(&p) {
