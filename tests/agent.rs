@@ -464,3 +464,93 @@ fn drift_without_link_removal_heals_from_events() {
     }
     h.sh(&format!("kill -TERM {pid}")).ok();
 }
+
+/// A reconcile that fails after it started reading (its plan is refused)
+/// leaves what it was to read again for the next one: drift it took in
+/// (in the host and in a container) is healed once the file is fixed, not
+/// left to the resync.
+#[test]
+fn drift_taken_in_by_a_refused_reconcile_heals_once_the_file_is_fixed() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::new();
+    // An address of the host that the bad file's network would give its
+    // bridge (a refusal: nothing is changed).
+    h.sh("ip addr add 10.77.0.1/24 dev lo").ok();
+    let is_up = |h: &Host, br: &str| {
+        h.sh(&format!("ip -o link show dev {br} | grep -q '[<,]UP[,>]'"))
+            .code
+            == 0
+    };
+    let good = format!(
+        "[settings]\nupstream_dns = [\"{OUTSIDE_IP}\"]\n\n\
+         [networks.green]\nsubnet = \"10.60.0.0/24\"\n\n\
+         [containers.c1]\nnetworks = [\"green\"]\n"
+    );
+    let bad = format!("{good}\n[networks.red]\nsubnet = \"10.77.0.0/24\"\n");
+    let cfg = h.config("netloom.toml", &good);
+    let log = h.dir.path().join("agent.log");
+    let pid = h.spawn_logged(
+        &format!(
+            "env RUST_LOG=info {NETLOOM} watch --resync {NO_RESYNC} -c {}",
+            cfg.display()
+        ),
+        &log,
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let failed = || read_log().matches("reconcile failed").count();
+    assert!(
+        wait(
+            || read_log().contains("reconciled in"),
+            Duration::from_secs(20)
+        )
+        .is_some(),
+        "agent did not start:\n{}",
+        read_log()
+    );
+    let br = h
+        .sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*' | head -1")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!br.is_empty());
+    save(&h, &cfg, &bad);
+    assert!(
+        wait(|| failed() >= 1, DEADLINE).is_some(),
+        "the bad file was not refused:\n{}",
+        read_log()
+    );
+    // Drift while the file is refused, in the host and in a container:
+    // the reconciles their events start read them again, then fail.
+    h.sh(&format!("ip link set {br} down")).ok();
+    h.sh("ip -n c1 link set eth0 mtu 1400").ok();
+    let mtu_healed = |h: &Host| h.sh("ip -n c1 link show eth0").stdout.contains("mtu 1500");
+    assert!(
+        wait(|| failed() >= 2, DEADLINE).is_some(),
+        "the drift did not start a reconcile:\n{}",
+        read_log()
+    );
+    // Both events taken in by a failed reconcile, not waiting in a batch.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!is_up(&h, &br), "the refused reconcile changed the bridge");
+    assert!(!mtu_healed(&h), "the refused reconcile changed the MTU");
+    save(&h, &cfg, &good);
+    assert!(
+        wait(|| is_up(&h, &br), DEADLINE).is_some(),
+        "the bridge stayed down once the file was fixed:\n{}",
+        read_log()
+    );
+    assert!(
+        wait(|| mtu_healed(&h), DEADLINE).is_some(),
+        "the container's MTU stayed drifted once the file was fixed:\n{}",
+        read_log()
+    );
+    assert!(
+        !read_log().contains("trigger=resync"),
+        "a resync healed it:\n{}",
+        read_log()
+    );
+    h.sh(&format!("kill -TERM {pid}")).ok();
+}

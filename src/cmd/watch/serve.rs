@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use super::witness::Touched;
 use super::{Agent, Trigger};
 use crate::cmd::agent_client::format_of;
 use crate::cmd::steps::{self, Exit, Loaded, Out};
@@ -888,6 +889,11 @@ impl Agent {
         let host_all = touched
             .as_ref()
             .is_some_and(|t| t.all || !fresh.host_by_events);
+        let given_back = touched.as_ref().map(|t| Touched {
+            all: host_all,
+            links: t.links.clone(),
+            addrs: t.addrs,
+        });
         let touched = touched.filter(|_| !host_all).unwrap_or_default();
         let reuse = Reuse {
             earlier: &view.obs,
@@ -912,12 +918,35 @@ impl Agent {
                     .is_some_and(|w| !fresh.stale.contains(&w.netns))
             });
         }
-        let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
-        if digested && !digested_files_hold(&p) {
-            // A file to write: its text is the file's, resolved again.
-            let desired = steps::resolve(l, record)?;
-            p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
-        }
+        let planned = async {
+            let mut p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
+            if digested && !digested_files_hold(&p) {
+                // A file to write: its text is the file's, resolved again.
+                let desired = steps::resolve(l, record)?;
+                p = steps::plan_live_with(l, record, Some(&reuse), Some(desired)).await?;
+            }
+            anyhow::Ok(p)
+        };
+        let mut p = match planned.await {
+            Ok(p) => p,
+            Err(e) => {
+                // The view stays as it was: what this reading was to read
+                // again is read again by the next (a plan refused for a
+                // clash, for instance, must not leave drift unseen).
+                if let Some(t) = given_back {
+                    self.host_seen.unread(t);
+                }
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.extend(
+                        self.ns_watch
+                            .iter()
+                            .filter(|(_, w)| fresh.stale.contains(&w.netns))
+                            .map(|(c, _)| c.clone()),
+                    );
+                }
+                return Err(e);
+            }
+        };
         if nft_same {
             // The ruleset is the one the view read: its generation and its
             // raw listing.

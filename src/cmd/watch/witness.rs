@@ -78,6 +78,16 @@ impl HostWitness {
         }
     }
 
+    /// A reading that took `t` failed: the next reading reads it again.
+    pub(super) fn unread(&self, t: Touched) {
+        if let Ok(mut mine) = self.touched.lock() {
+            mine.all |= t.all;
+            mine.links.extend(t.links);
+            mine.addrs |= t.addrs;
+            self.changed.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// The view holds `links` as the host's: a later notice about a port
     /// is judged against them.
     pub(super) fn holds(&self, links: &[Link]) {
@@ -262,5 +272,20 @@ mod tests {
         w.see(&KernelEvent::Lost);
         assert!(w.reading().all);
         assert!(!w.reading().all);
+        // A reading that failed gives back what it took, with what came
+        // since.
+        w.see(&port(7, Some(false), true));
+        let t = w.reading();
+        w.see(&addr(8, false));
+        w.unread(t);
+        assert!(w.changed());
+        assert_eq!(
+            w.reading(),
+            Touched {
+                all: false,
+                links: [7].into(),
+                addrs: true,
+            }
+        );
     }
 }
