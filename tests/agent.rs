@@ -471,6 +471,19 @@ fn drift_without_link_removal_heals_from_events() {
 /// left to the resync.
 #[test]
 fn drift_taken_in_by_a_refused_reconcile_heals_once_the_file_is_fixed() {
+    refused_reconcile_then_fixed(false);
+}
+
+/// The same when the last refused reconcile read everything (SIGHUP).
+#[test]
+fn drift_taken_in_by_a_refused_full_reading_heals_once_the_file_is_fixed() {
+    refused_reconcile_then_fixed(true);
+}
+
+/// Drift while the agent's file is refused, taken in by the reconciles
+/// that fail (and a SIGHUP's full reading with `sighup`), heals once the
+/// file is fixed.
+fn refused_reconcile_then_fixed(sighup: bool) {
     if !kernel_tests_possible(TOOLS) {
         return;
     }
@@ -534,6 +547,15 @@ fn drift_taken_in_by_a_refused_reconcile_heals_once_the_file_is_fixed() {
     );
     // Both events taken in by a failed reconcile, not waiting in a batch.
     std::thread::sleep(Duration::from_millis(500));
+    if sighup {
+        let before = failed();
+        h.sh(&format!("kill -HUP {pid}")).ok();
+        assert!(
+            wait(|| failed() > before, DEADLINE).is_some(),
+            "SIGHUP did not start a reconcile:\n{}",
+            read_log()
+        );
+    }
     assert!(!is_up(&h, &br), "the refused reconcile changed the bridge");
     assert!(!mtu_healed(&h), "the refused reconcile changed the MTU");
     save(&h, &cfg, &good);

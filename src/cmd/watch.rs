@@ -882,7 +882,21 @@ impl Agent {
                     d.clear();
                 }
                 self.host_seen.reading();
-                (steps::plan_live(&self.loaded, &record).await?, files)
+                match steps::plan_live(&self.loaded, &record).await {
+                    Ok(p) => (p, files),
+                    Err(e) => {
+                        // The view stays as it was: the next reading reads
+                        // everything again, as this one was to.
+                        self.host_seen.unread(witness::Touched {
+                            all: true,
+                            ..Default::default()
+                        });
+                        if let Ok(mut d) = self.dirty.lock() {
+                            d.extend(self.ns_watch.keys().cloned());
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         let mut summary = crate::core::plan::Summary::default();

@@ -318,7 +318,8 @@ async fn reread_host(
             fresh.push(l);
         }
     }
-    // Links asked for by name or index that are no longer there.
+    // The earlier entries of the links asked for: replaced by what the
+    // lookups found, or gone.
     let mut gone: BTreeSet<u32> = earlier
         .links
         .iter()
