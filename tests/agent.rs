@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Run;
@@ -73,13 +73,14 @@ fn wait(mut f: impl FnMut() -> bool, timeout: Duration) -> Option<Duration> {
     None
 }
 
-#[test]
-fn the_agent_serves_names_follows_the_file_and_heals_drift() {
-    if !kernel_tests_possible(TOOLS) {
-        return;
-    }
-    let mut h = Host::with_outside();
-    let cfg = h.config("netloom.toml", &config(""));
+fn read(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Starts the agent on `cfg` (with a resync no test outlives, its log in
+/// the test's directory) and waits for its first reconcile: its pid and
+/// log.
+fn start_agent(h: &mut Host, cfg: &Path) -> (u32, PathBuf) {
     let log = h.dir.path().join("agent.log");
     let pid = h.spawn_logged(
         &format!(
@@ -88,16 +89,39 @@ fn the_agent_serves_names_follows_the_file_and_heals_drift() {
         ),
         &log,
     );
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait(
-            || read_log().contains("reconciled"),
+            || read(&log).contains("reconciled in"),
             Duration::from_secs(20)
         )
         .is_some(),
         "agent did not start:\n{}",
-        read_log()
+        read(&log)
     );
+    (pid, log)
+}
+
+/// The name of the host's first bridge.
+fn first_bridge(h: &Host) -> String {
+    let br = h
+        .sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*' | head -1")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!br.is_empty(), "no bridge");
+    br
+}
+
+#[test]
+fn the_agent_serves_names_follows_the_file_and_heals_drift() {
+    if !kernel_tests_possible(TOOLS) {
+        return;
+    }
+    let mut h = Host::with_outside();
+    let cfg = h.config("netloom.toml", &config(""));
+    let (pid, log) = start_agent(&mut h, &cfg);
+    let read_log = || read(&log);
 
     // DNS: names, aliases, name.network, PTR, over UDP and TCP.
     assert_eq!(
@@ -307,28 +331,10 @@ fn drift_without_link_removal_heals_from_events() {
              [containers.c2]\nnetworks = [\"green\"]\n"
         ),
     );
-    let log = h.dir.path().join("agent.log");
-    let pid = h.spawn_logged(
-        &format!(
-            "env RUST_LOG=info {NETLOOM} watch --resync 300 -c {}",
-            cfg.display()
-        ),
-        &log,
-    );
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let (pid, log) = start_agent(&mut h, &cfg);
+    let read_log = || read(&log);
     let runs = || read_log().matches("reconciled in").count();
-    assert!(
-        wait(|| runs() >= 1, Duration::from_secs(20)).is_some(),
-        "agent did not start:\n{}",
-        read_log()
-    );
-    let br = h
-        .sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*' | head -1")
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    assert!(!br.is_empty());
+    let br = first_bridge(&h);
     // A port of the bridge, and the hairpin mode netloom gave it.
     let port = h
         .sh(&format!(
@@ -503,32 +509,10 @@ fn refused_reconcile_then_fixed(sighup: bool) {
     );
     let bad = format!("{good}\n[networks.red]\nsubnet = \"10.77.0.0/24\"\n");
     let cfg = h.config("netloom.toml", &good);
-    let log = h.dir.path().join("agent.log");
-    let pid = h.spawn_logged(
-        &format!(
-            "env RUST_LOG=info {NETLOOM} watch --resync {NO_RESYNC} -c {}",
-            cfg.display()
-        ),
-        &log,
-    );
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let (pid, log) = start_agent(&mut h, &cfg);
+    let read_log = || read(&log);
     let failed = || read_log().matches("reconcile failed").count();
-    assert!(
-        wait(
-            || read_log().contains("reconciled in"),
-            Duration::from_secs(20)
-        )
-        .is_some(),
-        "agent did not start:\n{}",
-        read_log()
-    );
-    let br = h
-        .sh("ip -o link show type bridge | grep -o 'br-[0-9a-f]*' | head -1")
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    assert!(!br.is_empty());
+    let br = first_bridge(&h);
     save(&h, &cfg, &bad);
     assert!(
         wait(|| failed() >= 1, DEADLINE).is_some(),

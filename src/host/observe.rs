@@ -327,19 +327,7 @@ async fn reread_host(
         .map(|l| l.index)
         .collect();
     for &index in indexes {
-        if fresh.iter().any(|l| l.index == index) {
-            continue;
-        }
-        match nl
-            .link_at(index)
-            .await
-            .with_context(|| format!("read host link {index}"))?
-        {
-            Some(l) => fresh.push(l),
-            None => {
-                gone.insert(index);
-            }
-        }
+        reread_at(nl, index, &mut fresh, &mut gone).await?;
     }
     // Bridges whose ports changed, read again in case the kernel adjusted
     // them along (by index: a bridge's name is not in the port's reply).
@@ -355,19 +343,7 @@ async fn reread_host(
         )
         .collect();
     for index in masters {
-        if fresh.iter().any(|l| l.index == index) {
-            continue;
-        }
-        match nl
-            .link_at(index)
-            .await
-            .with_context(|| format!("read host link {index}"))?
-        {
-            Some(l) => fresh.push(l),
-            None => {
-                gone.insert(index);
-            }
-        }
+        reread_at(nl, index, &mut fresh, &mut gone).await?;
     }
     let fresh_index: BTreeSet<u32> = fresh.iter().map(|l| l.index).collect();
     let fresh_name: BTreeSet<&str> = fresh.iter().map(|l| l.name.as_str()).collect();
@@ -399,6 +375,30 @@ async fn reread_host(
         addrs,
         routes: earlier.routes.clone(),
     })
+}
+
+/// Host link `index` read again into `fresh` (one request; none when
+/// `fresh` holds it already), or marked `gone` when there is none.
+async fn reread_at(
+    nl: &netlink::Netlink,
+    index: u32,
+    fresh: &mut Vec<Link>,
+    gone: &mut BTreeSet<u32>,
+) -> Result<()> {
+    if fresh.iter().any(|l| l.index == index) {
+        return Ok(());
+    }
+    match nl
+        .link_at(index)
+        .await
+        .with_context(|| format!("read host link {index}"))?
+    {
+        Some(l) => fresh.push(l),
+        None => {
+            gone.insert(index);
+        }
+    }
+    Ok(())
 }
 
 /// Readings that need only the state record, not the file: taken by
