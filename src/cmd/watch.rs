@@ -885,15 +885,12 @@ impl Agent {
                 match steps::plan_live(&self.loaded, &record).await {
                     Ok(p) => (p, files),
                     Err(e) => {
-                        // The view stays as it was: the next reading reads
-                        // everything again, as this one was to.
-                        self.host_seen.unread(witness::Touched {
+                        // Everything, as this reading was to read.
+                        let all = witness::Touched {
                             all: true,
                             ..Default::default()
-                        });
-                        if let Ok(mut d) = self.dirty.lock() {
-                            d.extend(self.ns_watch.keys().cloned());
-                        }
+                        };
+                        self.give_back(Some(all), None);
                         return Err(e);
                     }
                 }

@@ -885,24 +885,22 @@ impl Agent {
         // Events from here on are news to the reading below; the links
         // the events before named are looked up again, one request each,
         // unless the events cannot say what changed.
-        let touched = (!fresh.host_same).then(|| self.host_seen.reading());
-        let host_all = touched
-            .as_ref()
-            .is_some_and(|t| t.all || !fresh.host_by_events);
-        let given_back = touched.as_ref().map(|t| Touched {
-            all: host_all,
-            links: t.links.clone(),
-            addrs: t.addrs,
+        let touched = (!fresh.host_same).then(|| {
+            let mut t = self.host_seen.reading();
+            t.all |= !fresh.host_by_events;
+            t
         });
-        let touched = touched.filter(|_| !host_all).unwrap_or_default();
         let reuse = Reuse {
             earlier: &view.obs,
             stale: fresh.stale.clone(),
             stale_files: stale_files(view, &files_now),
-            host: host_all,
+            host: touched.as_ref().is_some_and(|t| t.all),
             host_links: BTreeSet::new(),
-            host_indexes: touched.links,
-            host_addrs: touched.addrs,
+            host_indexes: touched
+                .as_ref()
+                .map(|t| t.links.clone())
+                .unwrap_or_default(),
+            host_addrs: touched.as_ref().is_some_and(|t| t.addrs),
             sysctls: true,
             firewall: nft_same.then(|| view.obs.state.firewall.clone()),
             ns_ids: Some(&fresh.ns_ids),
@@ -930,20 +928,7 @@ impl Agent {
         let mut p = match planned.await {
             Ok(p) => p,
             Err(e) => {
-                // The view stays as it was: what this reading was to read
-                // again is read again by the next (a plan refused for a
-                // clash, for instance, must not leave drift unseen).
-                if let Some(t) = given_back {
-                    self.host_seen.unread(t);
-                }
-                if let Ok(mut d) = self.dirty.lock() {
-                    d.extend(
-                        self.ns_watch
-                            .iter()
-                            .filter(|(_, w)| fresh.stale.contains(&w.netns))
-                            .map(|(c, _)| c.clone()),
-                    );
-                }
+                self.give_back(touched, Some(&fresh.stale));
                 return Err(e);
             }
         };
@@ -954,6 +939,24 @@ impl Agent {
             p.observation.firewall = view.obs.firewall.clone();
         }
         Ok((p, files_now))
+    }
+
+    /// A reading that took the marks of the host (`host`, None when it
+    /// read none of it) and of the namespaces in `stale` (None: all) failed,
+    /// and the view stays as it was: the next reading reads them again (a
+    /// plan refused for a clash, for instance, must not leave drift unseen).
+    pub(super) fn give_back(&self, host: Option<Touched>, stale: Option<&BTreeSet<NsRef>>) {
+        if let Some(t) = host {
+            self.host_seen.unread(t);
+        }
+        if let Ok(mut d) = self.dirty.lock() {
+            d.extend(
+                self.ns_watch
+                    .iter()
+                    .filter(|(_, w)| stale.is_none_or(|s| s.contains(&w.netns)))
+                    .map(|(c, _)| c.clone()),
+            );
+        }
     }
 
     /// The file in force resolved from the resolution of the file before
