@@ -12,7 +12,7 @@
 //! digests (the record never keeps file contents, see
 //! [`model::for_record`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -331,6 +331,51 @@ fn fill<T: Serialize>(v: &mut Value, derived: &T) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether [`compact_parts`] of `st` is the same against `a` as against
+/// `b`. An endpoint's derivation reads only the addresses of its own
+/// container (and, through [`NetworksOf`], on which networks it has
+/// one), so addresses given to or taken from containers without an
+/// endpoint in `st` make no difference: an apply that adds a container
+/// records its allocations beside the applied state before it, whose
+/// text then stays as it was.
+pub fn same_derivation(st: &State, a: &Allocations, b: &Allocations) -> bool {
+    if a.ipv4 == b.ipv4 && a.ipv6 == b.ipv6 {
+        return true;
+    }
+    let mut moved = HashSet::new();
+    containers_moved(&a.ipv4, &b.ipv4, &mut moved);
+    containers_moved(&a.ipv6, &b.ipv6, &mut moved);
+    !st.endpoints
+        .values()
+        .any(|e| moved.contains(e.container.as_str()))
+}
+
+/// Adds to `out` every container whose address on some network differs
+/// between `a` and `b` (one of them without it included).
+fn containers_moved<'a, V: PartialEq>(
+    a: &'a BTreeMap<String, BTreeMap<String, V>>,
+    b: &'a BTreeMap<String, BTreeMap<String, V>>,
+    out: &mut HashSet<&'a str>,
+) {
+    let empty = BTreeMap::new();
+    for (net, ma) in a {
+        let mb = b.get(net).unwrap_or(&empty);
+        out.extend(
+            ma.iter()
+                .filter(|(c, v)| mb.get(*c) != Some(*v))
+                .map(|(c, _)| c.as_str()),
+        );
+    }
+    for (net, mb) in b {
+        let ma = a.get(net).unwrap_or(&empty);
+        out.extend(
+            mb.keys()
+                .filter(|c| !ma.contains_key(*c))
+                .map(String::as_str),
+        );
+    }
+}
+
 /// `container.ethN` split at its last dot (container names have none).
 fn key_parts(key: &str) -> (&str, &str) {
     key.rsplit_once('.').unwrap_or((key, ""))
@@ -494,6 +539,63 @@ mod tests {
         assert_eq!(v["endpoints"]["c1.eth0"]["gateway"], Value::Null);
         assert_eq!(v["endpoints"]["c1.eth0"]["mtu"], 1400);
         assert_eq!(expand(v, &alloc).unwrap(), model::for_record(&st));
+    }
+
+    #[test]
+    fn only_the_state_s_own_containers_addresses_change_its_derivation() {
+        let (st, alloc) = resolved(
+            "[networks.a]\nsubnet = \"10.1.0.0/24\"\nsubnet6 = \"fd00:1::/64\"\n\
+             [networks.b]\nsubnet = \"10.2.0.0/24\"\n\
+             [containers.x]\nnetworks = [\"a\"]\n",
+        );
+        let same = |b: &Allocations| same_derivation(&st, &alloc, b);
+        assert!(same(&alloc));
+        let mut other = alloc.clone();
+        other
+            .ipv4
+            .get_mut("a")
+            .unwrap()
+            .insert("y".into(), "10.1.0.9".parse().unwrap());
+        other.ipv4.insert(
+            "c".into(),
+            [("z".to_string(), "10.3.0.2".parse().unwrap())].into(),
+        );
+        other.ports.insert("x/80".into(), 40000);
+        assert!(same(&other));
+        assert!(same_derivation(&st, &other, &alloc), "either way");
+        let mut moved = alloc.clone();
+        moved
+            .ipv4
+            .get_mut("a")
+            .unwrap()
+            .insert("x".into(), "10.1.0.9".parse().unwrap());
+        assert!(!same(&moved));
+        let mut moved6 = alloc.clone();
+        moved6
+            .ipv6
+            .get_mut("a")
+            .unwrap()
+            .insert("x".into(), "fd00:1::9".parse().unwrap());
+        assert!(!same(&moved6));
+        // On a second network, x is no longer on only one.
+        let mut second = alloc.clone();
+        second.ipv4.insert(
+            "b".into(),
+            [("x".to_string(), "10.2.0.2".parse().unwrap())].into(),
+        );
+        assert!(!same(&second));
+        let mut gone = alloc.clone();
+        gone.ipv4.get_mut("a").unwrap().remove("x");
+        assert!(!same(&gone));
+        // Whenever it says so, the parts are those made against the other.
+        for b in [&other, &moved, &moved6, &second, &gone] {
+            let text = |a: &Allocations| compact_text(&st, a).unwrap();
+            if same(b) {
+                assert_eq!(text(b), text(&alloc));
+            } else {
+                assert_ne!(text(b), text(&alloc));
+            }
+        }
     }
 
     #[test]

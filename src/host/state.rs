@@ -101,9 +101,9 @@ impl Record {
 /// the record, or made by its first save. Compacting a large applied
 /// state is most of a save, and an apply's write-ahead save writes the
 /// applied state it read (the agent keeps its record between applies), so
-/// only a new applied state (or new allocations) is compacted again, and
-/// then with the parts it shares with the state before
-/// ([`crate::core::record::CompactParts`]).
+/// only a new applied state (or allocations that move its containers) is
+/// compacted again, and then with the parts it shares with the state
+/// before ([`crate::core::record::CompactParts`]).
 #[derive(Default)]
 struct Compacted {
     whole: std::sync::Mutex<Option<Arc<CompactText>>>,
@@ -139,15 +139,22 @@ impl Compacted {
         self.whole.lock().ok().and_then(|m| m.clone())
     }
 
-    /// The compact text of `st` against `alloc`: remembered, or made now
-    /// (with the parts carried over, when made against the same
-    /// addresses) and remembered.
+    /// The compact text of `st` against `alloc`: remembered (made against
+    /// allocations that derive it the same way, see
+    /// [`crate::core::record::same_derivation`]), or made now (with the
+    /// parts carried over, likewise) and remembered.
     fn text(&self, st: &State, alloc: &Allocations) -> Result<Arc<RawValue>> {
-        if let Some(c) = self.get().filter(|c| c.alloc == *alloc) {
+        use crate::core::record::same_derivation;
+        // Kept against the allocations it was made with: a later save
+        // compares with those.
+        if let Some(c) = self
+            .get()
+            .filter(|c| c.alloc == *alloc || same_derivation(st, &c.alloc, alloc))
+        {
             return Ok(c.text.clone());
         }
         let parts = match &self.carried {
-            Some((a, parts)) if a.ipv4 == alloc.ipv4 && a.ipv6 == alloc.ipv6 => parts.clone(),
+            Some((a, parts)) if same_derivation(st, a, alloc) => parts.clone(),
             _ => Arc::new(
                 crate::core::record::compact_parts(st, alloc)
                     .context("serialize the applied state")?,
@@ -838,6 +845,47 @@ mod tests {
         r.set_applied(Some(other.clone()));
         sd.save(&r).unwrap();
         assert_eq!(sd.load().unwrap().applied(), Some(&other));
+    }
+
+    #[test]
+    fn addresses_for_other_containers_leave_the_text_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut r = tutorial_record();
+        sd.save(&r).unwrap();
+        let kept = r.compacted.get().unwrap().text.clone();
+        // The write-ahead save of an apply that adds a container: its
+        // addresses are recorded beside the applied state before it.
+        let net = r.allocations.ipv4.keys().next().unwrap().clone();
+        r.allocations
+            .ipv4
+            .get_mut(&net)
+            .unwrap()
+            .insert("newcomer".into(), "10.9.9.9".parse().unwrap());
+        sd.save(&r).unwrap();
+        assert!(Arc::ptr_eq(&kept, &r.compacted.get().unwrap().text));
+        let same_as_fresh = |r: &Record| {
+            let written = fs::read(dir.path().join(RECORD)).unwrap();
+            let fresh_dir = tempfile::tempdir().unwrap();
+            let fresh = StateDir::open(fresh_dir.path(), Duration::from_secs(1)).unwrap();
+            let mut whole = r.clone();
+            whole.compacted = Compacted::default();
+            fresh.save(&whole).unwrap();
+            assert_eq!(fs::read(fresh_dir.path().join(RECORD)).unwrap(), written);
+            assert_eq!(sd.load().unwrap().applied(), r.applied());
+        };
+        same_as_fresh(&r);
+        // A container of the applied state moved: compacted again.
+        let member = r.applied().unwrap().endpoints.values().next().unwrap();
+        let (net, who) = (member.network.clone(), member.container.clone());
+        r.allocations
+            .ipv4
+            .get_mut(&net)
+            .unwrap()
+            .insert(who, "10.9.9.8".parse().unwrap());
+        sd.save(&r).unwrap();
+        assert!(!Arc::ptr_eq(&kept, &r.compacted.get().unwrap().text));
+        same_as_fresh(&r);
     }
 
     #[test]
