@@ -560,9 +560,10 @@ impl Agent {
     /// [`record_now`] to change and save: the agent's copy is taken
     /// (given back by [`Agent::keep_record`] once saved), so that no
     /// half-changed record is ever kept. Still shared with the view
-    /// ([`Resolved::recorded`]): a reconcile that changes it copies it
-    /// then, or drops the view's share first, which spares the copy of
-    /// every object (`Arc::make_mut`).
+    /// ([`Resolved::recorded`]), and with the resolution of the file
+    /// before when it came from the view: a reconcile that changes it
+    /// copies it then, or drops those shares first, which spares the copy
+    /// of every object (`Arc::make_mut`).
     pub(super) fn take_record(&mut self, sd: &StateDir) -> anyhow::Result<Arc<Record>> {
         let id = RecordId::now(sd);
         let r = record_now(&mut self.record, sd, &id)?;
