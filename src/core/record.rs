@@ -333,11 +333,11 @@ fn fill<T: Serialize>(v: &mut Value, derived: &T) -> Result<(), String> {
 
 /// Whether [`compact_parts`] of `st` is the same against `a` as against
 /// `b`. An endpoint's derivation reads only the addresses of its own
-/// container (and, through [`NetworksOf`], on which networks it has
-/// one), so addresses given to or taken from containers without an
-/// endpoint in `st` make no difference: an apply that adds a container
-/// records its allocations beside the applied state before it, whose
-/// text then stays as it was.
+/// container (and from them on which networks it has one), so
+/// addresses given to or taken from containers without an endpoint in
+/// `st` make no difference: an apply that adds a container records its
+/// allocations beside the applied state before it, whose text then
+/// stays as it was.
 pub fn same_derivation(st: &State, a: &Allocations, b: &Allocations) -> bool {
     if a.ipv4 == b.ipv4 && a.ipv6 == b.ipv6 {
         return true;
