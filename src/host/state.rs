@@ -847,6 +847,16 @@ mod tests {
         assert_eq!(sd.load().unwrap().applied(), Some(&other));
     }
 
+    /// The very bytes a save of `r` writes with nothing compacted before.
+    fn compacted_from_nothing(r: &Record) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut whole = r.clone();
+        whole.compacted = Compacted::default();
+        sd.save(&whole).unwrap();
+        fs::read(dir.path().join(RECORD)).unwrap()
+    }
+
     #[test]
     fn addresses_for_other_containers_leave_the_text_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
@@ -866,12 +876,7 @@ mod tests {
         assert!(Arc::ptr_eq(&kept, &r.compacted.get().unwrap().text));
         let same_as_fresh = |r: &Record| {
             let written = fs::read(dir.path().join(RECORD)).unwrap();
-            let fresh_dir = tempfile::tempdir().unwrap();
-            let fresh = StateDir::open(fresh_dir.path(), Duration::from_secs(1)).unwrap();
-            let mut whole = r.clone();
-            whole.compacted = Compacted::default();
-            fresh.save(&whole).unwrap();
-            assert_eq!(fs::read(fresh_dir.path().join(RECORD)).unwrap(), written);
+            assert_eq!(compacted_from_nothing(r), written);
             assert_eq!(sd.load().unwrap().applied(), r.applied());
         };
         same_as_fresh(&r);
@@ -914,13 +919,7 @@ mod tests {
         assert!(r.compacted.carried.is_some());
         sd.save(&r).unwrap();
         let written = fs::read(dir.path().join(RECORD)).unwrap();
-        // The very bytes of the record compacted from nothing.
-        let fresh_dir = tempfile::tempdir().unwrap();
-        let fresh = StateDir::open(fresh_dir.path(), Duration::from_secs(1)).unwrap();
-        let mut whole = r.clone();
-        whole.compacted = Compacted::default();
-        fresh.save(&whole).unwrap();
-        assert_eq!(fs::read(fresh_dir.path().join(RECORD)).unwrap(), written);
+        assert_eq!(compacted_from_nothing(&r), written);
         assert_eq!(sd.load().unwrap().applied(), Some(&other));
         // Other addresses: the parts are made again.
         let mut moved = r.clone();
