@@ -902,8 +902,9 @@ impl Agent {
         // Decided before the record changes: the resolution of the file
         // before, which it reads, shares the record when it came from a
         // converged view ([`serve::Resolved::recorded`]), and is let go
-        // below so that changing the record does not copy it whole (about
-        // 2 ms at 1,000 containers, on the command's wait).
+        // below so that changing the record does not copy it whole (1.4%
+        // of the agent's CPU in a profile of +1 port and back at 1,000
+        // containers, on the command's wait).
         let ports_only = !full && self.kept_but_ports(&p);
         let applied = if !p.plan.is_empty() {
             // The view's share of the record: the view is made again below.
