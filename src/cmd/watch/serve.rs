@@ -810,14 +810,10 @@ impl Agent {
         let quiet = crate::host::events::all_quiet(&watched);
         // A stat call per namespace (about 2.4 ms at 1,000, measured), on
         // both cores.
-        let ids: Vec<(PathBuf, (u64, u64))> = self
-            .ns_watch
-            .values()
-            .map(|w| (w.netns.path(), w.id))
-            .collect();
+        let watches: Vec<&NsWatch> = self.ns_watch.values().collect();
         let (_, same) = map_beside(
-            &ids,
-            |(path, id)| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id),
+            &watches,
+            |w| std::fs::metadata(w.netns.path()).is_ok_and(|m| (m.dev(), m.ino()) == w.id),
             || (),
         );
         for (((c, w), quiet), same_ns) in self.ns_watch.iter().zip(quiet).zip(same) {

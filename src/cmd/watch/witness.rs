@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::host::events::{KernelEvent, PortNotice};
 use crate::host::netlink::Link;
@@ -29,10 +28,8 @@ pub(super) struct Touched {
 /// and the agent, which reads the host and asks whether that reading
 /// still holds.
 pub(super) struct HostWitness {
-    /// An event since the host was read may have changed it (or it was
-    /// never read). Set and cleared under `touched`'s lock, with it.
-    changed: AtomicBool,
-    /// What the events since the host was read name.
+    /// What the events since the host was read name: nothing when the
+    /// host is as it was read (every event that is news names something).
     touched: Mutex<Touched>,
     /// The hairpin mode of each bridge port, by index, as the view holds
     /// it; `None` while a reading is under way (its values are not known
@@ -43,7 +40,6 @@ pub(super) struct HostWitness {
 impl HostWitness {
     pub(super) fn new() -> Self {
         HostWitness {
-            changed: AtomicBool::new(true),
             touched: Mutex::new(Touched {
                 all: true,
                 ..Touched::default()
@@ -54,7 +50,9 @@ impl HostWitness {
 
     /// Whether the host may have changed since it was read.
     pub(super) fn changed(&self) -> bool {
-        self.changed.load(Ordering::SeqCst)
+        self.touched
+            .lock()
+            .map_or(true, |t| *t != Touched::default())
     }
 
     /// A reading of the host starts: events from here on are news to it.
@@ -65,10 +63,7 @@ impl HostWitness {
             *p = None;
         }
         match self.touched.lock() {
-            Ok(mut t) => {
-                self.changed.store(false, Ordering::SeqCst);
-                std::mem::take(&mut *t)
-            }
+            Ok(mut t) => std::mem::take(&mut *t),
             // Never poisoned (nothing panics under it); if it were, read
             // everything.
             Err(_) => Touched {
@@ -84,7 +79,6 @@ impl HostWitness {
             mine.all |= t.all;
             mine.links.extend(t.links);
             mine.addrs |= t.addrs;
-            self.changed.store(true, Ordering::SeqCst);
         }
     }
 
@@ -105,10 +99,7 @@ impl HostWitness {
         if !self.news(ev) {
             return;
         }
-        // Under the lock, so that a reading takes the mark and what it
-        // names together.
-        let mut t = self.touched.lock().ok();
-        if let Some(t) = t.as_deref_mut() {
+        if let Ok(mut t) = self.touched.lock() {
             match ev {
                 KernelEvent::Link { index, .. } => {
                     t.links.insert(*index);
@@ -119,7 +110,6 @@ impl HostWitness {
                 KernelEvent::Route { .. } | KernelEvent::Lost => t.all = true,
             }
         }
-        self.changed.store(true, Ordering::SeqCst);
     }
 
     /// Whether `ev` may change what the view holds of the host.
