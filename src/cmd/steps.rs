@@ -494,7 +494,7 @@ fn touched(p: &Planned, firewall: Option<Option<model::FirewallState>>) -> obser
         host_indexes: BTreeSet::new(),
         host_addrs: host.addrs,
         sysctls,
-        firewall,
+        firewall: firewall.map(Cow::Owned),
         ns_ids: None,
     }
 }
@@ -779,7 +779,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         // reading, which matched the target but for the plan's changes,
         // so only the firewall is compared. Building the observation and
         // diffing every object again costs what the host holds.
-        let fw = reuse.firewall.take().flatten();
+        let fw = reuse.firewall.take().and_then(Cow::into_owned);
         (plan::diff_firewall_only(made, fw.as_ref()), fw)
     } else {
         match observe::observe_with(p.target(), record, Some(&reuse), None).await {

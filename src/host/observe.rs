@@ -7,6 +7,7 @@
 //! files. Everything else is read only
 //! to detect clashes ([`Observation::foreign_conflicts`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -108,24 +109,37 @@ fn shared(desired: &State, path: &str, text: &str) -> FileText {
     }
 }
 
-/// Which namespaces to look into: container name -> namespace.
-fn namespaces_of_interest(desired: &State, record: &Record) -> BTreeMap<String, NsRef> {
-    let mut out = BTreeMap::new();
+/// Which namespaces to look into: container name -> namespace. Borrowed
+/// from `desired` and `record` (a namespace netloom created that neither
+/// names any more is made up): a reading at a thousand containers would
+/// otherwise copy every name three times to build it.
+fn namespaces_of_interest<'a>(
+    desired: &'a State,
+    record: &'a Record,
+) -> BTreeMap<&'a str, Cow<'a, NsRef>> {
+    let mut out: BTreeMap<&str, Cow<NsRef>> = BTreeMap::new();
     if let Some(applied) = record.applied() {
         for (c, n) in &applied.namespaces {
-            out.insert(c.clone(), n.netns.clone());
+            out.insert(c.as_str(), Cow::Borrowed(&n.netns));
         }
     }
     for (c, n) in &desired.namespaces {
         // The file's view wins for a container it declares, but a namespace
         // netloom created under another name is still looked at (below).
-        out.insert(c.clone(), n.netns.clone());
+        out.insert(c.as_str(), Cow::Borrowed(&n.netns));
     }
-    let known: BTreeSet<NsRef> = out.values().cloned().collect();
+    // All borrowed so far: the names outlive `out`'s borrow.
+    let known: BTreeSet<&str> = out
+        .values()
+        .filter_map(|r| match r {
+            Cow::Borrowed(NsRef::Named(n)) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
     for n in &record.owned.netns {
-        let r = NsRef::Named(n.clone());
-        if !known.contains(&r) {
-            out.entry(n.clone()).or_insert(r);
+        if !known.contains(n.as_str()) {
+            out.entry(n.as_str())
+                .or_insert_with(|| Cow::Owned(NsRef::Named(n.clone())));
         }
     }
     out
@@ -162,7 +176,10 @@ pub struct Reuse<'a> {
     /// The firewall as it is known to be without reading it (the
     /// generation counter showed that only the apply's own transaction
     /// changed the ruleset since the earlier reading); `None`: read it.
-    pub firewall: Option<Option<FirewallState>>,
+    /// Borrowed when the caller keeps it (the agent's view): the reading
+    /// copies it once, not twice (thousands of elements at a thousand
+    /// containers).
+    pub firewall: Option<Cow<'a, Option<FirewallState>>>,
     /// The identity (dev, inode) of namespaces, taken by the caller a
     /// moment ago (see [`crate::host::guard::refusals`]).
     pub ns_ids: Option<&'a HashMap<NsRef, (u64, u64)>>,
@@ -420,6 +437,7 @@ pub fn read_early(record: &Record) -> Early {
     let mut list: Vec<NsRef> = namespaces_of_interest(&State::default(), record)
         .into_values()
         .filter(|ns| ns_exists(ns, &named, record, false))
+        .map(Cow::into_owned)
         .collect();
     list.sort();
     list.dedup();
@@ -616,30 +634,32 @@ pub async fn observe_with(
 
     // Namespaces, and what is inside them: all read by helper threads in
     // one go (see `netlink::sync`).
-    let mut present: Vec<(String, NsRef)> = Vec::new();
+    let interest = namespaces_of_interest(desired, record);
+    let mut present: Vec<(&str, &NsRef)> = Vec::with_capacity(interest.len());
+    let mut seen: BTreeSet<&NsRef> = BTreeSet::new();
     let mut to_read: Vec<NsRef> = Vec::new();
-    let mut seen: BTreeSet<NsRef> = BTreeSet::new();
-    let vouched = |ns: &NsRef| {
-        reuse.is_some_and(|r| !r.stale.contains(ns) && r.earlier.views.contains_key(ns))
-    };
-    for (container, ns) in namespaces_of_interest(desired, record) {
-        if !ns_exists(&ns, &named_netns, record, vouched(&ns)) {
+    let mut views: HashMap<NsRef, Arc<NsView>> = HashMap::with_capacity(interest.len());
+    for (container, ns) in &interest {
+        let ns: &NsRef = ns;
+        // The earlier reading's view of it, when nothing since says it
+        // changed: taken as it is, and the namespace known mounted.
+        let kept = reuse.and_then(|r| {
+            (!r.stale.contains(ns))
+                .then(|| r.earlier.views.get(ns))
+                .flatten()
+        });
+        if !ns_exists(ns, &named_netns, record, kept.is_some()) {
             continue;
         }
-        if seen.insert(ns.clone()) {
-            to_read.push(ns.clone());
+        if seen.insert(ns) {
+            match kept {
+                Some(v) => {
+                    views.insert(ns.clone(), v.clone());
+                }
+                None => to_read.push(ns.clone()),
+            }
         }
         present.push((container, ns));
-    }
-    let mut views: HashMap<NsRef, Arc<NsView>> = HashMap::new();
-    if let Some(r) = reuse {
-        to_read.retain(|ns| match r.earlier.views.get(ns) {
-            Some(v) if !r.stale.contains(ns) => {
-                views.insert(ns.clone(), v.clone());
-                false
-            }
-            _ => true,
-        });
     }
     let (early_fw, early_views) = match early {
         Some(e) => (Some(e.firewall), e.views),
@@ -664,11 +684,16 @@ pub async fn observe_with(
     );
     for (container, ns) in present {
         let lo_up = views
-            .get(&ns)
+            .get(ns)
             .and_then(|v| v.link("lo"))
             .is_some_and(|l| l.up);
-        st.namespaces
-            .insert(container, Namespace { netns: ns, lo_up });
+        st.namespaces.insert(
+            container.to_string(),
+            Namespace {
+                netns: ns.clone(),
+                lo_up,
+            },
+        );
     }
 
     tracing::debug!("observe: host and namespaces read after {:?}", t0.elapsed());
@@ -775,7 +800,7 @@ pub async fn observe_with(
     tracing::debug!("observe: endpoints and sysctls after {:?}", t0.elapsed());
     // The firewall: netloom's only when the record says netloom made it or
     // the table carries netloom's mark; a hand-made namesake is foreign.
-    let known = reuse.and_then(|r| r.firewall.clone());
+    let known = reuse.and_then(|r| r.firewall.as_deref().cloned());
     let (mut fw, nft_generation) = match (&known, early_fw) {
         (Some(_), _) => (None, None),
         (None, Some(early)) => early?,
@@ -884,6 +909,11 @@ async fn read_namespaces(
     list: Vec<NsRef>,
     counters: &mut Counters,
 ) -> Result<HashMap<NsRef, NsView>> {
+    // Nothing to read (a reading that reuses every namespace): no hand-off
+    // to a blocking thread and back.
+    if list.is_empty() {
+        return Ok(HashMap::new());
+    }
     let paths: Vec<PathBuf> = list.iter().map(NsRef::path).collect();
     let dumps = tokio::task::spawn_blocking(move || netlink::sync::dump_each(paths, READ_THREADS))
         .await
@@ -1045,6 +1075,61 @@ pub fn is_netns(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_namespaces(names: &[(&str, NsRef)]) -> State {
+        let mut st = State::default();
+        for (c, ns) in names {
+            st.namespaces.insert(
+                c.to_string(),
+                Namespace {
+                    netns: ns.clone(),
+                    lo_up: true,
+                },
+            );
+        }
+        st
+    }
+
+    #[test]
+    fn the_namespaces_looked_into() {
+        let named = |n: &str| NsRef::Named(n.to_string());
+        let mut record = Record::default();
+        // Applied: `a` in its own namespace, `b` in one the file moves.
+        record.set_applied(Some(with_namespaces(&[
+            ("a", named("a")),
+            ("b", named("b-old")),
+        ])));
+        // Created by netloom: `b-old` (now nobody's), `c` and `e-ns` (the
+        // file's `c` and `e` name them) and `gone` (named by nothing any
+        // more).
+        record.owned.netns = ["b-old", "c", "e-ns", "gone"].map(String::from).into();
+        let desired = with_namespaces(&[
+            ("b", named("b")),
+            ("c", named("c")),
+            ("d", NsRef::Path("/proc/1/ns/net".into())),
+            ("e", named("e-ns")),
+        ]);
+        let got: Vec<(&str, NsRef)> = namespaces_of_interest(&desired, &record)
+            .into_iter()
+            .map(|(c, ns)| (c, ns.into_owned()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", named("a")),
+                // The file wins for a container it declares...
+                ("b", named("b")),
+                // ...but the namespace netloom made for it before is
+                // still looked at, under its own name.
+                ("b-old", named("b-old")),
+                ("c", named("c")),
+                ("d", NsRef::Path("/proc/1/ns/net".into())),
+                // Once, as `e`'s.
+                ("e", named("e-ns")),
+                ("gone", named("gone")),
+            ]
+        );
+    }
 
     #[test]
     fn a_file_as_desired_is_held_once() {

@@ -924,7 +924,7 @@ impl Agent {
                 .unwrap_or_default(),
             host_addrs: touched.as_ref().is_some_and(|t| t.addrs),
             sysctls: true,
-            firewall: nft_same.then(|| view.obs.state.firewall.clone()),
+            firewall: nft_same.then_some(std::borrow::Cow::Borrowed(&view.obs.state.firewall)),
             ns_ids: Some(&fresh.ns_ids),
         };
         // Events from here on are news to the reading below: what it reads
