@@ -643,11 +643,7 @@ pub async fn observe_with(
         let ns: &NsRef = ns;
         // The earlier reading's view of it, when nothing since says it
         // changed: taken as it is, and the namespace known mounted.
-        let kept = reuse.and_then(|r| {
-            (!r.stale.contains(ns))
-                .then(|| r.earlier.views.get(ns))
-                .flatten()
-        });
+        let kept = reuse.and_then(|r| r.earlier.views.get(ns).filter(|_| !r.stale.contains(ns)));
         if !ns_exists(ns, &named_netns, record, kept.is_some()) {
             continue;
         }
