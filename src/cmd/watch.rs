@@ -907,9 +907,7 @@ impl Agent {
         // containers, on the command's wait).
         let ports_only = !full && self.kept_but_ports(&p);
         let applied = if !p.plan.is_empty() {
-            // The view's share of the record: the view is made again below.
-            self.forget_resolved();
-            self.before = None;
+            self.let_go_of_record();
             let applied = steps::apply_planned(&sd, Arc::make_mut(&mut record), &p).await?;
             self.nft_own = p
                 .observation
@@ -923,8 +921,7 @@ impl Agent {
         } else {
             if steps::record_outdated(&record, &p) {
                 rerecorded = true;
-                self.forget_resolved();
-                self.before = None;
+                self.let_go_of_record();
                 steps::record_converged(&sd, Arc::make_mut(&mut record), &p)?;
             }
             None
@@ -1099,6 +1096,15 @@ impl Agent {
             }
         }
         self.ns_watch.retain(|c, _| keep.contains(c));
+    }
+
+    /// Before the record changes: lets go of the shares of it held by the
+    /// view and by the resolution of the file before (both made again
+    /// after the change), so that `Arc::make_mut` changes it in place
+    /// instead of copying it whole.
+    fn let_go_of_record(&mut self) {
+        self.forget_resolved();
+        self.before = None;
     }
 
     /// Drops what the view holds that was computed from the desired state

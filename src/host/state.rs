@@ -147,10 +147,7 @@ impl Compacted {
         use crate::core::record::same_derivation;
         // Kept against the allocations it was made with: a later save
         // compares with those.
-        if let Some(c) = self
-            .get()
-            .filter(|c| c.alloc == *alloc || same_derivation(st, &c.alloc, alloc))
-        {
+        if let Some(c) = self.get().filter(|c| same_derivation(st, &c.alloc, alloc)) {
             return Ok(c.text.clone());
         }
         let parts = match &self.carried {
