@@ -657,6 +657,8 @@ pub async fn observe_with(
         }
         present.push((container, ns));
     }
+    // Every namespace taken from the earlier reading, none read.
+    let all_taken = to_read.is_empty();
     let (early_fw, early_views) = match early {
         Some(e) => (Some(e.firewall), e.views),
         None => (None, HashMap::new()),
@@ -678,96 +680,36 @@ pub async fn observe_with(
             .into_iter()
             .map(|(ns, v)| (ns, Arc::new(v))),
     );
-    for (container, ns) in present {
-        let lo_up = views
-            .get(ns)
-            .and_then(|v| v.link("lo"))
-            .is_some_and(|l| l.up);
-        st.namespaces.insert(
-            container.to_string(),
-            Namespace {
-                netns: ns.clone(),
-                lo_up,
-            },
-        );
-    }
-
     tracing::debug!("observe: host and namespaces read after {:?}", t0.elapsed());
-    // Endpoints: host veths carrying the mark, paired with their peer.
-    for l in &host.links {
-        if l.kind.as_deref() != Some("veth") {
-            continue;
+    // What this reading derives from the namespaces and the host's links
+    // is what the earlier one derived when it finds them all as that one
+    // did: the same links in the host, and the same namespaces under the
+    // same containers, each taken from it unread. Taken then, not derived
+    // again (at a thousand containers the derivation is about half of a
+    // reading that reads nothing again: an alias parsed and addresses
+    // formatted per endpoint).
+    let earlier_derived = reuse
+        .map(|r| r.earlier)
+        .filter(|e| all_taken && derived_as_before(e, &host, &present));
+    match earlier_derived {
+        Some(e) => {
+            st.namespaces = e.state.namespaces.clone();
+            st.endpoints = e.state.endpoints.clone();
         }
-        let Some(AliasMark::Endpoint {
-            container,
-            ifname,
-            network,
-        }) = l.alias.as_deref().and_then(model::parse_alias)
-        else {
-            continue;
-        };
-        let master = l
-            .master
-            .and_then(|m| by_index.get(&m))
-            .map(|m| m.name.clone());
-        let ns = st.namespaces.get(&container).map(|n| n.netns.clone());
-        let peer = ns.as_ref().and_then(|ns| {
-            let v = views.get(ns)?;
-            let p = v.link(&ifname)?;
-            // The peer must be this veth's other end, not a namesake.
-            (l.peer_index.is_none_or(|i| i == p.index)).then_some((v, p))
-        });
-        let ep = match (ns, peer) {
-            (Some(ns), Some((v, p))) => {
-                let default_via = |v6: bool| {
-                    v.routes
-                        .iter()
-                        .filter(|r| r.prefix == 0 && r.oif == Some(p.index))
-                        .filter_map(|r| r.gateway)
-                        .find(|g| g.is_ipv6() == v6)
-                };
-                Endpoint {
-                    container: container.clone(),
-                    network,
-                    netns: ns,
-                    ifname: ifname.clone(),
-                    host_veth: l.name.clone(),
-                    bridge: master,
-                    addrs: v.addrs_of(p.index),
-                    mac: p.mac.map(|m| model::mac_string(&m)).unwrap_or_default(),
-                    mtu: l.mtu.min(p.mtu),
-                    gateway: default_via(false).and_then(|g| match g {
-                        IpAddr::V4(g) => Some(g),
-                        IpAddr::V6(_) => None,
-                    }),
-                    gateway6: default_via(true).and_then(|g| match g {
-                        IpAddr::V6(g) => Some(g),
-                        IpAddr::V4(_) => None,
-                    }),
-                    up: l.up && p.up,
-                    hairpin: l.hairpin.unwrap_or(false),
-                }
-            }
-            // The other end is gone or elsewhere: an endpoint that must be
-            // replaced (an empty ifname marks it).
-            (ns, _) => Endpoint {
-                container: container.clone(),
-                network,
-                netns: ns.unwrap_or_else(|| NsRef::Named(container.clone())),
-                ifname: String::new(),
-                host_veth: l.name.clone(),
-                bridge: master,
-                addrs: BTreeSet::new(),
-                mac: String::new(),
-                mtu: l.mtu,
-                gateway: None,
-                gateway6: None,
-                up: false,
-                hairpin: false,
-            },
-        };
-        st.endpoints.insert(format!("{container}.{ifname}"), ep);
+        None => {
+            st.namespaces = namespaces_of(&present, &views);
+            st.endpoints = endpoints_of(&host, &by_index, &st.namespaces, &views);
+        }
     }
+    tracing::debug!(
+        "observe: endpoints after {:?}{}",
+        t0.elapsed(),
+        if earlier_derived.is_some() {
+            " (as the earlier reading derived them)"
+        } else {
+            ""
+        }
+    );
 
     // Sysctls netloom sets.
     // Desired and applied name mostly the same keys: read each once.
@@ -793,7 +735,7 @@ pub async fn observe_with(
         }
     }
 
-    tracing::debug!("observe: endpoints and sysctls after {:?}", t0.elapsed());
+    tracing::debug!("observe: sysctls after {:?}", t0.elapsed());
     // The firewall: netloom's only when the record says netloom made it or
     // the table carries netloom's mark; a hand-made namesake is foreign.
     let known = reuse.and_then(|r| r.firewall.as_deref().cloned());
@@ -894,6 +836,132 @@ pub async fn observe_with(
         counters,
         views,
     })
+}
+
+/// The containers' namespaces: each container of `present` in its
+/// namespace, whose `lo` is up or not as its view says.
+fn namespaces_of(
+    present: &[(&str, &NsRef)],
+    views: &HashMap<NsRef, Arc<NsView>>,
+) -> BTreeMap<String, Namespace> {
+    present
+        .iter()
+        .map(|(container, ns)| {
+            let lo_up = views
+                .get(*ns)
+                .and_then(|v| v.link("lo"))
+                .is_some_and(|l| l.up);
+            (
+                container.to_string(),
+                Namespace {
+                    netns: (*ns).clone(),
+                    lo_up,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The endpoints: host veths carrying netloom's mark, each paired with
+/// its peer in the namespace of its container (`namespaces`, whose
+/// contents are in `views`).
+fn endpoints_of(
+    host: &NsView,
+    by_index: &HashMap<u32, &Link>,
+    namespaces: &BTreeMap<String, Namespace>,
+    views: &HashMap<NsRef, Arc<NsView>>,
+) -> BTreeMap<String, Endpoint> {
+    let mut out = BTreeMap::new();
+    for l in &host.links {
+        if l.kind.as_deref() != Some("veth") {
+            continue;
+        }
+        let Some(AliasMark::Endpoint {
+            container,
+            ifname,
+            network,
+        }) = l.alias.as_deref().and_then(model::parse_alias)
+        else {
+            continue;
+        };
+        let master = l
+            .master
+            .and_then(|m| by_index.get(&m))
+            .map(|m| m.name.clone());
+        let ns = namespaces.get(&container).map(|n| n.netns.clone());
+        let peer = ns.as_ref().and_then(|ns| {
+            let v = views.get(ns)?;
+            let p = v.link(&ifname)?;
+            // The peer must be this veth's other end, not a namesake.
+            (l.peer_index.is_none_or(|i| i == p.index)).then_some((v, p))
+        });
+        let ep = match (ns, peer) {
+            (Some(ns), Some((v, p))) => {
+                let default_via = |v6: bool| {
+                    v.routes
+                        .iter()
+                        .filter(|r| r.prefix == 0 && r.oif == Some(p.index))
+                        .filter_map(|r| r.gateway)
+                        .find(|g| g.is_ipv6() == v6)
+                };
+                Endpoint {
+                    container: container.clone(),
+                    network,
+                    netns: ns,
+                    ifname: ifname.clone(),
+                    host_veth: l.name.clone(),
+                    bridge: master,
+                    addrs: v.addrs_of(p.index),
+                    mac: p.mac.map(|m| model::mac_string(&m)).unwrap_or_default(),
+                    mtu: l.mtu.min(p.mtu),
+                    gateway: default_via(false).and_then(|g| match g {
+                        IpAddr::V4(g) => Some(g),
+                        IpAddr::V6(_) => None,
+                    }),
+                    gateway6: default_via(true).and_then(|g| match g {
+                        IpAddr::V6(g) => Some(g),
+                        IpAddr::V4(_) => None,
+                    }),
+                    up: l.up && p.up,
+                    hairpin: l.hairpin.unwrap_or(false),
+                }
+            }
+            // The other end is gone or elsewhere: an endpoint that must be
+            // replaced (an empty ifname marks it).
+            (ns, _) => Endpoint {
+                container: container.clone(),
+                network,
+                netns: ns.unwrap_or_else(|| NsRef::Named(container.clone())),
+                ifname: String::new(),
+                host_veth: l.name.clone(),
+                bridge: master,
+                addrs: BTreeSet::new(),
+                mac: String::new(),
+                mtu: l.mtu,
+                gateway: None,
+                gateway6: None,
+                up: false,
+                hairpin: false,
+            },
+        };
+        out.insert(format!("{container}.{ifname}"), ep);
+    }
+    out
+}
+
+/// Whether the namespaces and endpoints `earlier` derived are what a
+/// reading that took every namespace's view from it (none read again)
+/// would derive: it sees the host's links as `earlier` did, and the same
+/// containers, each in the namespace `earlier` found it in. Both are
+/// functions of exactly these (see [`namespaces_of`], [`endpoints_of`]),
+/// and the views are `earlier`'s own.
+fn derived_as_before(earlier: &Observation, host: &NsView, present: &[(&str, &NsRef)]) -> bool {
+    let before = &earlier.state.namespaces;
+    host.links == earlier.host.links
+        && present.len() == before.len()
+        && present
+            .iter()
+            .all(|(c, ns)| before.get(*c).is_some_and(|n| n.netns == **ns))
 }
 
 /// Helper threads reading namespaces (the machines this runs on have a
@@ -1084,6 +1152,135 @@ mod tests {
             );
         }
         st
+    }
+
+    fn link(
+        index: u32,
+        name: &str,
+        kind: &str,
+        master: Option<u32>,
+        alias: Option<String>,
+    ) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: (!kind.is_empty()).then(|| kind.into()),
+            master,
+            mtu: 1500,
+            mac: Some([2, 0, 0, 0, 0, index as u8]),
+            up: true,
+            alias,
+            peer_index: None,
+            link_netnsid: None,
+            hairpin: None,
+            vxlan: None,
+        }
+    }
+
+    /// A host with the bridge of network `n` and a marked veth on it for
+    /// each container of `containers`, each container's `eth0` in its own
+    /// namespace.
+    fn a_host(containers: &[&str]) -> (NsView, HashMap<NsRef, Arc<NsView>>) {
+        let mut links = vec![link(
+            2,
+            "nl-n",
+            "bridge",
+            None,
+            Some(model::bridge_alias("n")),
+        )];
+        let mut views = HashMap::new();
+        for (i, c) in containers.iter().enumerate() {
+            let index = 10 + i as u32;
+            let alias = model::veth_alias(c, "n", "eth0");
+            links.push(link(
+                index,
+                &format!("veth{i}"),
+                "veth",
+                Some(2),
+                Some(alias),
+            ));
+            let inner = NsView {
+                links: vec![
+                    link(1, "lo", "", None, None),
+                    link(2, "eth0", "veth", None, None),
+                ],
+                addrs: vec![Addr {
+                    index: 2,
+                    ip: format!("10.0.0.{}", i + 2).parse().unwrap(),
+                    prefix: 24,
+                }],
+                routes: Vec::new(),
+            };
+            views.insert(NsRef::Named(c.to_string()), Arc::new(inner));
+        }
+        let host = NsView {
+            links,
+            addrs: Vec::new(),
+            routes: Vec::new(),
+        };
+        (host, views)
+    }
+
+    fn reading(
+        host: NsView,
+        views: HashMap<NsRef, Arc<NsView>>,
+        present: &[(&str, &NsRef)],
+    ) -> Observation {
+        let by_index: HashMap<u32, &Link> = host.links.iter().map(|l| (l.index, l)).collect();
+        let mut state = State {
+            namespaces: namespaces_of(present, &views),
+            ..State::default()
+        };
+        state.endpoints = endpoints_of(&host, &by_index, &state.namespaces, &views);
+        drop(by_index);
+        Observation {
+            state,
+            host,
+            firewall: None,
+            named_netns: BTreeSet::new(),
+            foreign_tables: Vec::new(),
+            nft_generation: None,
+            counters: Counters::default(),
+            views,
+        }
+    }
+
+    #[test]
+    fn what_an_earlier_reading_derived_is_taken_only_as_it_would_be_derived() {
+        let (a, b) = (NsRef::Named("a".into()), NsRef::Named("b".into()));
+        let (host, views) = a_host(&["a", "b"]);
+        let present = [("a", &a), ("b", &b)];
+        let earlier = reading(host.clone(), views.clone(), &present);
+        assert_eq!(earlier.state.endpoints.len(), 2);
+        assert_eq!(
+            earlier.state.endpoints["a.eth0"].addrs,
+            BTreeSet::from(["10.0.0.2/24".to_string()])
+        );
+        // The same host and containers: taken, and what would be derived.
+        assert!(derived_as_before(&earlier, &host, &present));
+        let again = reading(host.clone(), views.clone(), &present);
+        assert_eq!(again.state.namespaces, earlier.state.namespaces);
+        assert_eq!(again.state.endpoints, earlier.state.endpoints);
+
+        // A host link changed (a veth's MTU): derived again.
+        let mut changed = host.clone();
+        changed.links[1].mtu = 1400;
+        assert!(!derived_as_before(&earlier, &changed, &present));
+        assert_ne!(
+            reading(changed, views.clone(), &present).state.endpoints,
+            earlier.state.endpoints
+        );
+        // A container in another namespace, one more, one fewer: derived
+        // again.
+        assert!(!derived_as_before(&earlier, &host, &[("a", &a), ("b", &a)]));
+        let c = NsRef::Named("c".into());
+        assert!(!derived_as_before(
+            &earlier,
+            &host,
+            &[("a", &a), ("b", &b), ("c", &c)]
+        ));
+        assert!(!derived_as_before(&earlier, &host, &[("a", &a)]));
+        assert!(!derived_as_before(&earlier, &host, &[("a", &a), ("c", &b)]));
     }
 
     #[test]
