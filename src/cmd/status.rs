@@ -39,7 +39,7 @@ pub async fn status(cli: &Cli, format: Format) -> Result<Exit> {
 pub fn listed_counters(p: &steps::Planned) -> BTreeMap<String, (u64, u64)> {
     p.observation
         .firewall
-        .as_ref()
+        .as_deref()
         .map(crate::core::firewall::port_counters)
         .unwrap_or_default()
 }

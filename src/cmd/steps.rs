@@ -682,7 +682,7 @@ pub async fn apply_planned(sd: &StateDir, record: &mut Record, p: &Planned) -> R
         let tx = t
             .firewall
             .as_ref()
-            .map(|f| firewall::plan_transaction(&f.fw, p.observation.firewall.as_ref()));
+            .map(|f| firewall::plan_transaction(&f.fw, p.observation.firewall.as_deref()));
         if tx.as_ref().is_some_and(|t| !t.is_empty()) {
             *realised.borrow_mut() = Some(t.firewall.clone());
         }

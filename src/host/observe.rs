@@ -57,8 +57,11 @@ fn is_link_local(ip: &IpAddr) -> bool {
 pub struct Observation {
     pub state: State,
     pub host: NsView,
-    /// Raw nft reading, input of the minimal transaction.
-    pub firewall: Option<firewall::Observed>,
+    /// Raw nft reading, input of the minimal transaction. Shared: a
+    /// reading that knows the ruleset unchanged since an earlier one
+    /// takes that one's listing (thousands of elements at a thousand
+    /// containers) without copying it.
+    pub firewall: Option<Arc<firewall::Observed>>,
     /// Named namespaces present in /run/netns.
     pub named_netns: BTreeSet<String>,
     /// Tables named `netloom` that netloom did not make (no mark, not in
@@ -93,8 +96,9 @@ impl Observation {
     /// [`firewall::Observed::after`]): the tables as the next listing
     /// would find them, while the generation stays there.
     pub fn firewall_made(&mut self, made: Option<&FirewallState>, generation: u32) {
-        self.firewall = made.map(|m| firewall::Observed::after(self.firewall.as_ref(), &m.fw));
-        self.state.firewall = self.firewall.as_ref().map(firewall_state);
+        self.firewall =
+            made.map(|m| Arc::new(firewall::Observed::after(self.firewall.as_deref(), &m.fw)));
+        self.state.firewall = self.firewall.as_deref().map(firewall_state);
         self.nft_generation = Some(generation);
     }
 }
@@ -830,7 +834,7 @@ pub async fn observe_with(
     Ok(Observation {
         state: st,
         host,
-        firewall: fw,
+        firewall: fw.map(Arc::new),
         named_netns,
         foreign_tables,
         nft_generation,
