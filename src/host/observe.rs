@@ -902,13 +902,12 @@ fn endpoints_of(
         });
         let ep = match (ns, peer) {
             (Some(ns), Some((v, p))) => {
-                let default_via = |v6: bool| {
-                    v.routes
-                        .iter()
-                        .filter(|r| r.prefix == 0 && r.oif == Some(p.index))
-                        .filter_map(|r| r.gateway)
-                        .find(|g| g.is_ipv6() == v6)
-                };
+                // The gateways of the default routes out of the peer.
+                let mut via = v
+                    .routes
+                    .iter()
+                    .filter(|r| r.prefix == 0 && r.oif == Some(p.index))
+                    .filter_map(|r| r.gateway);
                 Endpoint {
                     container: container.clone(),
                     network,
@@ -919,11 +918,11 @@ fn endpoints_of(
                     addrs: v.addrs_of(p.index),
                     mac: p.mac.map(|m| model::mac_string(&m)).unwrap_or_default(),
                     mtu: l.mtu.min(p.mtu),
-                    gateway: default_via(false).and_then(|g| match g {
+                    gateway: via.clone().find_map(|g| match g {
                         IpAddr::V4(g) => Some(g),
                         IpAddr::V6(_) => None,
                     }),
-                    gateway6: default_via(true).and_then(|g| match g {
+                    gateway6: via.find_map(|g| match g {
                         IpAddr::V6(g) => Some(g),
                         IpAddr::V4(_) => None,
                     }),
