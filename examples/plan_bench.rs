@@ -82,7 +82,7 @@ fn states(n: usize) -> Result<(State, State, State)> {
         .cloned()
         .collect();
     anyhow::ensure!(new.len() == 1, "expected one new port, got {new:?}");
-    fw.fw.ports.remove(&new[0]);
+    fw.fw.ports_mut().remove(&new[0]);
     let applied = model::for_record(&observed);
     Ok((desired, observed, applied))
 }

@@ -86,12 +86,12 @@ fn firewall(n: u32) -> Firewall {
             icc: true,
         },
     );
-    let ports = (0..n)
+    let ports: BTreeMap<_, _> = (0..n)
         .map(|i| (format!("c{i}.{}/tcp", 20000 + i), mapping(i)))
         .collect();
     Firewall {
         networks,
-        ports,
+        ports: ports.into(),
         vxlans: Default::default(),
     }
 }
@@ -117,7 +117,7 @@ fn bench(n: u32) -> anyhow::Result<()> {
     for run in 0..RUNS {
         let mut next = base.clone();
         let extra = n + 1 + u32::try_from(run)?;
-        next.ports
+        next.ports_mut()
             .insert(format!("extra.{}/tcp", 20000 + extra), mapping(extra));
 
         let t0 = Instant::now();

@@ -126,7 +126,7 @@ pub fn status_out(
                 json!({"address": format!("container.{k}"), "container": e.container, "network": e.network, "interface": e.ifname, "host_veth": e.host_veth, "addresses": e.addrs, "mac": e.mac, "live_addresses": live.map(|l| &l.addrs), "state": state_of(&format!("container.{k}"))})
             })
             .collect();
-        let fw = want.firewall.as_ref().map(|f| &f.fw.ports);
+        let fw = want.firewall.as_ref().map(|f| &*f.fw.ports);
         let ports: Vec<_> = fw
             .into_iter()
             .flatten()
@@ -187,7 +187,7 @@ pub fn status_out(
     if let Some(ports) = want
         .firewall
         .as_ref()
-        .map(|f| &f.fw.ports)
+        .map(|f| &*f.fw.ports)
         .filter(|p| !p.is_empty())
     {
         let _ = writeln!(

@@ -775,7 +775,7 @@ fn firewall_of(
                 Some(IpAddr::V6(_)) => (None, cip6),
                 None => (Some(cip), cip6),
             };
-            fw.ports.insert(
+            fw.ports_mut().insert(
                 format!("{}.{ip}{range}/{}", c.name, p.proto),
                 FwPort {
                     container: c.name.clone(),

@@ -166,7 +166,7 @@ pub fn warnings(desired: &State, host: &NsView, routes: &[Route]) -> Vec<String>
         }
     }
     if let Some(fw) = &desired.firewall {
-        for (key, p) in &fw.fw.ports {
+        for (key, p) in fw.fw.ports.iter() {
             let Some(ip) = p.host_ip else { continue };
             if ip.is_unspecified() || ip.is_loopback() {
                 continue;

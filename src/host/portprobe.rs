@@ -18,7 +18,7 @@ pub fn conflicts(desired: &State, observed: &State) -> Vec<Failure> {
     };
     let live = observed.firewall.as_ref().map(|f| &f.fw.ports);
     let mut out = Vec::new();
-    for (key, p) in &fw.ports {
+    for (key, p) in fw.ports.iter() {
         // Ports netloom already publishes are its own, not a listener's.
         if live.is_some_and(|l| l.get(key) == Some(p)) {
             continue;

@@ -907,7 +907,7 @@ mod tests {
             .next()
             .map(|(k, p)| (k.clone(), p.clone()))
             .unwrap();
-        fw.fw.ports.insert(format!("{key}-more"), port);
+        fw.fw.ports_mut().insert(format!("{key}-more"), port);
         other
             .sysctls
             .insert("net.ipv4.conf.br-more.route_localnet".into(), "1".into());

@@ -382,7 +382,7 @@ pub(super) fn desired_elements(fw: &Firewall) -> Elements {
             }
         }
     }
-    for (key, p) in &fw.ports {
+    for (key, p) in fw.ports.iter() {
         let comment = port_comment(key, p);
         for (set, k, target) in port_elements(p) {
             put(set, k, Some(target), comment.clone());
@@ -413,7 +413,7 @@ pub(super) fn desired_elements(fw: &Firewall) -> Elements {
 pub fn validate(fw: &Firewall) -> Vec<String> {
     let mut errs = Vec::new();
     let mut owner: BTreeMap<(SetId, ElemKey), &str> = BTreeMap::new();
-    for (key, p) in &fw.ports {
+    for (key, p) in fw.ports.iter() {
         if p.count == 0 {
             errs.push(format!("port {key}: count is 0"));
         }

@@ -636,7 +636,7 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
                     }
                     _ => continue,
                 };
-                let p = fw.ports.entry(pkey.to_string()).or_insert(FwPort {
+                let p = fw.ports_mut().entry(pkey.to_string()).or_insert(FwPort {
                     container: container.to_string(),
                     network: network.to_string(),
                     bridge: bridge.to_string(),

@@ -54,7 +54,7 @@ pub(crate) fn sample() -> Firewall {
         },
     );
     // Dual stack: published on every address of both families.
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "nginx.8080/tcp".into(),
         FwPort {
             container_ip6: Some(NGINX6),
@@ -62,7 +62,7 @@ pub(crate) fn sample() -> Firewall {
         },
     );
     // On one IPv6 host address only.
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "nginx.[fd00::1]:8443/tcp".into(),
         FwPort {
             host_ip: Some("fd00::1".parse().expect("ip")),
@@ -71,7 +71,7 @@ pub(crate) fn sample() -> Firewall {
             ..port("nginx", "172.17.0.2", 8443, 443)
         },
     );
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "nginx.127.0.0.1:9000-9002/udp".into(),
         FwPort {
             host_ip: Some(Ipv4Addr::LOCALHOST.into()),
@@ -172,7 +172,7 @@ fn equal_states_plan_nothing() {
 /// The sample with one port more published: `web.8081/tcp`.
 fn one_port_more() -> Firewall {
     let mut fw = sample();
-    fw.ports
+    fw.ports_mut()
         .insert("web.8081/tcp".into(), port("web", "172.17.0.3", 8081, 80));
     fw
 }
@@ -195,7 +195,7 @@ fn adding_one_port_adds_one_element() {
 fn a_port_range_is_one_element_per_port() {
     let o = sample_observed();
     let mut fw = sample();
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "web.8000-8009/udp".into(),
         FwPort {
             count: 10,
@@ -213,7 +213,7 @@ fn a_port_range_is_one_element_per_port() {
 fn removing_ports_and_networks_deletes_elements() {
     let o = sample_observed();
     let mut fw = sample();
-    fw.ports.remove("nginx.127.0.0.1:9000-9002/udp");
+    fw.ports_mut().remove("nginx.127.0.0.1:9000-9002/udp");
     let tx = plan_transaction(&fw, Some(&o));
     assert_eq!((tx.elements_added(), tx.elements_removed()), (0, 3));
     assert_eq!(
@@ -233,7 +233,7 @@ fn removing_ports_and_networks_deletes_elements() {
 fn changed_target_replaces_the_element() {
     let o = sample_observed();
     let mut fw = sample();
-    fw.ports
+    fw.ports_mut()
         .get_mut("nginx.8080/tcp")
         .expect("port")
         .container_ip = Some("172.17.0.9".parse().expect("ip"));
@@ -264,7 +264,7 @@ fn port_elements_are_encoded_as_the_kernel_stores_them() {
     );
     // A host address and UDP; deleted: the key, in the script's order.
     let mut fw = sample();
-    fw.ports.remove("nginx.127.0.0.1:9000-9002/udp");
+    fw.ports_mut().remove("nginx.127.0.0.1:9000-9002/udp");
     let tx = plan_transaction(&fw, Some(&o));
     let edits = tx.port_edits().expect("ports only");
     assert_eq!(edits.len(), 3);
@@ -275,7 +275,7 @@ fn port_elements_are_encoded_as_the_kernel_stores_them() {
     );
     // A replaced target: the delete before the add, as in the script.
     let mut fw = sample();
-    fw.ports
+    fw.ports_mut()
         .get_mut("nginx.8080/tcp")
         .expect("port")
         .container_ip = Some("172.17.0.9".parse().expect("ip"));
@@ -309,7 +309,7 @@ fn only_a_few_port_elements_bypass_the_script() {
     // More than PORT_EDITS_MAX ports: the script.
     let mut fw = sample();
     let n = PORT_EDITS_MAX as u16;
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "web.20000/tcp".into(),
         FwPort {
             count: n + 1,
@@ -317,7 +317,7 @@ fn only_a_few_port_elements_bypass_the_script() {
         },
     );
     assert_eq!(plan_transaction(&fw, Some(&o)).port_edits(), None);
-    fw.ports.get_mut("web.20000/tcp").expect("port").count = n;
+    fw.ports_mut().get_mut("web.20000/tcp").expect("port").count = n;
     assert_eq!(
         plan_transaction(&fw, Some(&o)).port_edits().map(<[_]>::len),
         Some(PORT_EDITS_MAX)
@@ -420,7 +420,7 @@ fn sysctls() {
     assert!(s.contains(&("net.ipv4.conf.docker0.route_localnet".into(), "1".into())));
     assert!(s.contains(&("net.ipv6.conf.all.forwarding".into(), "1".into())));
     let mut fw = sample();
-    for p in fw.ports.values_mut() {
+    for p in fw.ports_mut().values_mut() {
         p.host_ip = Some("10.0.0.1".parse().expect("ip"));
     }
     assert_eq!(required_sysctls(&fw).len(), 2);
@@ -436,13 +436,13 @@ fn sysctls() {
 fn validate_finds_clashes() {
     assert!(validate(&sample()).is_empty(), "{:?}", validate(&sample()));
     let mut fw = sample();
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "other.8080/tcp".into(),
         port("other", "172.17.0.5", 8080, 80),
     );
     fw.networks
         .insert("three".into(), net("br-3", "172.17.128.0/24"));
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "x.65535/tcp".into(),
         FwPort {
             count: 2,
@@ -482,7 +482,7 @@ fn dual_stack_elements_and_families() {
     );
     // An IPv6-only port of a container without IPv6 is refused.
     let mut fw3 = fw.clone();
-    fw3.ports
+    fw3.ports_mut()
         .get_mut("nginx.[fd00::1]:8443/tcp")
         .expect("port")
         .container_ip6 = None;
@@ -490,7 +490,7 @@ fn dual_stack_elements_and_families() {
     // Same host port on different families' specific addresses: no clash;
     // an IPv6 address and [::] on one port: clash.
     let mut fw4 = fw.clone();
-    fw4.ports.insert(
+    fw4.ports_mut().insert(
         "web.[::]:8443/tcp".into(),
         FwPort {
             host_ip: Some(Ipv6Addr::UNSPECIFIED.into()),
@@ -500,7 +500,7 @@ fn dual_stack_elements_and_families() {
         },
     );
     assert_eq!(validate(&fw4).len(), 1, "{:?}", validate(&fw4));
-    fw4.ports.insert(
+    fw4.ports_mut().insert(
         "web.10.0.0.1:8443/tcp".into(),
         FwPort {
             host_ip: Some("10.0.0.1".parse().expect("ip")),

@@ -94,7 +94,7 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
             }
         }
         if let Some(o) = &observed.firewall {
-            for (k, p) in &a.fw.ports {
+            for (k, p) in a.fw.ports.iter() {
                 compare(&mut out, "port", k, p, o.fw.ports.get(k), port_summary);
             }
         }

@@ -140,7 +140,7 @@ pub(super) fn diff_tables(
         }
     }
     diff_fw_vxlans(want, have, out);
-    for (key, w) in &want.ports {
+    for (key, w) in want.ports.iter() {
         let h = have.ports.get(key);
         if h == Some(w) {
             continue;
@@ -172,7 +172,7 @@ pub(super) fn diff_tables(
             Some(_) => {}
         }
     }
-    for (key, h) in &have.ports {
+    for (key, h) in have.ports.iter() {
         if !want.ports.contains_key(key) {
             out.push(change(
                 format!("port.{key}"),

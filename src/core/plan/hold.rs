@@ -179,11 +179,11 @@ pub fn hold_back<'a>(
     }
     if let Some(fw) = st.firewall.as_mut() {
         fw.fw
-            .ports
+            .ports_mut()
             .retain(|_, p| !containers.contains(&p.container));
-        for (k, p) in observed.firewall.iter().flat_map(|f| &f.fw.ports) {
+        for (k, p) in observed.firewall.iter().flat_map(|f| f.fw.ports.iter()) {
             if containers.contains(&p.container) {
-                fw.fw.ports.insert(k.clone(), p.clone());
+                fw.fw.ports_mut().insert(k.clone(), p.clone());
             }
         }
     }

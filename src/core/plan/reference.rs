@@ -112,7 +112,7 @@ fn drift_reference(applied: &State, observed: &State) -> Vec<Drift> {
             }
         }
         if let Some(o) = &observed.firewall {
-            for (k, p) in &a.fw.ports {
+            for (k, p) in a.fw.ports.iter() {
                 cmp(
                     &mut out,
                     format!("port.{k}"),
@@ -238,10 +238,10 @@ fn hold_back_reference(desired: &State, observed: &State, held: &BTreeSet<String
             }
         }
         if let Some(fw) = st.firewall.as_mut() {
-            fw.fw.ports.retain(|_, p| &p.container != c);
-            for (k, p) in observed.firewall.iter().flat_map(|f| &f.fw.ports) {
+            fw.fw.ports_mut().retain(|_, p| &p.container != c);
+            for (k, p) in observed.firewall.iter().flat_map(|f| f.fw.ports.iter()) {
                 if &p.container == c {
-                    fw.fw.ports.insert(k.clone(), p.clone());
+                    fw.fw.ports_mut().insert(k.clone(), p.clone());
                 }
             }
         }
@@ -394,13 +394,13 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
             if let Some(fw) = st.firewall.as_mut()
                 && let Some(k) = nth(&fw.fw.ports, at)
             {
-                fw.fw.ports.remove(&k);
+                fw.fw.ports_mut().remove(&k);
             }
         }
         8 => {
             if let Some(fw) = st.firewall.as_mut()
                 && let Some(k) = nth(&fw.fw.ports, at)
-                && let Some(p) = fw.fw.ports.get_mut(&k)
+                && let Some(p) = fw.fw.ports_mut().get_mut(&k)
             {
                 match v % 3 {
                     0 => p.host_port += 1,

@@ -262,9 +262,9 @@ fn two_networks() -> Firewall {
         .insert("bridge".into(), net("docker0", "172.17.0.0/16"));
     fw.networks
         .insert("two".into(), net("br-two", "172.18.0.0/16"));
-    fw.ports
+    fw.ports_mut()
         .insert("c1.8080/tcp".into(), port("c1", "172.17.0.2", 8080, 80));
-    fw.ports.insert(
+    fw.ports_mut().insert(
         "c1.127.0.0.1:8081/tcp".into(),
         FwPort {
             host_ip: Some(Ipv4Addr::LOCALHOST.into()),
@@ -441,7 +441,7 @@ fn minimal_updates_restore_and_foreign_tables() {
         assert_eq!(list_foreign(), before, "apply touched a foreign table");
 
         // One more port on a converged table: exactly one element.
-        fw.ports
+        fw.ports_mut()
             .insert("c1.8082/tcp".into(), port("c1", "172.17.0.2", 8082, 80));
         let tx = converge(&fw);
         assert!(!tx.full_rebuild());
@@ -456,7 +456,7 @@ fn minimal_updates_restore_and_foreign_tables() {
         assert!(sb.curl(Some(t.out), "http://10.99.0.1:8082/"));
 
         // And one less.
-        fw.ports.remove("c1.8082/tcp");
+        fw.ports_mut().remove("c1.8082/tcp");
         let tx = converge(&fw);
         assert_eq!((tx.elements_added(), tx.elements_removed()), (0, 1));
         assert!(!sb.curl(Some(t.out), "http://10.99.0.1:8082/"));
@@ -503,7 +503,7 @@ fn a_refused_port_batch_changes_nothing() {
         let t = topology(&mut sb);
         let mut fw = two_networks();
         sb.set_sysctls(&fw);
-        fw.ports
+        fw.ports_mut()
             .insert("c1.8083/tcp".into(), port("c1", "172.17.0.2", 8083, 80));
         converge(&fw);
         let stale = observe().expect("observe").expect("present");
@@ -511,8 +511,8 @@ fn a_refused_port_batch_changes_nothing() {
         sb.must("nft delete element inet netloom dnat_any { tcp . 8083 }");
         let g = generation::generation().expect("generation");
         // Planned from the stale reading: delete 8083 (gone), add 8084.
-        fw.ports.remove("c1.8083/tcp");
-        fw.ports
+        fw.ports_mut().remove("c1.8083/tcp");
+        fw.ports_mut()
             .insert("c1.8084/tcp".into(), port("c1", "172.17.0.2", 8084, 80));
         let tx = plan_transaction(&fw, Some(&stale));
         assert_eq!(tx.port_edits().map(<[_]>::len), Some(2));
