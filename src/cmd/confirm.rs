@@ -76,7 +76,7 @@ pub fn begin(
 /// rollback (the plan writes no file whose text it does not know).
 fn with_texts(applied: &State) -> State {
     let mut st = applied.clone();
-    for (path, content) in st.files.iter_mut() {
+    for (path, content) in st.files_mut().iter_mut() {
         if !model::is_digest(content) {
             continue;
         }

@@ -172,7 +172,7 @@ pub fn status_out(
         out,
         "\nENDPOINT           VETH         ADDRESSES                     MAC                STATE"
     );
-    for (k, e) in &want.endpoints {
+    for (k, e) in want.endpoints.iter() {
         let addrs: Vec<&str> = e.addrs.iter().map(String::as_str).collect();
         let _ = writeln!(
             out,

@@ -1052,7 +1052,7 @@ impl Agent {
     fn watch_namespaces(&mut self, desired: &crate::core::model::State) {
         use std::os::unix::fs::MetadataExt;
         let mut keep = HashSet::new();
-        for (container, ns) in &desired.namespaces {
+        for (container, ns) in desired.namespaces.iter() {
             let path = ns.netns.path();
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;

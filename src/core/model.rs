@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,17 +75,21 @@ pub struct State {
     #[serde(default)]
     pub bridges: BTreeMap<String, Bridge>,
     /// By container name: the namespaces netloom creates or attaches.
+    /// This map, the endpoints and the files are shared between copies of
+    /// a state (changed through [`State::namespaces_mut`] and its kin):
+    /// the agent copies its desired and observed states whole, and these
+    /// hold an entry per container or per file.
     #[serde(default)]
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub namespaces: Arc<BTreeMap<String, Namespace>>,
     /// By `container.ethN`.
     #[serde(default)]
-    pub endpoints: BTreeMap<String, Endpoint>,
+    pub endpoints: Arc<BTreeMap<String, Endpoint>>,
     /// netloom's nft table(s); `None` when absent.
     #[serde(default)]
     pub firewall: Option<FirewallState>,
     /// Files netloom owns, by path.
     #[serde(default)]
-    pub files: BTreeMap<String, FileText>,
+    pub files: Arc<BTreeMap<String, FileText>>,
     /// Cluster mode: the VXLAN device of each cluster network, by network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vxlans: BTreeMap<String, Vxlan>,
@@ -94,6 +99,24 @@ pub struct State {
     /// (a veth's other end goes with it).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub half_made: BTreeSet<String>,
+}
+
+impl State {
+    /// The namespaces to change: copied first only while another state
+    /// shares them.
+    pub fn namespaces_mut(&mut self) -> &mut BTreeMap<String, Namespace> {
+        Arc::make_mut(&mut self.namespaces)
+    }
+
+    /// The endpoints to change (see [`State::namespaces_mut`]).
+    pub fn endpoints_mut(&mut self) -> &mut BTreeMap<String, Endpoint> {
+        Arc::make_mut(&mut self.endpoints)
+    }
+
+    /// The files to change (see [`State::namespaces_mut`]).
+    pub fn files_mut(&mut self) -> &mut BTreeMap<String, FileText> {
+        Arc::make_mut(&mut self.files)
+    }
 }
 
 /// The kernel VXLAN device that extends a cluster network's bridge to the
@@ -573,7 +596,7 @@ pub fn resolve(
         let Some(ns) = c.netns.as_ref().map(nsref) else {
             continue;
         };
-        st.namespaces.insert(
+        st.namespaces_mut().insert(
             c.name.clone(),
             Namespace {
                 netns: ns.clone(),
@@ -596,7 +619,7 @@ pub fn resolve(
                 addrs.insert(format!("{ip6}/{}", s6.prefix()));
             }
             let first = i == 0 && !net.internal;
-            st.endpoints.insert(
+            st.endpoints_mut().insert(
                 format!("{}.{ifname}", c.name),
                 Endpoint {
                     container: c.name.clone(),
@@ -671,8 +694,8 @@ pub fn resolve(
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
         }
-        st.files.insert(hosts_path, hosts.into());
-        st.files.insert(resolv_path, resolv.into());
+        st.files_mut().insert(hosts_path, hosts.into());
+        st.files_mut().insert(resolv_path, resolv.into());
     }
     let zones = networks
         .values()
@@ -967,7 +990,7 @@ pub fn for_record(st: &State) -> State {
 pub fn into_record_form(mut st: State) -> State {
     // Hashed together: every apply digests every file.
     let texts: Vec<&mut FileText> = st
-        .files
+        .files_mut()
         .values_mut()
         .filter(|v| !v.starts_with(DIGEST_PREFIX))
         .collect();
@@ -1247,13 +1270,13 @@ mod tests {
         let mut st = State::default();
         for i in 0..11 {
             let text = format!("# netloom\n10.0.0.{i}\tc{i}\n{}", "x".repeat(i * 7));
-            st.files
+            st.files_mut()
                 .insert(format!("/etc/netns/c{i}/hosts"), text.into());
         }
         let kept = file_digest("already");
-        st.files.insert("/d".into(), kept.clone().into());
+        st.files_mut().insert("/d".into(), kept.clone().into());
         let recorded = into_record_form(st.clone());
-        for (path, text) in &st.files {
+        for (path, text) in st.files.iter() {
             let want = if path == "/d" {
                 kept.clone()
             } else {
@@ -1305,7 +1328,7 @@ mod tests {
     #[test]
     fn same_as_recorded_is_equality_of_the_recorded_forms() {
         let mut a = State::default();
-        a.files.insert(
+        a.files_mut().insert(
             "/etc/netns/web/hosts".into(),
             "127.0.0.1 localhost\n".into(),
         );
@@ -1317,13 +1340,13 @@ mod tests {
             (digested.clone(), a.clone()),
             (a.clone(), {
                 let mut b = a.clone();
-                b.files
+                b.files_mut()
                     .insert("/etc/netns/web/hosts".into(), "other\n".into());
                 b
             }),
             (digested.clone(), {
                 let mut b = a.clone();
-                b.files
+                b.files_mut()
                     .insert("/etc/netns/web/hosts".into(), "other\n".into());
                 b
             }),
@@ -1334,13 +1357,14 @@ mod tests {
             }),
             (a.clone(), {
                 let mut b = a.clone();
-                b.files.insert("/etc/netns/db/hosts".into(), "x\n".into());
+                b.files_mut()
+                    .insert("/etc/netns/db/hosts".into(), "x\n".into());
                 b
             }),
             // The right digest, spelled otherwise (upper-case hex).
             (a.clone(), {
                 let mut b = digested.clone();
-                for v in b.files.values_mut() {
+                for v in b.files_mut().values_mut() {
                     *v = v
                         .to_uppercase()
                         .replace(&DIGEST_PREFIX.to_uppercase(), DIGEST_PREFIX)
@@ -1532,7 +1556,7 @@ mod tests {
     fn recorded_files_are_digests_that_still_detect_edits() {
         let d = resolved(&network_of(3));
         let rec = for_record(&d.state);
-        for (path, content) in &d.state.files {
+        for (path, content) in d.state.files.iter() {
             let digest = &rec.files[path];
             assert!(digest.len() < 64, "{digest}");
             assert!(file_matches(digest, content));

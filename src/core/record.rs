@@ -301,7 +301,7 @@ pub fn expand(mut v: Value, alloc: &Allocations) -> Result<State, String> {
             fill(&mut ep, &d).map_err(|e| format!("endpoint {key}: {e}"))?;
             let e: Endpoint =
                 serde_json::from_value(ep).map_err(|e| format!("endpoint {key}: {e}"))?;
-            st.endpoints.insert(key, e);
+            st.endpoints_mut().insert(key, e);
         }
     }
     Ok(st)
@@ -520,19 +520,19 @@ mod tests {
              [containers.c1]\nnetworks = [\"big\"]\n",
         );
         // As observed after someone changed it, and held back that way.
-        let e = st.endpoints.get_mut("c1.eth0").unwrap();
+        let e = st.endpoints_mut().get_mut("c1.eth0").unwrap();
         e.mtu = 1400;
         e.gateway = None;
         e.bridge = None;
         e.host_veth = "vethother".into();
         e.addrs.insert("10.0.9.9/16".into());
         e.up = false;
-        st.namespaces.get_mut("c1").unwrap().netns = NsRef::Path("/proc/9/ns/net".into());
+        st.namespaces_mut().get_mut("c1").unwrap().netns = NsRef::Path("/proc/9/ns/net".into());
         // An endpoint of a container the allocations do not know.
         let mut ghost = st.endpoints["c1.eth0"].clone();
         ghost.container = "ghost".into();
-        st.endpoints.insert("ghost.eth3".into(), ghost);
-        st.files
+        st.endpoints_mut().insert("ghost.eth3".into(), ghost);
+        st.files_mut()
             .insert("/etc/netns/c1/extra".into(), "plain content".into());
         let v = compact(&st, &alloc).unwrap();
         assert_eq!(as_value(&compact_text(&st, &alloc).unwrap()), v);

@@ -46,7 +46,7 @@ pub fn refusals(
     let own = own_netns();
     // Namespace identity -> first container that uses it.
     let mut seen: HashMap<(u64, u64), &str> = HashMap::new();
-    for (c, ns) in &desired.namespaces {
+    for (c, ns) in desired.namespaces.iter() {
         let id = known
             .and_then(|k| k.get(&ns.netns).copied())
             .or_else(|| ns_id(&ns.netns.path()));
@@ -101,7 +101,7 @@ pub fn refusals(
             }
         }
     }
-    for (key, e) in &desired.endpoints {
+    for (key, e) in desired.endpoints.iter() {
         for addr in &e.addrs {
             let Some(ip) = addr_ip(addr) else { continue };
             if let Some(ifname) = host_addr(ip, None) {
@@ -199,7 +199,7 @@ mod tests {
         let mut st = State::default();
         for c in ["a", "b"] {
             let netns = NsRef::Named(format!("netloom-test-absent-{c}"));
-            st.namespaces
+            st.namespaces_mut()
                 .insert(c.into(), Namespace { netns, lo_up: true });
         }
         st

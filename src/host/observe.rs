@@ -123,11 +123,11 @@ fn namespaces_of_interest<'a>(
 ) -> BTreeMap<&'a str, Cow<'a, NsRef>> {
     let mut out: BTreeMap<&str, Cow<NsRef>> = BTreeMap::new();
     if let Some(applied) = record.applied() {
-        for (c, n) in &applied.namespaces {
+        for (c, n) in applied.namespaces.iter() {
             out.insert(c.as_str(), Cow::Borrowed(&n.netns));
         }
     }
-    for (c, n) in &desired.namespaces {
+    for (c, n) in desired.namespaces.iter() {
         // The file's view wins for a container it declares, but a namespace
         // netloom created under another name is still looked at (below).
         out.insert(c.as_str(), Cow::Borrowed(&n.netns));
@@ -702,8 +702,8 @@ pub async fn observe_with(
             st.endpoints = e.state.endpoints.clone();
         }
         None => {
-            st.namespaces = namespaces_of(&present, &views);
-            st.endpoints = endpoints_of(&host, &by_index, &st.namespaces, &views);
+            st.namespaces = namespaces_of(&present, &views).into();
+            st.endpoints = endpoints_of(&host, &by_index, &st.namespaces, &views).into();
         }
     }
     tracing::debug!(
@@ -796,7 +796,7 @@ pub async fn observe_with(
                 // Absent (or not netloom's) when it was read.
                 None => continue,
                 Some(text) if !model::is_digest(text) => {
-                    st.files.insert(p.clone(), shared(desired, p, text));
+                    st.files_mut().insert(p.clone(), shared(desired, p, text));
                     continue;
                 }
                 // Kept as the digest of the text it held when that was
@@ -808,7 +808,7 @@ pub async fn observe_with(
                     if let Some(want) = desired.files.get(p)
                         && (desired_digests.contains(p.as_str()) || want == kept)
                     {
-                        st.files.insert(p.clone(), want.clone());
+                        st.files_mut().insert(p.clone(), want.clone());
                         continue;
                     }
                 }
@@ -823,7 +823,7 @@ pub async fn observe_with(
                     && !record.owned.files.contains(p)
                     && !text.starts_with(model::FILE_MARK) => {}
             Ok(text) => {
-                st.files.insert(p.clone(), shared(desired, p, &text));
+                st.files_mut().insert(p.clone(), shared(desired, p, &text));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("read {p}")),
@@ -1047,7 +1047,7 @@ impl Observation {
                 }
             }
         }
-        for (key, e) in &desired.endpoints {
+        for (key, e) in desired.endpoints.iter() {
             if link.contains_key(e.host_veth.as_str()) && !ours.contains(e.host_veth.as_str()) {
                 out.push(Failure::new(
                     format!("container.{}", e.container),
@@ -1085,7 +1085,7 @@ impl Observation {
                 }
             }
         }
-        for (c, n) in &desired.namespaces {
+        for (c, n) in desired.namespaces.iter() {
             if let NsRef::Named(name) = &n.netns {
                 let exists = self.named_netns.contains(name);
                 let owned = record.owned.netns.contains(name);
@@ -1147,7 +1147,7 @@ mod tests {
     fn with_namespaces(names: &[(&str, NsRef)]) -> State {
         let mut st = State::default();
         for (c, ns) in names {
-            st.namespaces.insert(
+            st.namespaces_mut().insert(
                 c.to_string(),
                 Namespace {
                     netns: ns.clone(),
@@ -1232,10 +1232,10 @@ mod tests {
     ) -> Observation {
         let by_index: HashMap<u32, &Link> = host.links.iter().map(|l| (l.index, l)).collect();
         let mut state = State {
-            namespaces: namespaces_of(present, &views),
+            namespaces: namespaces_of(present, &views).into(),
             ..State::default()
         };
-        state.endpoints = endpoints_of(&host, &by_index, &state.namespaces, &views);
+        state.endpoints = endpoints_of(&host, &by_index, &state.namespaces, &views).into();
         drop(by_index);
         Observation {
             state,
@@ -1332,7 +1332,7 @@ mod tests {
     fn a_file_as_desired_is_held_once() {
         let mut desired = State::default();
         desired
-            .files
+            .files_mut()
             .insert("/etc/netns/a/hosts".into(), "10.0.0.2\ta\n".into());
         let same = shared(&desired, "/etc/netns/a/hosts", "10.0.0.2\ta\n");
         assert!(std::sync::Arc::ptr_eq(

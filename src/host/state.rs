@@ -944,7 +944,7 @@ mod tests {
         written_whole(bridged);
         // Another endpoint: nothing carried over.
         let mut third = other.clone();
-        third.endpoints.values_mut().next().unwrap().mtu = 1400;
+        third.endpoints_mut().values_mut().next().unwrap().mtu = 1400;
         written_whole(third);
     }
 

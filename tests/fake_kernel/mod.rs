@@ -105,7 +105,7 @@ impl FakeKernel {
     pub fn holding(st: &State) -> FakeKernel {
         let mut k = FakeKernel {
             sysctls: st.sysctls.clone(),
-            files: st.files.clone(),
+            files: (*st.files).clone(),
             firewall: st.firewall.clone(),
             ..Default::default()
         };
@@ -118,7 +118,7 @@ impl FakeKernel {
             l.addrs = b.addrs.clone();
             k.host.links.insert(b.name.clone(), l);
         }
-        for (container, ns) in &st.namespaces {
+        for (container, ns) in st.namespaces.iter() {
             k.record.insert(container.clone(), ns.netns.clone());
             let mut n = Ns::with_lo();
             n.links.get_mut("lo").unwrap().up = ns.lo_up;
@@ -355,14 +355,14 @@ impl FakeKernel {
         // record knows (as `observe` does with the applied state and the
         // owned namespaces).
         let mut of_interest: BTreeMap<String, NsRef> = self.record.clone();
-        for (container, ns) in &desired.namespaces {
+        for (container, ns) in desired.namespaces.iter() {
             of_interest.retain(|_, r| *r != ns.netns);
             of_interest.insert(container.clone(), ns.netns.clone());
         }
         for (container, r) in of_interest {
             if let Some(n) = self.netns.get(&r) {
                 let lo_up = n.links.get("lo").is_some_and(|l| l.up);
-                st.namespaces
+                st.namespaces_mut()
                     .insert(container, Namespace { netns: r, lo_up });
             }
         }
@@ -430,13 +430,14 @@ impl FakeKernel {
                     hairpin: false,
                 },
             };
-            st.endpoints.insert(format!("{container}.{ifname}"), ep);
+            st.endpoints_mut()
+                .insert(format!("{container}.{ifname}"), ep);
         }
         // Every sysctl and file in the fake is one netloom set or wrote
         // (the state record's keys and paths, for `observe`).
         st.sysctls = self.sysctls.clone();
         st.firewall = self.firewall.clone();
-        st.files = self.files.clone();
+        st.files = self.files.clone().into();
         st
     }
 }

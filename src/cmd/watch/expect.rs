@@ -112,7 +112,7 @@ impl Expect {
         let by_ns: HashMap<&NsRef, Arc<NsWant>> =
             by_ns.into_iter().map(|(k, w)| (k, Arc::new(w))).collect();
         e.ns.reserve(desired.namespaces.len());
-        for (c, n) in &desired.namespaces {
+        for (c, n) in desired.namespaces.iter() {
             let want = by_ns.get(&n.netns).cloned().unwrap_or_default();
             e.ns.insert(c.clone(), want);
             if let NsRef::Named(name) = &n.netns {
@@ -296,14 +296,14 @@ mod tests {
             },
         );
         let ns = NsRef::Named("c1".into());
-        st.namespaces.insert(
+        st.namespaces_mut().insert(
             "c1".into(),
             Namespace {
                 netns: ns.clone(),
                 lo_up: true,
             },
         );
-        st.endpoints.insert(
+        st.endpoints_mut().insert(
             "c1.eth0".into(),
             Endpoint {
                 container: "c1".into(),
@@ -322,7 +322,8 @@ mod tests {
             },
         );
         st.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
-        st.files.insert("/etc/netns/c1/hosts".into(), "".into());
+        st.files_mut()
+            .insert("/etc/netns/c1/hosts".into(), "".into());
         st
     }
 

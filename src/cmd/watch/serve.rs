@@ -132,8 +132,8 @@ fn digest_converged_files(obs: &mut State, desired: &mut State) {
     let paths: Vec<String> = converged.into_iter().map(|(p, _)| p.clone()).collect();
     for (path, digest) in paths.into_iter().zip(digests) {
         let digest: crate::core::model::FileText = digest.into();
-        obs.files.insert(path.clone(), digest.clone());
-        desired.files.insert(path, digest);
+        obs.files_mut().insert(path.clone(), digest.clone());
+        desired.files_mut().insert(path, digest);
     }
 }
 
@@ -223,7 +223,7 @@ impl Resolved {
 /// then; else the file is resolved again for its texts.
 fn digested_files_hold(p: &steps::Planned) -> bool {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    for (path, want) in &p.desired.state.files {
+    for (path, want) in p.desired.state.files.iter() {
         if !crate::core::model::is_digest(want) {
             continue;
         }
@@ -1142,7 +1142,7 @@ mod tests {
     fn with_files(files: &[(&str, &str)]) -> State {
         let mut st = State::default();
         for (p, t) in files {
-            st.files.insert(p.to_string(), (*t).into());
+            st.files_mut().insert(p.to_string(), (*t).into());
         }
         st
     }
@@ -1273,7 +1273,7 @@ mod tests {
         ]);
         // a: shared with the desired text; b: edited; c: absent.
         let mut obs = with_files(&[("/b/hosts", "# edited b\n")]);
-        obs.files
+        obs.files_mut()
             .insert("/a/hosts".into(), desired.files["/a/hosts"].clone());
         digest_converged_files(&mut obs, &mut desired);
         let a = &desired.files["/a/hosts"];

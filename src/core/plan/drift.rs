@@ -36,11 +36,11 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
             vxlan_drift_view,
         );
     }
-    for (k, n) in &applied.namespaces {
+    for (k, n) in applied.namespaces.iter() {
         let o = observed.namespaces.get(k).map(|x| &x.netns);
         compare(&mut out, "container", k, &n.netns, o, NsRef::to_string);
     }
-    for (k, e) in &applied.endpoints {
+    for (k, e) in applied.endpoints.iter() {
         let o = observed.endpoints.get(k);
         compare(&mut out, "container", k, e, o, endpoint_drift_view);
     }

@@ -67,7 +67,7 @@ pub(super) fn endpoint_create_ops(e: &Endpoint) -> Vec<Op> {
 }
 
 pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
-    for (key, want) in &d.endpoints {
+    for (key, want) in d.endpoints.iter() {
         let have = o.endpoints.get(key);
         // An endpoint exactly as wanted and up needs nothing (the common
         // case: decided before anything is rendered for it).
@@ -260,7 +260,7 @@ pub(super) fn diff_endpoints(d: &State, o: &State, out: &mut Vec<Change>) {
             out.push(c);
         }
     }
-    for (key, have) in &o.endpoints {
+    for (key, have) in o.endpoints.iter() {
         if !d.endpoints.contains_key(key) {
             out.push(change(
                 format!("container.{key}"),
@@ -369,7 +369,7 @@ mod tests {
         let state = |e: Option<Endpoint>| {
             let mut st = State::default();
             if let Some(e) = e {
-                st.endpoints.insert("c1.eth0".into(), e);
+                st.endpoints_mut().insert("c1.eth0".into(), e);
             }
             st
         };

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
-    for (path, want) in &d.files {
+    for (path, want) in d.files.iter() {
         let have = o.files.get(path);
         if model::is_digest(want) {
             // Only the digest of this content is known (a state taken from
@@ -48,7 +48,7 @@ pub(super) fn diff_files(d: &State, o: &State, out: &mut Vec<Change>) {
             }
         }
     }
-    for (path, have) in &o.files {
+    for (path, have) in o.files.iter() {
         if !d.files.contains_key(path) {
             let mut c = change(
                 format!("file.{path}"),

@@ -168,13 +168,13 @@ pub fn hold_back<'a>(
     // Each held container's objects as observed. Done for all of them at
     // once: what one container's objects are never depends on another's.
     for c in &containers {
-        splice(&mut st.namespaces, &observed.namespaces, c);
+        splice(st.namespaces_mut(), &observed.namespaces, c);
     }
-    st.endpoints
+    st.endpoints_mut()
         .retain(|_, e| !containers.contains(&e.container));
-    for (k, e) in &observed.endpoints {
+    for (k, e) in observed.endpoints.iter() {
         if containers.contains(&e.container) {
-            st.endpoints.insert(k.clone(), e.clone());
+            st.endpoints_mut().insert(k.clone(), e.clone());
         }
     }
     if let Some(fw) = st.firewall.as_mut() {
@@ -201,13 +201,14 @@ pub fn hold_back<'a>(
         .map(String::as_str)
         .filter(|p| owned_by_held(p))
         .collect();
-    st.files.retain(|p, _| !held_files.contains(p.as_str()));
-    for (p, text) in &observed.files {
+    st.files_mut()
+        .retain(|p, _| !held_files.contains(p.as_str()));
+    for (p, text) in observed.files.iter() {
         if held_files.contains(p.as_str()) {
-            st.files.insert(p.clone(), netloom_part(text).into());
+            st.files_mut().insert(p.clone(), netloom_part(text).into());
         }
     }
-    for (path, text) in st.files.iter_mut() {
+    for (path, text) in st.files_mut().iter_mut() {
         if path.ends_with("/hosts") && !held_files.contains(path.as_str()) {
             let have = observed.files.get(path).map(|t| netloom_part(t));
             if may_name(text, have, &containers) {
@@ -325,15 +326,15 @@ mod tests {
         // The host has everything but tomcat5, which cannot be made now.
         let mut have =
             hold_back(&want, &State::default(), &held(&["container.tomcat5"])).into_owned();
-        have.files.clear();
-        for (p, t) in &want.files {
+        have.files_mut().clear();
+        for (p, t) in want.files.iter() {
             if !p.contains("tomcat5") {
                 let t: String = t
                     .lines()
                     .filter(|l| !l.contains("tomcat5"))
                     .map(|l| format!("{l}\n"))
                     .collect();
-                have.files.insert(p.clone(), t.into());
+                have.files_mut().insert(p.clone(), t.into());
             }
         }
         let target = hold_back(&want, &have, &held(&["container.tomcat5"]));

@@ -24,7 +24,7 @@ pub(super) fn ns_delete_ops(ns: &Namespace) -> Vec<Op> {
 }
 
 pub(super) fn diff_namespaces(d: &State, o: &State, out: &mut Vec<Change>) {
-    for (name, want) in &d.namespaces {
+    for (name, want) in d.namespaces.iter() {
         let have = o.namespaces.get(name);
         if have.is_some_and(|h| h.netns == want.netns && h.lo_up) {
             continue;
@@ -62,7 +62,7 @@ pub(super) fn diff_namespaces(d: &State, o: &State, out: &mut Vec<Change>) {
             Some(_) => {}
         }
     }
-    for (name, have) in &o.namespaces {
+    for (name, have) in o.namespaces.iter() {
         if !d.namespaces.contains_key(name) {
             out.push(change(
                 format!("container.{name}"),

@@ -51,7 +51,7 @@ fn drift_reference(applied: &State, observed: &State) -> Vec<Drift> {
             observed.vxlans.get(k).map(vxlan::vxlan_drift_view),
         );
     }
-    for (k, n) in &applied.namespaces {
+    for (k, n) in applied.namespaces.iter() {
         cmp(
             &mut out,
             format!("container.{k}"),
@@ -59,7 +59,7 @@ fn drift_reference(applied: &State, observed: &State) -> Vec<Drift> {
             observed.namespaces.get(k).map(|x| x.netns.to_string()),
         );
     }
-    for (k, e) in &applied.endpoints {
+    for (k, e) in applied.endpoints.iter() {
         cmp(
             &mut out,
             format!("container.{k}"),
@@ -122,7 +122,7 @@ fn drift_reference(applied: &State, observed: &State) -> Vec<Drift> {
             }
         }
     }
-    for (k, v) in &applied.files {
+    for (k, v) in applied.files.iter() {
         match observed.files.get(k) {
             None => out.push(Drift {
                 address: format!("file.{k}"),
@@ -225,16 +225,16 @@ fn hold_back_reference(desired: &State, observed: &State, held: &BTreeSet<String
     for c in &containers {
         match observed.namespaces.get(c) {
             Some(v) => {
-                st.namespaces.insert(c.clone(), v.clone());
+                st.namespaces_mut().insert(c.clone(), v.clone());
             }
             None => {
-                st.namespaces.remove(c);
+                st.namespaces_mut().remove(c);
             }
         }
-        st.endpoints.retain(|_, e| &e.container != c);
-        for (k, e) in &observed.endpoints {
+        st.endpoints_mut().retain(|_, e| &e.container != c);
+        for (k, e) in observed.endpoints.iter() {
             if &e.container == c {
-                st.endpoints.insert(k.clone(), e.clone());
+                st.endpoints_mut().insert(k.clone(), e.clone());
             }
         }
         if let Some(fw) = st.firewall.as_mut() {
@@ -249,10 +249,10 @@ fn hold_back_reference(desired: &State, observed: &State, held: &BTreeSet<String
             file_owner(path, desired).as_ref() == Some(c)
                 || file_owner(path, observed).as_ref() == Some(c)
         };
-        st.files.retain(|p, _| !owned(p));
-        for (p, text) in &observed.files {
+        st.files_mut().retain(|p, _| !owned(p));
+        for (p, text) in observed.files.iter() {
             if owned(p) {
-                st.files
+                st.files_mut()
                     .insert(p.clone(), netloom_part_reference(text).into());
             }
         }
@@ -262,7 +262,7 @@ fn hold_back_reference(desired: &State, observed: &State, held: &BTreeSet<String
             file_owner(p, desired).is_some_and(|o| containers.contains(&o))
                 || file_owner(p, observed).is_some_and(|o| containers.contains(&o))
         };
-        for (path, text) in st.files.iter_mut() {
+        for (path, text) in st.files_mut().iter_mut() {
             if path.ends_with("/hosts") && !owned_by_held(path) {
                 let have = observed.files.get(path).map(|t| netloom_part_reference(t));
                 *text = hold::hold_lines(text, have, &containers).into();
@@ -351,12 +351,12 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
         }
         2 => {
             if let Some(k) = nth(&st.namespaces, at) {
-                st.namespaces.remove(&k);
+                st.namespaces_mut().remove(&k);
             }
         }
         3 => {
             if let Some(k) = nth(&st.namespaces, at)
-                && let Some(n) = st.namespaces.get_mut(&k)
+                && let Some(n) = st.namespaces_mut().get_mut(&k)
             {
                 match v % 3 {
                     0 => n.lo_up = !n.lo_up,
@@ -367,12 +367,12 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
         }
         4 => {
             if let Some(k) = nth(&st.endpoints, at) {
-                st.endpoints.remove(&k);
+                st.endpoints_mut().remove(&k);
             }
         }
         5 | 6 => {
             if let Some(k) = nth(&st.endpoints, at)
-                && let Some(e) = st.endpoints.get_mut(&k)
+                && let Some(e) = st.endpoints_mut().get_mut(&k)
             {
                 match v % 10 {
                     0 => e.mtu -= 1,
@@ -411,12 +411,12 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
         }
         9 => {
             if let Some(k) = nth(&st.files, at) {
-                st.files.remove(&k);
+                st.files_mut().remove(&k);
             }
         }
         10..=12 => {
             if let Some(k) = nth(&st.files, at)
-                && let Some(f) = st.files.get_mut(&k)
+                && let Some(f) = st.files_mut().get_mut(&k)
             {
                 let mut s = f.to_string();
                 if v % 2 == 0 {
@@ -466,14 +466,14 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
             }
         }
         18 => {
-            st.namespaces.insert(
+            st.namespaces_mut().insert(
                 format!("extra{at}"),
                 Namespace {
                     netns: NsRef::Named(format!("extra{at}")),
                     lo_up: true,
                 },
             );
-            st.files.insert(
+            st.files_mut().insert(
                 format!("/etc/netns/extra{at}/hosts"),
                 format!("# h\n10.1.0.77\textra{at}\n{USER_MARKER}\n").into(),
             );
@@ -483,7 +483,7 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
                 && let Some(mut e) = st.endpoints.get(&k).cloned()
             {
                 e.ifname = format!("eth{}", 5 + v % 3);
-                st.endpoints
+                st.endpoints_mut()
                     .insert(format!("{}.{}", e.container, e.ifname), e);
             }
         }
@@ -498,7 +498,7 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
         21 => {
             // A hosts file whose line names another container moved.
             if let Some(k) = nth(&st.files, at)
-                && let Some(f) = st.files.get_mut(&k)
+                && let Some(f) = st.files_mut().get_mut(&k)
             {
                 *f = f
                     .replace("\tdb", "\tdb-old")
@@ -518,13 +518,13 @@ fn edit(st: &mut State, (kind, at, v): Edit) {
                     1 => digest.replacen(':', ":0", 3),
                     _ => digest,
                 };
-                st.files.insert(k, spelled.into());
+                st.files_mut().insert(k, spelled.into());
             }
         }
         23 => {
             // Edited in place, the length kept: only the hash tells.
             if let Some(k) = nth(&st.files, at)
-                && let Some(f) = st.files.get_mut(&k)
+                && let Some(f) = st.files_mut().get_mut(&k)
                 && let Some(i) = f.find(|c: char| c.is_ascii_digit())
             {
                 let d = if &f[i..=i] == "7" { "8" } else { "7" };
@@ -653,7 +653,7 @@ proptest! {
             .map(|(w, d)| file_matches_reference(w, d))
             .collect();
         prop_assert_eq!(model::files_match(&pairs), one_by_one);
-        for (path, w) in &written.files {
+        for (path, w) in written.files.iter() {
             let Some(d) = disk.files.get(path) else { continue };
             prop_assert_eq!(model::file_matches(w, d), file_matches_reference(w, d));
             prop_assert_eq!(model::netloom_part(d), netloom_part_reference(d));
