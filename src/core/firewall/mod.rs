@@ -204,7 +204,7 @@ pub struct Firewall {
     /// Key: the port's plan address, e.g. "nginx.8080/tcp", "nginx.127.0.0.1:8080/tcp".
     /// Shared between copies (changed through [`Firewall::ports_mut`]):
     /// the agent copies its desired and observed states whole, and a
-    /// copy of these 2,000 elements at 1,000 containers (a few allocations
+    /// copy of these 2,000 entries at 1,000 containers (a few allocations
     /// each) was a third of such a copy's time.
     pub ports: Arc<BTreeMap<String, FwPort>>,
     /// Cluster mode, key: network name. Each cluster network's VXLAN port
