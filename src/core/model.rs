@@ -591,12 +591,14 @@ pub fn resolve(
     // Members of cluster networks on other hosts, for names.
     let remote_of = |net: &str| remote_members(share, net);
 
-    // Namespaces and endpoints.
+    // Namespaces and endpoints, built here and then shared.
+    let mut namespaces = BTreeMap::new();
+    let mut endpoints = BTreeMap::new();
     for c in &spec.containers {
         let Some(ns) = c.netns.as_ref().map(nsref) else {
             continue;
         };
-        st.namespaces_mut().insert(
+        namespaces.insert(
             c.name.clone(),
             Namespace {
                 netns: ns.clone(),
@@ -619,7 +621,7 @@ pub fn resolve(
                 addrs.insert(format!("{ip6}/{}", s6.prefix()));
             }
             let first = i == 0 && !net.internal;
-            st.endpoints_mut().insert(
+            endpoints.insert(
                 format!("{}.{ifname}", c.name),
                 Endpoint {
                     container: c.name.clone(),
@@ -646,6 +648,8 @@ pub fn resolve(
             );
         }
     }
+    st.namespaces = namespaces.into();
+    st.endpoints = endpoints.into();
 
     // Firewall.
     let fw = firewall_of(spec, &alloc, &networks, &st.vxlans);
@@ -669,6 +673,7 @@ pub fn resolve(
         crate::core::hosts::HostsTables::new(&networks, &members, &by_name, &alloc, &remote_of);
     let mut external_files = BTreeMap::new();
     let mut dns_clients = Vec::new();
+    let mut files = BTreeMap::new();
     for c in &spec.containers {
         let (Some(hosts_path), Some(resolv_path)) = (
             file_path(host, c, "hosts"),
@@ -694,9 +699,10 @@ pub fn resolve(
         if matches!(c.netns, Some(NetnsSpec::Path(_))) {
             external_files.insert(c.name.clone(), hosts_path.clone());
         }
-        st.files_mut().insert(hosts_path, hosts.into());
-        st.files_mut().insert(resolv_path, resolv.into());
+        files.insert(hosts_path, hosts.into());
+        files.insert(resolv_path, resolv.into());
     }
+    st.files = files.into();
     let zones = networks
         .values()
         .filter(|n| n.dns)
@@ -750,6 +756,7 @@ fn firewall_of(
     vxlans: &BTreeMap<String, Vxlan>,
 ) -> Firewall {
     let mut fw = Firewall::default();
+    let mut ports = BTreeMap::new();
     for net in networks.values() {
         fw.networks.insert(
             net.name.clone(),
@@ -798,7 +805,7 @@ fn firewall_of(
                 Some(IpAddr::V6(_)) => (None, cip6),
                 None => (Some(cip), cip6),
             };
-            fw.ports_mut().insert(
+            ports.insert(
                 format!("{}.{ip}{range}/{}", c.name, p.proto),
                 FwPort {
                     container: c.name.clone(),
@@ -815,6 +822,7 @@ fn firewall_of(
             );
         }
     }
+    fw.ports = ports.into();
     // Cluster mode: the gateway of each cluster network stays on its host
     // (`table bridge netloom` drops it on the VXLAN port).
     for (net, vx) in vxlans {

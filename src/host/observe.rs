@@ -788,6 +788,7 @@ pub async fn observe_with(
         })),
         None => Default::default(),
     };
+    let files = st.files_mut();
     for p in paths {
         if let Some(r) = reuse
             && !r.stale_files.contains(p)
@@ -796,7 +797,7 @@ pub async fn observe_with(
                 // Absent (or not netloom's) when it was read.
                 None => continue,
                 Some(text) if !model::is_digest(text) => {
-                    st.files_mut().insert(p.clone(), shared(desired, p, text));
+                    files.insert(p.clone(), shared(desired, p, text));
                     continue;
                 }
                 // Kept as the digest of the text it held when that was
@@ -808,7 +809,7 @@ pub async fn observe_with(
                     if let Some(want) = desired.files.get(p)
                         && (desired_digests.contains(p.as_str()) || want == kept)
                     {
-                        st.files_mut().insert(p.clone(), want.clone());
+                        files.insert(p.clone(), want.clone());
                         continue;
                     }
                 }
@@ -823,7 +824,7 @@ pub async fn observe_with(
                     && !record.owned.files.contains(p)
                     && !text.starts_with(model::FILE_MARK) => {}
             Ok(text) => {
-                st.files_mut().insert(p.clone(), shared(desired, p, &text));
+                files.insert(p.clone(), shared(desired, p, &text));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("read {p}")),

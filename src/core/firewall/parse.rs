@@ -549,6 +549,8 @@ pub(super) fn observed_text(o: &Observed) -> String {
 
 pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
     let mut fw = Firewall::default();
+    // Built here, then shared (see `Firewall::ports`).
+    let mut ports = BTreeMap::new();
     let subnet_of: BTreeMap<&str, Ipv4Network> = elements
         .iter()
         .filter_map(|((set, key), d)| match (set, key) {
@@ -636,7 +638,7 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
                     }
                     _ => continue,
                 };
-                let p = fw.ports_mut().entry(pkey.to_string()).or_insert(FwPort {
+                let p = ports.entry(pkey.to_string()).or_insert(FwPort {
                     container: container.to_string(),
                     network: network.to_string(),
                     bridge: bridge.to_string(),
@@ -663,5 +665,6 @@ pub(super) fn firewall_from_elements(elements: &Elements) -> Firewall {
             _ => {}
         }
     }
+    fw.ports = ports.into();
     fw
 }
