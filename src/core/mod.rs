@@ -30,3 +30,4 @@ pub mod shape;
 pub mod share;
 pub mod spec;
 pub mod store;
+pub mod text;

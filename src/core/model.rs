@@ -62,8 +62,8 @@ pub fn is_temp_link(name: &str) -> bool {
 /// A file's text. Shared, not copied, between the states that hold the
 /// same text: the observed copy of a file netloom wrote is the desired
 /// one, and a clone of a state copies no file (at 1,000 containers the
-/// hosts files are megabytes).
-pub type FileText = std::sync::Arc<str>;
+/// hosts files are megabytes). Its hash is kept with it.
+pub use crate::core::text::FileText;
 
 /// The whole state of one host, desired or observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -987,6 +987,11 @@ pub fn file_digest(content: &str) -> String {
     digest_text(crate::core::hash::fnv64(content.as_bytes()), content.len())
 }
 
+/// [`file_digest`] of a text as the states hold it, from its kept hash.
+pub fn text_digest(text: &FileText) -> String {
+    digest_text(text.hash(), text.len())
+}
+
 /// `st` as the state record keeps it: every file's content replaced by
 /// its [`file_digest`]. Drift detection compares digests
 /// ([`file_matches`]); nothing else reads recorded contents.
@@ -996,13 +1001,14 @@ pub fn for_record(st: &State) -> State {
 
 /// [`for_record`] of a state no longer needed as it is.
 pub fn into_record_form(mut st: State) -> State {
-    // Hashed together: every apply digests every file.
+    // Hashed together: every apply digests every file (those whose
+    // hash an earlier check kept are not hashed again).
     let texts: Vec<&mut FileText> = st
         .files_mut()
         .values_mut()
         .filter(|v| !v.starts_with(DIGEST_PREFIX))
         .collect();
-    let digests = file_digests(&texts.iter().map(|t| &***t).collect::<Vec<&str>>());
+    let digests = file_digests(&texts.iter().map(|t| &**t).collect::<Vec<&FileText>>());
     for (v, d) in texts.into_iter().zip(digests) {
         *v = d.into();
     }
@@ -1047,7 +1053,7 @@ fn same_files_as_recorded(a: &BTreeMap<String, FileText>, b: &BTreeMap<String, F
         return false;
     }
     // (recorded hash, text to hash)
-    let mut to_hash: Vec<(u64, &[u8])> = Vec::new();
+    let mut to_hash: Vec<(u64, &FileText)> = Vec::new();
     for ((pa, ta), (pb, tb)) in a.iter().zip(b) {
         if pa != pb {
             return false;
@@ -1067,12 +1073,12 @@ fn same_files_as_recorded(a: &BTreeMap<String, FileText>, b: &BTreeMap<String, F
         // A digest in any other spelling than `file_digest`'s is not
         // the text's.
         match parse_digest(digest) {
-            Some((hash, len)) if len == text.len() => to_hash.push((hash, text.as_bytes())),
+            Some((hash, len)) if len == text.len() => to_hash.push((hash, text)),
             _ => return false,
         }
     }
-    let texts: Vec<&[u8]> = to_hash.iter().map(|(_, t)| *t).collect();
-    crate::core::hash::fnv64_many(&texts)
+    let texts: Vec<&FileText> = to_hash.iter().map(|(_, t)| *t).collect();
+    FileText::hashes(&texts)
         .into_iter()
         .zip(&to_hash)
         .all(|(hash, (recorded, _))| hash == *recorded)
@@ -1084,28 +1090,34 @@ fn same_files_as_recorded(a: &BTreeMap<String, FileText>, b: &BTreeMap<String, F
 /// `on_disk` is the file's text, or the digest a long-lived reading (the
 /// agent's view) keeps of a text it read.
 pub fn file_matches(written: &str, on_disk: &str) -> bool {
-    files_match(&[(written, on_disk)])[0]
+    files_match(&[(written, &on_disk.into())])[0]
 }
 
 /// [`file_matches`] of each `(written, on_disk)` pair, in order. The
 /// length a digest records is compared before anything is hashed (an edit
 /// usually changes it), and the files left are hashed together
 /// ([`crate::core::hash::fnv64_many`]): a plan of a large host checks
-/// thousands of files.
-pub fn files_match(pairs: &[(&str, &str)]) -> Vec<bool> {
+/// thousands of files. A text without a user's block is the part that
+/// counts, so its kept hash ([`FileText::hash`]) serves.
+pub fn files_match(pairs: &[(&str, &FileText)]) -> Vec<bool> {
     let mut out = Vec::with_capacity(pairs.len());
-    // (pair, recorded hash, text to hash)
-    let mut to_hash: Vec<(usize, u64, &[u8])> = Vec::new();
+    // (pair, recorded hash): whole texts, and parts before a user's block.
+    let mut whole: Vec<(usize, u64, &FileText)> = Vec::new();
+    let mut parts: Vec<(usize, u64, &[u8])> = Vec::new();
     for (i, (written, on_disk)) in pairs.iter().enumerate() {
         let matches = match written.strip_prefix(DIGEST_PREFIX) {
             // Read as that same digest.
-            Some(_) if written == on_disk => true,
+            Some(_) if *written == &***on_disk => true,
             Some(digest) => {
                 let part = netloom_part(on_disk);
                 if let Some((hash, len)) = parse_digest(digest)
                     && len == part.len()
                 {
-                    to_hash.push((i, hash, part.as_bytes()));
+                    if part.len() == on_disk.len() {
+                        whole.push((i, hash, *on_disk));
+                    } else {
+                        parts.push((i, hash, part.as_bytes()));
+                    }
                 }
                 false
             }
@@ -1113,9 +1125,13 @@ pub fn files_match(pairs: &[(&str, &str)]) -> Vec<bool> {
         };
         out.push(matches);
     }
-    let texts: Vec<&[u8]> = to_hash.iter().map(|(_, _, t)| *t).collect();
+    let texts: Vec<&FileText> = whole.iter().map(|(_, _, t)| *t).collect();
+    for ((i, recorded, _), hash) in whole.iter().zip(FileText::hashes(&texts)) {
+        out[*i] = hash == *recorded;
+    }
+    let texts: Vec<&[u8]> = parts.iter().map(|(_, _, t)| *t).collect();
     let hashes = crate::core::hash::fnv64_many(&texts);
-    for ((i, recorded, _), hash) in to_hash.iter().zip(hashes) {
+    for ((i, recorded, _), hash) in parts.iter().zip(hashes) {
         out[*i] = hash == *recorded;
     }
     out
@@ -1159,17 +1175,17 @@ pub fn is_digest(content: &str) -> bool {
 /// matches are hashed together (see `fnv64_many`): a reading that reuses
 /// a long-lived view checks every file's digest.
 pub fn digests_of<'a, K: Copy + Eq + std::hash::Hash>(
-    items: impl IntoIterator<Item = (K, &'a str, &'a str)>,
+    items: impl IntoIterator<Item = (K, &'a str, &'a FileText)>,
 ) -> std::collections::HashSet<K> {
-    let candidates: Vec<(K, u64, &str)> = items
+    let candidates: Vec<(K, u64, &FileText)> = items
         .into_iter()
         .filter_map(|(k, digest, text)| {
             let (hash, len) = parse_digest(digest.strip_prefix(DIGEST_PREFIX)?)?;
             (len == text.len()).then_some((k, hash, text))
         })
         .collect();
-    let bytes: Vec<&[u8]> = candidates.iter().map(|(_, _, t)| t.as_bytes()).collect();
-    let hashes = crate::core::hash::fnv64_many(&bytes);
+    let texts: Vec<&FileText> = candidates.iter().map(|(_, _, t)| *t).collect();
+    let hashes = FileText::hashes(&texts);
     candidates
         .iter()
         .zip(hashes)
@@ -1178,11 +1194,10 @@ pub fn digests_of<'a, K: Copy + Eq + std::hash::Hash>(
         .collect()
 }
 
-/// [`file_digest`] of each of `texts`, hashed together (see
-/// `fnv64_many`).
-pub fn file_digests(texts: &[&str]) -> Vec<String> {
-    let bytes: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
-    crate::core::hash::fnv64_many(&bytes)
+/// [`text_digest`] of each of `texts`, those not hashed yet hashed
+/// together ([`FileText::hashes`]).
+pub fn file_digests(texts: &[&FileText]) -> Vec<String> {
+    FileText::hashes(texts)
         .into_iter()
         .zip(texts)
         .map(|(h, t)| digest_text(h, t.len()))
@@ -1310,8 +1325,8 @@ mod tests {
                 _ => t.clone(),
             })
             .collect();
-        let together =
-            digests_of((0..texts.len()).map(|i| (i, digests[i].as_str(), texts[i].as_str())));
+        let shared: Vec<FileText> = texts.iter().map(FileText::from).collect();
+        let together = digests_of((0..texts.len()).map(|i| (i, digests[i].as_str(), &shared[i])));
         let alone: std::collections::HashSet<usize> = (0..texts.len())
             .filter(|&i| is_digest_of(&digests[i], &texts[i]))
             .collect();

@@ -127,7 +127,7 @@ pub fn compact_parts(st: &State, alloc: &Allocations) -> Result<CompactParts, se
             let digest = match text.strip_prefix(DIGEST_PREFIX) {
                 Some(rest) => rest.to_string(),
                 None => {
-                    let d = model::file_digest(text);
+                    let d = model::text_digest(text);
                     d.strip_prefix(DIGEST_PREFIX).unwrap_or(&d).to_string()
                 }
             };

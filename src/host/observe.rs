@@ -783,7 +783,7 @@ pub async fn observe_with(
             (model::is_digest(kept) && !r.stale_files.contains(*p)).then_some((
                 p.as_str(),
                 &**kept,
-                &**want,
+                want,
             ))
         })),
         None => Default::default(),
@@ -1336,7 +1336,7 @@ mod tests {
             .files_mut()
             .insert("/etc/netns/a/hosts".into(), "10.0.0.2\ta\n".into());
         let same = shared(&desired, "/etc/netns/a/hosts", "10.0.0.2\ta\n");
-        assert!(std::sync::Arc::ptr_eq(
+        assert!(FileText::ptr_eq(
             &same,
             &desired.files["/etc/netns/a/hosts"]
         ));
@@ -1344,7 +1344,7 @@ mod tests {
         let drifted = shared(&desired, "/etc/netns/a/hosts", "10.0.0.9\ta\n");
         assert_eq!(&*drifted, "10.0.0.9\ta\n");
         let other = shared(&desired, "/etc/netns/b/hosts", "10.0.0.2\ta\n");
-        assert!(!std::sync::Arc::ptr_eq(
+        assert!(!FileText::ptr_eq(
             &other,
             &desired.files["/etc/netns/a/hosts"]
         ));

@@ -38,6 +38,7 @@ use super::{Agent, Trigger};
 use crate::cmd::agent_client::format_of;
 use crate::cmd::steps::{self, Exit, Loaded, Out};
 use crate::core::ipam::Allocations;
+use crate::core::model::FileText;
 use crate::core::model::{Desired, HostInfo, NsRef, State};
 use crate::core::plan::{Failure, Plan};
 use crate::host::agentsock::{Answer, Listener, Request};
@@ -115,23 +116,18 @@ impl View {
 /// Replaces the text of each file `obs` holds as `desired` wants it with
 /// its digest, in both (one shared string).
 fn digest_converged_files(obs: &mut State, desired: &mut State) {
-    let converged: Vec<(&String, &str)> = desired
+    let converged: Vec<(&String, &FileText)> = desired
         .files
         .iter()
         .filter(|(_, want)| !crate::core::model::is_digest(want))
-        .filter(|(path, want)| {
-            obs.files
-                .get(*path)
-                .is_some_and(|seen| Arc::ptr_eq(seen, want) || **seen == ***want)
-        })
-        .map(|(path, want)| (path, &**want))
+        .filter(|(path, want)| obs.files.get(*path).is_some_and(|seen| seen == *want))
         .collect();
     // Hashed together: every file of a large host.
-    let texts: Vec<&str> = converged.iter().map(|(_, want)| *want).collect();
+    let texts: Vec<&FileText> = converged.iter().map(|(_, want)| *want).collect();
     let digests = crate::core::model::file_digests(&texts);
     let paths: Vec<String> = converged.into_iter().map(|(p, _)| p.clone()).collect();
     for (path, digest) in paths.into_iter().zip(digests) {
-        let digest: crate::core::model::FileText = digest.into();
+        let digest: FileText = digest.into();
         obs.files_mut().insert(path.clone(), digest.clone());
         desired.files_mut().insert(path, digest);
     }
@@ -222,7 +218,7 @@ impl Resolved {
 /// made from a desired state kept with digests ([`View::kept`]) holds only
 /// then; else the file is resolved again for its texts.
 fn digested_files_hold(p: &steps::Planned) -> bool {
-    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut pairs: Vec<(&str, &FileText)> = Vec::new();
     for (path, want) in p.desired.state.files.iter() {
         if !crate::core::model::is_digest(want) {
             continue;
@@ -1279,7 +1275,7 @@ mod tests {
         let a = &desired.files["/a/hosts"];
         assert!(crate::core::model::is_digest_of(a, "# netloom a\n"));
         assert!(
-            Arc::ptr_eq(a, &obs.files["/a/hosts"]),
+            FileText::ptr_eq(a, &obs.files["/a/hosts"]),
             "one string for both"
         );
         // What differs keeps its text on both sides, and what was not

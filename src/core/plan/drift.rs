@@ -101,12 +101,12 @@ pub fn drift(applied: &State, observed: &State) -> Vec<Drift> {
     }
     // The files still there are compared all at once (their hashes are
     // computed together), then reported in order.
-    let files: Vec<(&String, &str, Option<&str>)> = applied
+    let files: Vec<(&String, &str, Option<&model::FileText>)> = applied
         .files
         .iter()
-        .map(|(k, v)| (k, &**v, observed.files.get(k).map(|o| &**o)))
+        .map(|(k, v)| (k, &**v, observed.files.get(k)))
         .collect();
-    let pairs: Vec<(&str, &str)> = files
+    let pairs: Vec<(&str, &model::FileText)> = files
         .iter()
         .filter_map(|(_, v, o)| Some((*v, (*o)?)))
         .collect();

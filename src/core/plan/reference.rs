@@ -643,10 +643,10 @@ proptest! {
         if digest {
             written = model::for_record(&written);
         }
-        let pairs: Vec<(&str, &str)> = written
+        let pairs: Vec<(&str, &model::FileText)> = written
             .files
             .iter()
-            .filter_map(|(p, w)| Some((&**w, &**disk.files.get(p)?)))
+            .filter_map(|(p, w)| Some((&**w, disk.files.get(p)?)))
             .collect();
         let one_by_one: Vec<bool> = pairs
             .iter()
