@@ -1245,13 +1245,15 @@ pub fn find_user_marker(text: &str) -> Option<usize> {
 /// appends to `desired`: `None` when nothing is appended.
 fn user_block<'a>(desired: &str, on_disk: Option<&'a str>) -> Option<&'a str> {
     let on_disk = on_disk?;
-    let at = find_user_marker(on_disk)?;
+    // The desired text first: only a hosts file ends with the marker,
+    // and a text on disk is searched only then.
     let ends_with_marker = desired
         .strip_suffix('\n')
         .is_some_and(|d| d.ends_with(USER_MARKER));
     if !ends_with_marker {
         return None;
     }
+    let at = find_user_marker(on_disk)?;
     let tail = &on_disk[at + USER_MARKER.len()..];
     Some(tail.strip_prefix('\n').unwrap_or(tail))
 }
