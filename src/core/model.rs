@@ -1107,7 +1107,7 @@ pub fn files_match(pairs: &[(&str, &FileText)]) -> Vec<bool> {
     for (i, (written, on_disk)) in pairs.iter().enumerate() {
         let matches = match written.strip_prefix(DIGEST_PREFIX) {
             // Read as that same digest.
-            Some(_) if *written == &***on_disk => true,
+            Some(_) if **on_disk == **written => true,
             Some(digest) => {
                 let part = netloom_part(on_disk);
                 if let Some((hash, len)) = parse_digest(digest)

@@ -106,11 +106,24 @@ impl Observation {
 /// The text of the file at `path` as the observed state holds it: the
 /// desired text itself when it is the same, so that a file netloom wrote
 /// is held once, not once per state.
-fn shared(desired: &State, path: &str, text: &str) -> FileText {
-    match desired.files.get(path) {
-        Some(want) if **want == *text => want.clone(),
-        _ => text.into(),
+fn shared(want: Option<&FileText>, text: &FileText) -> FileText {
+    match want {
+        Some(want) if want == text => want.clone(),
+        _ => text.clone(),
     }
+}
+
+/// The value `map` holds at each of `paths` (in order, each once), found
+/// in one walk of both.
+fn aligned<'a, V>(paths: &[&String], map: &'a BTreeMap<String, V>) -> Vec<Option<&'a V>> {
+    let mut entries = map.iter().peekable();
+    paths
+        .iter()
+        .map(|p| {
+            while entries.next_if(|(k, _)| k < p).is_some() {}
+            entries.next_if(|(k, _)| k == p).map(|(_, v)| v)
+        })
+        .collect()
 }
 
 /// Which namespaces to look into: container name -> namespace. Borrowed
@@ -767,37 +780,40 @@ pub async fn observe_with(
     };
 
     tracing::debug!("observe: nft read after {:?}", t0.elapsed());
-    // Files netloom owns or will own.
-    let paths: BTreeSet<&String> = desired
+    // Files netloom owns or will own, in order: three sorted lists
+    // merged (a stable sort merges the runs it finds), not a set built
+    // path by path: a reading of 1,000 containers takes 6,000 paths.
+    let mut paths: Vec<&String> = desired
         .files
         .keys()
         .chain(record.owned.files.iter())
         .chain(record.applied().into_iter().flat_map(|a| a.files.keys()))
         .collect();
+    paths.sort();
+    paths.dedup();
+    // What the desired state and the earlier reading hold at each path,
+    // found in one walk beside the paths rather than a lookup per path.
+    let want = aligned(&paths, &desired.files);
+    let kept = match reuse {
+        Some(r) => aligned(&paths, &r.earlier.state.files),
+        None => vec![None; paths.len()],
+    };
+    let reusable = |p: &String| reuse.is_some_and(|r| !r.stale_files.contains(p));
     // The kept digests that are those of the texts desired now, checked
     // together.
-    let desired_digests = match reuse {
-        Some(r) => model::digests_of(paths.iter().filter_map(|p| {
-            let kept = r.earlier.state.files.get(*p)?;
-            let want = desired.files.get(*p)?;
-            (model::is_digest(kept) && !r.stale_files.contains(*p)).then_some((
-                p.as_str(),
-                &**kept,
-                want,
-            ))
-        })),
-        None => Default::default(),
-    };
-    let files = st.files_mut();
-    for p in paths {
-        if let Some(r) = reuse
-            && !r.stale_files.contains(p)
-        {
-            match r.earlier.state.files.get(p) {
+    let desired_digests = model::digests_of((0..paths.len()).filter_map(|i| {
+        let (kept, want) = (kept[i]?, want[i]?);
+        (model::is_digest(kept) && reusable(paths[i])).then_some((i, &**kept, want))
+    }));
+    let mut files = Vec::with_capacity(paths.len());
+    for (i, p) in paths.into_iter().enumerate() {
+        let want = want[i];
+        if reusable(p) {
+            match kept[i] {
                 // Absent (or not netloom's) when it was read.
                 None => continue,
                 Some(text) if !model::is_digest(text) => {
-                    files.insert(p.clone(), shared(desired, p, text));
+                    files.push((p.clone(), shared(want, text)));
                     continue;
                 }
                 // Kept as the digest of the text it held when that was
@@ -806,10 +822,10 @@ pub async fn observe_with(
                 // one (or that digest, when only it is desired), else only
                 // a reading tells.
                 Some(kept) => {
-                    if let Some(want) = desired.files.get(p)
-                        && (desired_digests.contains(p.as_str()) || want == kept)
+                    if let Some(want) = want
+                        && (desired_digests.contains(&i) || want == kept)
                     {
-                        files.insert(p.clone(), want.clone());
+                        files.push((p.clone(), want.clone()));
                         continue;
                     }
                 }
@@ -820,16 +836,16 @@ pub async fn observe_with(
             // remove only if netloom wrote it: recorded, or with its
             // header. A user's file at such a path is not observed.
             Ok(text)
-                if !desired.files.contains_key(p)
+                if want.is_none()
                     && !record.owned.files.contains(p)
                     && !text.starts_with(model::FILE_MARK) => {}
-            Ok(text) => {
-                files.insert(p.clone(), shared(desired, p, &text));
-            }
+            Ok(text) => files.push((p.clone(), shared(want, &text.into()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("read {p}")),
         }
     }
+    // In path order: the map is built at once.
+    st.files = Arc::new(files.into_iter().collect());
 
     tracing::debug!("observe: files read after {:?}", t0.elapsed());
     Ok(Observation {
@@ -1331,22 +1347,28 @@ mod tests {
 
     #[test]
     fn a_file_as_desired_is_held_once() {
-        let mut desired = State::default();
-        desired
-            .files_mut()
-            .insert("/etc/netns/a/hosts".into(), "10.0.0.2\ta\n".into());
-        let same = shared(&desired, "/etc/netns/a/hosts", "10.0.0.2\ta\n");
-        assert!(FileText::ptr_eq(
-            &same,
-            &desired.files["/etc/netns/a/hosts"]
-        ));
+        let want: FileText = "10.0.0.2\ta\n".into();
+        let same = shared(Some(&want), &"10.0.0.2\ta\n".into());
+        assert!(FileText::ptr_eq(&same, &want));
         // Drifted, or not desired at all: the text read is kept.
-        let drifted = shared(&desired, "/etc/netns/a/hosts", "10.0.0.9\ta\n");
+        let drifted = shared(Some(&want), &"10.0.0.9\ta\n".into());
         assert_eq!(&*drifted, "10.0.0.9\ta\n");
-        let other = shared(&desired, "/etc/netns/b/hosts", "10.0.0.2\ta\n");
-        assert!(!FileText::ptr_eq(
-            &other,
-            &desired.files["/etc/netns/a/hosts"]
-        ));
+        let read: FileText = "10.0.0.2\ta\n".into();
+        assert!(FileText::ptr_eq(&shared(None, &read), &read));
+    }
+
+    #[test]
+    fn each_path_finds_its_entry_in_one_walk() {
+        let map: BTreeMap<String, u8> = [("/a", 1), ("/c", 3), ("/d", 4), ("/f", 6)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let paths: Vec<String> = ["/b", "/c", "/d", "/e", "/g"].map(String::from).to_vec();
+        let paths: Vec<&String> = paths.iter().collect();
+        assert_eq!(
+            aligned(&paths, &map),
+            vec![None, Some(&3), Some(&4), None, None]
+        );
+        assert!(aligned(&[], &map).is_empty());
     }
 }
