@@ -103,9 +103,9 @@ impl Observation {
     }
 }
 
-/// The text of the file at `path` as the observed state holds it: the
-/// desired text itself when it is the same, so that a file netloom wrote
-/// is held once, not once per state.
+/// A file's `text` as the observed state holds it: `want`, the desired
+/// text, when it is the same, so that a file netloom wrote is held once,
+/// not once per state.
 fn shared(want: Option<&FileText>, text: &FileText) -> FileText {
     match want {
         Some(want) if want == text => want.clone(),
