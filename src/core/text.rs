@@ -61,12 +61,6 @@ impl Deref for FileText {
     }
 }
 
-impl AsRef<str> for FileText {
-    fn as_ref(&self) -> &str {
-        self
-    }
-}
-
 impl PartialEq for FileText {
     fn eq(&self, other: &FileText) -> bool {
         if FileText::ptr_eq(self, other) {
